@@ -1,0 +1,14 @@
+# The two commands of the README. Each does its own idempotent set-up (.venv) first.
+.PHONY: setup demo test test-all
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/python scripts/demo.py
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+test-all: setup
+	.venv/bin/python -m pytest -q -m ""

@@ -1,0 +1,21 @@
+"""Query strategies. Adding one: a file here with a ``@register`` class, plus one import line below."""
+
+from lightning_ada.active.strategies.base import (
+    REGISTRY,
+    QueryContext,
+    Scored,
+    Strategy,
+    build_strategy,
+    register,
+)
+from lightning_ada.active.strategies.random import RandomStrategy
+
+__all__ = [
+    "REGISTRY",
+    "QueryContext",
+    "RandomStrategy",
+    "Scored",
+    "Strategy",
+    "build_strategy",
+    "register",
+]

@@ -1,0 +1,100 @@
+"""The case record: one patient scan with its modalities, label(s) and metadata.
+
+Every part of lightning_ada addresses cases by their stable ``case_id``, never by position.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (or case) and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One multi-modal case.
+
+    Args:
+        case_id: stable identifier, unique within a dataset.
+        images: one NIfTI path per modality, in ``modalities`` order; or a single path to a
+            4-D NIfTI holding every modality (MSD layout).
+        modalities: modality names, e.g. ``("flair", "t1", "t1ce", "t2")``.
+        label: path of the reference mask (label values as stored on disk), or None.
+        modality_labels: modality name -> path of the mask an annotator drew looking at that
+            modality alone (phantom data; absent for most real data).
+        split: which set the case belongs to (``source``, ``source_test``, ``pool``, ``test``) or
+            None when the split comes from the configuration.
+        meta: free metadata (centre, scanner, tumour volume, degraded modality, ...).
+    """
+
+    case_id: str
+    images: tuple[str, ...]
+    modalities: tuple[str, ...]
+    label: str | None = None
+    modality_labels: Mapping[str, str] = field(default_factory=dict)
+    split: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_item(self) -> dict[str, Any]:
+        """The MONAI-style dict item (``image`` paths, ``label`` path, ``case_id``)."""
+        item: dict[str, Any] = {
+            "case_id": self.case_id,
+            "image": list(self.images) if len(self.images) > 1 else self.images[0],
+        }
+        if self.label is not None:
+            item["label"] = self.label
+        return item
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (round-trips through :meth:`from_json`)."""
+        d = asdict(self)
+        d["images"] = list(self.images)
+        d["modalities"] = list(self.modalities)
+        d["modality_labels"] = dict(self.modality_labels)
+        d["meta"] = dict(self.meta)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], base_dir: str | Path | None = None) -> Case:
+        """Build a case from :meth:`to_json` output; relative paths resolve against ``base_dir``."""
+
+        def resolve(p: str) -> str:
+            path = Path(p)
+            if base_dir is not None and not path.is_absolute():
+                path = Path(base_dir) / path
+            return str(path)
+
+        return cls(
+            case_id=str(d["case_id"]),
+            images=tuple(resolve(p) for p in d["images"]),
+            modalities=tuple(d["modalities"]),
+            label=resolve(d["label"]) if d.get("label") else None,
+            modality_labels={k: resolve(v) for k, v in (d.get("modality_labels") or {}).items()},
+            split=d.get("split"),
+            meta=dict(d.get("meta") or {}),
+        )
+
+
+def check_unique_ids(cases: Sequence[Case], source: str) -> None:
+    """Raise :class:`DataError` naming ``source`` if two cases share an id."""
+    seen: dict[str, int] = {}
+    for c in cases:
+        seen[c.case_id] = seen.get(c.case_id, 0) + 1
+    dups = sorted(k for k, n in seen.items() if n > 1)
+    if dups:
+        raise DataError(f"{source}: duplicate case ids {dups}")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    tmp.replace(path)

@@ -1,0 +1,310 @@
+"""ActiveDataModule: source set, target labeled / unlabeled pools and evaluation sets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+from monai.data import CacheDataset, Dataset, list_data_collate
+from torch.utils.data import DataLoader
+
+from lightning_ada.data.cases import Case, DataError, check_unique_ids
+from lightning_ada.data.pools import ActivePool
+from lightning_ada.data.transforms import preprocessing, training_augmentation
+
+Layout = Literal["datalist", "brats", "brats2023", "msd", "nnunet"]
+Stage = Literal["source", "target"]
+
+
+class _Repeat(torch.utils.data.Dataset):
+    """Present ``base`` as ``length`` items (index modulo its size): fixed iterations per epoch."""
+
+    def __init__(self, base: Sequence[Any], length: int) -> None:
+        self.base, self.length = base, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> Any:
+        if not len(self.base):
+            raise RuntimeError(
+                "no labeled case to train on: give the active callback a budget > 0, "
+                "or list data.initial_labeled / set data.label_all"
+            )
+        return self.base[i % len(self.base)]
+
+
+class ActiveDataModule(L.LightningDataModule):
+    """Cases of one task, split into a source set, a target pool and evaluation sets.
+
+    In the ``source`` stage the model trains on every ``source`` case and is evaluated on
+    ``source_test``. In the ``target`` stage it trains on the *labeled* part of the target
+    ``pool`` (grown by :meth:`label`) and is evaluated on ``test``.
+
+    Args:
+        root: dataset folder (or datalist JSON file for ``layout="datalist"``).
+        layout: on-disk layout read by :func:`lightning_ada.data.readers.read_cases`.
+        phantom: keyword arguments of :func:`lightning_ada.data.phantom.generate_phantom`; when
+            given, the synthetic phantom is generated into ``root`` if absent (deterministic).
+        stage: ``source`` (pre-training) or ``target`` (adaptation).
+        splits: explicit case ids per split name (``source``, ``source_test``, ``pool``,
+            ``test``); a split not given here is taken from each case's own ``split`` field.
+        modalities: modality names, in channel order.
+        labels: region name -> on-disk label value, in class order (class index = position + 1).
+        initial_labeled: pool case ids labeled (with their reference mask) before any query.
+        label_all: label the whole pool with reference masks (the upper bound).
+        batch_size: training batch size.
+        iterations_per_epoch: training batches per epoch, whatever the labeled-set size.
+        patch_size: training patch in voxels ``(H, W, D)``.
+        pixdim: resample to this spacing in mm (None keeps the native grid).
+        crop_foreground: crop each case to its non-zero box.
+        divisible_by: pad volumes to a multiple of this (product of the net's strides).
+        augment: random flips and intensity augmentation for training.
+        validate_inputs: check every file (shapes, affines, NaN, label values) once in setup.
+        num_workers: DataLoader workers.
+        predict_split: which split ``predict`` runs on.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/phantom/glioma",
+        layout: Layout = "datalist",
+        phantom: dict[str, Any] | None = None,
+        stage: Stage = "target",
+        splits: dict[str, list[str]] | None = None,
+        modalities: list[str] = ["flair", "t1", "t1ce", "t2"],  # noqa: B006
+        labels: dict[str, int] = {"NCR": 1, "ED": 2, "ET": 4},  # noqa: B006
+        initial_labeled: list[str] | None = None,
+        label_all: bool = False,
+        batch_size: int = 4,
+        iterations_per_epoch: int = 25,
+        patch_size: list[int] = [32, 32, 32],  # noqa: B006
+        pixdim: list[float] | None = None,
+        crop_foreground: bool = False,
+        divisible_by: int = 8,
+        augment: bool = True,
+        validate_inputs: bool = True,
+        num_workers: int = 0,
+        predict_split: str = "test",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cases: dict[str, Case] = {}
+        self.split_ids: dict[str, list[str]] = {}
+        self.pool: ActivePool | None = None
+        self._cache: CacheDataset | None = None
+        self._index: dict[str, int] = {}
+        self._annotated: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def prepare_data(self) -> None:
+        """Generate the phantom into ``root`` when configured (once, on one process)."""
+        if self.hparams.phantom is not None:
+            from lightning_ada.data.phantom import generate_phantom
+
+            generate_phantom(self._root_dir(), **self.hparams.phantom)
+
+    def _root_dir(self) -> Path:
+        root = Path(self.hparams.root)
+        return root.parent if root.suffix == ".json" else root
+
+    def _read(self) -> list[Case]:
+        from lightning_ada.data.readers import read_cases
+
+        root = Path(self.hparams.root)
+        if self.hparams.layout == "datalist" and root.is_dir():
+            root = root / "dataset.json"
+        return read_cases(root, self.hparams.layout)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the cases, check them, build the pool and the in-memory cache (once)."""
+        if self._cache is not None:
+            return
+        if self.hparams.phantom is not None:
+            self.prepare_data()  # idempotent; covers direct use without a Trainer
+        cases = self._read()
+        check_unique_ids(cases, str(self.hparams.root))
+        self.cases = {c.case_id: c for c in cases}
+        for c in cases:
+            if tuple(c.modalities) != tuple(self.hparams.modalities):
+                raise DataError(
+                    f"case {c.case_id}: modalities {list(c.modalities)} differ from the "
+                    f"configured {self.hparams.modalities}"
+                )
+        self.split_ids = self._resolve_splits(cases)
+        if self.hparams.validate_inputs:
+            from lightning_ada.data.readers import validate_case
+
+            for cid in sorted({i for ids in self.split_ids.values() for i in ids}):
+                validate_case(self.cases[cid], list(self.hparams.labels.values()))
+        self.pool = ActivePool(self.split_ids.get("pool", []))
+        for cid in self._initially_labeled():
+            self.pool.label(cid, self._reference_label(cid), None, round=-1)
+        if self._pending_state is not None:
+            self.pool.load_state_dict(self._pending_state)
+            self._pending_state = None
+        used = [cid for cid in self.cases if any(cid in ids for ids in self.split_ids.values())]
+        self._index = {cid: i for i, cid in enumerate(used)}
+        items = [self.cases[cid].to_item() for cid in used]
+        missing = [i["case_id"] for i in items if "label" not in i]
+        if missing:
+            raise DataError(f"{self.hparams.root}: cases without a reference label: {missing}")
+        self._cache = CacheDataset(items, self._preprocessing(), progress=False, num_workers=0)
+
+    def _resolve_splits(self, cases: Sequence[Case]) -> dict[str, list[str]]:
+        splits: dict[str, list[str]] = {}
+        for c in cases:
+            if c.split is not None:
+                splits.setdefault(c.split, []).append(c.case_id)
+        for name, ids in (self.hparams.splits or {}).items():
+            unknown = sorted(set(ids) - set(self.cases))
+            if unknown:
+                raise DataError(f"split {name!r} names unknown case ids: {unknown}")
+            splits[name] = list(ids)
+        need = ("source", "source_test") if self.hparams.stage == "source" else ("pool", "test")
+        for name in need:
+            if not splits.get(name):
+                raise DataError(f"{self.hparams.root}: split {name!r} is empty or missing")
+        return splits
+
+    def _initially_labeled(self) -> list[str]:
+        if self.hparams.stage == "source" or self.hparams.label_all:
+            return list(self.split_ids["source" if self.hparams.stage == "source" else "pool"])
+        return list(self.hparams.initial_labeled or [])
+
+    def _preprocessing(self, with_label: bool = True) -> Any:
+        return preprocessing(
+            list(self.hparams.labels.values()),
+            with_label=with_label,
+            pixdim=self.hparams.pixdim,
+            crop_foreground=self.hparams.crop_foreground,
+            divisible_by=self.hparams.divisible_by,
+        )
+
+    def _reference_label(self, case_id: str) -> str:
+        label = self.cases[case_id].label
+        if label is None:
+            raise DataError(f"case {case_id} has no reference label")
+        return label
+
+    # ------------------------------------------------------------------ pool API
+    @property
+    def train_pool(self) -> ActivePool:
+        """The pool training draws from (the source set in the ``source`` stage)."""
+        if self.pool is None:
+            raise RuntimeError("call setup() first")
+        if self.hparams.stage == "source":
+            src = ActivePool(self.split_ids["source"])
+            for cid in src.case_ids:
+                src.label(cid, self._reference_label(cid))
+            return src
+        return self.pool
+
+    def unlabeled_ids(self) -> list[str]:
+        """Ids of the target pool cases still unlabeled, in pool order."""
+        return self.pool.unlabeled if self.pool is not None else []
+
+    def label(
+        self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int
+    ) -> None:
+        """Move ``case_id`` to the labeled pool with the mask the oracle delivered."""
+        assert self.pool is not None, "call setup() first"
+        self.pool.label(case_id, str(label_path), modality, round=round, epoch=epoch)
+
+    def case(self, case_id: str) -> Case:
+        """The :class:`Case` record of ``case_id``."""
+        return self.cases[case_id]
+
+    def item(self, case_id: str) -> dict[str, Any]:
+        """The preprocessed item of a case: ``image`` ``(C, H, W, D)``, ``label`` ``(1, H, W, D)``."""
+        return self._cache[self._index[case_id]]
+
+    def image(self, case_id: str) -> torch.Tensor:
+        """The preprocessed image ``(C, H, W, D)`` of a case (network input space)."""
+        return self.item(case_id)["image"]
+
+    def _training_item(self, case_id: str) -> dict[str, Any]:
+        """Image with the delivered annotation (which may differ from the reference mask)."""
+        path = self.train_pool.annotation(case_id).label_path
+        if path == self.cases[case_id].label:
+            return self.item(case_id)
+        key = (case_id, path)
+        if key not in self._annotated:
+            from lightning_ada.data.readers import validate_label_file
+
+            validate_label_file(
+                path, self.cases[case_id].images[0], list(self.hparams.labels.values()),
+                allow_empty=True,
+            )
+            entry = self.cases[case_id].to_item() | {"label": path}
+            self._annotated[key] = self._preprocessing()(entry)
+        return self._annotated[key]
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        """Fixed-length epochs sampled from the *current* labeled set (rebuilt on every reload)."""
+        labeled = [self._training_item(cid) for cid in self.train_pool.labeled]
+        data = Dataset(labeled, training_augmentation(self.hparams.patch_size, self.hparams.augment))
+        length = self.hparams.iterations_per_epoch * self.hparams.batch_size
+        return DataLoader(
+            _Repeat(data, length),
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            num_workers=self.hparams.num_workers,
+            collate_fn=list_data_collate,
+            persistent_workers=False,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        subset = [self.item(cid) for cid in self.split_ids[split]]
+        return DataLoader(subset, batch_size=1, num_workers=0, collate_fn=list_data_collate)
+
+    def eval_split(self) -> str:
+        """The split used for validation and test in the current stage."""
+        return "source_test" if self.hparams.stage == "source" else "test"
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.eval_split())
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.eval_split())
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.hparams.predict_split)
+
+    def invert(self, prediction: torch.Tensor, case_id: str) -> torch.Tensor:
+        """Map a class-index prediction ``(1, H, W, D)`` back to the case's original geometry.
+
+        Returns a MetaTensor carrying the original affine, with on-disk label values.
+        """
+        from monai.transforms import Invertd, MapLabelValue
+
+        from lightning_ada.data.transforms import label_mapping
+
+        item = self.item(case_id)
+        pred = item["label"].clone()  # carries the applied-transform stack of this case
+        pred.array = prediction.to(pred.dtype)
+        inverted = Invertd(keys="label", transform=self._preprocessing(), nearest_interp=True)(
+            {"label": pred, "image": item["image"]}
+        )["label"]
+        orig, target = label_mapping(self.hparams.labels.values())
+        return MapLabelValue(orig_labels=target, target_labels=orig)(inverted)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The pool state (labeled ids with their round, modality, label file)."""
+        return {"pool": self.pool.state_dict() if self.pool is not None else self._pending_state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the pool state (before or after :meth:`setup`)."""
+        state = state_dict.get("pool")
+        if state is None:
+            return
+        if self.pool is None:
+            self._pending_state = state
+        else:
+            self.pool.load_state_dict(state)

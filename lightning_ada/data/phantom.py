@@ -1,0 +1,531 @@
+"""Synthetic multi-modal, multi-centre MRI tumour phantom, deterministic from a seed.
+
+Two tasks:
+
+* ``glioma``: 4 channels (``flair, t1, t1ce, t2``, BraTS 2021 file naming), a skull-stripped
+  brain (CSF / grey matter / white matter, ventricles) with a tumour made of oedema (ED, label 2),
+  necrotic core (NCR, label 1) and an enhancing rim (ET, label 4).
+* ``npc``: 3 channels (``t1, t1ce, t2``), a head/neck body (fat, muscle, mucosa, bone, airway)
+  with a gross tumour volume (GTV, label 1) at the nasopharynx.
+
+Each centre (scanner) is a tissue x modality intensity table plus bias field, Rician noise,
+Gaussian blur, gamma and a global intensity scale. The source centre ``A`` makes the ``source``
+and ``source_test`` splits; the target population (scanners ``B`` / ``C`` / ``D`` at 60 / 25 /
+15 %, one modality degraded in 20 % of cases) makes ``pool`` and ``test``. See
+``CALIBRATION.md`` for why these numbers give a usable domain gap at 32^3.
+
+Besides the reference label, every case has one mask per modality: what an annotator would draw
+looking at that modality alone. Each tumour boundary is judged by its contrast-to-noise ratio on
+that modality for that case; a boundary below ``_LO`` is not seen (the two regions merge, or the
+region is missed), otherwise it is drawn with a boundary error that shrinks as contrast grows.
+
+Layout written under ``root``::
+
+    dataset.json                               (written last, atomically)
+    <case_id>/<case_id>_<modality>.nii.gz      float32, 0 outside the head
+    <case_id>/<case_id>_seg.nii.gz             uint8 reference label
+    <case_id>/<case_id>_seg_<modality>.nii.gz  uint8 per-modality annotation
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from lightning_ada.data.cases import Case, DataError, write_json_atomic
+
+__all__ = ["TASKS", "generate_phantom", "load_phantom"]
+
+VERSION = "phantom-1"
+Task = Literal["glioma", "npc"]
+
+# Task description: modalities, tissue rows of the intensity tables, labels written to dataset.json.
+TASKS: dict[str, dict[str, Any]] = {
+    "glioma": {
+        "modalities": ("flair", "t1", "t1ce", "t2"),
+        "tissues": ("csf", "gm", "wm", "ed", "ncr", "et"),
+        "labels": {"NCR": 1, "ED": 2, "ET": 4},
+    },
+    "npc": {
+        "modalities": ("t1", "t1ce", "t2"),
+        "tissues": ("fat", "muscle", "mucosa", "bone", "airway", "tumour"),
+        "labels": {"GTV": 1},
+    },
+}
+_SPLITS = {"source": ("src", 0), "source_test": ("srctest", 1), "pool": ("pool", 2), "test": ("test", 3)}
+_TARGET_FREQ = np.array([0.60, 0.25, 0.15])  # scanners B, C, D in the target population
+_DEGRADED_FREQ = 0.20
+_LO, _HI, _EXC = 2.0, 4.0, 8.0  # contrast-to-noise thresholds: seen / clear / exact boundary
+_BALL = ndimage.generate_binary_structure(3, 1)
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """One centre's acquisition.
+
+    Attributes:
+        name: centre name (``A`` is the source centre).
+        table: (tissues, modalities) mean intensity per tissue, unitless (about 0-1.1).
+        noise: Rician noise std, in table units (after gamma).
+        bias: std of the log multiplicative bias field.
+        blur: Gaussian blur std in voxels.
+        gamma: exponent applied to the biased, blurred intensities.
+        scale: global intensity scale (arbitrary scanner units).
+    """
+
+    name: str
+    table: np.ndarray
+    noise: float
+    bias: float
+    blur: float
+    gamma: float
+    scale: float
+
+
+def _with(table: np.ndarray, task: str, changes: dict[tuple[str, str], float]) -> np.ndarray:
+    """Copy of ``table`` with entries ``(tissue, modality) -> value`` changed."""
+    out = table.copy()
+    for (tissue, mod), v in changes.items():
+        out[TASKS[task]["tissues"].index(tissue), TASKS[task]["modalities"].index(mod)] = v
+    return out
+
+
+def _scanners(task: str) -> list[Scanner]:
+    """The four centres of ``task``: source ``A`` then targets ``B`` (60 %), ``C`` (25 %), ``D``."""
+    if task == "glioma":
+        #                  flair   t1  t1ce    t2
+        a = np.array([[0.10, 0.20, 0.22, 1.00],  # csf
+                      [0.55, 0.55, 0.57, 0.60],  # gm
+                      [0.45, 0.75, 0.78, 0.35],  # wm
+                      [0.95, 0.68, 0.62, 0.85],  # ed: bright FLAIR/T2, faint on T1/T1c
+                      [0.70, 0.35, 0.35, 0.95],  # ncr: dark T1/T1c, bright T2
+                      [0.75, 0.60, 1.10, 0.80]])  # et: enhancing on T1c only
+        b = _with(a, task, {("ed", "flair"): 0.68, ("csf", "flair"): 0.35, ("et", "t1ce"): 0.80,
+                            ("wm", "t2"): 0.45, ("ncr", "t2"): 0.75})
+        c = _with(a, task, {("gm", "t1"): 0.75, ("wm", "t1"): 0.55})  # grey/white reversed on T1
+    else:
+        #                   t1  t1ce    t2
+        a = np.array([[0.95, 0.90, 0.85],  # fat
+                      [0.40, 0.45, 0.30],  # muscle
+                      [0.45, 0.75, 0.70],  # mucosa: enhancing, T2-bright
+                      [0.12, 0.15, 0.10],  # bone (cortical)
+                      [0.03, 0.03, 0.03],  # airway
+                      [0.52, 0.80, 0.60]])  # tumour: moderate T1, strongest on T1c
+        # common target: fat-suppressed T1c/T2, weaker enhancement, brighter T2 tumour
+        b = _with(a, task, {("fat", "t1ce"): 0.20, ("fat", "t2"): 0.25, ("tumour", "t1ce"): 0.65,
+                            ("mucosa", "t1ce"): 0.70, ("tumour", "t2"): 0.72,
+                            ("muscle", "t2"): 0.35})
+        c = _with(a, task, {("fat", "t1"): 0.75, ("tumour", "t1"): 0.45})  # T1-isointense tumour
+    return [
+        Scanner("A", a, noise=0.03, bias=0.10, blur=0.5, gamma=1.0, scale=100.0),
+        Scanner("B", b, noise=0.04, bias=0.15, blur=0.6, gamma=1.0, scale=350.0),
+        Scanner("C", c, noise=0.03, bias=0.10, blur=1.0, gamma=1.0, scale=60.0),
+        Scanner("D", a, noise=0.07, bias=0.30, blur=0.5, gamma=0.6, scale=1200.0),
+    ]
+
+
+def _assign(n: int, freq: np.ndarray, key: list[int]) -> list[int]:
+    """Prefix-stable proportional assignment of ``n`` items to ``len(freq)`` classes.
+
+    Item ``k`` goes to the class furthest behind its quota (plus a seeded jitter), so every prefix
+    (hence even a small pool) follows ``freq`` to within about one item, and adding items never
+    changes earlier ones.
+    """
+    counts, out = np.zeros(len(freq)), []
+    for k in range(n):
+        jitter = np.random.default_rng([*key, k]).uniform(0.0, 0.5, len(freq))
+        j = int(np.argmax(freq * (k + 1) - counts + jitter))
+        counts[j] += 1
+        out.append(j)
+    return out
+
+
+def _smooth(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndarray:
+    """(size, size, size) low-frequency random field, zero mean and unit std."""
+    f = ndimage.zoom(rng.standard_normal((cells,) * 3), size / cells, order=3, mode="mirror")
+    f = f[:size, :size, :size]
+    return (f - f.mean()) / (f.std() + 1e-8)
+
+
+def _grid(size: int) -> np.ndarray:
+    """(3, H, W, D) voxel-centre coordinates in [-1, 1]."""
+    g = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    return np.stack(np.meshgrid(g, g, g, indexing="ij"))
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    """A random 3x3 rotation matrix."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _blob(rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray, radii: np.ndarray,
+          rot: np.ndarray, wobble: float) -> np.ndarray:
+    """(H, W, D) normalised distance of an irregular ellipsoid (<= 1 inside)."""
+    rel = np.einsum("ij,j...->i...", rot, xyz - centre[:, None, None, None])
+    d = np.sqrt(((rel / radii[:, None, None, None]) ** 2).sum(0))
+    return d * (1.0 + wobble * np.tanh(_smooth(rng, xyz.shape[1])))
+
+
+def _tumour_geometry(rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray,
+                     half_width: float, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """An irregular tumour of radius log-uniform in 0.2-0.6 ``half_width`` (normalised units).
+
+    Returns:
+        (the normalised distance field, the region inside ``allowed``, radius in voxels).
+    """
+    size = xyz.shape[1]
+    r = np.exp(rng.uniform(np.log(0.2), np.log(0.6))) * half_width
+    radii = r * (1.0 + rng.uniform(-0.2, 0.2, 3))
+    d = _blob(rng, xyz, centre, radii, _rotation(rng), wobble=0.22)
+    region = (d <= 1.0) & allowed
+    if not region.any():  # a tiny tumour falling between voxel centres: keep its nearest voxel
+        idx = np.unravel_index(np.argmin(np.where(allowed, d, np.inf)), d.shape)
+        region[idx] = True
+    return d, region, float(r * size / 2)
+
+
+def _glioma_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Tissue map (H, W, D) int8 (-1 background, else a row of the glioma table), GT, radius."""
+    xyz = _grid(size)
+    axes = np.array([0.86, 0.72, 0.80]) * (1.0 + 0.04 * rng.standard_normal(3))
+    c0 = 0.03 * rng.standard_normal(3)
+    rel = (xyz - c0[:, None, None, None]) / axes[:, None, None, None]
+    r = np.sqrt((rel**2).sum(0))
+    tissue = np.full(r.shape, -1, np.int8)
+    tissue[r <= 1.0] = 2  # wm
+    tissue[(r <= 1.0) & (r > 0.72 + 0.05 * _smooth(rng, size, 6))] = 1  # folded cortex
+    tissue[(r <= 1.0) & (r > 0.90 + 0.02 * _smooth(rng, size, 6))] = 0  # sulcal csf
+    vr = np.array([0.07, 0.28, 0.13]) * (1.0 + 0.15 * rng.standard_normal(3)).clip(0.6, 1.4)
+    for side in (-1.0, 1.0):
+        v = rel - np.array([side * 0.12, 0.0, 0.05])[:, None, None, None]
+        tissue[((v / vr[:, None, None, None]) ** 2).sum(0) <= 1.0] = 0
+    # tumour: oedema blob, offset core of 35-70 % its size, enhancing rim 0.8-1.6 voxels thick
+    frac = rng.uniform(0.2, 0.6)  # drawn before the radius so the position can depend on it
+    p = rng.standard_normal(3)
+    p = p / np.linalg.norm(p) * rng.uniform() ** (1 / 3) * max(0.15, 0.78 - 0.5 * frac)
+    centre = c0 + p * axes
+    d, region, r_vox = _tumour_geometry(rng, xyz, centre, float(axes.mean()), r <= 0.93)
+    core_frac = rng.uniform(0.35, 0.7)
+    core_c = centre + 0.15 * (r_vox * 2 / size) * rng.standard_normal(3)
+    rot = _rotation(rng)
+    core_r = core_frac * (r_vox * 2 / size) * (1.0 + rng.uniform(-0.2, 0.2, 3))
+    dc = _blob(rng, xyz, core_c, core_r, rot, wobble=0.15)
+    core = (dc <= 1.0) & region
+    rim = rng.uniform(0.8, 1.6) / max(core_frac * r_vox, 1e-3)
+    et = core & (dc > 1.0 - rim)
+    kind = rng.uniform()
+    partial = _smooth(rng, size) > 0
+    if kind < 0.08:  # non-enhancing tumour
+        et[:] = False
+    elif kind < 0.18:  # incomplete rim
+        et &= partial
+    seg = np.zeros(r.shape, np.uint8)
+    seg[region] = 2
+    seg[core] = 1
+    seg[et] = 4
+    tissue[region] = 3
+    tissue[core] = 4
+    tissue[et] = 5
+    return tissue, seg, r_vox
+
+
+def _npc_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Tissue map (H, W, D) int8 (-1 background, else a row of the npc table), GT, radius."""
+    x, y, z = _grid(size)
+    jit = 1.0 + 0.04 * rng.standard_normal(3)
+    taper = np.clip(-z, 0.0, 1.0)  # the neck (z < 0) narrows
+    rx, ry, rz = (0.80 - 0.22 * taper) * jit[0], (0.76 - 0.16 * taper) * jit[1], 0.96 * jit[2]
+    rb = np.sqrt((x / rx) ** 2 + (y / ry) ** 2 + (z / rz) ** 2)
+    body = rb <= 1.0
+    tissue = np.full(x.shape, -1, np.int8)
+    tissue[body] = 1  # muscle
+    tissue[body & (rb > 0.86 + 0.03 * _smooth(rng, size, 6))] = 0  # subcutaneous fat
+    for side in (-1.0, 1.0):  # parapharyngeal fat
+        tissue[((x - side * 0.30) / 0.08) ** 2 + (y / 0.15) ** 2 + ((z - 0.2) / 0.2) ** 2 <= 1] = 0
+    base = 0.52 + 0.04 * rng.standard_normal()
+    bone = body & (rb <= 0.86) & (((z > base) & (z < base + 0.16))  # skull base
+                                  | ((x**2 + (y - 0.45) ** 2 <= 0.13**2) & (z < base)))  # spine
+    tissue[bone] = 3
+    npx = np.array([0.0, -0.05, 0.3]) + 0.03 * rng.standard_normal(3)
+    airway = (((x - npx[0]) / 0.22) ** 2 + ((y - npx[1]) / 0.16) ** 2 + ((z - npx[2]) / 0.16) ** 2 <= 1)
+    airway |= ((x / 0.12) ** 2 + ((y + 0.05) / 0.10) ** 2 <= 1) & (z < npx[2])  # oropharynx
+    airway |= (x / 0.15) ** 2 + ((y + 0.45) / 0.30) ** 2 + ((z - 0.35) / 0.12) ** 2 <= 1  # nose
+    airway &= body & ~bone
+    tissue[ndimage.binary_dilation(airway, _BALL) & body & ~bone] = 2  # mucosa
+    tissue[airway] = 4
+    side = rng.choice([-1.0, 1.0])
+    centre = npx + np.array([side * rng.uniform(0, 0.18), 0.16 + rng.uniform(-0.05, 0.1),
+                             rng.uniform(-0.12, 0.12)])
+    d, region, r_vox = _tumour_geometry(rng, np.stack([x, y, z]), centre, float((rx.mean() + ry.mean()) / 2),
+                                        body & (rb <= 0.86) & ~bone)
+    region &= ~airway | (d < 0.6)  # the tumour bulges into, but does not fill, the lumen
+    if not region.any():
+        region[np.unravel_index(np.argmin(np.where(body & ~bone, d, np.inf)), d.shape)] = True
+    tissue[region] = 5
+    return tissue, region.astype(np.uint8), r_vox
+
+
+def _sigma(sc: Scanner, m: int, deg: str | None) -> float:
+    """Effective noise an annotator perceives on modality ``m`` (table units)."""
+    noise, blur, ghost = sc.noise, sc.blur, 0.0
+    if deg == "noise":
+        noise += 0.15
+    elif deg == "blur":
+        blur += 2.0
+    elif deg == "motion":
+        ghost, blur = 0.10, blur + 1.0
+    return float(np.sqrt(noise**2 + (0.15 * sc.bias) ** 2 + 0.02**2 + ghost**2) * (1 + 0.8 * blur))
+
+
+def _level(cnr: float) -> int:
+    """0 unseen, 1 visible (1-voxel boundary error), 2 clear (partial error), 3 exact."""
+    return int(np.searchsorted([_LO, _HI, _EXC], cnr, side="right"))
+
+
+def _draw(region: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
+    """An annotator's outline of ``region`` (H, W, D) bool at boundary quality ``level``."""
+    if level >= 3:
+        return region
+    erode = rng.uniform() < (0.6 if level <= 1 else 0.5)
+    moved = (ndimage.binary_erosion if erode else ndimage.binary_dilation)(region, _BALL)
+    if level == 2:  # error on part of the boundary only
+        return np.where(_smooth(rng, region.shape[0]) > 0, moved, region)
+    if level == 0:  # barely seen: under-drawn, parts lost
+        return moved & ~(ndimage.binary_erosion(moved, _BALL) ^ moved) | (
+            ndimage.binary_erosion(region, _BALL, iterations=2))
+    return moved
+
+
+def _shell_contrast(tissue: np.ndarray, inside: np.ndarray, vals: np.ndarray, v_in: float,
+                    exclude: tuple[int, ...] = ()) -> float:
+    """Mean |v_in - v_t| over the healthy tissues t in a 1-voxel shell around ``inside``."""
+    shell = ndimage.binary_dilation(inside, _BALL) & ~inside & (tissue >= 0)
+    t = tissue[shell]
+    t = t[~np.isin(t, exclude)] if exclude else t
+    if t.size == 0:
+        return 1.0
+    return float(np.abs(v_in - vals[t]).mean())
+
+
+def _glioma_masks(tissue, seg, vals, sigma, rng) -> np.ndarray:
+    """Per-modality glioma annotation (H, W, D) uint8 from contrasts ``vals`` (tissues,)."""
+    ed, ncr, et = 3, 4, 5
+    chain = [t for t in (ncr, et, ed) if (tissue == t).any()]  # inner -> outer, then brain
+    cnr = [abs(vals[a] - vals[b]) / sigma for a, b in zip(chain, chain[1:])]
+    outer = np.isin(tissue, [ed, ncr, et])
+    cnr.append(_shell_contrast(tissue, outer, vals, vals[ed] if ed in chain else vals[chain[-1]],
+                               exclude=(ed, ncr, et)) / sigma)
+    # edge k separates chain[:k+1] from the rest; unseen edges merge their two sides
+    groups, current = [], [chain[0]]
+    for k, c in enumerate(cnr):
+        if _level(c) == 0:
+            current.append(chain[k + 1] if k + 1 < len(chain) else -1)
+        else:
+            groups.append((k, current))
+            current = [chain[k + 1]] if k + 1 < len(chain) else []
+    out = np.zeros(seg.shape, np.uint8)
+    for k, members in reversed(groups):  # paint outer edges first
+        if -1 in members:
+            continue
+        label = 2 if ed in members else 1 if ncr in members else 4
+        out[_draw(np.isin(tissue, chain[: k + 1]), _level(cnr[k]), rng)] = label
+    return out
+
+
+def _npc_mask(tissue, seg, vals, sigma, rng) -> np.ndarray:
+    """Per-modality npc annotation (H, W, D) uint8 from contrasts ``vals`` (tissues,)."""
+    tum = seg > 0
+    cnr = _shell_contrast(tissue, tum, vals, vals[5], exclude=(2,)) / sigma
+    drawn = _draw(tum, _level(cnr), rng)
+    if abs(vals[5] - vals[2]) / sigma < _LO:  # mucosa looks like tumour: over-drawn into it
+        near = ndimage.binary_dilation(drawn | tum, _BALL, iterations=2)
+        drawn |= near & (tissue == 2)
+    return drawn.astype(np.uint8)
+
+
+def _acquire(tissue: np.ndarray, sc: Scanner, table: np.ndarray, deg: tuple[int, str] | None,
+             rng: np.random.Generator) -> np.ndarray:
+    """(C, H, W, D) float32 images of ``tissue``: blur, bias, gamma, Rician noise, scale."""
+    head = tissue >= 0
+    lut = np.vstack([table, np.zeros((1, table.shape[1]))])  # index -1 -> background 0
+    out = np.zeros((table.shape[1], *tissue.shape), np.float32)
+    for m in range(table.shape[1]):
+        kind = deg[1] if deg is not None and deg[0] == m else None
+        x = ndimage.gaussian_filter(lut[tissue, m], sc.blur + (2.0 if kind == "blur" else 0.0))
+        if kind == "motion":  # directional smear plus a ghost shifted along the phase axis
+            ax = int(rng.integers(3))
+            x = ndimage.gaussian_filter1d(x, 1.2, axis=ax)
+            x = x + 0.35 * np.roll(x, tissue.shape[ax] // 3, axis=ax)
+        x = (x * np.exp(sc.bias * _smooth(rng, tissue.shape[0]))).clip(0.0) ** sc.gamma
+        s = sc.noise + (0.15 if kind == "noise" else 0.0)
+        x = np.sqrt((x + s * rng.standard_normal(x.shape)) ** 2 + (s * rng.standard_normal(x.shape)) ** 2)
+        out[m] = np.where(head, np.maximum(x, 1e-3) * sc.scale, 0.0)
+    return out
+
+
+def _affine(size: int) -> np.ndarray:
+    """LPS-like affine, isotropic 192/size mm spacing, volume centred on the origin."""
+    s = 192.0 / size
+    half = s * (size - 1) / 2
+    return np.array([[-s, 0, 0, half], [0, -s, 0, half], [0, 0, s, -half], [0, 0, 0, 1.0]])
+
+
+def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+
+
+def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int,
+               degraded: bool, size: int, seed: int) -> Case:
+    """Synthesise, write and describe one case (paths relative to ``root``)."""
+    spec, scanners = TASKS[task], _scanners(task)
+    tag, split_code = _SPLITS[split]
+    case_id = f"{task}_{tag}_{index:03d}"
+    ss = np.random.SeedSequence([seed, list(TASKS).index(task), split_code, index])
+    rng_anat, rng_acq, rng_ann = (np.random.default_rng(s) for s in ss.spawn(3))
+    tissue, seg, r_vox = (_glioma_anatomy if task == "glioma" else _npc_anatomy)(rng_anat, size)
+    sc = scanners[scanner_index]
+    table = sc.table * (1.0 + 0.02 * rng_acq.standard_normal(sc.table.shape))  # per-case jitter
+    mods = spec["modalities"]
+    deg = None
+    if degraded:
+        deg = (int(rng_acq.integers(len(mods))), str(rng_acq.choice(["noise", "blur", "motion"])))
+    images = _acquire(tissue, sc, table, deg, rng_acq)
+
+    affine = _affine(size)
+    (root / case_id).mkdir(parents=True, exist_ok=True)
+    rel = lambda suffix: f"{case_id}/{case_id}_{suffix}.nii.gz"  # noqa: E731
+    for m, mod in enumerate(mods):
+        _save(images[m], affine, root / rel(mod))
+    _save(seg, affine, root / rel("seg"))
+    mask_fn = _glioma_masks if task == "glioma" else _npc_mask
+    eff = table.clip(0.0) ** sc.gamma  # contrasts as acquired
+    for m, mod in enumerate(mods):
+        kind = deg[1] if deg is not None and deg[0] == m else None
+        _save(mask_fn(tissue, seg, eff[:, m], _sigma(sc, m, kind), rng_ann), affine,
+              root / rel(f"seg_{mod}"))
+
+    vox = {name: int((seg == v).sum()) for name, v in spec["labels"].items()}
+    vox["total"] = int((seg > 0).sum())
+    meta = {"centre": sc.name, "scanner_index": scanner_index, "tumour_voxels": vox,
+            "tumour_radius_vox": round(r_vox, 3),
+            "degraded_modality": mods[deg[0]] if deg else None,
+            "degradation": deg[1] if deg else None}
+    return Case(case_id=case_id, images=tuple(rel(m) for m in mods), modalities=tuple(mods),
+                label=rel("seg"), modality_labels={m: rel(f"seg_{m}") for m in mods},
+                split=split, meta=meta)
+
+
+def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_source: int = 20,
+                     n_source_test: int = 6, n_pool: int = 30, n_test: int = 12, seed: int = 0,
+                     overwrite: bool = False, progress: bool = True) -> Path:
+    """Generate (or reuse) a synthetic multi-centre phantom under ``root``.
+
+    Images are (H, W, D) = (size, size, size) float32 volumes, one NIfTI per modality, in
+    arbitrary scanner units (0 outside the head); voxels are isotropic ``192 / size`` mm. Every
+    case is drawn from its own generator seeded by ``(seed, task, split, index)``, so the same
+    seed gives identical arrays and adding cases leaves earlier anatomies unchanged.
+
+    Args:
+        root: output folder.
+        task: ``"glioma"`` (flair, t1, t1ce, t2; NCR 1, ED 2, ET 4) or ``"npc"`` (t1, t1ce, t2;
+            GTV 1).
+        size: edge length of the cubic volume in voxels.
+        n_source: cases of split ``source`` (centre A).
+        n_source_test: cases of split ``source_test`` (centre A).
+        n_pool: cases of split ``pool`` (target scanners B / C / D at 60 / 25 / 15 %).
+        n_test: cases of split ``test`` (same target population).
+        seed: non-negative integer seed.
+        overwrite: regenerate when ``root/dataset.json`` exists with different parameters.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The path of ``root/dataset.json`` (a datalist: ``{"name", "task", "modalities",
+        "labels", "generator", "cases"}`` with paths relative to ``root``).
+
+    Raises:
+        ValueError: bad arguments.
+        FileExistsError: ``root`` holds a phantom generated with other parameters and
+            ``overwrite`` is False.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    counts = {"source": n_source, "source_test": n_source_test, "pool": n_pool, "test": n_test}
+    if any(n < 0 for n in counts.values()) or seed < 0:
+        raise ValueError(f"case counts and seed must be non-negative, got {counts}, seed={seed}")
+    root = Path(root)
+    out = root / "dataset.json"
+    params = {"task": task, "size": size, "n_source": n_source, "n_source_test": n_source_test,
+              "n_pool": n_pool, "n_test": n_test, "seed": seed, "version": VERSION}
+    if out.exists():
+        try:
+            old = json.loads(out.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("generator") == params:
+            return out
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} was generated with {old.get('generator')}, not {params}; "
+                "pass overwrite=True or choose another root")
+        out.unlink()  # from here on an interruption leaves no dataset.json
+        for c in old.get("cases", []):
+            cid = str(c.get("case_id", ""))
+            if cid and "/" not in cid and (root / cid).is_dir():
+                shutil.rmtree(root / cid)
+
+    jobs = []
+    task_code = list(TASKS).index(task)
+    for split, n in counts.items():
+        split_code = _SPLITS[split][1]
+        if split in ("source", "source_test"):
+            scan, degr = [0] * n, [False] * n
+        else:
+            scan = [1 + j for j in _assign(n, _TARGET_FREQ, [seed, task_code, split_code, 1])]
+            freq = np.array([1 - _DEGRADED_FREQ, _DEGRADED_FREQ])
+            degr = [j == 1 for j in _assign(n, freq, [seed, task_code, split_code, 2])]
+        jobs += [(split, i, scan[i], degr[i]) for i in range(n)]
+    it = jobs
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(jobs, desc=f"phantom {task} {size}^3", unit="case")
+    cases = [_make_case(root, task, sp, i, s, d, size, seed) for sp, i, s, d in it]
+    spec = TASKS[task]
+    write_json_atomic(out, {
+        "name": f"phantom_{task}", "task": task, "modalities": list(spec["modalities"]),
+        "labels": dict(spec["labels"]), "generator": params,
+        "cases": [c.to_json() for c in cases],
+    })
+    return out
+
+
+def load_phantom(root: str | Path) -> list[Case]:
+    """The cases of a generated phantom, with absolute paths.
+
+    Args:
+        root: the phantom folder, or its ``dataset.json``.
+
+    Raises:
+        DataError: no (complete) phantom at ``root``.
+    """
+    path = Path(root)
+    if path.is_dir():
+        path = path / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"{path}: no phantom here (missing or interrupted generation)")
+    d = json.loads(path.read_text())
+    return [Case.from_json(c, path.parent) for c in d["cases"]]

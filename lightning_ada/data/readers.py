@@ -1,0 +1,505 @@
+"""Readers for real data layouts (BraTS, BraTS 2023, MSD, nnU-Net raw, our datalist) and validation.
+
+Every reader returns a list of :class:`~lightning_ada.data.cases.Case` with unique ids; any missing
+or inconsistent file raises :class:`~lightning_ada.data.cases.DataError` naming the file or case
+folder (nothing is silently skipped). :func:`validate_case` and :func:`validate_label_file` load
+the NIfTI files and check shapes, affines, finiteness, constant channels and label values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+
+from lightning_ada.data.cases import Case, DataError, check_unique_ids
+
+Layout = Literal["brats", "brats2023", "msd", "nnunet", "datalist"]
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+# BraTS 2018/2019 training names Brats18_<group>_<id>_<n>: Brats18_TCIA10_628_1, BraTS19_2013_0_1.
+_BRATS_GROUP = re.compile(r"^brats1[89]_([A-Za-z0-9]+)_[A-Za-z0-9]+_\d+$", re.IGNORECASE)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _require(path: str | Path, kind: Literal["dir", "file"]) -> Path:
+    """Return ``path`` as a Path, raising :class:`DataError` if it is not an existing dir/file."""
+    p = Path(path)
+    ok = p.is_dir() if kind == "dir" else p.is_file()
+    if not ok:
+        raise DataError(f"{p}: {'directory' if kind == 'dir' else 'file'} does not exist")
+    return p
+
+
+def _stem(path: str | Path) -> str:
+    """File name without a NIfTI ending (``BRATS_001.nii.gz`` -> ``BRATS_001``)."""
+    name = Path(path).name
+    for end in NIFTI_ENDINGS:
+        if name.endswith(end):
+            return name[: -len(end)]
+    return name
+
+
+def _find_nifti(folder: Path, stem: str) -> Path | None:
+    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (None if neither)."""
+    for end in NIFTI_ENDINGS:
+        if (folder / f"{stem}{end}").is_file():
+            return folder / f"{stem}{end}"
+    return None
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    """Parse a JSON object, raising :class:`DataError` naming the file on any fault."""
+    _require(path, "file")
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object at top level")
+    return obj
+
+
+def _indexed_names(mapping: Any, path: Path, key: str) -> tuple[str, ...]:
+    """``{"0": "FLAIR", "1": "T1w"}`` -> ``("FLAIR", "T1w")``, checking the keys are 0..n-1."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise DataError(f"{path}: missing or empty {key!r}")
+    try:
+        items = sorted((int(k), str(v)) for k, v in mapping.items())
+    except ValueError as e:
+        raise DataError(f"{path}: {key!r} keys must be channel indices, got {list(mapping)}") from e
+    if [i for i, _ in items] != list(range(len(items))):
+        raise DataError(f"{path}: {key!r} keys must be 0..{len(items) - 1}, got {list(mapping)}")
+    return tuple(v for _, v in items)
+
+
+def _finish(cases: list[Case], source: str) -> list[Case]:
+    """Check every referenced file exists and ids are unique; return ``cases``."""
+    for c in cases:
+        files = [*c.images, *([c.label] if c.label else []), *c.modality_labels.values()]
+        for f in files:
+            if not Path(f).is_file():
+                raise DataError(f"{source}: case {c.case_id!r}: missing file {f}")
+    check_unique_ids(cases, source)
+    return cases
+
+
+# ----------------------------------------------------------------------------------------- readers
+def _read_case_folders(
+    root: str | Path, modalities: Sequence[str], sep: str, meta: Callable[[str], dict[str, Any]]
+) -> list[Case]:
+    """Shared reader of ``root/<case>/<case><sep><modality>.nii[.gz]`` (+ ``<sep>seg``) layouts.
+
+    The label is optional but must be present for all cases or for none.
+    """
+    root = _require(root, "dir")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root}: no case folders found")
+    cases = []
+    for folder in folders:
+        cid = folder.name
+        if not any(f.is_file() for f in folder.iterdir()):
+            raise DataError(f"{folder}: case folder holds no files")
+        images = []
+        for m in modalities:
+            p = _find_nifti(folder, f"{cid}{sep}{m}")
+            if p is None:
+                raise DataError(f"{folder}: missing modality file {cid}{sep}{m}.nii.gz (or .nii)")
+            images.append(str(p))
+        seg = _find_nifti(folder, f"{cid}{sep}seg")
+        lab = str(seg) if seg else None
+        cases.append(Case(cid, tuple(images), tuple(modalities), lab, meta=meta(cid)))
+    unlabeled = [c.case_id for c in cases if c.label is None]
+    if unlabeled and len(unlabeled) < len(cases):
+        raise DataError(f"{root}: label file <case>{sep}seg.nii.gz missing for {unlabeled}")
+    return _finish(cases, str(root))
+
+
+def read_brats(
+    root: str | Path, modalities: Sequence[str] = ("flair", "t1", "t1ce", "t2")
+) -> list[Case]:
+    """Read the BraTS 2018-2021 layout ``root/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``.
+
+    Labels are stored as 0/1/2/4. For BraTS 2018/2019 case names the institution group is put in
+    ``meta["group"]`` (``Brats18_TCIA10_628_1`` -> ``"TCIA10"``).
+
+    Args:
+        root: folder holding one sub-folder per case.
+        modalities: modality suffixes to read, in channel order.
+
+    Returns:
+        Cases sorted by id (label None for every case if no ``_seg`` file exists at all).
+
+    Raises:
+        DataError: missing root, empty case folder, missing modality file, or ``_seg`` present for
+            only some cases.
+    """
+
+    def meta(cid: str) -> dict[str, Any]:
+        m = _BRATS_GROUP.match(cid)
+        return {"group": m.group(1)} if m else {}
+
+    return _read_case_folders(root, modalities, "_", meta)
+
+
+def read_brats2023(
+    root: str | Path, modalities: Sequence[str] = ("t2f", "t1n", "t1c", "t2w")
+) -> list[Case]:
+    """Read the BraTS 2023 layout ``root/<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz``.
+
+    Labels are stored as 0/1/2/3.
+
+    Args:
+        root: folder holding one sub-folder per case.
+        modalities: modality suffixes to read, in channel order.
+
+    Returns:
+        Cases sorted by id.
+
+    Raises:
+        DataError: as :func:`read_brats`.
+    """
+    return _read_case_folders(root, modalities, "-", lambda cid: {})
+
+
+def read_msd(root: str | Path) -> list[Case]:
+    """Read a Medical Segmentation Decathlon task folder (e.g. ``Task01_BrainTumour``).
+
+    ``root/dataset.json`` lists ``training`` (image + label, 4-D images with modality on the last
+    axis) and optionally ``test`` (image paths only; label None). Case id = file stem.
+
+    Args:
+        root: the task folder holding ``dataset.json``.
+
+    Returns:
+        Training cases then test cases, in ``dataset.json`` order; ``meta["subset"]`` is
+        ``"train"`` or ``"test"``.
+
+    Raises:
+        DataError: missing root / ``dataset.json``, malformed entries, or a listed file missing.
+    """
+    root = _require(root, "dir")
+    js = root / "dataset.json"
+    d = _load_json(js)
+    modalities = _indexed_names(d.get("modality"), js, "modality")
+    cases = []
+    for entry in d.get("training") or []:
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise DataError(f"{js}: training entry {entry!r} needs 'image' and 'label'")
+        img = root / entry["image"]
+        lab = str(root / entry["label"])
+        cases.append(Case(_stem(img), (str(img),), modalities, lab, meta={"subset": "train"}))
+    for entry in d.get("test") or []:
+        img = root / (entry["image"] if isinstance(entry, dict) else entry)
+        cases.append(Case(_stem(img), (str(img),), modalities, None, meta={"subset": "test"}))
+    if not cases:
+        raise DataError(f"{js}: no 'training' or 'test' cases listed")
+    return _finish(cases, str(js))
+
+
+def read_nnunet_raw(root: str | Path) -> list[Case]:
+    """Read an nnU-Net v2 raw dataset folder (``Dataset001_BrainTumour``).
+
+    ``imagesTr/<case>_<XXXX><file_ending>`` (one file per channel of ``channel_names``) with
+    ``labelsTr/<case><file_ending>``; ``imagesTs`` cases (if the folder exists) get label None.
+
+    Args:
+        root: the dataset folder holding ``dataset.json``.
+
+    Returns:
+        ``imagesTr`` cases then ``imagesTs`` cases, each sorted by id; ``meta["subset"]`` is
+        ``"train"`` or ``"test"``.
+
+    Raises:
+        DataError: missing root / ``dataset.json`` / ``imagesTr``, a file not named
+            ``<case>_XXXX``, a missing channel or training label, or a label without images.
+    """
+    root = _require(root, "dir")
+    js = root / "dataset.json"
+    d = _load_json(js)
+    names = d.get("channel_names", d.get("modality"))  # nnU-Net v1 used "modality"
+    modalities = _indexed_names(names, js, "channel_names")
+    ending = str(d.get("file_ending", ".nii.gz"))
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(ending)}$")
+    cases: list[Case] = []
+    for sub, lab_sub, subset in (("imagesTr", "labelsTr", "train"), ("imagesTs", None, "test")):
+        folder = root / sub
+        if not folder.is_dir():
+            if sub == "imagesTr":
+                raise DataError(f"{folder}: directory does not exist")
+            continue
+        channels: dict[str, dict[int, Path]] = {}
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith(".") or not f.is_file():
+                continue
+            m = pattern.match(f.name)
+            if m is None:
+                raise DataError(f"{f}: not named <case>_XXXX{ending}")
+            channels.setdefault(m.group(1), {})[int(m.group(2))] = f
+        for cid in sorted(channels):
+            missing = [i for i in range(len(modalities)) if i not in channels[cid]]
+            extra = sorted(set(channels[cid]) - set(range(len(modalities))))
+            if missing or extra:
+                bad = missing or extra
+                what = "missing channel file" if missing else "unexpected channel file"
+                raise DataError(f"{folder}: case {cid!r}: {what} {cid}_{bad[0]:04d}{ending}")
+            label = None
+            if lab_sub is not None:
+                label = root / lab_sub / f"{cid}{ending}"
+                if not label.is_file():
+                    raise DataError(
+                        f"{root / lab_sub}: case {cid!r}: missing label file {label.name}"
+                    )
+            images = tuple(str(channels[cid][i]) for i in range(len(modalities)))
+            lab = str(label) if label else None
+            cases.append(Case(cid, images, modalities, lab, meta={"subset": subset}))
+        if lab_sub is not None and (root / lab_sub).is_dir():
+            orphans = sorted(
+                f.name
+                for f in (root / lab_sub).iterdir()
+                if f.name.endswith(ending)
+                and not f.name.startswith(".")
+                and f.name[: -len(ending)] not in channels
+            )
+            if orphans:
+                raise DataError(f"{root / lab_sub}: label files without images in {sub}: {orphans}")
+    if not cases:
+        raise DataError(f"{root}: no cases found in imagesTr/imagesTs")
+    return _finish(cases, str(root))
+
+
+def read_datalist(path: str | Path) -> list[Case]:
+    """Read our JSON datalist ``{"name", "modalities", "labels", "cases": [Case.to_json(), ...]}``.
+
+    Relative paths resolve against the JSON file's folder. This is the format the synthetic phantom
+    writes.
+
+    Args:
+        path: the JSON file, or a folder holding ``datalist.json``.
+
+    Returns:
+        The cases in file order.
+
+    Raises:
+        DataError: missing/malformed file, a case whose modalities disagree with the top-level
+            ``modalities``, a referenced file missing, or duplicate ids.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "datalist.json"
+    d = _load_json(path)
+    if not isinstance(d.get("cases"), list):
+        raise DataError(f"{path}: missing 'cases' list")
+    top = tuple(d["modalities"]) if d.get("modalities") else None
+    cases = []
+    for i, entry in enumerate(d["cases"]):
+        try:
+            c = Case.from_json(entry, path.parent)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{path}: case entry {i} is malformed ({e!r})") from e
+        if top is not None and c.modalities != top:
+            raise DataError(
+                f"{path}: case {c.case_id!r} has modalities {list(c.modalities)}, "
+                f"expected {list(top)}"
+            )
+        if len(c.images) not in (1, len(c.modalities)):
+            raise DataError(
+                f"{path}: case {c.case_id!r} has {len(c.images)} images "
+                f"for {len(c.modalities)} modalities"
+            )
+        cases.append(c)
+    return _finish(cases, str(path))
+
+
+_READERS: dict[str, Callable[..., list[Case]]] = {
+    "brats": read_brats,
+    "brats2023": read_brats2023,
+    "msd": read_msd,
+    "nnunet": read_nnunet_raw,
+    "datalist": read_datalist,
+}
+
+
+def read_cases(root_or_file: str | Path, layout: Layout, **kwargs: Any) -> list[Case]:
+    """Read cases from ``root_or_file`` in the given ``layout``.
+
+    Args:
+        root_or_file: dataset folder (or datalist JSON file).
+        layout: one of ``"brats"``, ``"brats2023"``, ``"msd"``, ``"nnunet"``, ``"datalist"``.
+        **kwargs: forwarded to the reader (e.g. ``modalities`` for the BraTS layouts).
+
+    Returns:
+        The cases, with unique ids.
+
+    Raises:
+        DataError: unknown layout or any reader error.
+    """
+    if layout not in _READERS:
+        raise DataError(f"unknown layout {layout!r}; expected one of {sorted(_READERS)}")
+    return _READERS[layout](root_or_file, **kwargs)
+
+
+# -------------------------------------------------------------------------------------- validation
+def _load(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI as (array in its stored/scaled dtype, affine); DataError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: missing file")
+    try:
+        img = nib.load(str(p))
+        arr = np.asanyarray(img.dataobj)
+        return np.asarray(arr), np.asarray(img.affine, dtype=np.float64)
+    except Exception as e:  # truncated gzip (EOFError, zlib.error), bad header (ImageFileError)
+        raise DataError(f"{p}: unreadable or truncated NIfTI ({type(e).__name__}: {e})") from e
+
+
+_Ref = tuple[str | Path, tuple[int, ...], np.ndarray]  # (file, spatial shape, affine)
+
+
+def _check_grid(
+    path: str | Path, shape: tuple[int, ...], affine: np.ndarray, ref: _Ref, atol: float
+) -> None:
+    """Raise if ``shape``/``affine`` of ``path`` differ from the reference (name, shape, affine)."""
+    ref_path, ref_shape, ref_affine = ref
+    if shape != ref_shape:
+        raise DataError(f"{path}: shape {shape} disagrees with {ref_shape} of {ref_path}")
+    if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
+        diff = float(np.abs(affine - ref_affine).max())
+        raise DataError(
+            f"{path}: affine differs from that of {ref_path} "
+            f"(max abs difference {diff:.4g} > atol {atol})"
+        )
+
+
+def _check_finite(path: str | Path, arr: np.ndarray) -> None:
+    """Raise if a floating array holds NaN or inf voxels."""
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        raise DataError(f"{path}: non-finite voxels ({n_nan} NaN, {n_inf} inf)")
+
+
+def _check_label(
+    path: str | Path,
+    ref: _Ref,
+    label_values: Sequence[int] | None,
+    allow_empty: bool,
+    atol: float,
+) -> None:
+    """Load a label map; check grid, finiteness, values in ``{0} | label_values``, emptiness."""
+    arr, affine = _load(path)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: label must be 3-D, got shape {arr.shape}")
+    _check_grid(path, arr.shape, affine, ref, atol)
+    _check_finite(path, arr)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.array_equal(arr, np.round(arr)):
+            raise DataError(f"{path}: label holds non-integer values")
+        arr = arr.astype(np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo >= 0 and hi < 65536:
+        values = np.flatnonzero(np.bincount(arr.ravel().astype(np.intp, copy=False), minlength=1))
+    else:
+        values = np.unique(arr)
+    if label_values is not None:
+        bad = sorted(set(values.tolist()) - {0, *map(int, label_values)})
+        if bad:
+            allowed = sorted({0, *map(int, label_values)})
+            raise DataError(f"{path}: label values {bad} outside the declared set {allowed}")
+    if not allow_empty and hi == 0 and lo == 0:
+        raise DataError(f"{path}: label is empty (background only)")
+
+
+def validate_case(
+    case: Case,
+    label_values: Sequence[int] | None = None,
+    atol: float = 1e-3,
+    allow_empty_label: bool = True,
+) -> None:
+    """Load every file of ``case`` and raise one clear :class:`DataError` at the first fault.
+
+    Checks: every file exists and is readable (truncated gzip included); images are 3-D (or one
+    4-D file with one channel per modality on the last axis); shapes and affines (within ``atol``)
+    agree between modalities, the label and any per-modality labels; no NaN/inf voxels; no
+    modality channel is constant (e.g. all zeros); label values lie in ``{0} | label_values``.
+
+    Args:
+        case: the case to check.
+        label_values: allowed foreground label values (0 is always allowed); None skips the check.
+        atol: absolute tolerance on affine entries.
+        allow_empty_label: whether an all-background label is acceptable.
+
+    Raises:
+        DataError: naming the offending file and the fault.
+    """
+    n_mod = len(case.modalities)
+    if len(case.images) not in (1, n_mod):
+        raise DataError(
+            f"case {case.case_id!r}: {len(case.images)} image files for {n_mod} modalities"
+        )
+    ref: _Ref | None = None
+    for i, path in enumerate(case.images):
+        arr, affine = _load(path)
+        if len(case.images) == 1 and n_mod > 1:
+            if arr.ndim != 4 or arr.shape[-1] != n_mod:
+                raise DataError(
+                    f"{path}: expected a 4-D image with {n_mod} modalities on the last axis, "
+                    f"got shape {arr.shape}"
+                )
+            channels = [(case.modalities[k], arr[..., k]) for k in range(n_mod)]
+        else:
+            if arr.ndim == 4 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            if arr.ndim != 3:
+                raise DataError(f"{path}: expected a 3-D image, got shape {arr.shape}")
+            channels = [(case.modalities[i], arr)]
+        ref = ref or (path, tuple(arr.shape[:3]), affine)
+        _check_grid(path, tuple(arr.shape[:3]), affine, ref, atol)
+        _check_finite(path, arr)
+        for name, ch in channels:
+            lo, hi = ch.min(), ch.max()
+            if lo == hi:
+                fault = "all zeros" if lo == 0 else f"constant (every voxel = {float(lo):g})"
+                raise DataError(f"{path}: modality {name!r} is {fault}")
+    assert ref is not None
+    if case.label is not None:
+        _check_label(case.label, ref, label_values, allow_empty_label, atol)
+    for path in case.modality_labels.values():
+        _check_label(path, ref, label_values, True, atol)
+
+
+def validate_label_file(
+    path: str | Path,
+    reference_image: str | Path,
+    label_values: Sequence[int] | None,
+    allow_empty: bool = False,
+    atol: float = 1e-3,
+) -> None:
+    """Check a delivered annotation against the image it was drawn on.
+
+    Args:
+        path: the label file.
+        reference_image: an image of the case (3-D, or 4-D MSD-style: its first 3 axes are used).
+        label_values: allowed foreground values (0 always allowed); None skips the check.
+        allow_empty: whether an all-background label is acceptable.
+        atol: absolute tolerance on affine entries.
+
+    Raises:
+        DataError: naming ``path`` (or the reference image if that is unreadable) and the fault.
+    """
+    p = Path(reference_image)
+    if not p.is_file():
+        raise DataError(f"{p}: missing file (reference image)")
+    try:
+        img = nib.load(str(p))
+        shape, affine = tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
+    except Exception as e:
+        raise DataError(f"{p}: unreadable reference image ({type(e).__name__}: {e})") from e
+    _check_label(path, (p, shape, affine), label_values, allow_empty, atol)

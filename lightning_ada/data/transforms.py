@@ -1,0 +1,94 @@
+"""MONAI transform chains: loading, nnU-Net-style preprocessing, patch sampling, augmentation.
+
+Items are dicts with ``image`` (one path per modality, stacked to ``(C, H, W, D)``), optional
+``label`` (one path, mapped to class indices ``(1, H, W, D)``) and ``case_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai import transforms as T
+
+
+def label_mapping(label_values: Sequence[int]) -> tuple[list[int], list[int]]:
+    """On-disk label values -> class indices: background 0 stays 0, value ``v_k`` becomes ``k+1``."""
+    orig = [0, *[int(v) for v in label_values]]
+    return orig, list(range(len(orig)))
+
+
+def preprocessing(
+    label_values: Sequence[int],
+    with_label: bool = True,
+    pixdim: Sequence[float] | None = None,
+    crop_foreground: bool = False,
+    divisible_by: int = 1,
+) -> T.Compose:
+    """Deterministic chain (cacheable): load, orient, [crop, resample], z-score, map labels.
+
+    Args:
+        label_values: on-disk label values of the foreground classes, in class order.
+        with_label: also load and map ``label``.
+        pixdim: target spacing in mm, or None to keep the native grid.
+        crop_foreground: crop to the bounding box of non-zero image voxels (brain / head).
+        divisible_by: pad spatial size to a multiple of this (net strides).
+
+    Returns:
+        A ``Compose`` whose output ``image`` is ``(C, H, W, D)`` float32 z-scored inside the
+        non-zero mask per channel, and ``label`` ``(1, H, W, D)`` class indices.
+    """
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
+    chain: list[T.Transform] = [
+        T.LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+        T.EnsureTyped(keys=keys, dtype=None, track_meta=True),
+        T.Orientationd(keys=keys, axcodes="RAS"),
+    ]
+    if crop_foreground:
+        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+    if pixdim is not None:
+        chain.append(T.Spacingd(keys=keys, pixdim=tuple(pixdim), mode=modes))
+    chain.append(T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+    chain.append(T.CastToTyped(keys="image", dtype="float32"))
+    if with_label:
+        orig, target = label_mapping(label_values)
+        chain.append(T.MapLabelValued(keys="label", orig_labels=orig, target_labels=target))
+        chain.append(T.CastToTyped(keys="label", dtype="int64"))
+    if divisible_by > 1:
+        chain.append(T.DivisiblePadd(keys=keys, k=divisible_by))
+    return T.Compose(chain)
+
+
+def training_augmentation(patch_size: Sequence[int], augment: bool = True) -> T.Compose:
+    """Random chain applied on top of the cached items for training.
+
+    Samples one patch of ``patch_size`` voxels (1 in 3 centred on foreground, as nnU-Net's
+    33 % oversampling), then flips and intensity augmentation (brightness, contrast, gamma,
+    noise) when ``augment``.
+    """
+    keys = ["image", "label"]
+    chain: list[T.Transform] = [
+        T.SpatialPadd(keys=keys, spatial_size=tuple(patch_size)),
+        T.RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=tuple(patch_size),
+            pos=1,
+            neg=2,
+            num_samples=1,
+            image_key="image",
+            image_threshold=0.0,
+            allow_smaller=True,
+        ),
+    ]
+    if augment:
+        chain += [
+            T.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+            T.RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+            T.RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+            T.RandScaleIntensityd(keys="image", factors=0.25, prob=0.3),
+            T.RandShiftIntensityd(keys="image", offsets=0.2, prob=0.3),
+            T.RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
+            T.RandGaussianNoised(keys="image", std=0.05, prob=0.15),
+        ]
+    return T.Compose(chain)

@@ -1,0 +1,260 @@
+"""SegmentationModule: a MONAI 3D segmenter with Dice+CE, sliding-window inference and region metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import torch
+from monai.data.utils import affine_to_spacing
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+
+from lightning_ada.metrics import RegionMetrics
+from lightning_ada.models.nets import FeatureTap, NetName, build_net
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here; the message names the file and the fault."""
+
+
+def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the ``state_dict`` of a Lightning checkpoint without executing pickled code.
+
+    Raises:
+        CheckpointError: if the file is missing, not a checkpoint, or holds no state_dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no 'state_dict' in this file; is it a Lightning checkpoint?")
+    return state
+
+
+class SegmentationModule(L.LightningModule):
+    """Multi-modal 3-D tumour segmentation.
+
+    Args:
+        in_channels: number of input modalities.
+        labels: region name -> on-disk label value, in class order (class index = position + 1).
+        eval_regions: extra evaluation regions as unions of label names (e.g. BraTS
+            ``{"WT": ["NCR", "ED", "ET"], "TC": ["NCR", "ET"]}``); each label is always a region.
+        net: MONAI architecture.
+        filters: channels per level.
+        optimizer: ``adam`` (the CPU-tested default) or ``sgd`` (nnU-Net: Nesterov, momentum 0.99).
+        lr: initial learning rate; decays as ``(1 - step / total) ** poly_power`` over the run.
+        weight_decay: L2 weight decay.
+        momentum: SGD momentum.
+        poly_power: exponent of the polynomial decay.
+        roi_size: sliding-window size in voxels ``(H, W, D)``.
+        sw_batch_size: windows per forward pass.
+        sw_overlap: sliding-window overlap (Gaussian blending, as nnU-Net).
+        mirror_tta: average over the 8 axis flips at inference (8x slower).
+        source_checkpoint: initialise the weights from this (source-domain) checkpoint.
+    """
+
+    #: metric monitored for checkpointing
+    monitor = "val/dice_mean"
+    mode = "max"
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        labels: dict[str, int] = {"NCR": 1, "ED": 2, "ET": 4},  # noqa: B006
+        eval_regions: dict[str, list[str]] | None = None,
+        net: NetName = "dynunet",
+        filters: list[int] = [8, 16, 32, 64],  # noqa: B006
+        optimizer: Literal["adam", "sgd"] = "adam",
+        lr: float = 1e-2,
+        weight_decay: float = 3e-5,
+        momentum: float = 0.99,
+        poly_power: float = 0.9,
+        roi_size: list[int] = [32, 32, 32],  # noqa: B006
+        sw_batch_size: int = 4,
+        sw_overlap: float = 0.5,
+        mirror_tta: bool = False,
+        source_checkpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.num_classes = len(labels) + 1
+        names = list(labels)
+        self.regions: dict[str, list[int]] = {n: [i + 1] for i, n in enumerate(names)}
+        for region, members in (eval_regions or {}).items():
+            unknown = sorted(set(members) - set(names))
+            if unknown:
+                raise ValueError(f"eval region {region!r} names unknown labels {unknown}; known: {names}")
+            self.regions[region] = [names.index(m) + 1 for m in members]
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+        if source_checkpoint:
+            self.load_source(source_checkpoint)
+
+    # ------------------------------------------------------------------ template methods
+    def configure_models(self) -> None:
+        """Build the net and the bottleneck feature tap."""
+        hp = self.hparams
+        self.net = build_net(hp.net, hp.in_channels, self.num_classes, hp.filters)
+        self.features = FeatureTap(self.net)
+
+    def configure_losses(self) -> None:
+        """Dice (over the batch, foreground classes) + cross-entropy."""
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+
+    def configure_metrics(self) -> None:
+        """Per-region Dice / IoU (validation) and + HD95 / ASSD (test)."""
+        self.val_metrics = RegionMetrics(self.regions, distances=False)
+        self.test_metrics = RegionMetrics(self.regions, distances=True, keep_per_case=True)
+
+    def load_source(self, path: str | Path) -> None:
+        """Initialise the net from a source checkpoint, checking that the shapes agree.
+
+        Raises:
+            CheckpointError: unreadable file, or weights of another architecture / channel count.
+        """
+        state = load_state_dict_safely(path)
+        own = self.state_dict()
+        net_state = {k: v for k, v in state.items() if k.startswith("net.")}
+        if not net_state:
+            raise CheckpointError(f"{path}: holds no 'net.' weights of a SegmentationModule")
+        for k, v in net_state.items():
+            if k not in own:
+                raise CheckpointError(f"{path}: weight {k} does not exist in this net ({self.hparams.net})")
+            if own[k].shape != v.shape:
+                raise CheckpointError(
+                    f"{path}: weight {k} has shape {tuple(v.shape)} but this net expects "
+                    f"{tuple(own[k].shape)} (in_channels={self.hparams.in_channels}, "
+                    f"classes={self.num_classes}): a checkpoint of another task or modality set?"
+                )
+        missing = sorted(k for k in own if k.startswith("net.") and k not in net_state)
+        if missing:
+            raise CheckpointError(f"{path}: weights missing for {missing[:3]}...")
+        self.load_state_dict(net_state, strict=False)
+
+    # ------------------------------------------------------------------ forward / inference
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, H, W, D)`` for images ``(B, C, H, W, D)``."""
+        return self.net(x)
+
+    def _sliding_window(self, x: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(
+            x,
+            roi_size=tuple(self.hparams.roi_size),
+            sw_batch_size=self.hparams.sw_batch_size,
+            predictor=self.net,
+            overlap=self.hparams.sw_overlap,
+            mode="gaussian",
+        )
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``(B, K, H, W, D)`` by sliding window (+ mirror TTA if set)."""
+        probs = torch.softmax(self._sliding_window(x).float(), dim=1)
+        if self.hparams.mirror_tta:
+            n = 1
+            for dims in ((2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)):
+                flipped = self._sliding_window(torch.flip(x, dims)).float()
+                probs = probs + torch.flip(torch.softmax(flipped, dim=1), dims)
+                n += 1
+            probs = probs / n
+        return probs
+
+    @contextlib.contextmanager
+    def _inference_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        ctx = contextlib.nullcontext()
+        if self._trainer is not None:
+            ctx = self.trainer.precision_plugin.forward_context()
+        try:
+            with torch.no_grad(), ctx:
+                yield
+        finally:
+            self.train(was_training)
+
+    def predict_case(
+        self, image: torch.Tensor, with_embedding: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilities of one case for query strategies (no gradients, eval mode).
+
+        Args:
+            image: ``(C, H, W, D)`` preprocessed image.
+            with_embedding: also return the bottleneck embedding ``(d,)`` averaged over windows.
+
+        Returns:
+            ``probs`` ``(K, H, W, D)`` float32 on the CPU, or ``(probs, embedding)``.
+        """
+        with self._inference_mode():
+            self.features.enabled = with_embedding
+            try:
+                probs = self.infer(image.unsqueeze(0).to(self.device))[0].cpu()
+                emb = self.features.pop() if with_embedding else None
+            finally:
+                self.features.enabled = False
+                self.features.features.clear()
+        if with_embedding:
+            return probs, (emb.cpu() if emb is not None else None)
+        return probs
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred = self.infer(batch["image"]).argmax(1)
+        self.val_metrics.update(pred, batch["label"][:, 0])
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log_dict({f"val/{k}": float(v) for k, v in values.items()}, prog_bar=False)
+        self.log("val/dice_mean", float(values["dice_mean"]), prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred = self.infer(batch["image"]).argmax(1)
+        affine = batch["image"].affine
+        affine = affine if affine.ndim == 3 else affine[None]
+        spacing = [[float(s) for s in affine_to_spacing(a, r=3)] for a in affine]
+        self.test_metrics.update(
+            pred, batch["label"][:, 0], spacing=spacing, case_ids=list(batch["case_id"])
+        )
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        self.log_dict({f"test/{k}": float(v) for k, v in values.items()})
+        #: per-case rows of the last test run (this rank's cases), for tables and statistics
+        self.last_test_per_case = self.test_metrics.per_case()
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Class-index masks ``(B, 1, H, W, D)`` and the case ids of the batch."""
+        pred = self.infer(batch["image"]).argmax(1, keepdim=True)
+        return {"case_id": list(batch["case_id"]), "pred": pred.cpu()}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
+                weight_decay=hp.weight_decay,
+            )
+        else:
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: max(0.0, 1.0 - step / total) ** hp.poly_power
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,43 @@
+"""Write predictions as NIfTI masks in each case's original geometry and affine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import nibabel as nib
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+class NiftiPredictionWriter(BasePredictionWriter):
+    """Save ``<output_dir>/<case_id>_pred.nii.gz`` (on-disk label values, the input's affine).
+
+    Args:
+        output_dir: folder for the masks (default: ``<log dir>/predictions``).
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: dict[str, Any],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
+        out.mkdir(parents=True, exist_ok=True)
+        for case_id, pred in zip(prediction["case_id"], prediction["pred"]):
+            mask = trainer.datamodule.invert(pred, case_id)
+            affine = np.asarray(mask.affine, dtype=np.float64)
+            data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
+            tmp = out / f".{case_id}_pred.tmp.nii.gz"
+            nib.save(nib.Nifti1Image(data, affine), tmp)
+            tmp.replace(out / f"{case_id}_pred.nii.gz")
