@@ -33,5 +33,10 @@ def main(args: list[str] | None = None, run: bool = True) -> ADACLI:
     )
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """Console-script entry point (``lightning-ada``)."""
     main()
+
+
+if __name__ == "__main__":
+    cli_main()

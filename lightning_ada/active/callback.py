@@ -21,8 +21,8 @@ class ActiveQueryCallback(L.Callback):
     ``stride`` epochs, one case at a time for ``sequential`` strategies; ``one_off`` strategies
     spend the whole budget before epoch 0. Each query: rank the unlabeled cases with the
     strategy, take the best, optionally elect the modality to annotate, ask the oracle, and
-    move the case to the labeled pool. Lightning reloads the training loader (keep
-    ``trainer.reload_dataloaders_every_n_epochs`` at 1 or a divisor of ``stride``).
+    move the case to the labeled pool; the datamodule's training epochs draw from the labeled
+    set as it is at fetch time, so the next epoch trains on it.
 
     Args:
         budget: number of cases to label (0 disables querying, e.g. for source training).
@@ -60,7 +60,7 @@ class ActiveQueryCallback(L.Callback):
         self.n_queried = 0
         self.round = 0
         self.last_query_epoch: int | None = None
-        self.log: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ schedule
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -79,12 +79,6 @@ class ActiveQueryCallback(L.Callback):
         missing = sorted(self.strategy.needs - {"features"} - self._offered(dm))
         if missing:
             raise ValueError(f"strategy {self.strategy.name!r} needs {missing}, which the data lacks")
-        reload = trainer.reload_dataloaders_every_n_epochs
-        if self.strategy.schedule == "sequential" and (reload < 1 or self.stride % reload):
-            raise ValueError(
-                f"trainer.reload_dataloaders_every_n_epochs={reload} must be >= 1 and divide "
-                f"active.stride={self.stride}, or queried cases never reach the training loader"
-            )
 
     @staticmethod
     def _offered(dm: Any) -> set[str]:
@@ -141,7 +135,7 @@ class ActiveQueryCallback(L.Callback):
             label_path = self.oracle.annotate(dm.case(pick.case_id), modality)
             dm.label(pick.case_id, label_path, modality, round=self.round, epoch=epoch)
             self.n_queried += 1
-            self.log.append(
+            self.history.append(
                 {
                     "round": self.round,
                     "epoch": epoch,
@@ -177,14 +171,14 @@ class ActiveQueryCallback(L.Callback):
 
     def _write_log(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
-            write_json_atomic(self._run_dir(trainer) / "query_log.json", self.log)
+            write_json_atomic(self._run_dir(trainer) / "query_log.json", self.history)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "n_queried": self.n_queried,
             "round": self.round,
             "last_query_epoch": self.last_query_epoch,
-            "log": self.log,
+            "history": self.history,
             "strategy": self.strategy.state_dict(),
         }
 
@@ -192,5 +186,5 @@ class ActiveQueryCallback(L.Callback):
         self.n_queried = state_dict["n_queried"]
         self.round = state_dict["round"]
         self.last_query_epoch = state_dict["last_query_epoch"]
-        self.log = list(state_dict["log"])
+        self.history = list(state_dict["history"])
         self.strategy.load_state_dict(state_dict.get("strategy", {}))

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
-from monai.data import CacheDataset, Dataset, list_data_collate
+from monai.data import CacheDataset, list_data_collate
 from torch.utils.data import DataLoader
 
 from lightning_ada.data.cases import Case, DataError, check_unique_ids
@@ -19,22 +19,28 @@ Layout = Literal["datalist", "brats", "brats2023", "msd", "nnunet"]
 Stage = Literal["source", "target"]
 
 
-class _Repeat(torch.utils.data.Dataset):
-    """Present ``base`` as ``length`` items (index modulo its size): fixed iterations per epoch."""
+class _LabeledEpoch(torch.utils.data.Dataset):
+    """A fixed-length epoch drawn from the labeled set *as it is when an item is fetched*.
 
-    def __init__(self, base: Sequence[Any], length: int) -> None:
-        self.base, self.length = base, length
+    Looking the labeled ids up at fetch time means the training loader always reflects the
+    current pool, whenever Lightning (re)builds it: a case labeled before epoch ``e`` is trained
+    on from epoch ``e`` on.
+    """
+
+    def __init__(self, dm: ActiveDataModule, transform: Any, length: int) -> None:
+        self.dm, self.transform, self.length = dm, transform, length
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> Any:
-        if not len(self.base):
+        ids = self.dm.train_pool.labeled
+        if not ids:
             raise RuntimeError(
                 "no labeled case to train on: give the active callback a budget > 0, "
                 "or list data.initial_labeled / set data.label_all"
             )
-        return self.base[i % len(self.base)]
+        return self.transform(dict(self.dm._training_item(ids[i % len(ids)])))
 
 
 class ActiveDataModule(L.LightningDataModule):
@@ -142,6 +148,9 @@ class ActiveDataModule(L.LightningDataModule):
             for cid in sorted({i for ids in self.split_ids.values() for i in ids}):
                 validate_case(self.cases[cid], list(self.hparams.labels.values()))
         self.pool = ActivePool(self.split_ids.get("pool", []))
+        self._source_pool = ActivePool(self.split_ids.get("source", []))
+        for cid in self._source_pool.case_ids:
+            self._source_pool.label(cid, self._reference_label(cid))
         for cid in self._initially_labeled():
             self.pool.label(cid, self._reference_label(cid), None, round=-1)
         if self._pending_state is not None:
@@ -172,8 +181,10 @@ class ActiveDataModule(L.LightningDataModule):
         return splits
 
     def _initially_labeled(self) -> list[str]:
-        if self.hparams.stage == "source" or self.hparams.label_all:
-            return list(self.split_ids["source" if self.hparams.stage == "source" else "pool"])
+        if self.hparams.stage == "source":
+            return []  # the source stage trains on ``train_pool`` (every source case)
+        if self.hparams.label_all:
+            return list(self.split_ids["pool"])
         return list(self.hparams.initial_labeled or [])
 
     def _preprocessing(self, with_label: bool = True) -> Any:
@@ -198,10 +209,7 @@ class ActiveDataModule(L.LightningDataModule):
         if self.pool is None:
             raise RuntimeError("call setup() first")
         if self.hparams.stage == "source":
-            src = ActivePool(self.split_ids["source"])
-            for cid in src.case_ids:
-                src.label(cid, self._reference_label(cid))
-            return src
+            return self._source_pool
         return self.pool
 
     def unlabeled_ids(self) -> list[str]:
@@ -246,12 +254,11 @@ class ActiveDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
-        """Fixed-length epochs sampled from the *current* labeled set (rebuilt on every reload)."""
-        labeled = [self._training_item(cid) for cid in self.train_pool.labeled]
-        data = Dataset(labeled, training_augmentation(self.hparams.patch_size, self.hparams.augment))
+        """Fixed-length epochs sampled from the *current* labeled set."""
+        augmentation = training_augmentation(self.hparams.patch_size, self.hparams.augment)
         length = self.hparams.iterations_per_epoch * self.hparams.batch_size
         return DataLoader(
-            _Repeat(data, length),
+            _LabeledEpoch(self, augmentation, length),
             batch_size=self.hparams.batch_size,
             shuffle=True,
             num_workers=self.hparams.num_workers,

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,7 +63,7 @@ TASKS: dict[str, dict[str, Any]] = {
 _SPLITS = {"source": ("src", 0), "source_test": ("srctest", 1), "pool": ("pool", 2), "test": ("test", 3)}
 _TARGET_FREQ = np.array([0.60, 0.25, 0.15])  # scanners B, C, D in the target population
 _DEGRADED_FREQ = 0.20
-_LO, _HI, _EXC = 2.0, 4.0, 8.0  # contrast-to-noise thresholds: seen / clear / exact boundary
+_LO, _HI, _EXC = 1.5, 3.0, 6.0  # contrast-to-noise thresholds: seen / clear / exact boundary
 _BALL = ndimage.generate_binary_structure(3, 1)
 
 
@@ -117,7 +118,7 @@ def _scanners(task: str) -> list[Scanner]:
                       [0.45, 0.75, 0.70],  # mucosa: enhancing, T2-bright
                       [0.12, 0.15, 0.10],  # bone (cortical)
                       [0.03, 0.03, 0.03],  # airway
-                      [0.52, 0.80, 0.60]])  # tumour: moderate T1, strongest on T1c
+                      [0.52, 0.80, 0.55]])  # tumour: moderate T1, strongest on T1c
         # common target: fat-suppressed T1c/T2, weaker enhancement, brighter T2 tumour
         b = _with(a, task, {("fat", "t1ce"): 0.20, ("fat", "t2"): 0.25, ("tumour", "t1ce"): 0.65,
                             ("mucosa", "t1ce"): 0.70, ("tumour", "t2"): 0.72,
@@ -147,10 +148,17 @@ def _assign(n: int, freq: np.ndarray, key: list[int]) -> list[int]:
     return out
 
 
+@lru_cache(maxsize=32)
+def _upsampler(size: int, cells: int) -> np.ndarray:
+    """(size, cells) matrix of 1-D cubic-spline upsampling (``ndimage.zoom`` is separable)."""
+    eye = np.eye(cells)
+    return np.stack([ndimage.zoom(e, size / cells, order=3, mode="mirror")[:size] for e in eye], 1)
+
+
 def _smooth(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndarray:
     """(size, size, size) low-frequency random field, zero mean and unit std."""
-    f = ndimage.zoom(rng.standard_normal((cells,) * 3), size / cells, order=3, mode="mirror")
-    f = f[:size, :size, :size]
+    w = _upsampler(size, cells)
+    f = np.einsum("ai,bj,ck,ijk->abc", w, w, w, rng.standard_normal((cells,) * 3), optimize=True)
     return (f - f.mean()) / (f.std() + 1e-8)
 
 
@@ -174,15 +182,20 @@ def _blob(rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray, radii: 
     return d * (1.0 + wobble * np.tanh(_smooth(rng, xyz.shape[1])))
 
 
-def _tumour_geometry(rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray,
+def _log_radius(rng: np.random.Generator) -> float:
+    """Tumour radius as a fraction of the head half-width, log-uniform in 0.2-0.6."""
+    return float(np.exp(rng.uniform(np.log(0.2), np.log(0.6))))
+
+
+def _tumour_geometry(rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray, frac: float,
                      half_width: float, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """An irregular tumour of radius log-uniform in 0.2-0.6 ``half_width`` (normalised units).
+    """An irregular tumour of radius ``frac * half_width`` (normalised units) at ``centre``.
 
     Returns:
         (the normalised distance field, the region inside ``allowed``, radius in voxels).
     """
     size = xyz.shape[1]
-    r = np.exp(rng.uniform(np.log(0.2), np.log(0.6))) * half_width
+    r = frac * half_width
     radii = r * (1.0 + rng.uniform(-0.2, 0.2, 3))
     d = _blob(rng, xyz, centre, radii, _rotation(rng), wobble=0.22)
     region = (d <= 1.0) & allowed
@@ -208,11 +221,11 @@ def _glioma_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
         v = rel - np.array([side * 0.12, 0.0, 0.05])[:, None, None, None]
         tissue[((v / vr[:, None, None, None]) ** 2).sum(0) <= 1.0] = 0
     # tumour: oedema blob, offset core of 35-70 % its size, enhancing rim 0.8-1.6 voxels thick
-    frac = rng.uniform(0.2, 0.6)  # drawn before the radius so the position can depend on it
+    frac = _log_radius(rng)
     p = rng.standard_normal(3)
     p = p / np.linalg.norm(p) * rng.uniform() ** (1 / 3) * max(0.15, 0.78 - 0.5 * frac)
     centre = c0 + p * axes
-    d, region, r_vox = _tumour_geometry(rng, xyz, centre, float(axes.mean()), r <= 0.93)
+    d, region, r_vox = _tumour_geometry(rng, xyz, centre, frac, float(axes.mean()), r <= 0.93)
     core_frac = rng.uniform(0.35, 0.7)
     core_c = centre + 0.15 * (r_vox * 2 / size) * rng.standard_normal(3)
     rot = _rotation(rng)
@@ -261,11 +274,12 @@ def _npc_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     airway &= body & ~bone
     tissue[ndimage.binary_dilation(airway, _BALL) & body & ~bone] = 2  # mucosa
     tissue[airway] = 4
-    side = rng.choice([-1.0, 1.0])
+    side, frac = rng.choice([-1.0, 1.0]), _log_radius(rng)
     centre = npx + np.array([side * rng.uniform(0, 0.18), 0.16 + rng.uniform(-0.05, 0.1),
                              rng.uniform(-0.12, 0.12)])
-    d, region, r_vox = _tumour_geometry(rng, np.stack([x, y, z]), centre, float((rx.mean() + ry.mean()) / 2),
-                                        body & (rb <= 0.86) & ~bone)
+    half_width = float((rx.mean() + ry.mean()) / 2)
+    allowed = body & (rb <= 0.86) & ~bone
+    d, region, r_vox = _tumour_geometry(rng, np.stack([x, y, z]), centre, frac, half_width, allowed)
     region &= ~airway | (d < 0.6)  # the tumour bulges into, but does not fill, the lumen
     if not region.any():
         region[np.unravel_index(np.argmin(np.where(body & ~bone, d, np.inf)), d.shape)] = True
@@ -282,7 +296,7 @@ def _sigma(sc: Scanner, m: int, deg: str | None) -> float:
         blur += 2.0
     elif deg == "motion":
         ghost, blur = 0.10, blur + 1.0
-    return float(np.sqrt(noise**2 + (0.15 * sc.bias) ** 2 + 0.02**2 + ghost**2) * (1 + 0.8 * blur))
+    return float(np.sqrt(noise**2 + (0.15 * sc.bias) ** 2 + 0.02**2 + ghost**2) * (1 + 0.5 * blur))
 
 
 def _level(cnr: float) -> int:
@@ -298,9 +312,9 @@ def _draw(region: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarra
     moved = (ndimage.binary_erosion if erode else ndimage.binary_dilation)(region, _BALL)
     if level == 2:  # error on part of the boundary only
         return np.where(_smooth(rng, region.shape[0]) > 0, moved, region)
-    if level == 0:  # barely seen: under-drawn, parts lost
-        return moved & ~(ndimage.binary_erosion(moved, _BALL) ^ moved) | (
-            ndimage.binary_erosion(region, _BALL, iterations=2))
+    if level == 0:  # barely seen: under-drawn by 1 voxel, by 2 on part of the boundary
+        inner = ndimage.binary_erosion(region, _BALL)
+        return np.where(_smooth(rng, region.shape[0]) > 0, ndimage.binary_erosion(inner, _BALL), inner)
     return moved
 
 
@@ -315,8 +329,13 @@ def _shell_contrast(tissue: np.ndarray, inside: np.ndarray, vals: np.ndarray, v_
     return float(np.abs(v_in - vals[t]).mean())
 
 
-def _glioma_masks(tissue, seg, vals, sigma, rng) -> np.ndarray:
-    """Per-modality glioma annotation (H, W, D) uint8 from contrasts ``vals`` (tissues,)."""
+def _glioma_masks(tissue: np.ndarray, seg: np.ndarray, vals: np.ndarray, sigma: float, cap: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Per-modality glioma annotation (H, W, D) uint8.
+
+    ``vals`` (tissues,) are this modality's intensities, ``sigma`` its perceived noise, ``cap`` the
+    best boundary quality allowed (1 on a degraded modality).
+    """
     ed, ncr, et = 3, 4, 5
     chain = [t for t in (ncr, et, ed) if (tissue == t).any()]  # inner -> outer, then brain
     cnr = [abs(vals[a] - vals[b]) / sigma for a, b in zip(chain, chain[1:])]
@@ -336,15 +355,16 @@ def _glioma_masks(tissue, seg, vals, sigma, rng) -> np.ndarray:
         if -1 in members:
             continue
         label = 2 if ed in members else 1 if ncr in members else 4
-        out[_draw(np.isin(tissue, chain[: k + 1]), _level(cnr[k]), rng)] = label
+        out[_draw(np.isin(tissue, chain[: k + 1]), min(_level(cnr[k]), cap), rng)] = label
     return out
 
 
-def _npc_mask(tissue, seg, vals, sigma, rng) -> np.ndarray:
-    """Per-modality npc annotation (H, W, D) uint8 from contrasts ``vals`` (tissues,)."""
+def _npc_mask(tissue: np.ndarray, seg: np.ndarray, vals: np.ndarray, sigma: float, cap: int,
+              rng: np.random.Generator) -> np.ndarray:
+    """Per-modality npc annotation (H, W, D) uint8; arguments as :func:`_glioma_masks`."""
     tum = seg > 0
     cnr = _shell_contrast(tissue, tum, vals, vals[5], exclude=(2,)) / sigma
-    drawn = _draw(tum, _level(cnr), rng)
+    drawn = _draw(tum, min(_level(cnr), cap), rng)
     if abs(vals[5] - vals[2]) / sigma < _LO:  # mucosa looks like tumour: over-drawn into it
         near = ndimage.binary_dilation(drawn | tum, _BALL, iterations=2)
         drawn |= near & (tissue == 2)
@@ -413,7 +433,8 @@ def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int
     eff = table.clip(0.0) ** sc.gamma  # contrasts as acquired
     for m, mod in enumerate(mods):
         kind = deg[1] if deg is not None and deg[0] == m else None
-        _save(mask_fn(tissue, seg, eff[:, m], _sigma(sc, m, kind), rng_ann), affine,
+        cap = 3 if kind is None else 1
+        _save(mask_fn(tissue, seg, eff[:, m], _sigma(sc, m, kind), cap, rng_ann), affine,
               root / rel(f"seg_{mod}"))
 
     vox = {name: int((seg == v).sum()) for name, v in spec["labels"].items()}

@@ -42,7 +42,7 @@ def preprocessing(
     chain: list[T.Transform] = [
         T.LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
         T.EnsureTyped(keys=keys, dtype=None, track_meta=True),
-        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Orientationd(keys=keys, axcodes="RAS", labels=None),
     ]
     if crop_foreground:
         chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))

@@ -218,8 +218,9 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
-        self.log_dict({f"val/{k}": float(v) for k, v in values.items()}, prog_bar=False)
-        self.log("val/dice_mean", float(values["dice_mean"]), prog_bar=True)
+        dice_mean = float(values.pop("dice_mean"))
+        self.log_dict({f"val/{k}": float(v) for k, v in values.items()})
+        self.log("val/dice_mean", dice_mean, prog_bar=True)
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:

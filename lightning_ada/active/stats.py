@@ -1,0 +1,224 @@
+"""Streamed per-case statistics shared by the selection strategies (ALGORITHMS §0.3 B2-B4).
+
+A strategy never holds the softmax maps of the whole pool: :func:`stream_pool_stats` runs the
+model on one case, reduces its ``(K, H, W, D)`` posterior to a few numbers (mean voxel entropy,
+predicted foreground volume, optional embedding) and drops the map before the next case.
+
+Nothing here knows about Lightning or the datamodule: inputs are tensors and callables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CaseStats",
+    "compute_case_stats",
+    "entropy_map",
+    "foreground_volume",
+    "mean_entropy",
+    "stream_pool_stats",
+]
+
+
+def entropy_map(probs: Tensor, eps: float = 1e-10) -> Tensor:
+    """Voxel-wise Shannon entropy ``H = -sum_c p_c log p_c`` (natural log).
+
+    As in the official ``sort.py`` (SciPy ``entropy``): probabilities are clipped to
+    ``[eps, 1]`` and re-normalised to sum to one along the class axis before the entropy.
+
+    Args:
+        probs: ``(C, H, W, D)`` softmax probabilities (any float dtype; computed in float32 or
+            wider).
+        eps: lower clip of the probabilities.
+
+    Returns:
+        ``(H, W, D)`` entropy map, float32 (float64 if ``probs`` is float64).
+    """
+    p = probs.detach()
+    if p.dtype not in (torch.float32, torch.float64):
+        p = p.float()
+    p = p.clamp(eps, 1.0)
+    p = p / p.sum(0, keepdim=True)
+    return -(p * p.log()).sum(0)
+
+
+def mean_entropy(probs: Tensor, eps: float = 1e-10, roi: Tensor | None = None) -> float:
+    """Mean voxel entropy ``Ū = (1/V) sum_v H(p_v)`` (B2, eq. 2).
+
+    Args:
+        probs: ``(C, H, W, D)`` softmax probabilities.
+        eps: lower clip of the probabilities (see :func:`entropy_map`).
+        roi: optional boolean ``(H, W, D)`` mask; the mean then runs over the ROI voxels only
+            (an empty ROI gives 0.0). Default: all voxels (ALGORITHMS §1.8-A4).
+
+    Returns:
+        The mean entropy in nats.
+    """
+    h = entropy_map(probs, eps)
+    if roi is not None:
+        h = h[roi.to(device=h.device, dtype=torch.bool)]
+        if h.numel() == 0:
+            return 0.0
+    return float(h.double().mean())
+
+
+def _class_index(probs_or_index: Tensor) -> tuple[Tensor, int | None]:
+    """``(argmax map, number of classes or None)`` from probabilities or a label map."""
+    t = probs_or_index.detach()
+    if t.is_floating_point():  # (K, H, W, D) probabilities / logits
+        return t.argmax(0), t.shape[0]
+    return t.long(), None  # (H, W, D) integer / boolean label map
+
+
+def foreground_volume(
+    probs_or_index: Tensor, regions: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, int]:
+    """Predicted foreground voxel counts (B3, eq. 1: ``A = #(argmax != 0)``).
+
+    Args:
+        probs_or_index: either floating ``(K, H, W, D)`` probabilities (argmax over dim 0 is
+            taken) or an integer/boolean ``(H, W, D)`` class-index map.
+        regions: optional region name -> list of class indices, e.g.
+            ``{"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}``.
+
+    Returns:
+        ``{"total": #fg, "1": #class1, ..., "K-1": #class(K-1), <region>: #region, ...}``. Class
+        keys are the string class indices ``1..K-1`` (for a label map: ``1..max label``); region
+        keys are the region names (a region named like a class index overrides that entry).
+    """
+    idx, k = _class_index(probs_or_index)
+    flat = idx.reshape(-1)
+    n_cls = k if k is not None else int(flat.max()) + 1 if flat.numel() else 1
+    counts = torch.bincount(flat, minlength=max(n_cls, 1)).tolist()
+    out = {"total": int(flat.numel() - counts[0]) if counts else 0}
+    out.update({str(c): int(counts[c]) for c in range(1, len(counts))})
+    for name, classes in (regions or {}).items():
+        out[name] = int(sum(counts[c] for c in classes if 0 <= c < len(counts)))
+    return out
+
+
+@dataclass
+class CaseStats:
+    """Per-case statistics of one scoring pass.
+
+    Attributes:
+        case_id: the case identifier.
+        mean_entropy: ``Ū``, mean voxel entropy in nats.
+        volume: ``A``, total predicted foreground voxel count.
+        volume_per_region: per-class (keys ``"1"``, ``"2"``, ...) and per-region counts.
+        embedding: ``(d,)`` case embedding (B4) or None.
+        extra: free JSON-friendly values (strategy-specific).
+    """
+
+    case_id: str
+    mean_entropy: float
+    volume: int
+    volume_per_region: dict[str, int] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, with_embedding: bool = True) -> dict[str, Any]:
+        """JSON-friendly dict (embedding as a list, or omitted if None / not wanted)."""
+        d: dict[str, Any] = {
+            "case_id": self.case_id,
+            "mean_entropy": float(self.mean_entropy),
+            "volume": int(self.volume),
+            "volume_per_region": {k: int(v) for k, v in self.volume_per_region.items()},
+            "extra": dict(self.extra),
+        }
+        if with_embedding and self.embedding is not None:
+            d["embedding"] = np.asarray(self.embedding, dtype=np.float64).tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CaseStats:
+        """Inverse of :meth:`to_dict`."""
+        emb = d.get("embedding")
+        return cls(
+            case_id=str(d["case_id"]),
+            mean_entropy=float(d["mean_entropy"]),
+            volume=int(d["volume"]),
+            volume_per_region={k: int(v) for k, v in (d.get("volume_per_region") or {}).items()},
+            embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
+            extra=dict(d.get("extra") or {}),
+        )
+
+
+def _to_numpy_1d(x: Tensor | np.ndarray | None) -> np.ndarray | None:
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x).reshape(-1)
+
+
+def compute_case_stats(
+    case_id: str,
+    probs: Tensor,
+    embedding: Tensor | np.ndarray | None = None,
+    regions: Mapping[str, Sequence[int]] | None = None,
+    roi: Tensor | None = None,
+    eps: float = 1e-10,
+) -> CaseStats:
+    """Reduce one case's posterior to :class:`CaseStats`.
+
+    Args:
+        case_id: the case identifier.
+        probs: ``(K, H, W, D)`` softmax probabilities.
+        embedding: optional ``(d,)`` embedding (tensor or array), stored as a float32 array.
+        regions: optional region definitions for :func:`foreground_volume`.
+        roi: optional ``(H, W, D)`` boolean mask for the mean entropy (volume is always over
+            the whole case).
+        eps: probability clip for the entropy.
+    """
+    vol = foreground_volume(probs, regions)
+    total = vol.pop("total")
+    emb = _to_numpy_1d(embedding)
+    return CaseStats(
+        case_id=case_id,
+        mean_entropy=mean_entropy(probs, eps=eps, roi=roi),
+        volume=total,
+        volume_per_region=vol,
+        embedding=None if emb is None else emb.astype(np.float32),
+    )
+
+
+def stream_pool_stats(
+    cases: Iterable[tuple[str, Tensor]],
+    predict: Callable[[Tensor], tuple[Tensor, Tensor | None]],
+    regions: Mapping[str, Sequence[int]] | None = None,
+    progress: bool = False,
+    eps: float = 1e-10,
+) -> list[CaseStats]:
+    """Score a pool case by case, keeping at most one probability map alive.
+
+    Args:
+        cases: iterable of ``(case_id, image)`` with image ``(C, H, W, D)``; consumed lazily.
+        predict: ``image -> (probs (K, H, W, D), embedding (d,) or None)``, e.g. a sliding-window
+            softmax with the bottleneck pooled. Called under ``torch.no_grad()``.
+        regions: optional region definitions for :func:`foreground_volume`.
+        progress: show a tqdm progress bar.
+        eps: probability clip for the entropy.
+
+    Returns:
+        One :class:`CaseStats` per case, in input order.
+    """
+    it: Iterable[tuple[str, Tensor]] = cases
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(cases, desc="scoring pool", unit="case")
+    out: list[CaseStats] = []
+    with torch.no_grad():
+        for case_id, image in it:
+            probs, emb = predict(image)
+            out.append(compute_case_stats(case_id, probs, emb, regions=regions, eps=eps))
+            del probs, emb, image  # drop the map before the next forward pass
+    return out
