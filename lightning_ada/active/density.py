@@ -17,8 +17,8 @@ principal component is an SVD convention, fixed here by making the largest-|load
 component positive.
 
 Intensities are used as given. The caller decides which (network-input z-scores by default,
-ALGORITHMS §1.3 ``density_intensity: zscore``; raw NIfTI values reproduce the authors' ICA code) and
-must put that choice into ``key_extra`` when caching by ``fingerprints``.
+ALGORITHMS §1.3 ``density_intensity: zscore``; raw NIfTI values reproduce the authors' ICA
+code) and must put that choice into ``key_extra`` when caching by ``fingerprints``.
 """
 
 from __future__ import annotations
@@ -76,9 +76,12 @@ def resize_cube(volume: np.ndarray, side: int) -> np.ndarray:
         side: output cube side ``R``.
 
     Returns:
-        ``(R, R, R)`` float32 array (the input itself, as float32, if already that shape).
+        ``(R, R, R)`` float array (float32 for integer input; the input itself if already
+        that shape).
     """
-    v = np.asarray(volume, dtype=np.float32)
+    v = np.asarray(volume)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float32)
     if v.shape == (side,) * 3:
         return v
     factors = np.array(v.shape, dtype=np.float64) / side  # > 1: downsampling
@@ -116,16 +119,18 @@ def pca_scores(
     side = resize if resize is not None else min(MAX_NATIVE_SIDE, max(v.shape))
     x = resize_cube(v, side).reshape(side * side, side).astype(np.float64)
     x -= x.mean(axis=0, keepdims=True)
-    # Same factorisation as sklearn PCA(svd_solver="full"); the variance rule is ">=" here.
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    ev = s**2
-    if ev.sum() <= 0 or not np.isfinite(ev.sum()):
+    # PCA via the (R, R) scatter matrix: same components/scores as sklearn PCA(svd_solver="full")
+    # (tests), 10-20x faster than an SVD of the (R*R, R) matrix. Variance rule: ">=".
+    ev, vec = np.linalg.eigh(x.T @ x)
+    ev, vec = np.clip(ev[::-1], 0.0, None), vec[:, ::-1]
+    total = ev.sum()
+    if total <= 0 or not np.isfinite(total):
         return np.zeros(side * side, dtype=np.float64)
-    cum = np.cumsum(ev) / ev.sum()
-    k = int(min(np.searchsorted(cum, variance * (1 - 1e-12), side="left") + 1, len(s)))
-    sign = np.sign(vt[np.arange(k), np.abs(vt[:k]).argmax(axis=1)])
+    k = int(min(np.searchsorted(np.cumsum(ev) / total, variance * (1 - 1e-12)) + 1, side))
+    comps = vec[:, :k]  # (R, k) loadings
+    sign = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
     sign[sign == 0] = 1.0
-    return (u[:, :k] * (s[:k] * sign)).ravel()
+    return (x @ (comps * sign)).ravel()
 
 
 def quantile_summary(
@@ -392,9 +397,12 @@ def compute_density(
         path = cache / f"density_{key}.json" if cache is not None else None
         if path is None or not path.is_file():
             return None
-        data = json.loads(path.read_text())
-        order = [data["case_ids"].index(c) for c in ids]
-        return np.asarray(data["distances"], dtype=np.float64)[np.ix_(order, order)]
+        try:
+            data = json.loads(path.read_text())
+            order = [data["case_ids"].index(c) for c in ids]
+            return np.asarray(data["distances"], dtype=np.float64)[np.ix_(order, order)]
+        except (ValueError, KeyError, IndexError):  # unreadable / foreign file -> recompute
+            return None
 
     if fingerprints is not None:
         key = pool_key([str(f) for f in fingerprints])
@@ -431,7 +439,8 @@ def compute_density(
     desc = np.stack(descs) if descs else np.zeros((0, 0, int(n_quantiles)))
     dist = pairwise_distances(desc) if len(descs) else np.zeros((0, 0))
     if cache is not None:
-        payload = {"case_ids": ids, "content": hashes, "params": params,
-                   "distances": dist.tolist()}
-        _atomic_write(cache / f"density_{key}.json", lambda f: f.write(json.dumps(payload).encode()))
+        payload = {"case_ids": ids, "content": hashes, "params": params}
+        payload["distances"] = dist.tolist()
+        blob = json.dumps(payload).encode()
+        _atomic_write(cache / f"density_{key}.json", lambda f: f.write(blob))
     return finish(key, dist, descriptors=desc, n_computed=n_computed)

@@ -162,7 +162,9 @@ class ActiveDataModule(L.LightningDataModule):
         missing = [i["case_id"] for i in items if "label" not in i]
         if missing:
             raise DataError(f"{self.hparams.root}: cases without a reference label: {missing}")
-        self._cache = CacheDataset(items, self._preprocessing(), progress=False, num_workers=0)
+        # one instance: MONAI inverts only with the very transform objects that were applied
+        self._prep = self._preprocessing()
+        self._cache = CacheDataset(items, self._prep, progress=False, num_workers=0)
 
     def _resolve_splits(self, cases: Sequence[Case]) -> dict[str, list[str]]:
         splits: dict[str, list[str]] = {}
@@ -249,7 +251,7 @@ class ActiveDataModule(L.LightningDataModule):
                 allow_empty=True,
             )
             entry = self.cases[case_id].to_item() | {"label": path}
-            self._annotated[key] = self._preprocessing()(entry)
+            self._annotated[key] = self._prep(entry)
         return self._annotated[key]
 
     # ------------------------------------------------------------------ loaders
@@ -288,16 +290,17 @@ class ActiveDataModule(L.LightningDataModule):
 
         Returns a MetaTensor carrying the original affine, with on-disk label values.
         """
+        from monai.data import MetaTensor
         from monai.transforms import Invertd, MapLabelValue
 
         from lightning_ada.data.transforms import label_mapping
 
-        item = self.item(case_id)
-        pred = item["label"].clone()  # carries the applied-transform stack of this case
-        pred.array = prediction.to(pred.dtype)
-        inverted = Invertd(keys="label", transform=self._preprocessing(), nearest_interp=True)(
-            {"label": pred, "image": item["image"]}
-        )["label"]
+        image = self.item(case_id)["image"]
+        pred = MetaTensor(prediction.to(torch.float32), meta=dict(image.meta))
+        # the inverse of the image's applied transforms (pad, resample, crop, orientation)
+        inverted = Invertd(
+            keys="pred", transform=self._prep, orig_keys="image", nearest_interp=True
+        )({"pred": pred, "image": image})["pred"]
         orig, target = label_mapping(self.hparams.labels.values())
         return MapLabelValue(orig_labels=target, target_labels=orig)(inverted)
 

@@ -60,7 +60,9 @@ TASKS: dict[str, dict[str, Any]] = {
         "labels": {"GTV": 1},
     },
 }
-_SPLITS = {"source": ("src", 0), "source_test": ("srctest", 1), "pool": ("pool", 2), "test": ("test", 3)}
+_SPLITS = {  # split -> (case id tag, seed code)
+    "source": ("src", 0), "source_test": ("srctest", 1), "pool": ("pool", 2), "test": ("test", 3),
+}
 _TARGET_FREQ = np.array([0.60, 0.25, 0.15])  # scanners B, C, D in the target population
 _DEGRADED_FREQ = 0.20
 _LO, _HI, _EXC = 1.5, 3.0, 6.0  # contrast-to-noise thresholds: seen / clear / exact boundary
@@ -187,8 +189,10 @@ def _log_radius(rng: np.random.Generator) -> float:
     return float(np.exp(rng.uniform(np.log(0.2), np.log(0.6))))
 
 
-def _tumour_geometry(rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray, frac: float,
-                     half_width: float, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _tumour_geometry(
+    rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray, frac: float,
+    half_width: float, allowed: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """An irregular tumour of radius ``frac * half_width`` (normalised units) at ``centre``.
 
     Returns:
@@ -221,6 +225,7 @@ def _glioma_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
         v = rel - np.array([side * 0.12, 0.0, 0.05])[:, None, None, None]
         tissue[((v / vr[:, None, None, None]) ** 2).sum(0) <= 1.0] = 0
     # tumour: oedema blob, offset core of 35-70 % its size, enhancing rim 0.8-1.6 voxels thick
+    # (at most half the core radius, so small cores keep some necrosis)
     frac = _log_radius(rng)
     p = rng.standard_normal(3)
     p = p / np.linalg.norm(p) * rng.uniform() ** (1 / 3) * max(0.15, 0.78 - 0.5 * frac)
@@ -232,7 +237,7 @@ def _glioma_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
     core_r = core_frac * (r_vox * 2 / size) * (1.0 + rng.uniform(-0.2, 0.2, 3))
     dc = _blob(rng, xyz, core_c, core_r, rot, wobble=0.15)
     core = (dc <= 1.0) & region
-    rim = rng.uniform(0.8, 1.6) / max(core_frac * r_vox, 1e-3)
+    rim = min(rng.uniform(0.8, 1.6) / max(core_frac * r_vox, 1e-3), 0.5)  # fraction of core
     et = core & (dc > 1.0 - rim)
     kind = rng.uniform()
     partial = _smooth(rng, size) > 0
@@ -268,7 +273,8 @@ def _npc_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
                                   | ((x**2 + (y - 0.45) ** 2 <= 0.13**2) & (z < base)))  # spine
     tissue[bone] = 3
     npx = np.array([0.0, -0.05, 0.3]) + 0.03 * rng.standard_normal(3)
-    airway = (((x - npx[0]) / 0.22) ** 2 + ((y - npx[1]) / 0.16) ** 2 + ((z - npx[2]) / 0.16) ** 2 <= 1)
+    dx, dy, dz = (x - npx[0]) / 0.22, (y - npx[1]) / 0.16, (z - npx[2]) / 0.16
+    airway = dx**2 + dy**2 + dz**2 <= 1  # nasopharynx
     airway |= ((x / 0.12) ** 2 + ((y + 0.05) / 0.10) ** 2 <= 1) & (z < npx[2])  # oropharynx
     airway |= (x / 0.15) ** 2 + ((y + 0.45) / 0.30) ** 2 + ((z - 0.35) / 0.12) ** 2 <= 1  # nose
     airway &= body & ~bone
@@ -277,7 +283,7 @@ def _npc_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     side, frac = rng.choice([-1.0, 1.0]), _log_radius(rng)
     centre = npx + np.array([side * rng.uniform(0, 0.18), 0.16 + rng.uniform(-0.05, 0.1),
                              rng.uniform(-0.12, 0.12)])
-    half_width = float((rx.mean() + ry.mean()) / 2)
+    half_width = float((0.80 * jit[0] + 0.76 * jit[1]) / 2)
     allowed = body & (rb <= 0.86) & ~bone
     d, region, r_vox = _tumour_geometry(rng, np.stack([x, y, z]), centre, frac, half_width, allowed)
     region &= ~airway | (d < 0.6)  # the tumour bulges into, but does not fill, the lumen
@@ -287,8 +293,8 @@ def _npc_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     return tissue, region.astype(np.uint8), r_vox
 
 
-def _sigma(sc: Scanner, m: int, deg: str | None) -> float:
-    """Effective noise an annotator perceives on modality ``m`` (table units)."""
+def _perception(sc: Scanner, deg: str | None) -> tuple[float, float]:
+    """(noise an annotator perceives in table units, blur in voxels) of one modality."""
     noise, blur, ghost = sc.noise, sc.blur, 0.0
     if deg == "noise":
         noise += 0.15
@@ -296,7 +302,22 @@ def _sigma(sc: Scanner, m: int, deg: str | None) -> float:
         blur += 2.0
     elif deg == "motion":
         ghost, blur = 0.10, blur + 1.0
-    return float(np.sqrt(noise**2 + (0.15 * sc.bias) ** 2 + 0.02**2 + ghost**2) * (1 + 0.5 * blur))
+    sigma = np.sqrt(noise**2 + (0.15 * sc.bias) ** 2 + 0.02**2 + ghost**2) * (1 + 0.5 * blur)
+    return float(sigma), blur
+
+
+def _cnr(diff: float, thickness: float, sigma: float, blur: float) -> float:
+    """Contrast-to-noise ratio of a boundary; blur washes out structures thinner than 2 blur."""
+    return abs(diff) / sigma * min(1.0, thickness / (2.0 * blur))
+
+
+def _thickness(mask: np.ndarray) -> float:
+    """Approximate thickness in voxels of the thickest part of ``mask`` (0 if empty)."""
+    box = ndimage.find_objects(mask.astype(np.int8))
+    if not box:
+        return 0.0
+    crop = np.pad(mask[box[0]], 1)  # the distance transform on the bounding box only
+    return 2.0 * float(ndimage.distance_transform_edt(crop).max()) - 1.0
 
 
 def _level(cnr: float) -> int:
@@ -314,7 +335,8 @@ def _draw(region: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarra
         return np.where(_smooth(rng, region.shape[0]) > 0, moved, region)
     if level == 0:  # barely seen: under-drawn by 1 voxel, by 2 on part of the boundary
         inner = ndimage.binary_erosion(region, _BALL)
-        return np.where(_smooth(rng, region.shape[0]) > 0, ndimage.binary_erosion(inner, _BALL), inner)
+        inner2 = ndimage.binary_erosion(inner, _BALL)
+        return np.where(_smooth(rng, region.shape[0]) > 0, inner2, inner)
     return moved
 
 
@@ -329,19 +351,22 @@ def _shell_contrast(tissue: np.ndarray, inside: np.ndarray, vals: np.ndarray, v_
     return float(np.abs(v_in - vals[t]).mean())
 
 
-def _glioma_masks(tissue: np.ndarray, seg: np.ndarray, vals: np.ndarray, sigma: float, cap: int,
-                  rng: np.random.Generator) -> np.ndarray:
+def _glioma_masks(tissue: np.ndarray, seg: np.ndarray, vals: np.ndarray, sigma: float,
+                  blur: float, cap: int, rng: np.random.Generator) -> np.ndarray:
     """Per-modality glioma annotation (H, W, D) uint8.
 
-    ``vals`` (tissues,) are this modality's intensities, ``sigma`` its perceived noise, ``cap`` the
-    best boundary quality allowed (1 on a degraded modality).
+    ``vals`` (tissues,) are this modality's intensities, ``sigma`` and ``blur`` its perceived
+    noise and blur (:func:`_perception`), ``cap`` the best boundary quality allowed (1 on a
+    degraded modality).
     """
     ed, ncr, et = 3, 4, 5
     chain = [t for t in (ncr, et, ed) if (tissue == t).any()]  # inner -> outer, then brain
-    cnr = [abs(vals[a] - vals[b]) / sigma for a, b in zip(chain, chain[1:])]
+    th = {t: _thickness(tissue == t) for t in chain}
+    cnr = [_cnr(vals[a] - vals[b], min(th[a], th[b]), sigma, blur)
+           for a, b in zip(chain, chain[1:])]
     outer = np.isin(tissue, [ed, ncr, et])
-    cnr.append(_shell_contrast(tissue, outer, vals, vals[ed] if ed in chain else vals[chain[-1]],
-                               exclude=(ed, ncr, et)) / sigma)
+    diff = _shell_contrast(tissue, outer, vals, vals[chain[-1]], exclude=(ed, ncr, et))
+    cnr.append(_cnr(diff, _thickness(outer), sigma, blur))
     # edge k separates chain[:k+1] from the rest; unseen edges merge their two sides
     groups, current = [], [chain[0]]
     for k, c in enumerate(cnr):
@@ -359,11 +384,12 @@ def _glioma_masks(tissue: np.ndarray, seg: np.ndarray, vals: np.ndarray, sigma: 
     return out
 
 
-def _npc_mask(tissue: np.ndarray, seg: np.ndarray, vals: np.ndarray, sigma: float, cap: int,
-              rng: np.random.Generator) -> np.ndarray:
+def _npc_mask(tissue: np.ndarray, seg: np.ndarray, vals: np.ndarray, sigma: float, blur: float,
+              cap: int, rng: np.random.Generator) -> np.ndarray:
     """Per-modality npc annotation (H, W, D) uint8; arguments as :func:`_glioma_masks`."""
     tum = seg > 0
-    cnr = _shell_contrast(tissue, tum, vals, vals[5], exclude=(2,)) / sigma
+    diff = _shell_contrast(tissue, tum, vals, vals[5], exclude=(2,))
+    cnr = _cnr(diff, _thickness(tum), sigma, blur)
     drawn = _draw(tum, min(_level(cnr), cap), rng)
     if abs(vals[5] - vals[2]) / sigma < _LO:  # mucosa looks like tumour: over-drawn into it
         near = ndimage.binary_dilation(drawn | tum, _BALL, iterations=2)
@@ -386,7 +412,8 @@ def _acquire(tissue: np.ndarray, sc: Scanner, table: np.ndarray, deg: tuple[int,
             x = x + 0.35 * np.roll(x, tissue.shape[ax] // 3, axis=ax)
         x = (x * np.exp(sc.bias * _smooth(rng, tissue.shape[0]))).clip(0.0) ** sc.gamma
         s = sc.noise + (0.15 if kind == "noise" else 0.0)
-        x = np.sqrt((x + s * rng.standard_normal(x.shape)) ** 2 + (s * rng.standard_normal(x.shape)) ** 2)
+        re, im = s * rng.standard_normal(x.shape), s * rng.standard_normal(x.shape)
+        x = np.sqrt((x + re) ** 2 + im**2)  # magnitude image: Rician noise, always > 0
         out[m] = np.where(head, np.maximum(x, 1e-3) * sc.scale, 0.0)
     return out
 
@@ -434,7 +461,7 @@ def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int
     for m, mod in enumerate(mods):
         kind = deg[1] if deg is not None and deg[0] == m else None
         cap = 3 if kind is None else 1
-        _save(mask_fn(tissue, seg, eff[:, m], _sigma(sc, m, kind), cap, rng_ann), affine,
+        _save(mask_fn(tissue, seg, eff[:, m], *_perception(sc, kind), cap, rng_ann), affine,
               root / rel(f"seg_{mod}"))
 
     vox = {name: int((seg == v).sum()) for name, v in spec["labels"].items()}

@@ -1,0 +1,44 @@
+"""Shared fixtures: one tiny phantom and one tiny source checkpoint per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CONF = Path(__file__).parent / "conf"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats18"
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16^3 glioma phantom (the same parameters as ``tests/conf/*_tiny.yaml``)."""
+    from lightning_ada.data.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("phantom") / "tiny_glioma"
+    generate_phantom(
+        root, task="glioma", size=16, n_source=4, n_source_test=2, n_pool=6, n_test=2, seed=0,
+        progress=False,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def source_ckpt(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A source checkpoint trained for 2 tiny epochs through ``lightning-ada fit``."""
+    from lightning_ada.main import main
+
+    out = tmp_path_factory.mktemp("source")
+    main(
+        [
+            "fit", "-c", str(CONF / "source_tiny.yaml"),
+            "--data.root", str(phantom_root), "--trainer.default_root_dir", str(out),
+        ]
+    )
+    ckpt = out / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return ckpt
