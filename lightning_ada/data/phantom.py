@@ -483,7 +483,13 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
     Images are (H, W, D) = (size, size, size) float32 volumes, one NIfTI per modality, in
     arbitrary scanner units (0 outside the head); voxels are isotropic ``192 / size`` mm. Every
     case is drawn from its own generator seeded by ``(seed, task, split, index)``, so the same
-    seed gives identical arrays and adding cases leaves earlier anatomies unchanged.
+    seed gives identical arrays and adding cases leaves earlier anatomies unchanged. Scanner and
+    degradation assignment is prefix-stable too (:func:`_assign`).
+
+    Each case's ``meta`` holds ``centre`` (``A`` source, ``B``/``C``/``D`` target),
+    ``scanner_index`` (0-3 in that order), ``tumour_voxels`` (per label name and ``total``),
+    ``tumour_radius_vox`` (mean radius in voxels before irregularity), ``degraded_modality`` and
+    ``degradation`` (``noise``/``blur``/``motion``; both None when no modality is degraded).
 
     Args:
         root: output folder.

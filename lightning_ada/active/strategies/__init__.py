@@ -8,10 +8,14 @@ from lightning_ada.active.strategies.base import (
     build_strategy,
     register,
 )
+from lightning_ada.active.strategies.entropy import EntropyStrategy
+from lightning_ada.active.strategies.mmacts import MMActSStrategy
 from lightning_ada.active.strategies.random import RandomStrategy
 
 __all__ = [
     "REGISTRY",
+    "EntropyStrategy",
+    "MMActSStrategy",
     "QueryContext",
     "RandomStrategy",
     "Scored",

@@ -70,6 +70,9 @@ class Strategy:
     schedule: ClassVar[Literal["sequential", "one_off"]] = "sequential"
     needs: ClassVar[frozenset[str]] = frozenset()
 
+    #: seconds spent in the last :meth:`score` call, by part (inference, statistics, density)
+    timings: dict[str, float] = {}  # noqa: RUF012 - replaced per call, never mutated
+
     def score(self, ctx: QueryContext) -> list[Scored]:
         """Score every case of ``ctx.unlabeled``."""
         raise NotImplementedError
