@@ -149,7 +149,9 @@ class ActiveQueryCallback(L.Callback):
                     "strategy": self.strategy.name,
                     "n_labeled": dm.pool.n_labeled,
                     "scoring_seconds": seconds,
+                    "timings": dict(self.strategy.timings),
                     "pool_size": len(ranked),
+                    "case_meta": dict(dm.case(pick.case_id).meta),
                 }
             )
             rank_zero_info(
