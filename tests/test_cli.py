@@ -133,3 +133,33 @@ def test_bad_active_config_is_refused(
         )
     if err.type is ValueError:
         assert message in str(err.value)
+
+
+def test_mmacts_round_elects_a_modality_and_logs_every_factor(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    main(
+        [
+            "fit", "-c", str(CONF / "random_tiny.yaml"),
+            "--data.root", str(phantom_root),
+            "--model.source_checkpoint", str(source_ckpt),
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0",
+            "--active.budget", "2", "--active.stride", "1",
+            "--active.strategy", "mmacts", "--active.strategy_args", '{"progress": false}',
+            "--active.elect_modality", "true", "--active.use_modality_masks", "true",
+        ]
+    )
+    log = json.loads((tmp_path / "query_log.json").read_text())
+    assert len(log) == 2 and log[0]["case_id"] != log[1]["case_id"]
+    for q in log:
+        assert set(q["factors"]) >= {"entropy", "volume", "density", "product"}
+        f = q["factors"]
+        assert q["score"] == pytest.approx(f["entropy"] * f["volume"] * f["density"])
+        assert set(q["election_dice"]) == {"flair", "t1", "t1ce", "t2"}
+        assert q["modality"] == max(q["election_dice"], key=q["election_dice"].get)
+        assert q["label_path"].endswith(f"_seg_{q['modality']}.nii.gz")  # mask drawn on it
+        assert set(q["timings"]) == {"inference", "statistics", "density"}
+        assert "centre" in q["case_meta"]
+    # the density matrix is cached in the run folder and reused by the second round
+    assert len(list((tmp_path / "cache").glob("density_*.json"))) == 1

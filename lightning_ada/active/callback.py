@@ -33,6 +33,8 @@ class ActiveQueryCallback(L.Callback):
         oracle: ``simulated`` (stored masks).
         use_modality_masks: the simulated oracle returns the mask drawn on the elected modality.
         seed: seed of the strategies' random draws.
+        restart_schedule_each_round: restart the learning-rate decay after each query (default:
+            one schedule over the whole run, ALGORITHMS.md 1.6).
         run_dir: where the query log is written (default: the trainer's log dir).
     """
 
@@ -46,6 +48,7 @@ class ActiveQueryCallback(L.Callback):
         oracle: Literal["simulated"] = "simulated",
         use_modality_masks: bool = True,
         seed: int = 0,
+        restart_schedule_each_round: bool = False,
         run_dir: str | None = None,
     ) -> None:
         if budget < 0:
@@ -57,6 +60,7 @@ class ActiveQueryCallback(L.Callback):
         self.elect = elect_modality
         self.oracle: Oracle = SimulatedOracle(use_modality_masks)
         self.run_dir = run_dir
+        self.restart_schedule = restart_schedule_each_round
         self.n_queried = 0
         self.round = 0
         self.last_query_epoch: int | None = None
@@ -160,6 +164,8 @@ class ActiveQueryCallback(L.Callback):
             )
         self.round += 1
         self.last_query_epoch = epoch
+        if self.restart_schedule and hasattr(pl_module, "restart_lr_schedule"):
+            pl_module.restart_lr_schedule()
         for logger in trainer.loggers:
             logger.log_metrics(
                 {"active/n_labeled": dm.pool.n_labeled, "active/scoring_seconds": seconds},

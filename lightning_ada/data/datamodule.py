@@ -40,7 +40,7 @@ class _LabeledEpoch(torch.utils.data.Dataset):
                 "no labeled case to train on: give the active callback a budget > 0, "
                 "or list data.initial_labeled / set data.label_all"
             )
-        return self.transform(dict(self.dm._training_item(ids[i % len(ids)])))
+        return self.transform(self.dm._training_item(ids[i % len(ids)]))
 
 
 class ActiveDataModule(L.LightningDataModule):
@@ -72,6 +72,9 @@ class ActiveDataModule(L.LightningDataModule):
         validate_inputs: check every file (shapes, affines, NaN, label values) once in setup.
         num_workers: DataLoader workers.
         predict_split: which split ``predict`` runs on.
+        train_input: ``all`` modalities for every labeled case (default), or ``dominant_only``:
+            only the modality the case was annotated on, the others zero-filled (the paper's
+            Table 2 ablation).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class ActiveDataModule(L.LightningDataModule):
         validate_inputs: bool = True,
         num_workers: int = 0,
         predict_split: str = "test",
+        train_input: Literal["all", "dominant_only"] = "all",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -239,7 +243,16 @@ class ActiveDataModule(L.LightningDataModule):
 
     def _training_item(self, case_id: str) -> dict[str, Any]:
         """Image with the delivered annotation (which may differ from the reference mask)."""
-        path = self.train_pool.annotation(case_id).label_path
+        annotation = self.train_pool.annotation(case_id)
+        item = self._annotated_item(case_id, annotation.label_path)
+        if self.hparams.train_input == "dominant_only" and annotation.modality is not None:
+            keep = list(self.hparams.modalities).index(annotation.modality)
+            image = item["image"].clone()
+            image[[m for m in range(image.shape[0]) if m != keep]] = 0
+            item = dict(item) | {"image": image}
+        return item
+
+    def _annotated_item(self, case_id: str, path: str) -> dict[str, Any]:
         if path == self.cases[case_id].label:
             return self.item(case_id)
         key = (case_id, path)

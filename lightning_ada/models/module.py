@@ -245,6 +245,19 @@ class SegmentationModule(L.LightningModule):
         return {"case_id": list(batch["case_id"]), "pred": pred.cpu()}
 
     # ------------------------------------------------------------------ optimisation
+    #: optimiser step at which the poly schedule (re)starts
+    schedule_start: int = 0
+
+    def restart_lr_schedule(self) -> None:
+        """Restart the poly decay from the current step (``restart_schedule_each_round``)."""
+        self.schedule_start = int(self.trainer.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["schedule_start"] = self.schedule_start
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.schedule_start = int(checkpoint.get("schedule_start", 0))
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         if hp.optimizer == "sgd":
@@ -255,7 +268,10 @@ class SegmentationModule(L.LightningModule):
         else:
             opt = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: max(0.0, 1.0 - step / total) ** hp.poly_power
-        )
+
+        def poly(step: int) -> float:
+            start = self.schedule_start
+            return max(0.0, 1.0 - (step - start) / max(1, total - start)) ** hp.poly_power
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, poly)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,96 @@
+"""ActiveDataModule on a tiny phantom: splits, shapes, pool moves, state round trip, ablations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_ada.data.cases import DataError
+from lightning_ada.data.datamodule import ActiveDataModule
+
+
+def make_dm(root: Path, **kw: object) -> ActiveDataModule:
+    dm = ActiveDataModule(
+        root=str(root), batch_size=2, iterations_per_epoch=2, patch_size=[16, 16, 16],
+        divisible_by=4, **kw,  # type: ignore[arg-type]
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_splits_shapes_and_labels(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root)
+    assert {k: len(v) for k, v in dm.split_ids.items()} == {
+        "source": 4, "source_test": 2, "pool": 6, "test": 2,
+    }
+    item = dm.item(dm.split_ids["test"][0])
+    assert item["image"].shape == (4, 16, 16, 16) and item["image"].dtype == torch.float32
+    assert item["label"].shape == (1, 16, 16, 16)
+    assert set(item["label"].unique().tolist()) <= {0, 1, 2, 3}  # BraTS 1/2/4 -> classes 1/2/3
+    # z-scored inside the head, per channel
+    head = item["image"][0] != 0
+    assert abs(float(item["image"][0][head].mean())) < 0.1
+
+
+def test_label_moves_case_and_loader_follows(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root)
+    loader = dm.train_dataloader()
+    assert dm.pool.n_labeled == 0
+    first = dm.unlabeled_ids()[3]
+    dm.label(first, dm.case(first).label, "t1ce", round=0, epoch=-1)
+    batch = next(iter(loader))  # the same loader object sees the new labeled case
+    assert set(batch["case_id"]) == {first}
+    assert batch["image"].shape == (2, 4, 16, 16, 16)
+
+
+def test_state_round_trip_restores_labeled_set(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root)
+    ids = dm.unlabeled_ids()
+    dm.label(ids[1], dm.case(ids[1]).label, "flair", round=0, epoch=-1)
+    dm.label(ids[4], dm.case(ids[4]).label, "t2", round=1, epoch=3)
+    state = dm.state_dict()
+    fresh = ActiveDataModule(root=str(phantom_root), divisible_by=4)
+    fresh.load_state_dict(state)  # before setup, as Lightning does on resume
+    fresh.setup("fit")
+    assert fresh.pool.labeled == [ids[1], ids[4]]
+    assert fresh.pool.annotation(ids[4]).modality == "t2"
+
+
+def test_source_stage_trains_on_every_source_case(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root, stage="source")
+    assert dm.train_pool.labeled == dm.split_ids["source"]
+    assert dm.eval_split() == "source_test"
+    assert dm.pool.n_labeled == 0
+
+
+def test_label_all_is_the_upper_bound(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root, label_all=True)
+    assert dm.pool.n_unlabeled == 0 and dm.pool.n_labeled == 6
+
+
+def test_dominant_only_zeroes_the_other_modalities(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root, train_input="dominant_only")
+    cid = dm.unlabeled_ids()[0]
+    dm.label(cid, dm.case(cid).label, "t1ce", round=0, epoch=-1)
+    image = dm._training_item(cid)["image"]
+    assert image[2].abs().sum() > 0
+    assert all(float(image[m].abs().sum()) == 0 for m in (0, 1, 3))
+    assert dm.item(cid)["image"][0].abs().sum() > 0  # the cached item is untouched
+
+
+def test_modality_mask_annotation_is_loaded(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root)
+    cid = dm.unlabeled_ids()[0]
+    path = dm.case(cid).modality_labels["t1"]
+    dm.label(cid, path, "t1", round=0, epoch=-1)
+    item = dm._training_item(cid)
+    assert item["label"].shape == (1, 16, 16, 16)
+
+
+def test_wrong_modalities_and_splits_are_refused(phantom_root: Path) -> None:
+    with pytest.raises(DataError, match="modalities"):
+        make_dm(phantom_root, modalities=["t1", "t1ce", "t2"])
+    with pytest.raises(DataError, match="unknown case ids"):
+        make_dm(phantom_root, splits={"pool": ["no_such_case"]})
