@@ -123,6 +123,7 @@ class ActiveQueryCallback(L.Callback):
             seed=self.seed,
             run_dir=self._run_dir(trainer),
             source=dm.split_ids.get("source", []),
+            features=getattr(pl_module, "case_features", None),
         )
         t0 = time.perf_counter()
         ranked = self.strategy.rank(ctx)

@@ -14,7 +14,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
 from lightning_ada.metrics import RegionMetrics
-from lightning_ada.models.nets import FeatureTap, NetName, build_net
+from lightning_ada.models.nets import FeatureTap, NetName, build_net, decoder_head_input
 
 
 class CheckpointError(ValueError):
@@ -204,6 +204,51 @@ class SegmentationModule(L.LightningModule):
         if with_embedding:
             return probs, (emb.cpu() if emb is not None else None)
         return probs
+
+    def case_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything a feature-based strategy needs from one case, in one sliding-window pass.
+
+        Args:
+            image: ``(C, H, W, D)`` preprocessed image.
+
+        Returns:
+            ``probs`` ``(K, H, W, D)`` softmax, ``embedding`` ``(d,)`` pooled bottleneck
+            features, ``decoder`` ``(F, H, W, D)`` last decoder feature map (DynUNet), all float32
+            on the CPU.
+        """
+        captured: list[torch.Tensor] = []
+        head = decoder_head_input(self.net)
+
+        def keep_input(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            captured.append(args[0])
+
+        def predictor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            captured.clear()
+            logits = self.net(x)
+            return logits, captured[-1]
+
+        handle = head.register_forward_pre_hook(keep_input)
+        try:
+            with self._inference_mode():
+                self.features.enabled = True
+                logits, decoder = sliding_window_inference(
+                    image.unsqueeze(0).to(self.device),
+                    roi_size=tuple(self.hparams.roi_size),
+                    sw_batch_size=self.hparams.sw_batch_size,
+                    predictor=predictor,
+                    overlap=self.hparams.sw_overlap,
+                    mode="gaussian",
+                )
+                emb = self.features.pop()
+        finally:
+            handle.remove()
+            self.features.enabled = False
+            self.features.features.clear()
+        return {
+            "probs": torch.softmax(logits.float(), dim=1)[0].cpu(),
+            "embedding": emb.cpu() if emb is not None else torch.empty(0),
+            "decoder": decoder.float()[0].cpu(),
+        }
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -97,3 +97,10 @@ class FeatureTap:
         feats = torch.cat(self.features).mean(0)
         self.features.clear()
         return feats
+
+
+def decoder_head_input(net: nn.Module) -> nn.Module:
+    """The module whose *input* is the last full-resolution decoder feature map."""
+    if isinstance(net, DynUNet):
+        return net.output_block
+    raise TypeError(f"decoder features are only wired for DynUNet, not {type(net).__name__}")

@@ -1,4 +1,11 @@
-"""Query strategies. Adding one: a file here with a ``@register`` class, plus one import line below."""
+"""Query strategies.
+
+Adding one: a module in this package with a ``@register`` class (its registry line); every module
+here is imported below, so nothing else needs editing.
+"""
+
+import importlib
+import pkgutil
 
 from lightning_ada.active.strategies.base import (
     REGISTRY,
@@ -8,18 +15,9 @@ from lightning_ada.active.strategies.base import (
     build_strategy,
     register,
 )
-from lightning_ada.active.strategies.entropy import EntropyStrategy
-from lightning_ada.active.strategies.mmacts import MMActSStrategy
-from lightning_ada.active.strategies.random import RandomStrategy
 
-__all__ = [
-    "REGISTRY",
-    "EntropyStrategy",
-    "MMActSStrategy",
-    "QueryContext",
-    "RandomStrategy",
-    "Scored",
-    "Strategy",
-    "build_strategy",
-    "register",
-]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["REGISTRY", "QueryContext", "Scored", "Strategy", "build_strategy", "register"]

@@ -30,6 +30,10 @@ class QueryContext:
         seed: run seed (strategies derive their RNG from ``(seed, round)``).
         run_dir: folder for caches.
         source: ids of source cases (only for strategies that declare ``needs = {"source"}``).
+        features: image ``(C, H, W, D)`` -> ``{"probs": (K, H, W, D), "embedding": (d,),
+            "decoder": (F, H, W, D)}`` in one pass of the current model (None if unavailable).
+        source_artifacts: what was saved with the source checkpoint for source-free strategies
+            (e.g. STDR anchors), by name.
     """
 
     unlabeled: Sequence[str]
@@ -43,6 +47,8 @@ class QueryContext:
     seed: int = 0
     run_dir: Path | None = None
     source: Sequence[str] = ()
+    features: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
+    source_artifacts: dict[str, Any] = field(default_factory=dict)
 
     def rng(self) -> np.random.Generator:
         """A generator seeded by ``(seed, round)``: identical on every rank and on resume."""
