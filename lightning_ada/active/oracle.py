@@ -1,17 +1,27 @@
-"""Oracles: who delivers the mask of a queried case."""
+"""Oracles: who delivers the mask of a queried case.
+
+``annotate`` returns the path of the mask, or None when the annotation is not there yet (a human
+annotator working through files); the callback then saves a checkpoint and stops, and the run
+continues from that checkpoint once the file exists.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
-from lightning_ada.data.cases import Case, DataError
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_ada.data.cases import Case, DataError, write_json_atomic
 
 
 class Oracle(Protocol):
-    """Something that returns the path of a mask for a queried case."""
+    """Something that delivers the mask of a queried case."""
 
-    def annotate(self, case: Case, modality: str | None) -> str:
-        """Path of the mask delineated on ``modality`` (None: on the annotator's own choice)."""
+    def annotate(self, case: Case, modality: str | None, request: dict[str, Any]) -> str | None:
+        """Path of the mask delineated on ``modality``, or None if it is not available yet."""
         ...
 
 
@@ -26,7 +36,7 @@ class SimulatedOracle:
     def __init__(self, use_modality_masks: bool = True) -> None:
         self.use_modality_masks = use_modality_masks
 
-    def annotate(self, case: Case, modality: str | None) -> str:
+    def annotate(self, case: Case, modality: str | None, request: dict[str, Any] | None = None) -> str:
         """Path of the mask for ``case``.
 
         Raises:
@@ -37,3 +47,107 @@ class SimulatedOracle:
         if case.label is None:
             raise DataError(f"case {case.case_id}: the simulated oracle needs a reference label")
         return case.label
+
+
+class FileOracle:
+    """A human annotator working through files in the run folder.
+
+    For a query it writes ``requests/round_<k>_<case>.json`` (what to annotate and why), the
+    current prediction as ``requests/round_<k>_<case>_prediction.nii.gz`` (a starting point to
+    correct in 3D Slicer or ITK-SNAP) and a PNG preview, then waits for ``labels/<case>.nii.gz``.
+    A delivered file is validated (shape and affine of the image, label values, not empty unless
+    allowed); a bad one is reported and the request stays open.
+
+    Args:
+        run_dir: the run folder.
+        label_values: allowed on-disk foreground label values.
+        wait: poll for the label (True) or return at once (the callback then checkpoints and exits).
+        timeout: seconds to wait before giving up (then as with ``wait=False``).
+        poll: seconds between two looks.
+        allow_empty: accept an all-background label.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        label_values: Sequence[int],
+        wait: bool = True,
+        timeout: float = 3600.0,
+        poll: float = 2.0,
+        allow_empty: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.label_values = list(label_values)
+        self.wait, self.timeout, self.poll, self.allow_empty = wait, timeout, poll, allow_empty
+
+    def label_path(self, case_id: str) -> Path:
+        """Where the annotator puts the mask of ``case_id``."""
+        return self.run_dir / "labels" / f"{case_id}.nii.gz"
+
+    def request_path(self, round: int, case_id: str) -> Path:
+        """The request file of a query."""
+        return self.run_dir / "requests" / f"round_{round}_{case_id}.json"
+
+    def write_request(
+        self,
+        case: Case,
+        modality: str | None,
+        request: dict[str, Any],
+        write_prediction: Callable[[Path], None] | None = None,
+        write_preview: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write the request JSON (+ prediction NIfTI and PNG preview) for one query."""
+        path = self.request_path(request["round"], case.case_id)
+        stem = path.with_suffix("")
+        files: dict[str, str] = {}
+        if write_prediction is not None:
+            files["prediction"] = str(stem) + "_prediction.nii.gz"
+            write_prediction(Path(files["prediction"]))
+        if write_preview is not None:
+            files["preview"] = str(stem) + "_preview.png"
+            write_preview(Path(files["preview"]))
+        write_json_atomic(
+            path,
+            {
+                "case_id": case.case_id,
+                "annotate_on_modality": modality,
+                "why": request.get("why", ""),
+                "election_dice": request.get("election_dice"),
+                "score": request.get("score"),
+                "factors": request.get("factors"),
+                "round": request["round"],
+                "images": dict(zip(case.modalities, case.images)),
+                "deliver_label_to": str(self.label_path(case.case_id)),
+                "label_values": self.label_values,
+                **files,
+            },
+        )
+        return path
+
+    def annotate(self, case: Case, modality: str | None, request: dict[str, Any] | None = None) -> str | None:
+        """Return the validated label path, waiting for it if configured; None if not there.
+
+        A delivered file that fails validation is reported (rank-zero log) and ignored; the
+        request stays open.
+        """
+        from lightning_ada.data.readers import validate_label_file
+
+        target = self.label_path(case.case_id)
+        deadline = time.monotonic() + (self.timeout if self.wait else 0.0)
+        last_error: str | None = None
+        announced = False
+        while True:
+            if target.exists():
+                try:
+                    validate_label_file(target, case.images[0], self.label_values, self.allow_empty)
+                    return str(target)
+                except DataError as e:
+                    if str(e) != last_error:
+                        rank_zero_info(f"[oracle] rejected {target}: {e}. The request stays open.")
+                        last_error = str(e)
+            if time.monotonic() >= deadline:
+                return None
+            if not announced:
+                rank_zero_info(f"[oracle] waiting for {target} (timeout {self.timeout:.0f} s) ...")
+                announced = True
+            time.sleep(self.poll)

@@ -2,21 +2,95 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
-from monai.data import CacheDataset, list_data_collate
+from monai.data import CacheDataset, PersistentDataset, list_data_collate
 from torch.utils.data import DataLoader
 
 from lightning_ada.data.cases import Case, DataError, check_unique_ids
 from lightning_ada.data.pools import ActivePool
-from lightning_ada.data.transforms import preprocessing, training_augmentation
+from lightning_ada.data.transforms import (
+    preprocessing,
+    preprocessing_settings,
+    training_augmentation,
+)
 
 Layout = Literal["datalist", "brats", "brats2023", "msd", "nnunet"]
 Stage = Literal["source", "target"]
+
+
+_FINGERPRINT_BYTES = 1 << 20
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Cheap content fingerprint of a file: size, mtime and the SHA-256 of its first MiB.
+
+    A changed (or re-written) file changes the fingerprint, so the disk cache misses; reading
+    one MiB per file keeps this fast on large datasets.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+        with p.open("rb") as f:
+            head = hashlib.sha256(f.read(_FINGERPRINT_BYTES)).hexdigest()
+    except OSError as e:
+        raise DataError(f"{p}: cannot read file for the cache key ({e})") from e
+    return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "head": head}
+
+
+def _cache_safe_globals() -> Any:
+    """Context allowing ``torch.load(weights_only=True)`` of cached items and nothing more.
+
+    A cached item holds MetaTensors whose metadata and traced operations keep numpy arrays
+    (NIfTI header fields, affines) and MONAI enums; MONAI registers only some of these. The
+    rest are allowed here for the duration of the read (never process-wide, and never arbitrary
+    classes: a file holding anything else fails to load and is recomputed).
+    """
+    import numpy as np
+    from monai.data import MetaTensor
+    from monai.utils.enums import MetaKeys, SpaceKeys, TraceKeys
+
+    reconstruct = np.ndarray((0,)).__reduce__()[0]  # numpy's array unpickler, across versions
+    dtypes = [type(np.dtype(c)) for c in "?bhilqBHILQefdgFDGSU"]
+    wanted = [reconstruct, np.ndarray, np.dtype, *dtypes, MetaTensor, MetaKeys, SpaceKeys, TraceKeys]
+    known = set(map(id, torch.serialization.get_safe_globals()))
+    # leave globally registered ones alone: leaving the context un-registers what it added
+    return torch.serialization.safe_globals([g for g in wanted if id(g) not in known])
+
+
+class CacheKey:
+    """Key of a case in the disk cache (``hash_func`` of MONAI's ``PersistentDataset``).
+
+    Hashes the case id, the fingerprint of each of its files (:func:`file_fingerprint`) and the
+    preprocessing settings, so a changed file or a changed setting misses the cache. The key
+    starts with the case id so that the cache folder is readable.
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+
+    def payload(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        image = item["image"]
+        files = [*(image if isinstance(image, (list, tuple)) else [image])]
+        if item.get("label") is not None:
+            files.append(item["label"])
+        return {
+            "case_id": str(item.get("case_id", "")),
+            "files": [file_fingerprint(f) for f in files],
+            "settings": self.settings,
+        }
+
+    def __call__(self, item: Mapping[str, Any]) -> bytes:
+        blob = json.dumps(self.payload(item), sort_keys=True).encode()
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(item.get("case_id", "case")))[:64]
+        return f"{name}_{hashlib.sha256(blob).hexdigest()[:32]}".encode()
 
 
 class _LabeledEpoch(torch.utils.data.Dataset):
@@ -71,6 +145,12 @@ class ActiveDataModule(L.LightningDataModule):
         augment: random flips and intensity augmentation for training.
         validate_inputs: check every file (shapes, affines, NaN, label values) once in setup.
         num_workers: DataLoader workers.
+        cache_dir: keep the preprocessed cases on disk in this folder (MONAI
+            ``PersistentDataset``) so later runs skip preprocessing; the key of a case hashes its
+            files' fingerprints (size, mtime, first MiB) and the preprocessing settings, so a
+            changed file or setting recomputes it (stale entries are left; delete the folder to
+            reclaim space). Cases that passed ``validate_inputs`` are remembered there too.
+            None: preprocess (and validate) in memory at every setup.
         predict_split: which split ``predict`` runs on.
         train_input: ``all`` modalities for every labeled case (default), or ``dominant_only``:
             only the modality the case was annotated on, the others zero-filled (the paper's
@@ -97,6 +177,7 @@ class ActiveDataModule(L.LightningDataModule):
         augment: bool = True,
         validate_inputs: bool = True,
         num_workers: int = 0,
+        cache_dir: str | None = None,
         predict_split: str = "test",
         train_input: Literal["all", "dominant_only"] = "all",
     ) -> None:
@@ -106,6 +187,7 @@ class ActiveDataModule(L.LightningDataModule):
         self.split_ids: dict[str, list[str]] = {}
         self.pool: ActivePool | None = None
         self._cache: CacheDataset | None = None
+        self._prep: Any = None
         self._index: dict[str, int] = {}
         self._annotated: dict[tuple[str, str], dict[str, Any]] = {}
         self._pending_state: dict[str, Any] | None = None
@@ -131,7 +213,11 @@ class ActiveDataModule(L.LightningDataModule):
         return read_cases(root, self.hparams.layout)
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the cases, check them, build the pool and the in-memory cache (once)."""
+        """Read the cases, check them, build the pool and the in-memory cache (once).
+
+        With ``cache_dir`` the in-memory cache is filled from the disk cache (preprocessing only
+        the cases missing there).
+        """
         if self._cache is not None:
             return
         if self.hparams.phantom is not None:
@@ -147,10 +233,8 @@ class ActiveDataModule(L.LightningDataModule):
                 )
         self.split_ids = self._resolve_splits(cases)
         if self.hparams.validate_inputs:
-            from lightning_ada.data.readers import validate_case
-
             for cid in sorted({i for ids in self.split_ids.values() for i in ids}):
-                validate_case(self.cases[cid], list(self.hparams.labels.values()))
+                self._validate(cid)
         self.pool = ActivePool(self.split_ids.get("pool", []))
         self._source_pool = ActivePool(self.split_ids.get("source", []))
         for cid in self._source_pool.case_ids:
@@ -168,7 +252,33 @@ class ActiveDataModule(L.LightningDataModule):
             raise DataError(f"{self.hparams.root}: cases without a reference label: {missing}")
         # one instance: MONAI inverts only with the very transform objects that were applied
         self._prep = self._preprocessing()
-        self._cache = CacheDataset(items, self._prep, progress=False, num_workers=0)
+        if self.hparams.cache_dir is None:
+            self._cache = CacheDataset(items, self._prep, progress=False, num_workers=0)
+        else:
+            # cached MetaTensors keep their applied_operations with the instance ids reset
+            # (reset_ops_id), so Invertd accepts them with ``self._prep``
+            on_disk = PersistentDataset(
+                items, self._prep, cache_dir=self.hparams.cache_dir,
+                hash_func=CacheKey(self._preprocessing_settings()), track_meta=True,
+            )
+            with _cache_safe_globals():
+                self._cache = CacheDataset(on_disk, transform=None, progress=False, num_workers=0)
+
+    def _validate(self, case_id: str) -> None:
+        """:func:`validate_case`, remembered in ``cache_dir`` (per file fingerprints) once passed."""
+        from lightning_ada.data.readers import validate_case
+
+        case, values = self.cases[case_id], list(self.hparams.labels.values())
+        if self.hparams.cache_dir is None:
+            validate_case(case, values)
+            return
+        key = CacheKey({"validated": True, "label_values": values})(case.to_item()).decode()
+        marker = Path(self.hparams.cache_dir) / "validated" / f"{key}.ok"
+        if marker.is_file():
+            return
+        validate_case(case, values)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
     def _resolve_splits(self, cases: Sequence[Case]) -> dict[str, list[str]]:
         splits: dict[str, list[str]] = {}
@@ -201,6 +311,15 @@ class ActiveDataModule(L.LightningDataModule):
             crop_foreground=self.hparams.crop_foreground,
             divisible_by=self.hparams.divisible_by,
         )
+
+    def _preprocessing_settings(self) -> dict[str, Any]:
+        return preprocessing_settings(
+            list(self.hparams.labels.values()),
+            with_label=True,
+            pixdim=self.hparams.pixdim,
+            crop_foreground=self.hparams.crop_foreground,
+            divisible_by=self.hparams.divisible_by,
+        ) | {"modalities": list(self.hparams.modalities)}
 
     def _reference_label(self, case_id: str) -> str:
         label = self.cases[case_id].label

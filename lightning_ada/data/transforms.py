@@ -7,14 +7,54 @@ Items are dicts with ``image`` (one path per modality, stacked to ``(C, H, W, D)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import monai
 from monai import transforms as T
+
+#: Bump when :func:`preprocessing` changes in a way its arguments do not show (a new transform,
+#: another interpolation, ...): it is part of the key of the on-disk cache of preprocessed cases.
+PREPROCESSING_VERSION = 1
 
 
 def label_mapping(label_values: Sequence[int]) -> tuple[list[int], list[int]]:
     """On-disk label values -> class indices: background 0 stays 0, value ``v_k`` becomes ``k+1``."""
     orig = [0, *[int(v) for v in label_values]]
     return orig, list(range(len(orig)))
+
+
+def _check_pixdim(pixdim: Sequence[float] | None) -> list[float] | None:
+    if pixdim is None:
+        return None
+    values = [float(v) for v in pixdim]
+    if len(values) != 3 or min(values) <= 0:
+        raise ValueError(f"pixdim must be 3 positive spacings in mm, got {list(pixdim)}")
+    return values
+
+
+def preprocessing_settings(
+    label_values: Sequence[int],
+    with_label: bool = True,
+    pixdim: Sequence[float] | None = None,
+    crop_foreground: bool = False,
+    divisible_by: int = 1,
+) -> dict[str, Any]:
+    """Everything that determines the output of :func:`preprocessing` for given input files.
+
+    JSON-serialisable; the datamodule hashes it (with the files' fingerprints) into the key of
+    its on-disk cache, so changing any setting, the chain or MONAI's version misses the cache.
+    """
+    chain = preprocessing(label_values, with_label, pixdim, crop_foreground, divisible_by)
+    return {
+        "version": PREPROCESSING_VERSION,
+        "monai": monai.__version__,
+        "chain": [type(t).__name__ for t in chain.transforms],
+        "label_values": [int(v) for v in label_values],
+        "with_label": bool(with_label),
+        "pixdim": _check_pixdim(pixdim),
+        "crop_foreground": bool(crop_foreground),
+        "divisible_by": int(divisible_by),
+    }
 
 
 def preprocessing(
@@ -24,7 +64,13 @@ def preprocessing(
     crop_foreground: bool = False,
     divisible_by: int = 1,
 ) -> T.Compose:
-    """Deterministic chain (cacheable): load, orient, [crop, resample], z-score, map labels.
+    """Deterministic chain (cacheable): load, orient, [crop, resample], z-score, map labels, pad.
+
+    The nnU-Net recipe for MRI: crop to the non-zero (brain) box, resample image (bilinear) and
+    label (nearest) to ``pixdim``, z-score each modality over its non-zero voxels, map the
+    on-disk label values to class indices, pad to a multiple of ``divisible_by`` (zeros, i.e.
+    background, in the image). Every spatial step is traced, so ``Invertd`` with this very
+    instance maps a prediction back to the original grid and affine.
 
     Args:
         label_values: on-disk label values of the foreground classes, in class order.
@@ -37,6 +83,9 @@ def preprocessing(
         A ``Compose`` whose output ``image`` is ``(C, H, W, D)`` float32 z-scored inside the
         non-zero mask per channel, and ``label`` ``(1, H, W, D)`` class indices.
     """
+    pixdim = _check_pixdim(pixdim)
+    if divisible_by < 1:
+        raise ValueError(f"divisible_by must be >= 1, got {divisible_by}")
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
     chain: list[T.Transform] = [

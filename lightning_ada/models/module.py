@@ -21,11 +21,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used here; the message names the file and the fault."""
 
 
-def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read the ``state_dict`` of a Lightning checkpoint without executing pickled code.
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``: never executes pickled code.
 
     Raises:
-        CheckpointError: if the file is missing, not a checkpoint, or holds no state_dict.
+        CheckpointError: if the file is missing or is not a (weights-only loadable) checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -34,10 +34,31 @@ def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint (see :func:`read_checkpoint`).
+
+    Raises:
+        CheckpointError: if the file is missing, not a checkpoint, or holds no state_dict.
+    """
+    state = read_checkpoint(path).get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: no 'state_dict' in this file; is it a Lightning checkpoint?")
     return state
+
+
+#: what a source checkpoint may carry besides weights, for source-free strategies
+SOURCE_ARTIFACTS = ("stdr_anchors",)
+
+
+def load_source_artifacts(path: str | Path) -> dict[str, Any]:
+    """The extra entries (e.g. STDR anchors) saved with a source checkpoint; {} if none."""
+    ckpt = read_checkpoint(path)
+    return {k: ckpt[k] for k in SOURCE_ARTIFACTS if k in ckpt}
 
 
 class SegmentationModule(L.LightningModule):

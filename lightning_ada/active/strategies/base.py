@@ -68,13 +68,16 @@ class Strategy:
     """Base class: rank the unlabeled cases of a round.
 
     Subclasses set ``name``, ``schedule`` (``sequential``: one case every stride epochs;
-    ``one_off``: the whole budget at epoch 0 with the source model) and ``needs``
-    (e.g. ``{"source"}``), and implement :meth:`score`.
+    ``one_off``: the whole budget at epoch 0 with the source model), ``needs``
+    (e.g. ``{"source"}``) and ``per_case``, and implement :meth:`score`.
     """
 
     name: ClassVar[str] = ""
     schedule: ClassVar[Literal["sequential", "one_off"]] = "sequential"
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: a case's score does not depend on which other cases are scored with it, so DDP ranks
+    #: may each score a shard of the pool (pool-level inputs like density may still be used)
+    per_case: ClassVar[bool] = False
 
     #: seconds spent in the last :meth:`score` call, by part (inference, statistics, density)
     timings: dict[str, float] = {}  # noqa: RUF012 - replaced per call, never mutated

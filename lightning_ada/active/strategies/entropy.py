@@ -11,6 +11,7 @@ class EntropyStrategy(Strategy):
     """``s_i = mean_v H(p_iv)``, sequential like mmActS (AADA without its domain weight)."""
 
     name = "entropy"
+    per_case = True
 
     def __init__(self, progress: bool = True) -> None:
         self.progress = progress

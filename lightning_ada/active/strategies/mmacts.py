@@ -30,6 +30,7 @@ class MMActSStrategy(Strategy):
     """
 
     name = "mmacts"
+    per_case = True
     needs = frozenset({"features"})
 
     def __init__(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import zlib
+
+import numpy as np
+
 from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
 
 
@@ -9,14 +13,17 @@ from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy,
 class RandomStrategy(Strategy):
     """Uniform draw without replacement, one case per stride; model-independent.
 
-    The draw depends only on ``(seed, round)`` and the sorted unlabeled ids, so it is the same
-    on every DDP rank and after a resume.
+    Each case's draw depends only on ``(seed, round, case id)``, so it is the same on every DDP
+    rank, in any shard, and after a resume.
     """
 
     name = "random"
     schedule = "sequential"
+    per_case = True
 
     def score(self, ctx: QueryContext) -> list[Scored]:
-        ids = sorted(ctx.unlabeled)
-        draws = ctx.rng().random(len(ids))
-        return [Scored(cid, float(u), {"uniform": float(u)}) for cid, u in zip(ids, draws)]
+        out = []
+        for cid in ctx.unlabeled:
+            u = float(np.random.default_rng([ctx.seed, ctx.round, zlib.crc32(cid.encode())]).random())
+            out.append(Scored(cid, u, {"uniform": u}))
+        return out

@@ -1,0 +1,69 @@
+"""A PNG preview of a queried case for the annotator: one slice per plane and modality."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def save_preview(
+    path: str | Path,
+    image: torch.Tensor,
+    prediction: torch.Tensor | None,
+    modalities: Sequence[str],
+    elected: str | None,
+    title: str = "",
+) -> Path:
+    """Axial, coronal and sagittal slices through the predicted tumour for every modality.
+
+    Args:
+        path: output PNG.
+        image: ``(C, H, W, D)`` network-space image.
+        prediction: ``(H, W, D)`` class indices (outlined in red) or None.
+        modalities: names of the C channels.
+        elected: the modality to annotate on (its row is framed).
+        title: figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = image.detach().float().cpu().numpy()
+    pred = None if prediction is None else (prediction.detach().cpu().numpy() > 0)
+    if pred is not None and pred.any():
+        centre = [int(np.median(a)) for a in np.nonzero(pred)]
+    else:
+        centre = [s // 2 for s in img.shape[1:]]
+    planes = [("axial", 2), ("coronal", 1), ("sagittal", 0)]
+    fig, axes = plt.subplots(len(modalities), 3, figsize=(7.5, 2.5 * len(modalities)), squeeze=False)
+    for r, name in enumerate(modalities):
+        for c, (plane, axis) in enumerate(planes):
+            ax = axes[r][c]
+            sl = np.take(img[r], centre[axis], axis=axis).T
+            ax.imshow(sl, cmap="gray", origin="lower")
+            if pred is not None:
+                ax.contour(np.take(pred, centre[axis], axis=axis).T.astype(float), levels=[0.5],
+                           colors="red", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name + ("  (annotate)" if name == elected else ""))
+            if r == 0:
+                ax.set_title(plane)
+            if name == elected:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("gold")
+                    spine.set_linewidth(3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

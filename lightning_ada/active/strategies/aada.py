@@ -1,0 +1,167 @@
+"""AADA: domain-importance-weighted entropy (Su et al., WACV'20; ALGORITHMS.md section 3).
+
+``s(x) = w(x) * H(x)`` with ``w(x) = (1 - D(z_x)) / D(z_x)``, ``D`` = P(source | embedding) from a
+small domain discriminator, ``H`` = mean voxel entropy (B2), ``z`` = case embedding (B4).
+Multi-round: one case per stride (``sequential``). Not source-free: needs the source set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from lightning_ada.active.stats import CaseStats, stream_pool_stats
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+
+
+def _embeddings(stats: Sequence[CaseStats], who: str) -> np.ndarray:
+    """``(N, d)`` float64 matrix of the case embeddings; a clear error if the model gives none."""
+    if any(s.embedding is None for s in stats):
+        raise ValueError(f"aada needs case embeddings (B4) of the {who} cases: predict gave None")
+    return np.stack([np.asarray(s.embedding, dtype=np.float64) for s in stats])
+
+
+@register
+class AADAStrategy(Strategy):
+    """AADA, ALGORITHMS.md section 3 (importance weight x entropy), sequential.
+
+    Each round: embed and score the target pool and embed the source cases with the current model
+    (streamed, one map alive), train a domain discriminator ``D`` (MLP, sigmoid output, BCE with
+    source = 1 and target = 0, the two domains weighted equally) on the standardised embeddings,
+    then score each unlabeled case by ``(1 - D) / D * mean entropy`` with ``D`` clipped to
+    ``[clip, 1 - clip]``. The discriminator reads the B4 bottleneck embedding (§3 "3D adaptation").
+
+    Decisions (§3): ``D`` = P(source) (sign convention fixed by the spec). The gradient-reversal
+    layer and its ramp ``lambda(p) = 2/(1+exp(-10p)) - 1`` only change the gradient that reaches the
+    *feature extractor*; on fixed embeddings the discriminator's own update is plain BCE, which is
+    what is trained here (adversarial alignment of the segmenter is a training option, not part
+    of the query). The top-2 % candidate draw of the re-implementation reduces to the top-b for
+    pools of <= 80 cases (§3), so the ranking is the plain score order. Without a source set the
+    strategy refuses to run (use ``entropy``, which is AADA with ``w = 1``). Training is seeded
+    from ``ctx.rng()`` inside a forked torch RNG, so the pick is deterministic and the global RNG
+    is untouched.
+
+    Args:
+        hidden: widths of the discriminator's hidden layers (ReLU, dropout after each).
+        dropout: dropout probability in the discriminator.
+        steps: full-batch Adam steps.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        clip: ``D`` is clipped to ``[clip, 1 - clip]`` before the ratio.
+        max_source: if set, at most this many source cases (a seeded draw per round) are embedded.
+        progress: show a progress bar while scoring.
+    """
+
+    name = "aada"
+    schedule = "sequential"
+    needs = frozenset({"source"})
+
+    def __init__(
+        self,
+        hidden: Sequence[int] = (1024, 1024),
+        dropout: float = 0.5,
+        steps: int = 300,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        clip: float = 1e-6,
+        max_source: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not 0 < clip < 0.5:
+            raise ValueError(f"aada clip must be in (0, 0.5), got {clip}")
+        self.hidden = tuple(int(h) for h in hidden)
+        self.dropout = float(dropout)
+        self.steps = int(steps)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.clip = float(clip)
+        self.max_source = max_source
+        self.progress = progress
+
+    def _discriminator(self, d: int) -> nn.Module:
+        layers: list[nn.Module] = []
+        width = d
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(self.dropout)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        return nn.Sequential(*layers)
+
+    def p_source(self, z_source: np.ndarray, z_target: np.ndarray, seed: int) -> np.ndarray:
+        """Train ``D`` on source (1) vs target (0) embeddings; return ``D`` on the target rows.
+
+        Args:
+            z_source: ``(N_s, d)`` source embeddings.
+            z_target: ``(N_t, d)`` target embeddings.
+            seed: seed of the initialisation and dropout masks.
+
+        Returns:
+            ``(N_t,)`` float64 probabilities of "source", clipped to ``[clip, 1 - clip]``.
+        """
+        ns, nt = len(z_source), len(z_target)
+        x_np = StandardScaler().fit_transform(np.concatenate([z_source, z_target]))
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+            torch.manual_seed(seed)
+            x = torch.as_tensor(x_np, dtype=torch.float32)
+            y = torch.cat([torch.ones(ns), torch.zeros(nt)])
+            w = torch.cat([torch.full((ns,), 0.5 / ns), torch.full((nt,), 0.5 / nt)])
+            net = self._discriminator(x.shape[1])
+            opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            net.train()
+            for _ in range(self.steps):
+                opt.zero_grad()
+                bce = F.binary_cross_entropy_with_logits(net(x).squeeze(1), y, reduction="none")
+                (w * bce).sum().backward()
+                opt.step()
+            net.eval()
+            with torch.no_grad():
+                logits = net(x[ns:]).squeeze(1).double()
+        return torch.sigmoid(logits).clamp(self.clip, 1 - self.clip).numpy()
+
+    def score(self, ctx: QueryContext) -> list[Scored]:
+        if not ctx.source:
+            raise ValueError(
+                "AADA needs the datamodule's source set (the 'source' split) to train its domain "
+                "discriminator (ALGORITHMS.md section 3); it is empty. Configure source cases, or "
+                "use the 'entropy' strategy (AADA with w = 1, the source-free variant)."
+            )
+        rng = ctx.rng()
+        source_ids = sorted(ctx.source)
+        if self.max_source is not None and len(source_ids) > self.max_source:
+            keep = rng.choice(len(source_ids), size=self.max_source, replace=False)
+            source_ids = [source_ids[i] for i in sorted(keep)]
+        seed = int(rng.integers(2**31 - 1))
+        # the target domain = the whole target pool (labeled cases are target data too)
+        target_ids = sorted(set(ctx.pool) | set(ctx.unlabeled))
+        t0 = time.perf_counter()
+
+        def stream(ids: Sequence[str]) -> list[CaseStats]:
+            return stream_pool_stats(
+                ((cid, ctx.image(cid)) for cid in ids), ctx.predict, ctx.regions, self.progress
+            )
+
+        target, source = stream(target_ids), stream(source_ids)
+        z_t, z_s = _embeddings(target, "target"), _embeddings(source, "source")
+        if z_t.shape[1] != z_s.shape[1]:
+            raise ValueError(f"aada: source embeddings have d={z_s.shape[1]}, target d={z_t.shape[1]}")
+        t1 = time.perf_counter()
+        d_src = self.p_source(z_s, z_t, seed)
+        self.timings = {"inference": t1 - t0, "discriminator": time.perf_counter() - t1}
+        unlabeled = set(ctx.unlabeled)
+        scored: list[Scored] = []
+        for s, d in zip(target, d_src):
+            if s.case_id not in unlabeled:
+                continue
+            weight = float((1.0 - d) / d)
+            factors = {
+                "entropy": s.mean_entropy,
+                "p_source": float(d),
+                "weight": weight,
+            }
+            scored.append(Scored(s.case_id, weight * s.mean_entropy, factors))
+        return scored

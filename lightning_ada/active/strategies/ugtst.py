@@ -1,0 +1,181 @@
+"""UGTST selection: GAUA uncertainty, top C*B, k-means representatives (ALGORITHMS.md section 8)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_ada.active.stats import entropy_map
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+
+
+def gaua(probs: Tensor, bins: int = 100) -> tuple[float, float]:
+    """Global-adaptive uncertainty (GAUA) of one case (§8).
+
+    Voxel entropy in bits; ``tau`` = left edge of the first peak of the ``bins``-bin density
+    histogram of the entropy values, where a peak is an interior local maximum (a plateau counts
+    at its middle bin, as ``scipy.signal.find_peaks`` does; the official code uses it). Without
+    an interior peak, the highest bin (edges included) is the peak. GAUA = mean entropy of the
+    voxels with ``H > tau`` (``H >= tau`` if none is strictly above).
+
+    Args:
+        probs: ``(K, H, W, D)`` softmax.
+        bins: histogram bins.
+
+    Returns:
+        ``(gaua, tau)`` in bits.
+    """
+    h = (entropy_map(probs).double() / math.log(2.0)).flatten().cpu().numpy()
+    hist, edges = np.histogram(h, bins=bins, density=True)
+    peak = _first_peak(hist)
+    tau = float(edges[peak])
+    above = h[h > tau]
+    if above.size == 0:
+        above = h[h >= tau]
+    return float(above.mean()) if above.size else 0.0, tau
+
+
+def _first_peak(hist: np.ndarray) -> int:
+    """Index of the first interior local maximum (plateau middle), else of the highest bin."""
+    n = len(hist)
+    i = 1
+    while i < n - 1:
+        if hist[i] > hist[i - 1]:
+            j = i
+            while j + 1 < n and hist[j + 1] == hist[i]:
+                j += 1
+            if j + 1 < n and hist[j + 1] < hist[i]:
+                return (i + j) // 2
+            i = j + 1
+        else:
+            i += 1
+    return int(np.argmax(hist))
+
+
+@register
+class UGTSTStrategy(Strategy):
+    """GAUA top ``C*B`` cases, k-means (k = B) on their embeddings, nearest to each centroid (§8).
+
+    3-D adaptation of the slice-level original (§8 "3D adaptation"): GAUA per case over all
+    voxels (:func:`gaua`, one plain forward pass; the original's 8-fold intensity TTA only makes
+    pseudo-labels, which the seed-000 comparison does not train on), candidates = the top
+    ``C * B`` unlabeled cases by GAUA (C = 4), k-means (k = B, k-means++, ``n_init=10``, seeded by
+    ``ctx.rng()``) on their B4 embeddings (``ctx.predict``'s pooled bottleneck), and in each
+    cluster the member nearest its centroid (members = candidates whose nearest centroid it is).
+    A cluster left empty (duplicate embeddings) is filled by the most uncertain unpicked
+    candidate. One-off (§13): the callback takes ``rank(ctx)[:budget]``.
+
+    The returned ranking is the B representatives by decreasing GAUA, then every other case by
+    decreasing GAUA; scores are strictly decreasing positions (``n - i``), the raw criteria are
+    in ``factors``.
+
+    Args:
+        budget: B, the number of cases the one-off query takes (must equal ``active.budget``).
+        capacity: C, candidates per budget unit.
+        bins: bins of the entropy histogram.
+        progress: show a progress bar while scoring the pool.
+    """
+
+    name = "ugtst"
+    schedule = "one_off"
+
+    def __init__(
+        self, budget: int = 3, capacity: int = 4, bins: int = 100, progress: bool = True
+    ) -> None:
+        if budget < 1 or capacity < 1 or bins < 2:
+            raise ValueError(
+                f"ugtst needs budget >= 1, capacity >= 1, bins >= 2; got {budget}, {capacity}, "
+                f"{bins}"
+            )
+        self.budget, self.capacity, self.bins = int(budget), int(capacity), int(bins)
+        self.progress = progress
+
+    def score(self, ctx: QueryContext) -> list[Scored]:
+        inference, statistics = 0.0, 0.0
+        unc: dict[str, float] = {}
+        tau: dict[str, float] = {}
+        emb: dict[str, np.ndarray] = {}
+        ids: Any = ctx.unlabeled
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            ids = tqdm(ctx.unlabeled, desc="ugtst gaua", unit="case")
+        with torch.no_grad():
+            for cid in ids:
+                t0 = time.perf_counter()
+                probs, e = ctx.predict(ctx.image(cid))
+                t1 = time.perf_counter()
+                if e is None or e.numel() == 0:
+                    raise ValueError("ugtst needs case embeddings (ctx.predict must return one)")
+                unc[cid], tau[cid] = gaua(probs, self.bins)
+                emb[cid] = e.detach().double().cpu().numpy().reshape(-1)
+                del probs
+                inference += t1 - t0
+                statistics += time.perf_counter() - t1
+
+        by_unc = sorted(unc, key=lambda c: (-unc[c], c))
+        b = min(self.budget, len(by_unc))
+        candidates = by_unc[: min(len(by_unc), self.capacity * b)]
+        t0 = time.perf_counter()
+        picks, cluster, dist = self._representatives(candidates, emb, b, ctx)
+        self.timings = {
+            "inference": inference,
+            "statistics": statistics,
+            "kmeans": time.perf_counter() - t0,
+        }
+        chosen = sorted(picks, key=lambda c: (-unc[c], c))
+        picked = set(picks)
+        order = chosen + [c for c in by_unc if c not in picked]
+        cand = set(candidates)
+        n = len(order)
+        return [
+            Scored(
+                cid,
+                float(n - i),
+                {
+                    "gaua": unc[cid],
+                    "tau": tau[cid],
+                    "candidate": float(cid in cand),
+                    "cluster": float(cluster.get(cid, -1)),
+                    "centroid_distance": float(dist.get(cid, math.nan)),
+                },
+            )
+            for i, cid in enumerate(order)
+        ]
+
+    @staticmethod
+    def _representatives(
+        candidates: list[str], emb: dict[str, np.ndarray], k: int, ctx: QueryContext
+    ) -> tuple[list[str], dict[str, int], dict[str, float]]:
+        """k-means on the candidates' embeddings; the member nearest each centroid."""
+        if k == 0:
+            return [], {}, {}
+        from sklearn.cluster import KMeans
+
+        x = np.stack([emb[c] for c in candidates])
+        seed = int(ctx.rng().integers(2**31 - 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicate points -> fewer distinct clusters
+            km = KMeans(n_clusters=k, init="k-means++", n_init=10, random_state=seed).fit(x)
+        d = km.transform(x)  # (n, k) distances to the centroids
+        nearest = d.argmin(1)
+        cluster = {c: int(nearest[i]) for i, c in enumerate(candidates)}
+        dist = {c: float(d[i, nearest[i]]) for i, c in enumerate(candidates)}
+        picks: list[str] = []
+        for j in range(k):
+            members = [i for i in range(len(candidates)) if nearest[i] == j]
+            if members:
+                best = min(members, key=lambda i: (d[i, j], candidates[i]))
+                picks.append(candidates[best])
+        for c in candidates:  # candidates are in decreasing GAUA: fill empty clusters
+            if len(picks) >= k:
+                break
+            if c not in picks:
+                picks.append(c)
+        return picks, cluster, dist
