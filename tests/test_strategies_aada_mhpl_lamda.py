@@ -83,7 +83,7 @@ def aada_pool() -> dict[str, torch.Tensor]:
 
 
 def aada(**kw: object):  # noqa: ANN201
-    return build_strategy("aada", hidden=(32, 32), steps=200, lr=1e-2, progress=False, **kw)
+    return build_strategy("aada", hidden=(32, 32), steps=100, lr=1e-2, progress=False, **kw)
 
 
 def test_aada_source_like_case_ranks_below_equally_uncertain_target_case() -> None:
@@ -111,15 +111,27 @@ def test_aada_without_source_set_raises() -> None:
 def test_aada_is_deterministic_and_leaves_the_global_rng_alone() -> None:
     images = aada_pool()
     src = [c for c in images if c.startswith("src")]
-    strat = aada(max_source=4)
+    strat = aada(max_source=4, folds=2)
+    threads = torch.get_num_threads()
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
     first = strat.rank(make_ctx(images, 3, source=src))
     assert torch.rand(1) == before  # the discriminator trained inside a forked RNG
+    assert torch.get_num_threads() == threads  # restored after its single-threaded training
     second = strat.rank(make_ctx(images, 3, source=src))
     assert ids(first) == ids(second)
     assert [s.score for s in first] == [s.score for s in second]
+
+
+def test_aada_cross_fitting_keeps_the_discriminator_from_memorising_the_pool() -> None:
+    # same distribution in both domains: the honest answer is D ~ 1/2 on every target case
+    rng = np.random.default_rng(0)
+    z_source, z_target = rng.standard_normal((20, 40)), rng.standard_normal((20, 40))
+    in_sample = aada(folds=1).p_source(z_source, z_target, seed=0)
+    cross_fit = aada(folds=4).p_source(z_source, z_target, seed=0)
+    assert np.median(in_sample) < 0.1  # memorised: every target case looks "very target"
+    assert np.median(cross_fit) > 0.2
 
 
 # ----------------------------------------------------------------------------------------- MHPL
@@ -173,6 +185,14 @@ def test_mhpl_needs_embeddings() -> None:
     ctx.predict = lambda image: (make_predict(3)(image)[0], None)
     with pytest.raises(ValueError, match="embeddings"):
         build_strategy("mhpl", progress=False).rank(ctx)
+
+
+def test_mhpl_label_purity_warns_on_a_binary_task() -> None:
+    with pytest.warns(UserWarning, match="degenerate"):
+        ranked = build_strategy("mhpl", k=4, purity="label", progress=False).rank(
+            make_ctx(mhpl_pool(), 3)
+        )
+    assert all("np" in s.factors and s.factors["np"] >= 0 for s in ranked)
 
 
 def test_mhpl_is_deterministic() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ada.active.oracle import FileOracle, Oracle, SimulatedOracle
-from lightning_ada.active.strategies import QueryContext, Scored, Strategy, build_strategy
+from lightning_ada.active.strategies import REGISTRY, QueryContext, Scored, Strategy, build_strategy
 from lightning_ada.data.cases import write_json_atomic
 
 
@@ -127,7 +128,10 @@ class ActiveQueryCallback(L.Callback):
         if stride < 1:
             raise ValueError(f"active.stride must be >= 1 epoch, got {stride}")
         self.budget, self.stride, self.seed = budget, stride, seed
-        self.strategy = build_strategy(strategy, **(strategy_args or {}))
+        args = dict(strategy_args or {})
+        if "budget" in inspect.signature(REGISTRY.get(strategy, Strategy).__init__).parameters:
+            args.setdefault("budget", budget)  # one-off strategies select the whole budget
+        self.strategy = build_strategy(strategy, **args)
         self.elect = elect_modality
         self.oracle_kind, self.oracle_args = oracle, dict(oracle_args or {})
         self.oracle: Oracle = SimulatedOracle(use_modality_masks)
@@ -290,11 +294,13 @@ class ActiveQueryCallback(L.Callback):
 
     # ------------------------------------------------------------------ log and state
     def _run_dir(self, trainer: L.Trainer) -> Path:
+        # ``trainer.log_dir`` is a collective call under DDP: every rank must reach it
         return Path(self.run_dir or trainer.log_dir or trainer.default_root_dir)
 
     def _write_log(self, trainer: L.Trainer) -> None:
+        path = self._run_dir(trainer) / "query_log.json"
         if trainer.is_global_zero:
-            write_json_atomic(self._run_dir(trainer) / "query_log.json", self.history)
+            write_json_atomic(path, self.history)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -52,7 +52,7 @@ def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 #: what a source checkpoint may carry besides weights, for source-free strategies
-SOURCE_ARTIFACTS = ("stdr_anchors",)
+SOURCE_ARTIFACTS = ("stdr_anchors", "stdr_anchors_meta")
 
 
 def load_source_artifacts(path: str | Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections import deque
 import numpy as np
 import torch
 from sklearn.metrics.pairwise import rbf_kernel
-from sklearn.preprocessing import normalize
+from sklearn.preprocessing import normalize as l2_normalize
 from torch import Tensor
 
 from lightning_ada.active.stats import stream_pool_stats
@@ -40,8 +40,8 @@ class LAMDAStrategy(Strategy):
     """LAMDA selection, ALGORITHMS.md section 7, sequential (one case per stride).
 
     On the whole target pool ``D_T`` (N cases, labeled ones included) with the RBF kernel
-    ``K_ij = exp(-gamma ||z_i - z_j||^2)`` on the B4 embeddings (``gamma = 1/d`` by default), the herd
-    starts empty and repeatedly adds the case ``x`` not yet in ``S`` that maximises
+    ``K_ij = exp(-gamma ||z_i - z_j||^2)`` on the B4 embeddings (``gamma = 1/d`` by default), the
+    herd starts empty and repeatedly adds the case ``x`` not yet in ``S`` that maximises
     ``J(x) = (2/N) sum_j K(x, x_j) - (2 sum_{s in S} K(x, s) + K(x, x)) / (|S| + 1)``
     (the largest decrease of ``MMD^2(S + {x}, D_T)``; ties by case id). The added case is
 
@@ -108,7 +108,7 @@ class LAMDAStrategy(Strategy):
         t1 = time.perf_counter()
         z = np.stack([np.asarray(s.embedding, dtype=np.float64) for s in stats])
         if self.normalize:
-            z = normalize(z)
+            z = l2_normalize(z)
         kern = rbf_kernel(z, gamma=self.gamma if self.gamma is not None else 1.0 / z.shape[1])
 
         n = len(ids)

@@ -1,4 +1,4 @@
-"""MHPL: neighbour ambient uncertainty with neighbour-diversity relaxation (ALGORITHMS.md section 4).
+"""MHPL: neighbour ambient uncertainty + neighbour-diversity relaxation (ALGORITHMS.md section 4).
 
 Wang et al., CVPR'23 ("Minimum Happy Points Learning"), adapted to 3D case-level segmentation:
 ``NAU_i = NU_i * NA_i`` on cosine similarities of L2-normalised case embeddings, a greedy walk down
@@ -125,7 +125,8 @@ class MHPLStrategy(Strategy):
         nau = purity * affinity
 
         unlabeled = set(ctx.unlabeled)
-        order = sorted((i for i in range(n) if ids[i] in unlabeled), key=lambda i: (-nau[i], ids[i]))
+        candidates = [i for i in range(n) if ids[i] in unlabeled]
+        order = sorted(candidates, key=lambda i: (-nau[i], ids[i]))
         selected = {i for i in range(n) if ids[i] not in unlabeled}  # labeled = already selected
         n_check = min(self.n_diversity - 1, n - 1)
         accepted, skipped = [], []
