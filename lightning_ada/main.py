@@ -66,7 +66,9 @@ def query(args: list[str]) -> list[dict[str, Any]]:
     ranked = sharded_rank(cb.strategy, ctx, cli.trainer)
     rows = []
     for i, s in enumerate(ranked):
-        election = elect_modality(dm.image(s.case_id), model.predict_case, ctx.modalities)
+        election = elect_modality(
+            dm.image(s.case_id), model.predict_case, ctx.modalities, multiclass=cb.election_per_class
+        )
         rows.append({"rank": i + 1, "case_id": s.case_id, "score": s.score, **s.factors,
                      "elected_modality": election.modality,
                      **{f"dice_{m}": d for m, d in election.dice.items()}})

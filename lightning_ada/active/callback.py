@@ -100,6 +100,9 @@ class ActiveQueryCallback(L.Callback):
         strategy: registered strategy name (``random``, ``entropy``, ``mmacts``, ...).
         strategy_args: keyword arguments of the strategy.
         elect_modality: run the dominant-modality election for each queried case.
+        election_per_class: compare single-modality and all-modality predictions by the mean Dice
+            over foreground classes (multi-region tasks) instead of the foreground as one region
+            (the paper's binary tasks, the default).
         oracle: ``simulated`` (stored masks) or ``files`` (a human annotator).
         oracle_args: ``FileOracle`` options (``wait``, ``timeout``, ``poll``, ``allow_empty``).
         use_modality_masks: the simulated oracle returns the mask drawn on the elected modality.
@@ -116,6 +119,7 @@ class ActiveQueryCallback(L.Callback):
         strategy: str = "random",
         strategy_args: dict[str, Any] | None = None,
         elect_modality: bool = False,
+        election_per_class: bool = False,
         oracle: Literal["simulated", "files"] = "simulated",
         oracle_args: dict[str, Any] | None = None,
         use_modality_masks: bool = True,
@@ -132,7 +136,7 @@ class ActiveQueryCallback(L.Callback):
         if "budget" in inspect.signature(REGISTRY.get(strategy, Strategy).__init__).parameters:
             args.setdefault("budget", budget)  # one-off strategies select the whole budget
         self.strategy = build_strategy(strategy, **args)
-        self.elect = elect_modality
+        self.elect, self.election_per_class = elect_modality, election_per_class
         self.oracle_kind, self.oracle_args = oracle, dict(oracle_args or {})
         self.oracle: Oracle = SimulatedOracle(use_modality_masks)
         self.run_dir = run_dir
@@ -206,7 +210,10 @@ class ActiveQueryCallback(L.Callback):
             if self.elect:
                 from lightning_ada.active.election import elect_modality
 
-                result = elect_modality(dm.image(pick.case_id), pl_module.predict_case, ctx.modalities)
+                result = elect_modality(
+                    dm.image(pick.case_id), pl_module.predict_case, ctx.modalities,
+                    multiclass=self.election_per_class,
+                )
                 modality, election = trainer.strategy.broadcast((result.modality, dict(result.dice)), src=0)
             self.pending.append(
                 {

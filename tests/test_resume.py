@@ -1,0 +1,127 @@
+"""Exact resume: kill -9 at any point, resume with ``--ckpt_path last``, same labeled set and log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CONF = Path(__file__).parent / "conf"
+
+# A driver that runs the real CLI and SIGKILLs itself at a chosen point (the ``KILL_AT`` env var).
+DRIVER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import lightning.pytorch as L
+    from lightning_ada.active.strategies.mmacts import MMActSStrategy
+    from lightning_ada.data.datamodule import ActiveDataModule
+    from lightning_ada.main import main
+
+    where = os.environ.get("KILL_AT", "")
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if where == "mid-scoring":
+        orig_score = MMActSStrategy.score
+        calls = []
+        def score(self, ctx):
+            calls.append(1)
+            if len(calls) == 2:  # the second query round (after epoch 0)
+                die()
+            return orig_score(self, ctx)
+        MMActSStrategy.score = score
+    elif where == "after-label":
+        orig_label = ActiveDataModule.label
+        def label(self, *a, **k):
+            orig_label(self, *a, **k)
+            if self.pool.n_labeled == 2:
+                die()
+        ActiveDataModule.label = label
+    elif where == "mid-checkpoint-write":
+        # Lightning's own save path, killed half-way through writing the second last.ckpt
+        import io, fsspec, torch
+        import lightning.fabric.plugins.io.torch_io as torch_io
+        orig_save = torch_io._atomic_save
+        saves = []
+        def atomic_save(checkpoint, filepath):
+            saves.append(1)
+            if len(saves) != 2:
+                return orig_save(checkpoint, filepath)
+            buf = io.BytesIO()
+            torch.save(checkpoint, buf)
+            fs, urlpath = fsspec.core.url_to_fs(str(filepath))
+            with fs.transaction, fs.open(urlpath, "wb") as f:
+                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                f.flush()
+                die()
+        torch_io._atomic_save = atomic_save
+
+    class MidEpoch(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if where == "mid-epoch" and trainer.current_epoch == 1 and trainer.global_step % 2 == 1:
+                die()
+
+    cli = main(sys.argv[1:], run=False)
+    cli.trainer.callbacks.append(MidEpoch())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=os.environ.get("CKPT") or None)
+    """
+)
+
+
+def run(root: Path, ckpt: Path, out: Path, driver: Path, kill_at: str = "", resume: bool = False) -> int:
+    env = dict(os.environ, KILL_AT=kill_at, CKPT="last" if resume else "", PYTHONWARNINGS="ignore")
+    args = [
+        sys.executable, str(driver),
+        "-c", str(CONF / "random_tiny.yaml"),
+        "--data.root", str(root),
+        "--model.source_checkpoint", str(ckpt),
+        "--trainer.default_root_dir", str(out),
+        "--trainer.max_epochs", "4", "--trainer.limit_val_batches", "0",
+        "--active.budget", "3", "--active.stride", "1",
+        "--active.strategy", "mmacts", "--active.strategy_args", '{"progress": false}',
+    ]
+    return subprocess.run(args, env=env, cwd=out.parent, capture_output=True, timeout=600).returncode
+
+
+@pytest.fixture(scope="module")
+def reference(phantom_root: Path, source_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict]:
+    base = tmp_path_factory.mktemp("resume_ref")
+    driver = base / "driver.py"
+    driver.write_text(DRIVER)
+    out = base / "run"
+    assert run(phantom_root, source_ckpt, out, driver) == 0
+    return json.loads((out / "query_log.json").read_text()), _pool(out)
+
+
+def _pool(out: Path) -> dict:
+    import torch
+
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt["ActiveDataModule"]["pool"]["labeled"]
+
+
+def _comparable(log: list[dict]) -> list[tuple]:
+    return [(q["round"], q["epoch"], q["case_id"], round(q["score"], 6)) for q in log]
+
+
+@pytest.mark.parametrize("kill_at", ["mid-epoch", "mid-scoring", "after-label", "mid-checkpoint-write"])
+def test_killed_run_resumes_to_the_same_labeled_set_and_log(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, reference: tuple[list, dict], kill_at: str
+) -> None:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    out = tmp_path / "run"
+    code = run(phantom_root, source_ckpt, out, driver, kill_at=kill_at)
+    assert code == -9, f"the run was not killed at {kill_at}"
+    assert run(phantom_root, source_ckpt, out, driver, resume=True) == 0
+    log = json.loads((out / "query_log.json").read_text())
+    ref_log, ref_pool = reference
+    assert _comparable(log) == _comparable(ref_log)
+    assert len({q["case_id"] for q in log}) == len(log) == 3  # no query logged twice
+    assert _pool(out) == ref_pool
