@@ -1,219 +1,151 @@
-"""Compare query strategies on the embedded phantom, paired by seed, resumable.
+"""Benchmark the query strategies on the embedded phantom: the paper's Tables 1 and 2, ablations.
 
-For every seed: generate the phantom with that seed, pre-train the source model once, then run
-each requested *run* (a strategy config with overrides) from the same source weights and test it
-on the same target test cases. One JSON line per finished run is appended to
-``<out>/results.jsonl`` (never rewritten); a restarted benchmark skips finished runs.
+Protocol (ALGORITHMS.md section 13, on the phantom): for every task (glioma: ET, NCR, ED; npc:
+GTV) and seed, the phantom of that seed is generated and the source model trained once; then,
+per fold (lightning_ada/benchmark/folds.py: fold f tests on the f-th block of target cases and
+draws its pool from the next ones), the lower bound (source model tested), the upper bound
+(every pool case labelled), every registered strategy at every budget (``--active.budget B``,
+the config's stride), and the ablations at budget 3 (one-off vs sequential mmActS; mmActS
+trained on one modality, on the elected one, on all). One JSON line per finished run is
+appended to ``<out>/results.jsonl``; a restarted benchmark skips the finished runs.
 
-    python scripts/benchmark.py --task glioma --seeds 0 1 2 \
-        --runs lower upper random@0 random@1 mmacts entropy_only volume_only density_only \
-               entropy_x_volume --out runs/bench_glioma
+    # full protocol: 2 tasks x 5 folds x 3 seeds x (9 strategies x 4 budgets + 2 bounds + ablations)
+    python scripts/benchmark.py --out runs/bench
+    # reduced protocol (1 fold x 2 seeds), or any subset
+    python scripts/benchmark.py --quick --tasks glioma --strategies lower upper random mmacts \
+        --budgets 3 --out runs/bench_quick
+    # the first benchmark's invocation still works (named runs at budget 3, fold 0)
+    python scripts/benchmark.py --task glioma --seeds 0 1 2 --runs lower upper random@0 mmacts \
+        --out runs/bench_glioma
+    # tables, plots and figures only, from results.jsonl
+    python scripts/benchmark.py --summary --out runs/bench
+    # extra overrides for every run go after "--"
+    python scripts/benchmark.py --quick --dry-run -- --trainer.max_epochs 8
 
-Then ``--summary`` prints the tables (mean +- std over seeds, paired differences, what the picks
-were) from ``results.jsonl`` without running anything.
+Outputs in ``--out``: results.jsonl (one row per run: task, run, strategy, budget, fold, seed,
+test metrics per region, per-case values, queried cases and elected modalities, timings),
+table1.md/.csv, table2.md/.csv, ablation_schedule.md/.csv, budget_curve.md/.csv,
+all_runs.md/.csv, budget_curve_<task>.png, boxplot_<task>_b3.png, queried_<task>_*.png,
+summary.md; errors.jsonl for failed runs. With ``--wandb`` every run is tracked by W&B (offline
+unless ``--wandb-mode online``), grouped by the benchmark id and tagged by task, run, strategy,
+budget, fold and seed; the tables and figures go to one extra ``summary`` run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
-from collections import defaultdict
+import sys
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable without the package installed
+    sys.path.insert(0, str(REPO))
+
+from lightning_ada.benchmark.folds import FoldScheme  # noqa: E402
+from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop  # noqa: E402
+from lightning_ada.benchmark.protocol import BUDGETS, HEADLINE_BUDGET, plan  # noqa: E402
+from lightning_ada.benchmark.report import write_report  # noqa: E402
+from lightning_ada.benchmark.wandb_io import WandbSettings  # noqa: E402
+
+TASKS = ("glioma", "npc")
 
 
-def run_specs(task: str) -> dict[str, tuple[str, list[str], bool]]:
-    """Run name -> (config file, extra overrides, whether to fit)."""
-    cfg = f"configs/phantom/{task}"
-    ablation = {
-        "entropy_only": [1, 0, 0],
-        "volume_only": [0, 1, 0],
-        "density_only": [0, 0, 1],
-        "entropy_x_volume": [1, 1, 0],
-    }
-    specs: dict[str, tuple[str, list[str], bool]] = {
-        "lower": (f"{cfg}/random.yaml", ["--active.budget", "0"], False),
-        "upper": (f"{cfg}/upper_bound.yaml", [], True),
-        "mmacts": (f"{cfg}/mmacts.yaml", [], True),
-        "mmacts_one_off": (
-            f"{cfg}/mmacts.yaml", ["--active.strategy_args", '{"schedule": "one_off"}'], True
-        ),
-        "mmacts_modality_masks": (f"{cfg}/mmacts.yaml", ["--active.use_modality_masks", "true"], True),
-        "entropy": (f"{cfg}/mmacts.yaml", ["--active.strategy", "entropy", "--active.strategy_args", "{}"], True),
-    }
-    for name, exps in ablation.items():
-        specs[name] = (f"{cfg}/mmacts.yaml", ["--active.strategy_args", json.dumps({"exponents": exps})], True)
-    return specs
-
-
-def parse_run(name: str, specs: dict[str, tuple[str, list[str], bool]], task: str) -> tuple[str, list[str], bool]:
-    if name.startswith("random@"):
-        draw = int(name.split("@")[1])
-        return f"configs/phantom/{task}/random.yaml", ["--active.seed", str(1000 + draw)], True
-    if name not in specs:
-        raise SystemExit(f"unknown run {name!r}; known: {sorted(specs)} and random@<draw>")
-    return specs[name]
-
-
-def finished(path: Path) -> set[tuple[str, str, int]]:
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["run"], r["seed"]) for r in rows}
-
-
-def append_line(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line in a single write (a killed run leaves no partial line behind)."""
-    with path.open("a") as f:
-        f.write(json.dumps(row, default=float) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def run_all(args: argparse.Namespace) -> None:
-    from lightning_ada.runner import run_experiment
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = finished(results)
-    specs = run_specs(args.task)
-    for seed in args.seeds:
-        sdir = out / f"seed{seed}"
-        data = [
-            "--seed_everything", str(seed),
-            "--data.root", f"data/phantom/{args.task}_32_seed{seed}",
-            "--data.phantom", json.dumps({"task": args.task, "size": 32, "seed": seed, "progress": False}),
-            "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false",
-        ]
-        ckpt = sdir / "source" / "checkpoints" / "last.ckpt"
-        if (args.task, "source", seed) not in done or not ckpt.exists():
-            print(f"[seed {seed}] source pre-training", flush=True)
-            res = run_experiment(
-                [f"configs/phantom/{args.task}/source.yaml"],
-                [*data, "--trainer.default_root_dir", str(sdir / "source")],
-            )
-            append_line(results, row(args.task, "source", seed, res))
-        for name in args.runs:
-            if (args.task, name, seed) in done:
-                continue
-            config, extra, fit = parse_run(name, specs, args.task)
-            print(f"[seed {seed}] {name}", flush=True)
-            res = run_experiment(
-                [config],
-                [
-                    *data, *extra,
-                    "--model.source_checkpoint", str(ckpt),
-                    "--trainer.default_root_dir", str(sdir / name.replace("@", "_")),
-                ],
-                fit=fit,
-            )
-            append_line(results, row(args.task, name, seed, res))
-
-
-def row(task: str, run: str, seed: int, res: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "task": task,
-        "run": run,
-        "seed": seed,
-        "test": res.get("test", {}),
-        "per_case": res.get("per_case", []),
-        "queries": [
-            {k: q.get(k) for k in ("round", "epoch", "case_id", "score", "factors", "modality",
-                                   "election_dice", "case_meta", "timings", "scoring_seconds")}
-            for q in res.get("query_log", [])
-        ],
-        "fit_seconds": res.get("fit_seconds"),
-        "seconds": res.get("seconds"),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def summary(out: Path) -> str:
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    by: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        key = "random" if r["run"].startswith("random@") else r["run"]
-        by[key][r["seed"]].append(r)
-    regions = sorted({k[5:] for r in rows for k in r["test"] if k.startswith("dice_") and k != "dice_mean"})
-    lines = ["| run | n | " + " | ".join(f"Dice {g}" for g in regions) + " | Dice mean | per seed |",
-             "|" + "---|" * (len(regions) + 4)]
-
-    def seed_mean(runs: list[dict[str, Any]], key: str) -> float:
-        return statistics.fmean(r["test"][key] for r in runs)
-
-    order = ["source", "lower", "random", "mmacts", "upper"]
-    for name in sorted(by, key=lambda n: (order.index(n) if n in order else 3.5, n)):
-        seeds = by[name]
-        cells = []
-        for key in [f"dice_{g}" for g in regions] + ["dice_mean"]:
-            vals = [seed_mean(v, key) for v in seeds.values()]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.fmean(vals):.3f} ± {sd:.3f}")
-        per_seed = ", ".join(
-            f"s{s}: " + "/".join(f"{r['test']['dice_mean']:.3f}" for r in v) for s, v in sorted(seeds.items())
-        )
-        n = sum(len(v) for v in seeds.values())
-        lines.append(f"| {name} | {n} | " + " | ".join(cells) + f" | {per_seed} |")
-
-    text = "\n".join(lines)
-    if "random" in by:
-        diffs = ["", "Paired by seed (run minus the mean of the random draws of that seed), Dice mean:", ""]
-        for name in sorted(by):
-            if name in ("random", "source"):
-                continue
-            d = [seed_mean(by[name][s], "dice_mean") - seed_mean(by["random"][s], "dice_mean")
-                 for s in by[name] if s in by["random"]]
-            if d:
-                diffs.append(f"- {name}: mean {statistics.fmean(d):+.3f}; per seed "
-                             + ", ".join(f"{x:+.3f}" for x in d))
-        text += "\n" + "\n".join(diffs)
-    picks = ["", "What the picks were (all seeds): scanner counts, true tumour voxels, predicted "
-             "foreground voxels, degraded modality, elected modality:", ""]
-    for name, seeds in sorted(by.items()):
-        qs = [q for runs in seeds.values() for r in runs for q in r["queries"]]
-        if not qs:
-            continue
-        scanners: dict[str, int] = defaultdict(int)
-        for q in qs:
-            scanners[str((q.get("case_meta") or {}).get("centre"))] += 1
-        true_v = [((q.get("case_meta") or {}).get("tumour_voxels") or {}).get("total", float("nan")) for q in qs]
-        pred_v = [(q.get("factors") or {}).get("volume") for q in qs]
-        degraded = sum(1 for q in qs if (q.get("case_meta") or {}).get("degraded_modality"))
-        mods: dict[str, int] = defaultdict(int)
-        for q in qs:
-            mods[str(q.get("modality"))] += 1
-        pv = [v for v in pred_v if v is not None]
-        picks.append(
-            f"- {name}: {len(qs)} picks; scanners {dict(scanners)}; true voxels median "
-            f"{statistics.median(true_v):.0f}"
-            + (f"; predicted voxels median {statistics.median(pv):.0f}" if pv else "")
-            + f"; degraded {degraded}; elected {dict(mods)}"
-        )
-    return text + "\n" + "\n".join(picks)
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--task", default="glioma", choices=["glioma", "npc"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--runs", nargs="+", default=["lower", "upper", "random@0", "random@1", "mmacts"])
-    p.add_argument("--out", default="runs/bench_glioma")
-    p.add_argument("--summary", action="store_true", help="only print the tables of --out")
-    args = p.parse_args()
+    p.add_argument("--tasks", nargs="+", choices=TASKS, help="tasks (default: both)")
+    p.add_argument("--task", choices=TASKS, help="one task (the first benchmark's option)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --quick: 0 1)")
+    p.add_argument("--folds", type=int, nargs="+", help="folds (default 0..n_folds-1; --quick: 0)")
+    p.add_argument("--budgets", type=int, nargs="+",
+                   help=f"query budgets (default {' '.join(map(str, BUDGETS))}; with --runs: 3)")
+    p.add_argument("--strategies", nargs="+",
+                   help="strategies plus lower / upper (default: every registered one and both bounds)")
+    p.add_argument("--ablations", nargs="*", default=None,
+                   help="ablation groups at budget 3: schedule modality factors masks "
+                        "(default: schedule modality; none with --runs)")
+    p.add_argument("--runs", nargs="+",
+                   help="explicit run names instead of the protocol (e.g. lower upper random@0 "
+                        "mmacts mmacts_one_off mmacts_input_t1ce), each at every --budgets")
+    p.add_argument("--quick", action="store_true", help="reduced protocol: fold 0, seeds 0 1")
+    p.add_argument("--out", help="results folder (default runs/bench; runs/bench_glioma with --runs)")
+    p.add_argument("--summary", action="store_true", help="only write the tables and plots of --out")
+    p.add_argument("--dry-run", action="store_true", help="print the runs that would be made")
+    p.add_argument("--figures", nargs="*", default=["mmacts"],
+                   help="methods whose picks are drawn (needs checkpoints; none: no figure)")
+    p.add_argument("--wandb", action="store_true", help="track every run with W&B")
+    p.add_argument("--wandb-project", default="lightning_ada")
+    p.add_argument("--wandb-mode", default=None, choices=["offline", "online", "disabled"],
+                   help="default: $WANDB_MODE, else offline")
+    p.add_argument("--bench-id", help="W&B group of the runs (default: the --out folder name)")
+    g = p.add_argument_group("fold scheme (lightning_ada/benchmark/folds.py)")
+    g.add_argument("--n-folds", type=int, default=5)
+    g.add_argument("--n-pool", type=int, default=30)
+    g.add_argument("--n-test", type=int, default=12)
+    g.add_argument("--size", type=int, default=32, help="phantom edge length in voxels")
+    g.add_argument("--config-dir", default="configs/phantom/{task}")
+    g.add_argument("--data-base", default="data/phantom")
+    return p
+
+
+def build_config(args: argparse.Namespace, extra: list[str]) -> BenchConfig:
+    """The :class:`BenchConfig` of parsed arguments (defaults resolved as documented)."""
+    from lightning_ada.active.strategies import REGISTRY
+    from lightning_ada.data.phantom import TASKS as PHANTOM_TASKS
+
+    legacy = args.runs is not None
+    tasks = args.tasks or ([args.task] if args.task else (["glioma"] if legacy else list(TASKS)))
+    scheme = FoldScheme(n_folds=args.n_folds, n_pool=args.n_pool, n_test=args.n_test, size=args.size)
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    folds = args.folds or ([0] if args.quick or legacy else list(range(scheme.n_folds)))
+    budgets = args.budgets or ([HEADLINE_BUDGET] if legacy else list(BUDGETS))
+    ablations = args.ablations if args.ablations is not None else ([] if legacy else ["schedule", "modality"])
+    runs = {}
+    for task in tasks:
+        mods = list(PHANTOM_TASKS[task]["modalities"])
+        if legacy:
+            runs[task] = [(name, b) for b in budgets for name in args.runs]
+            runs[task] += plan([], budgets, ablations, mods)
+        else:
+            strategies = args.strategies or ["lower", "upper", *REGISTRY]
+            runs[task] = plan(strategies, budgets, ablations, mods)
+    out = Path(args.out or ("runs/bench_glioma" if legacy else "runs/bench"))
+    wandb = None
+    if args.wandb:
+        mode = args.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
+        wandb = WandbSettings(project=args.wandb_project, group=args.bench_id or out.name, mode=mode)
+    return BenchConfig(out=out, tasks=tasks, seeds=seeds, folds=folds, runs=runs, scheme=scheme,
+                       config_dir=args.config_dir, data_base=args.data_base, extra=extra,
+                       wandb=wandb, dry_run=args.dry_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = parser().parse_args(argv)
     os.chdir(REPO)
+    cfg = build_config(args, extra)
+    failed = 0
     if not args.summary:
-        run_all(args)
-    text = summary(Path(args.out))
-    print(text)
-    (Path(args.out) / "summary.md").write_text(text + "\n")
+        n = sum(len(r) for r in cfg.runs.values()) * len(cfg.seeds) * len(cfg.folds)
+        print(f"benchmark: {len(cfg.tasks)} task(s) x {len(cfg.seeds)} seed(s) x {len(cfg.folds)} "
+              f"fold(s): {n} runs planned (finished ones are skipped) -> {cfg.out}", flush=True)
+        report = BenchmarkLoop(cfg).run()
+        print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, "
+              f"failed {len(report.failed)}", flush=True)
+        failed = len(report.failed)
+        if args.dry_run:
+            return 0
+    if not (cfg.out / "results.jsonl").exists():
+        print(f"no results in {cfg.out}")
+        return 1
+    figures = [] if args.figures in ([], ["none"]) else args.figures
+    print(write_report(cfg.out, figures, cfg.wandb))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -48,13 +48,16 @@ def make_dm(cache_dir: Path, **kw: object) -> ActiveDataModule:
     return dm
 
 
+def _forbidden(what: str) -> Callable[..., None]:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{what} ran again although the disk cache holds its result")
+
+    return fail
+
+
 def _no_preprocessing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any cache miss fail: what follows must read every case from the disk cache."""
-
-    def fail(self: object, item: dict) -> None:
-        raise AssertionError(f"cache miss: {item.get('case_id')} preprocessed again")
-
-    monkeypatch.setattr("monai.data.PersistentDataset._pre_transform", fail)
+    monkeypatch.setattr("monai.data.PersistentDataset._pre_transform", _forbidden("preprocessing"))
 
 
 def test_cache_key_follows_content_and_settings(tmp_path: Path) -> None:
@@ -81,17 +84,21 @@ def test_preprocess_real_cases_and_cache(cache_dir: Path, monkeypatch: pytest.Mo
     np.testing.assert_allclose(spacing, [6.0, 6.0, 6.0], atol=1e-5)
     assert set(label.unique().tolist()) <= {0, 1, 2, 3}
     brain = image[0] != 0
-    assert abs(float(image[0][brain].mean())) < 0.05 and abs(float(image[0][brain].std()) - 1) < 0.05
+    mean, std = float(image[0][brain].mean()), float(image[0][brain].std())
+    assert abs(mean) < 0.05 and abs(std - 1) < 0.05
     # the geometry round trip: the reference mask at 6 mm, inverted, overlaps the 1 mm original
     seg = np.asarray(nib.load(dm.case(TEST).label).dataobj)
     back = dm.invert(label, TEST)
     assert tuple(back.shape[1:]) == seg.shape == (240, 240, 155)
     wt_back, wt = back[0].numpy() > 0, seg > 0
     assert 2 * (wt_back & wt).sum() / (wt_back.sum() + wt.sum()) > 0.85
-    # one file per case; a second setup reads all of them, a new spacing is a new key
+    # one file per case; a second setup reads all of them (and skips the passed checks), a new
+    # spacing is a new key
     assert len(list(cache_dir.glob("*.pt"))) == 3
+    assert len(list(cache_dir.glob("validated/*.ok"))) == 3
     with monkeypatch.context() as m:
         _no_preprocessing(m)
+        m.setattr("lightning_ada.data.readers.validate_case", _forbidden("validate_case"))
         again = make_dm(cache_dir)
         torch.testing.assert_close(again.image(TEST), image)
         assert [op["class"] for op in again.image(TEST).applied_operations] == [

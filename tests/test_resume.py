@@ -32,7 +32,7 @@ DRIVER = textwrap.dedent(
         calls = []
         def score(self, ctx):
             calls.append(1)
-            if len(calls) == 2:  # the second query round (after epoch 0)
+            if len(calls) == 3:  # the third query round (after epoch 1)
                 die()
             return orig_score(self, ctx)
         MMActSStrategy.score = score
@@ -40,27 +40,27 @@ DRIVER = textwrap.dedent(
         orig_label = ActiveDataModule.label
         def label(self, *a, **k):
             orig_label(self, *a, **k)
-            if self.pool.n_labeled == 2:
+            if self.pool.n_labeled == 3:
                 die()
         ActiveDataModule.label = label
     elif where == "mid-checkpoint-write":
-        # Lightning's own save path, killed half-way through writing the second last.ckpt
+        # Lightning's own save path, killed half-way through overwriting last.ckpt
         import io, fsspec, torch
-        import lightning.fabric.plugins.io.torch_io as torch_io
-        orig_save = torch_io._atomic_save
+        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+        orig_save = TorchCheckpointIO.save_checkpoint
         saves = []
-        def atomic_save(checkpoint, filepath):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
             saves.append(1)
-            if len(saves) != 2:
-                return orig_save(checkpoint, filepath)
+            if len(saves) != 4:  # epoch 1: top-k file, then last.ckpt (overwrite) is killed
+                return orig_save(self, checkpoint, path, storage_options)
             buf = io.BytesIO()
             torch.save(checkpoint, buf)
-            fs, urlpath = fsspec.core.url_to_fs(str(filepath))
-            with fs.transaction, fs.open(urlpath, "wb") as f:
+            fs, urlpath = fsspec.core.url_to_fs(str(path))
+            with fs.transaction, fs.open(urlpath, "wb") as f:  # what Lightning's atomic save does
                 f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
                 f.flush()
                 die()
-        torch_io._atomic_save = atomic_save
+        TorchCheckpointIO.save_checkpoint = save_checkpoint
 
     class MidEpoch(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -74,7 +74,9 @@ DRIVER = textwrap.dedent(
 )
 
 
-def run(root: Path, ckpt: Path, out: Path, driver: Path, kill_at: str = "", resume: bool = False) -> int:
+def run(
+    root: Path, ckpt: Path, out: Path, driver: Path, kill_at: str = "", resume: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, KILL_AT=kill_at, CKPT="last" if resume else "", PYTHONWARNINGS="ignore")
     args = [
         sys.executable, str(driver),
@@ -86,7 +88,7 @@ def run(root: Path, ckpt: Path, out: Path, driver: Path, kill_at: str = "", resu
         "--active.budget", "3", "--active.stride", "1",
         "--active.strategy", "mmacts", "--active.strategy_args", '{"progress": false}',
     ]
-    return subprocess.run(args, env=env, cwd=out.parent, capture_output=True, timeout=600).returncode
+    return subprocess.run(args, env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def reference(phantom_root: Path, source_ckpt: Path, tmp_path_factory: pytest.Te
     driver = base / "driver.py"
     driver.write_text(DRIVER)
     out = base / "run"
-    assert run(phantom_root, source_ckpt, out, driver) == 0
+    assert run(phantom_root, source_ckpt, out, driver).returncode == 0
     return json.loads((out / "query_log.json").read_text()), _pool(out)
 
 
@@ -117,9 +119,12 @@ def test_killed_run_resumes_to_the_same_labeled_set_and_log(
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     out = tmp_path / "run"
-    code = run(phantom_root, source_ckpt, out, driver, kill_at=kill_at)
-    assert code == -9, f"the run was not killed at {kill_at}"
-    assert run(phantom_root, source_ckpt, out, driver, resume=True) == 0
+    killed = run(phantom_root, source_ckpt, out, driver, kill_at=kill_at)
+    assert killed.returncode == -9, f"the run was not killed at {kill_at}"
+    assert (out / "checkpoints" / "last.ckpt").is_file()  # an earlier epoch's checkpoint
+    resumed = run(phantom_root, source_ckpt, out, driver, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Restoring states from the checkpoint" in resumed.stderr  # resumed, not restarted
     log = json.loads((out / "query_log.json").read_text())
     ref_log, ref_pool = reference
     assert _comparable(log) == _comparable(ref_log)

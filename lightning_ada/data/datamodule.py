@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,8 +51,8 @@ def _cache_safe_globals() -> Any:
 
     A cached item holds MetaTensors whose metadata and traced operations keep numpy arrays
     (NIfTI header fields, affines) and MONAI enums; MONAI registers only some of these. The
-    rest are allowed here for the duration of the read (never process-wide, and never arbitrary
-    classes: a file holding anything else fails to load and is recomputed).
+    rest are allowed only while the cache is read (not left registered), and nothing else: a
+    file holding any other class fails to load and MONAI recomputes it.
     """
     import numpy as np
     from monai.data import MetaTensor
@@ -59,7 +60,8 @@ def _cache_safe_globals() -> Any:
 
     reconstruct = np.ndarray((0,)).__reduce__()[0]  # numpy's array unpickler, across versions
     dtypes = [type(np.dtype(c)) for c in "?bhilqBHILQefdgFDGSU"]
-    wanted = [reconstruct, np.ndarray, np.dtype, *dtypes, MetaTensor, MetaKeys, SpaceKeys, TraceKeys]
+    wanted = [reconstruct, np.ndarray, np.dtype, *dtypes, MetaTensor, MetaKeys, SpaceKeys]
+    wanted.append(TraceKeys)
     known = set(map(id, torch.serialization.get_safe_globals()))
     # leave globally registered ones alone: leaving the context un-registers what it added
     return torch.serialization.safe_globals([g for g in wanted if id(g) not in known])
@@ -115,6 +117,13 @@ class _LabeledEpoch(torch.utils.data.Dataset):
                 "or list data.initial_labeled / set data.label_all"
             )
         return self.transform(self.dm._training_item(ids[i % len(ids)]))
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream (workers fork identical states)."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        info.dataset.transform.set_random_state(seed=(info.seed + worker_id) % (2**31 - 1))
 
 
 class ActiveDataModule(L.LightningDataModule):
@@ -265,18 +274,23 @@ class ActiveDataModule(L.LightningDataModule):
                 self._cache = CacheDataset(on_disk, transform=None, progress=False, num_workers=0)
 
     def _validate(self, case_id: str) -> None:
-        """:func:`validate_case`, remembered in ``cache_dir`` (per file fingerprints) once passed."""
-        from lightning_ada.data.readers import validate_case
+        """:func:`validate_case`, remembered in ``cache_dir`` once passed.
+
+        The marker's key hashes the files' fingerprints, the label values and the source of the
+        readers module, so changed files or changed checks validate again.
+        """
+        from lightning_ada.data import readers
 
         case, values = self.cases[case_id], list(self.hparams.labels.values())
         if self.hparams.cache_dir is None:
-            validate_case(case, values)
+            readers.validate_case(case, values)
             return
-        key = CacheKey({"validated": True, "label_values": values})(case.to_item()).decode()
+        checks = hashlib.sha256(Path(readers.__file__).read_bytes()).hexdigest()
+        key = CacheKey({"label_values": values, "checks": checks})(case.to_item()).decode()
         marker = Path(self.hparams.cache_dir) / "validated" / f"{key}.ok"
         if marker.is_file():
             return
-        validate_case(case, values)
+        readers.validate_case(case, values)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
 
@@ -387,15 +401,29 @@ class ActiveDataModule(L.LightningDataModule):
         return self._annotated[key]
 
     # ------------------------------------------------------------------ loaders
+    def epoch_seed(self) -> int:
+        """Seed of this epoch's sampling and augmentation: a function of (run seed, epoch) only.
+
+        With the loader rebuilt every epoch (``trainer.reload_dataloaders_every_n_epochs: 1``)
+        a resumed run draws exactly the batches an uninterrupted run would have drawn.
+        """
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return (base * 1_000_003 + epoch * 7_919) % (2**31 - 1)
+
     def train_dataloader(self) -> DataLoader:
-        """Fixed-length epochs sampled from the *current* labeled set."""
+        """Fixed-length epochs sampled from the *current* labeled set, seeded per epoch."""
+        seed = self.epoch_seed()
         augmentation = training_augmentation(self.hparams.patch_size, self.hparams.augment)
+        augmentation.set_random_state(seed=seed)
         length = self.hparams.iterations_per_epoch * self.hparams.batch_size
         return DataLoader(
             _LabeledEpoch(self, augmentation, length),
             batch_size=self.hparams.batch_size,
             shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
             num_workers=self.hparams.num_workers,
+            worker_init_fn=_seed_worker,
             collate_fn=list_data_collate,
             persistent_workers=False,
         )

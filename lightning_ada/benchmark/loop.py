@@ -1,0 +1,291 @@
+"""The benchmark loop: per task and seed one source model, then every planned run per fold.
+
+Resumable: a run whose key (:func:`lightning_ada.benchmark.results.run_key`) is already in
+``results.jsonl`` is skipped; finished runs are appended one line each. A failed run is recorded
+in ``errors.jsonl`` and the loop goes on (it is retried at the next invocation).
+
+Folder layout under ``out``::
+
+    results.jsonl, errors.jsonl
+    <task>/seed<s>/source/                         source training (one per task and seed)
+    <task>/seed<s>/fold<f>/<run>[_b<budget>]/      one folder per run (checkpoints/last.ckpt,
+                                                   query_log.json, config.yaml, wandb/)
+
+Runs of the first benchmark (``<out>/seed<s>/<run>``, without task, fold and budget) stay
+readable; their source checkpoint is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_ada.benchmark.folds import FoldScheme
+from lightning_ada.benchmark.protocol import RunSpec, run_spec
+from lightning_ada.benchmark.results import (
+    BUDGETLESS,
+    append_row,
+    finished,
+    normalise,
+    read_rows,
+    run_key,
+)
+from lightning_ada.benchmark.wandb_io import WandbSettings, finish_run
+
+Runner = Callable[..., dict[str, Any]]
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark invocation does.
+
+    Attributes:
+        out: results folder.
+        tasks: tasks (``glioma``, ``npc``).
+        seeds: seeds (phantom, source model, training).
+        folds: folds (:mod:`lightning_ada.benchmark.folds`).
+        runs: per task, the ``(run name, budget or None)`` list (:func:`protocol.plan`).
+        scheme: fold and phantom sizes.
+        config_dir: config folder, ``{task}`` is replaced by the task.
+        data_base: folder of the generated phantoms.
+        extra: overrides appended to every run (e.g. ``--trainer.max_epochs 2``).
+        wandb: W&B settings, None for no tracking.
+        dry_run: print the commands, run nothing.
+    """
+
+    out: Path
+    tasks: list[str]
+    seeds: list[int]
+    folds: list[int]
+    runs: dict[str, list[tuple[str, int | None]]]
+    scheme: FoldScheme = field(default_factory=FoldScheme)
+    config_dir: str = "configs/phantom/{task}"
+    data_base: str = "data/phantom"
+    extra: list[str] = field(default_factory=list)
+    wandb: WandbSettings | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class LoopReport:
+    """What an invocation did: keys run, skipped and failed."""
+
+    ran: list[tuple[Any, ...]] = field(default_factory=list)
+    skipped: list[tuple[Any, ...]] = field(default_factory=list)
+    failed: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _default_runner(configs: Sequence[str], overrides: Sequence[str], fit: bool = True) -> dict[str, Any]:
+    from lightning_ada import runner
+
+    return runner.run_experiment(configs, overrides, fit=fit)
+
+
+def run_dir(out: Path, task: str, seed: int, fold: int | None, run: str, budget: int | None) -> Path:
+    """Folder of one run (module doc)."""
+    base = out / task / f"seed{seed}"
+    if run == "source":
+        return base / "source"
+    name = run.replace("@", "_") + ("" if budget is None else f"_b{budget}")
+    return base / f"fold{fold}" / name
+
+
+def find_checkpoint(folder: Path) -> Path | None:
+    """Newest ``last.ckpt`` under ``folder`` (W&B runs put it in ``<project>/<id>/checkpoints``)."""
+    found = sorted(folder.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
+    return found[-1] if found else None
+
+
+def _source_checkpoint(out: Path, rows: list[dict[str, Any]], task: str, seed: int) -> Path | None:
+    """Checkpoint of a finished source run: recorded in its row, else the first benchmark's path."""
+    for r in reversed(rows):
+        if r["task"] == task and r["run"] == "source" and int(r["seed"]) == seed:
+            ck = r.get("checkpoint")
+            if ck and Path(ck).is_file():
+                return Path(ck)
+            legacy = out / f"seed{seed}" / "source" / "checkpoints" / "last.ckpt"
+            if legacy.is_file():
+                return legacy
+    return None
+
+
+def make_row(
+    task: str, run: str, seed: int, res: dict[str, Any], **fields: Any
+) -> dict[str, Any]:
+    """The result row of a finished run (``res`` from ``run_experiment``)."""
+    queries = [
+        {k: q.get(k) for k in ("round", "epoch", "case_id", "score", "factors", "modality",
+                               "election_dice", "case_meta", "timings", "scoring_seconds")}
+        for q in res.get("query_log", [])
+    ]
+    return {
+        "task": task, "run": run, "seed": seed, **fields,
+        "test": res.get("test", {}),
+        "per_case": res.get("per_case", []),
+        "queries": queries,
+        "queried_cases": [q["case_id"] for q in queries],
+        "elected_modalities": [q["modality"] for q in queries],
+        "fit_seconds": res.get("fit_seconds"),
+        "seconds": res.get("seconds"),
+        "scoring_seconds": sum(float(q.get("scoring_seconds") or 0.0) for q in queries),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+class BenchmarkLoop:
+    """Runs the plan of a :class:`BenchConfig` (see the module doc)."""
+
+    def __init__(self, cfg: BenchConfig, runner: Runner | None = None) -> None:
+        self.cfg = cfg
+        self.runner = runner or _default_runner
+        self.results = cfg.out / "results.jsonl"
+        self.report = LoopReport()
+
+    # ------------------------------------------------------------------ overrides
+    def _data(self, task: str, seed: int) -> list[str]:
+        s = self.cfg.scheme
+        return [
+            "--seed_everything", str(seed),
+            "--data.root", s.root(task, seed, self.cfg.data_base),
+            "--data.phantom", json.dumps(s.phantom(task, seed)),
+            "--trainer.enable_progress_bar", "false",
+        ]
+
+    def _logger(self, folder: Path, task: str, run: str, strategy: str, budget: int | None,
+                fold: int | None, seed: int, job_type: str) -> list[str]:
+        if self.cfg.wandb is None:
+            return ["--trainer.logger", "false"]
+        tags = [task, run, strategy, f"seed{seed}"]
+        tags += [f"budget{budget}"] if budget is not None else []
+        tags += [f"fold{fold}"] if fold is not None else []
+        name = "/".join([task, run] + ([f"b{budget}"] if budget is not None else [])
+                        + ([f"f{fold}"] if fold is not None else []) + [f"s{seed}"])
+        return self.cfg.wandb.logger_override(folder, name, list(dict.fromkeys(tags)), job_type)
+
+    def _config(self, task: str, name: str) -> str:
+        return str(Path(self.cfg.config_dir.format(task=task)) / name)
+
+    # ------------------------------------------------------------------ one run
+    def _execute(self, key: tuple[Any, ...], configs: list[str], overrides: list[str], fit: bool,
+                 row_fields: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+        task, run, _budget, _fold, seed = key
+        if self.cfg.dry_run:
+            shown = [a if len(a) <= 100 else a[:60] + " ...}" for a in overrides]
+            print("would run:", " ".join(["-c", *configs, *shown]), "" if fit else "(test only)")
+            self.report.ran.append(key)
+            return None
+        where = f"{task} seed {seed}" + (f" fold {key[3]}" if key[3] is not None else "")
+        print(f"[{where}] {run}" + (f" budget {key[2]}" if key[2] is not None else ""), flush=True)
+        try:
+            res = self.runner(configs, overrides, fit=fit)
+        except KeyboardInterrupt:
+            finish_run()
+            raise
+        except BaseException as e:  # noqa: BLE001 - includes the CLI's SystemExit on bad arguments
+            info = finish_run() if self.cfg.wandb is not None else None
+            append_row(self.cfg.out / "errors.jsonl", {
+                "task": task, "run": run, "seed": seed, **row_fields, "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()[-4000:], "wandb": info,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            })
+            print(f"  FAILED: {type(e).__name__}: {e} (see errors.jsonl)", flush=True)
+            self.report.failed.append(key)
+            return None
+        info = finish_run() if self.cfg.wandb is not None else None
+        ckpt = find_checkpoint(folder) if fit else None
+        row = make_row(task, run, seed, res, **row_fields, run_dir=str(folder),
+                       checkpoint=str(ckpt) if ckpt else None, wandb=info)
+        append_row(self.results, row)
+        self.report.ran.append(key)
+        return row
+
+    def _source(self, task: str, seed: int, rows: list[dict[str, Any]], done: set[Any]) -> Path | None:
+        key = (task, "source", None, None, seed)
+        ckpt = _source_checkpoint(self.cfg.out, rows, task, seed)
+        if key in done and ckpt is not None:
+            self.report.skipped.append(key)
+            return ckpt
+        folder = run_dir(self.cfg.out, task, seed, None, "source", None)
+        overrides = [
+            *self._data(task, seed),
+            "--data.splits", json.dumps({"pool": [], "test": []}),  # source stage: source cases only
+            "--trainer.default_root_dir", str(folder),
+            *self._logger(folder, task, "source", "source", None, None, seed, "source"),
+            *self.cfg.extra,
+        ]
+        row = self._execute(key, [self._config(task, "source.yaml")], overrides, True,
+                            {"fold": None, "budget": None, "strategy": "source"}, folder)
+        if self.cfg.dry_run:
+            return folder / "checkpoints" / "last.ckpt"
+        return Path(row["checkpoint"]) if row and row.get("checkpoint") else None
+
+    def _target(self, task: str, seed: int, fold: int, name: str, budget: int | None,
+                source: Path) -> None:
+        from lightning_ada.data.phantom import TASKS
+
+        spec: RunSpec = run_spec(name, list(TASKS[task]["modalities"]))
+        budget = None if name in BUDGETLESS else budget
+        folder = run_dir(self.cfg.out, task, seed, fold, name, budget)
+        splits = self.cfg.scheme.splits(task, fold)
+        overrides = [
+            *self._data(task, seed),
+            "--data.splits", json.dumps(splits),
+            "--active.seed", str(seed + 1000 * fold),
+            *spec.overrides,
+            *(["--active.budget", str(budget)] if spec.budgeted and budget is not None else []),
+            "--model.source_checkpoint", str(source),
+            "--trainer.default_root_dir", str(folder),
+            *self._logger(folder, task, name, spec.strategy, budget, fold, seed,
+                          "bound" if name in BUDGETLESS else "adapt"),
+            *self.cfg.extra,
+        ]
+        fields = {
+            "fold": fold, "budget": budget if budget is not None else (0 if name == "lower" else None),
+            "strategy": spec.strategy, "schedule": spec.schedule, "train_input": spec.train_input,
+            "n_pool": len(splits["pool"]), "n_test": len(splits["test"]),
+            "labels": 0 if name == "lower" else len(splits["pool"]) if name == "upper" else budget,
+            "config": spec.config, "overrides": list(spec.overrides), "extra": list(self.cfg.extra),
+            "source_checkpoint": str(source),
+        }
+        self._execute((task, name, budget, fold, seed), [self._config(task, spec.config)], overrides,
+                      spec.fit, fields, folder)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> LoopReport:
+        """Run every planned run not yet in ``results.jsonl``."""
+        self.cfg.out.mkdir(parents=True, exist_ok=True)
+        for task in self.cfg.tasks:
+            for seed in self.cfg.seeds:
+                rows = read_rows(self.results)
+                done = finished(rows)
+                pending = [
+                    (fold, name, budget) for fold in self.cfg.folds for name, budget in self.cfg.runs[task]
+                    if (task, name, None if name in BUDGETLESS else budget, fold, seed) not in done
+                ]
+                self.report.skipped += [
+                    (task, name, None if name in BUDGETLESS else budget, fold, seed)
+                    for fold in self.cfg.folds for name, budget in self.cfg.runs[task]
+                    if (task, name, None if name in BUDGETLESS else budget, fold, seed) in done
+                ]
+                if not pending:
+                    continue
+                source = self._source(task, seed, rows, done)
+                if source is None:
+                    print(f"[{task} seed {seed}] no source checkpoint: skipping its runs", flush=True)
+                    continue
+                for fold, name, budget in pending:
+                    self._target(task, seed, fold, name, budget, source)
+        return self.report
+
+
+def last_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``path``, the last one per run key (a repeated run supersedes the earlier)."""
+    by_key: dict[Any, dict[str, Any]] = {}
+    for r in read_rows(path):
+        by_key[run_key(r)] = r
+    return [normalise(r) for r in by_key.values()]

@@ -1,0 +1,87 @@
+"""Rebuild what a run queried, for the figure: images, reference, predictions before / after.
+
+"Before" is the source model (the run's starting point), "after" the run's final checkpoint;
+both predict every queried case in the network's input space. The run's data and model settings
+come from the ``config.yaml`` the CLI saved in the run folder.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_ada.benchmark.plots import QueriedCase
+
+
+def run_folder(row: dict[str, Any], out: Path) -> Path:
+    """The run's folder: recorded in the row, else the first benchmark's ``<out>/seed<s>/<run>``."""
+    if row.get("run_dir"):
+        return Path(row["run_dir"])
+    return out / f"seed{row['seed']}" / str(row["run"]).replace("@", "_")
+
+
+def load_queried_cases(row: dict[str, Any], out: Path) -> tuple[list[QueriedCase], list[str]]:
+    """The queried cases of a finished run (in query order) and the modality names.
+
+    Raises:
+        FileNotFoundError: the run folder, its ``config.yaml`` or a checkpoint is missing.
+        ValueError: the run queried nothing.
+    """
+    from lightning_ada.benchmark.loop import find_checkpoint
+    from lightning_ada.data.datamodule import ActiveDataModule
+    from lightning_ada.models.module import SegmentationModule
+
+    queries = [q for q in row.get("queries", []) if q.get("case_id")]
+    if not queries:
+        raise ValueError(f"run {row['run']} queried nothing")
+    folder = run_folder(row, out)
+    cfg_path = folder / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: no saved config for this run")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    final = Path(row["checkpoint"]) if row.get("checkpoint") else find_checkpoint(folder)
+    if final is None or not final.is_file():
+        raise FileNotFoundError(f"no final checkpoint in {folder}")
+    data_cfg = dict(cfg["data"])
+    model_cfg = dict(cfg["model"])
+    source = row.get("source_checkpoint") or model_cfg.get("source_checkpoint")
+    if not source or not Path(source).is_file():
+        raise FileNotFoundError(f"source checkpoint {source!r} not found")
+
+    ids = list(dict.fromkeys(q["case_id"] for q in queries))
+    allowed = inspect.signature(ActiveDataModule.__init__).parameters
+    data_cfg = {k: v for k, v in data_cfg.items() if k in allowed}
+    data_cfg.update(stage="target", label_all=False, initial_labeled=None, validate_inputs=False,
+                    cache_dir=None, splits={"source": [], "source_test": [], "pool": ids, "test": ids[:1]})
+    dm = ActiveDataModule(**data_cfg)
+    dm.setup("fit")
+    mods = list(dm.hparams.modalities)
+
+    allowed = inspect.signature(SegmentationModule.__init__).parameters
+    base = {k: v for k, v in model_cfg.items() if k in allowed and k != "source_checkpoint"}
+    base.update(in_channels=len(mods), labels=dict(dm.hparams.labels))
+    before = SegmentationModule(**base, source_checkpoint=str(source))
+    after = SegmentationModule(**base)
+    after.load_source(final)
+
+    cases = []
+    for q in queries:
+        cid = q["case_id"]
+        item = dm.item(cid)
+        image = item["image"]
+        meta = q.get("case_meta") or {}
+        deg = meta.get("degraded_modality")
+        title = f"{cid}\nround {q.get('round')}, scanner {meta.get('centre', '?')}" + (
+            f", {deg} degraded" if deg else "")
+        cases.append(QueriedCase(
+            image=image.detach().float().cpu().numpy(),
+            before=before.predict_case(image).argmax(0).numpy(),
+            after=after.predict_case(image).argmax(0).numpy(),
+            label=item["label"][0].detach().cpu().numpy() if "label" in item else None,
+            elected=q.get("modality"),
+            title=title,
+        ))
+    return cases, mods

@@ -1,0 +1,86 @@
+"""Everything written from ``results.jsonl``: tables, plots, figures of the picks, W&B report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_ada.benchmark.loop import last_rows
+from lightning_ada.benchmark.plots import box_plot, budget_curve, queried_cases
+from lightning_ada.benchmark.protocol import HEADLINE_BUDGET
+from lightning_ada.benchmark.summary import picks_summary
+from lightning_ada.benchmark.tables import DISPLAY, tasks_of, write_tables
+from lightning_ada.benchmark.wandb_io import WandbSettings, log_report
+
+
+def queried_figures(
+    rows: Sequence[dict[str, Any]], out: Path, methods: Sequence[str], budget: int = HEADLINE_BUDGET
+) -> list[Path]:
+    """One figure of the picks per task and method, from its first run (lowest fold, seed)."""
+    from lightning_ada.benchmark.queried import load_queried_cases
+
+    paths = []
+    for task in tasks_of(rows):
+        for method in methods:
+            sel = sorted(
+                (r for r in rows if r["task"] == task and r["method"] == method and r["budget"] == budget
+                 and r["train_input"] == "all" and r.get("queries")),
+                key=lambda r: (r["fold"], r["seed"], r["run"]),
+            )
+            if not sel:
+                continue
+            r = sel[0]
+            try:
+                cases, mods = load_queried_cases(r, out)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                print(f"no figure of {task} {r['run']}: {type(e).__name__}: {e}")
+                continue
+            path = out / f"queried_{task}_{r['run'].replace('@', '_')}_b{budget}_f{r['fold']}_s{r['seed']}.png"
+            title = f"{task}: {DISPLAY.get(method, method)}, budget {budget}, fold {r['fold']}, seed {r['seed']}"
+            paths.append(queried_cases(path, cases, mods, title))
+    return paths
+
+
+def write_report(
+    out: str | Path,
+    figure_methods: Sequence[str] = ("mmacts",),
+    wandb: WandbSettings | None = None,
+    budget: int = HEADLINE_BUDGET,
+) -> str:
+    """Write the tables (``*.md``, ``*.csv``), plots (``*.png``) and ``summary.md`` into ``out``.
+
+    Args:
+        out: the results folder (holding ``results.jsonl``).
+        figure_methods: methods whose picks are drawn (needs their checkpoints); empty: none.
+        wandb: also log the tables and figures to one W&B ``summary`` run.
+        budget: the headline budget (Table 1, box plot, figures).
+
+    Returns:
+        The text of ``summary.md``.
+    """
+    out = Path(out)
+    rows = [r for r in last_rows(out / "results.jsonl") if r["run"] != "source"]
+    tables = write_tables(rows, out)
+    images: list[Path] = []
+    for task in tasks_of(rows):
+        for p in (budget_curve(rows, task, out / f"budget_curve_{task}.png"),
+                  box_plot(rows, task, out / f"boxplot_{task}_b{budget}.png", budget=budget)):
+            if p is not None:
+                images.append(p)
+    if figure_methods:
+        images += queried_figures(rows, out, figure_methods, budget)
+    text = "\n".join([
+        f"# Benchmark results ({len(rows)} runs)", "",
+        tables["table1"].markdown(), tables["table2"].markdown(),
+        tables["ablation_schedule"].markdown(), tables["budget_curve"].markdown(),
+        picks_summary(rows),
+        "Files: " + ", ".join(sorted(f"{n}.md/.csv" for n in tables)) + ", "
+        + ", ".join(p.name for p in images), "",
+    ])
+    (out / "summary.md").write_text(text)
+    if wandb is not None:
+        info = log_report(wandb, out / "wandb_report", tables, images)
+        if info:
+            print(f"W&B report run {info['id']} in {info['dir']}")
+    return text

@@ -1,0 +1,132 @@
+"""The results file: one JSON line per finished run, appended atomically, never rewritten.
+
+A row is a dict with at least ``task``, ``run``, ``seed``, ``test`` (metric -> value) and
+``per_case`` (one dict per test case). Rows written before folds and budgets existed lack
+``budget`` / ``fold``: they mean budget 3 and fold 0 (:func:`normalise`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+#: runs whose result does not depend on the query budget
+BUDGETLESS = frozenset({"source", "lower", "upper"})
+#: runs that do not depend on the fold (trained on the source split only)
+FOLDLESS = frozenset({"source"})
+LEGACY_BUDGET = 3
+LEGACY_FOLD = 0
+
+RunKey = tuple[str, str, int | None, int | None, int]
+
+
+def method_of(run: str) -> str:
+    """The method a run belongs to: its name without a ``@draw`` suffix (``random@1`` -> random)."""
+    return run.split("@", 1)[0]
+
+
+def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``row`` with the defaults of old rows filled in.
+
+    Adds ``method``; ``budget`` (3 if absent; 0 for ``lower``), ``fold`` (0 if absent; None for
+    ``source``), ``train_input`` (``all`` if absent) and ``labels`` (number of labelled target
+    cases: the budget, 0 for the lower bound, the pool size for the upper bound when known).
+    """
+    r = dict(row)
+    run = str(r["run"])
+    r["method"] = r.get("method") or method_of(run)
+    r["seed"] = int(r["seed"])
+    if run in FOLDLESS:
+        r["fold"] = None
+    else:
+        r["fold"] = int(r["fold"]) if r.get("fold") is not None else LEGACY_FOLD
+    if run == "lower":
+        r["budget"] = 0
+    elif r.get("budget") is None:
+        r["budget"] = LEGACY_BUDGET
+    else:
+        r["budget"] = int(r["budget"])
+    r["train_input"] = r.get("train_input") or "all"
+    if r.get("labels") is None:
+        r["labels"] = r.get("n_pool") if run == "upper" else r["budget"]
+    r.setdefault("test", {})
+    r.setdefault("per_case", [])
+    r.setdefault("queries", [])
+    return r
+
+
+def run_key(row: Mapping[str, Any]) -> RunKey:
+    """Identity of a run for the resume logic: ``(task, run, budget, fold, seed)``.
+
+    Budget is None for budget-independent runs (source, lower and upper bound) and fold is None
+    for the source run, so an old row (no budget / fold) matches budget 3 / fold 0.
+    """
+    r = normalise(row)
+    run = str(r["run"])
+    budget = None if run in BUDGETLESS else int(r["budget"])
+    return (str(r["task"]), run, budget, r["fold"], int(r["seed"]))
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results file (raw, not normalised); an unreadable line is skipped with a warning.
+
+    A run killed while appending can leave a truncated last line; it is ignored (the run counts
+    as not finished and is repeated).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{i}: unreadable line skipped (interrupted write?)", stacklevel=2)
+            continue
+        if isinstance(row, dict) and {"task", "run", "seed"} <= row.keys():
+            rows.append(row)
+    return rows
+
+
+def finished(rows: Iterable[Mapping[str, Any]]) -> set[RunKey]:
+    """Keys of the finished runs (:func:`run_key`)."""
+    return {run_key(r) for r in rows}
+
+
+def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single ``write`` on an ``O_APPEND`` descriptor, then fsync.
+
+    If the file does not end with a newline (a write cut short), a newline is written first so
+    the new row stays on a line of its own.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(row, default=_json_default) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with path.open("rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(x: Any) -> Any:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
