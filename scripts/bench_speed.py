@@ -44,10 +44,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--pools", type=int, nargs="+", default=[20, 40, 80], help="query: pool sizes")
-    p.add_argument("--density-pools", type=int, nargs="+", default=[20, 40], help="density: pool sizes")
-    p.add_argument("--export-pools", type=int, nargs="+", default=[20, 40], help="export: pool sizes")
+    p.add_argument(
+        "--density-pools", type=int, nargs="+", default=[20, 40], help="density: pool sizes"
+    )
+    p.add_argument(
+        "--export-pools", type=int, nargs="+", default=[20, 40], help="export: pool sizes"
+    )
     p.add_argument("--size", type=int, default=32, help="phantom edge length in voxels")
-    p.add_argument("--ckpt", default=None, help="model weights (default: random; timing does not depend on them)")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        help="model weights (default: random; timing does not depend on them)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
     p.add_argument("--steps", type=int, default=30, help="lightning: training steps per repeat")
     p.add_argument("--batch", type=int, default=2, help="lightning: batch size")
@@ -89,11 +97,31 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def spawn(args: argparse.Namespace, part: str, pool: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", part, str(pool), "--size", str(args.size),
-           "--threads", str(args.threads), "--steps", str(args.steps), "--batch", str(args.batch),
-           "--repeats", str(args.repeats), "--work", args.work,
-           "--pools", *map(str, args.pools), "--density-pools", *map(str, args.density_pools),
-           "--export-pools", *map(str, args.export_pools)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        part,
+        str(pool),
+        "--size",
+        str(args.size),
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--repeats",
+        str(args.repeats),
+        "--work",
+        args.work,
+        "--pools",
+        *map(str, args.pools),
+        "--density-pools",
+        *map(str, args.density_pools),
+        "--export-pools",
+        *map(str, args.export_pools),
+    ]
     if args.ckpt:
         cmd += ["--ckpt", args.ckpt]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -107,47 +135,99 @@ def machine() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     import torch
 
-    return (f"{platform.node()}: {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}; load average at start "
-            f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared machine: other jobs were running)")
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPU(s), "
+        f"{platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}; load average at start "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared machine: other jobs were running)"
+    )
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
+    return "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(r) + " |" for r in rows]
+    )
 
 
 def write(out: Path, name: str, title: str, body: str, command: str, context: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.md"
-    path.write_text(f"# {title}\n\n```\n{command}\n```\n\n{context}, {time.strftime('%Y-%m-%d %H:%M')}.\n\n"
-                    f"{body}\n")
+    path.write_text(
+        f"# {title}\n\n```\n{command}\n```\n\n{context}, {time.strftime('%Y-%m-%d %H:%M')}.\n\n"
+        f"{body}\n"
+    )
     return path
 
 
 def run_query(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     rows = [spawn(args, "query", n) for n in args.pools]
     body = table(
-        ["pool", "total s", "inference s", "statistics s", "density s", "s / case", "RSS before MiB",
-         "RSS peak MiB", "RSS rise MiB"],
-        [[str(r["pool"]), f"{r['total_s']:.2f}", f"{r['inference_s']:.2f}", f"{r['statistics_s']:.3f}",
-          f"{r['density_s']:.2f}", f"{r['total_s'] / r['pool']:.3f}", f"{r['rss_before_mb']:.0f}",
-          f"{r['rss_peak_mb']:.0f}", f"{r['rss_rise_mb']:.1f}"] for r in rows])
+        [
+            "pool",
+            "total s",
+            "inference s",
+            "statistics s",
+            "density s",
+            "s / case",
+            "RSS before MiB",
+            "RSS peak MiB",
+            "RSS rise MiB",
+        ],
+        [
+            [
+                str(r["pool"]),
+                f"{r['total_s']:.2f}",
+                f"{r['inference_s']:.2f}",
+                f"{r['statistics_s']:.3f}",
+                f"{r['density_s']:.2f}",
+                f"{r['total_s'] / r['pool']:.3f}",
+                f"{r['rss_before_mb']:.0f}",
+                f"{r['rss_peak_mb']:.0f}",
+                f"{r['rss_rise_mb']:.1f}",
+            ]
+            for r in rows
+        ],
+    )
     rises = [r["rss_rise_mb"] for r in rows]
-    body += (f"\n\n(d) RSS rise during the round vs pool size: {', '.join(f'{x:.1f}' for x in rises)} MiB "
-             f"for pools {', '.join(map(str, args.pools))} (the data themselves are cached before the "
-             "round and counted in 'RSS before').")
+    body += (
+        "\n\n(d) RSS rise during the round vs pool size: "
+        f"{', '.join(f'{x:.1f}' for x in rises)} MiB "
+        f"for pools {', '.join(map(str, args.pools))} (the data themselves are cached before the "
+        "round and counted in 'RSS before')."
+    )
     return body, rows
 
 
 def run_density(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     rows = [spawn(args, "density", n) for n in args.density_pools]
     body = table(
-        ["pool", "pairs", "scores / modality", "PCA s (shared)", "quantile + cdist s", "POT exact s",
-         "distance time ratio (exact / ours)", "max rel. error", "mean rel. error"],
-        [[str(r["pool"]), str(r["pairs"]), str(r["n_scores"]), f"{r['pca_s']:.2f}", f"{r['quantile_s']:.3f}",
-          f"{r['exact_s']:.2f}", f"{r['distance_ratio']:.0f}x", f"{r['max_rel_err']:.2e}",
-          f"{r['mean_rel_err']:.2e}"] for r in rows])
+        [
+            "pool",
+            "pairs",
+            "scores / modality",
+            "PCA s (shared)",
+            "quantile + cdist s",
+            "POT exact s",
+            "distance time ratio (exact / ours)",
+            "max rel. error",
+            "mean rel. error",
+        ],
+        [
+            [
+                str(r["pool"]),
+                str(r["pairs"]),
+                str(r["n_scores"]),
+                f"{r['pca_s']:.2f}",
+                f"{r['quantile_s']:.3f}",
+                f"{r['exact_s']:.2f}",
+                f"{r['distance_ratio']:.0f}x",
+                f"{r['max_rel_err']:.2e}",
+                f"{r['mean_rel_err']:.2e}",
+            ]
+            for r in rows
+        ],
+    )
     return body, rows
 
 
@@ -157,33 +237,77 @@ def run_export(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         s, o = spawn(args, "export-streamed", n), spawn(args, "export-official", n)
         rows.append({"pool": n, "streamed": s, "official": o})
     body = table(
-        ["pool", "streamed s", "official s (export + read/score)", "time ratio (official / ours)",
-         "streamed RSS rise MiB", "official RSS rise MiB", "npz on disk MiB", "same scores"],
-        [[str(r["pool"]), f"{r['streamed']['total_s']:.2f}",
-          f"{r['official']['total_s']:.2f} ({r['official']['export_s']:.2f} + {r['official']['read_score_s']:.2f})",
-          f"{r['official']['total_s'] / r['streamed']['total_s']:.2f}x",
-          f"{r['streamed']['rss_rise_mb']:.1f}", f"{r['official']['rss_rise_mb']:.1f}",
-          f"{r['official']['disk_mb']:.1f}",
-          str(abs(r["official"]["entropy_sum"] - r["streamed"]["entropy_sum"]) < 1e-6 * r["pool"])]
-         for r in rows])
-    body += ("\n\nBoth include the sliding-window inference of every case; 'official' writes each "
-             "float32 probability map with np.savez_compressed and reads them all back before "
-             "reducing them (mean entropy, foreground volume), as policy/sort.py does after an "
-             "nnU-Net export.")
+        [
+            "pool",
+            "streamed s",
+            "official s (export + read/score)",
+            "time ratio (official / ours)",
+            "streamed RSS rise MiB",
+            "official RSS rise MiB",
+            "npz on disk MiB",
+            "same scores",
+        ],
+        [
+            [
+                str(r["pool"]),
+                f"{r['streamed']['total_s']:.2f}",
+                f"{r['official']['total_s']:.2f} ({r['official']['export_s']:.2f} + "
+                f"{r['official']['read_score_s']:.2f})",
+                f"{r['official']['total_s'] / r['streamed']['total_s']:.2f}x",
+                f"{r['streamed']['rss_rise_mb']:.1f}",
+                f"{r['official']['rss_rise_mb']:.1f}",
+                f"{r['official']['disk_mb']:.1f}",
+                str(
+                    abs(r["official"]["entropy_sum"] - r["streamed"]["entropy_sum"])
+                    < 1e-6 * r["pool"]
+                ),
+            ]
+            for r in rows
+        ],
+    )
+    body += (
+        "\n\nBoth include the sliding-window inference of every case; 'official' writes each "
+        "float32 probability map with np.savez_compressed and reads them all back before "
+        "reducing them (mean entropy, foreground volume), as policy/sort.py does after an "
+        "nnU-Net export."
+    )
     return body, rows
 
 
 def run_lightning(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     r = spawn(args, "lightning", 0)
     body = table(
-        ["patch", "batch", "steps (warm-up)", "plain loop voxels/s", "Trainer voxels/s", "ratio Trainer / plain",
-         "Trainer time outside the measured steps s"],
-        [[f"{r['size']}^3", str(r["batch"]), f"{r['steps']} ({r['warmup']})", f"{r['plain_vox_s']:.3g}",
-          f"{r['trainer_vox_s']:.3g}", f"{r['ratio']:.3f}", f"{r['trainer_startup_s']:.2f}"]])
-    body += ("\n\nMedians of " + str(r["repeats"]) + " interleaved repeats (plain: "
-             + ", ".join(f"{x:.3g}" for x in r["plain_all"]) + "; Trainer: "
-             + ", ".join(f"{x:.3g}" for x in r["trainer_all"]) + " voxels/s). Target: ratio >= 0.95 "
-             + ("(met)." if r["ratio"] >= 0.95 else "(NOT met on this run)."))
+        [
+            "patch",
+            "batch",
+            "steps (warm-up)",
+            "plain loop voxels/s",
+            "Trainer voxels/s",
+            "ratio Trainer / plain",
+            "Trainer time outside the measured steps s",
+        ],
+        [
+            [
+                f"{r['size']}^3",
+                str(r["batch"]),
+                f"{r['steps']} ({r['warmup']})",
+                f"{r['plain_vox_s']:.3g}",
+                f"{r['trainer_vox_s']:.3g}",
+                f"{r['ratio']:.3f}",
+                f"{r['trainer_startup_s']:.2f}",
+            ]
+        ],
+    )
+    body += (
+        "\n\nMedians of "
+        + str(r["repeats"])
+        + " interleaved repeats (plain: "
+        + ", ".join(f"{x:.3g}" for x in r["plain_all"])
+        + "; Trainer: "
+        + ", ".join(f"{x:.3g}" for x in r["trainer_all"])
+        + " voxels/s). Target: ratio >= 0.95 "
+        + ("(met)." if r["ratio"] >= 0.95 else "(NOT met on this run).")
+    )
     return body, [r]
 
 
@@ -193,7 +317,12 @@ TITLES = {
     "export": "Scoring I/O: official export-then-read vs streamed (b)",
     "lightning": "Lightning overhead: Trainer vs plain PyTorch loop (c)",
 }
-RUNNERS = {"query": run_query, "density": run_density, "export": run_export, "lightning": run_lightning}
+RUNNERS = {
+    "query": run_query,
+    "density": run_density,
+    "export": run_export,
+    "lightning": run_lightning,
+}
 
 
 def main() -> None:
@@ -211,8 +340,10 @@ def main() -> None:
         body, rows = RUNNERS[part](args)
         raw[part] = rows
         path = write(out, part, TITLES[part], body, command, context)
-        print(f"\n## {TITLES[part]} ({time.perf_counter() - t0:.0f} s) -> {path}\n\n{body}",
-              flush=True)
+        print(
+            f"\n## {TITLES[part]} ({time.perf_counter() - t0:.0f} s) -> {path}\n\n{body}",
+            flush=True,
+        )
     (out / "speed.json").write_text(json.dumps(raw, indent=1) + "\n")
 
 

@@ -57,26 +57,52 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, help="one task (the first benchmark's option)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --quick: 0 1)")
     p.add_argument("--folds", type=int, nargs="+", help="folds (default 0..n_folds-1; --quick: 0)")
-    p.add_argument("--budgets", type=int, nargs="+",
-                   help=f"query budgets (default {' '.join(map(str, BUDGETS))}; with --runs: 3)")
-    p.add_argument("--strategies", nargs="+",
-                   help="strategies plus lower / upper (default: every registered one and both bounds)")
-    p.add_argument("--ablations", nargs="*", default=None,
-                   help="ablation groups at budget 3: schedule modality factors masks "
-                        "(default: schedule modality; none with --runs)")
-    p.add_argument("--runs", nargs="+",
-                   help="explicit run names instead of the protocol (e.g. lower upper random@0 "
-                        "mmacts mmacts_one_off mmacts_input_t1ce), each at every --budgets")
+    p.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        help=f"query budgets (default {' '.join(map(str, BUDGETS))}; with --runs: 3)",
+    )
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        help="strategies plus lower / upper (default: every registered one and both bounds)",
+    )
+    p.add_argument(
+        "--ablations",
+        nargs="*",
+        default=None,
+        help="ablation groups at budget 3: schedule modality factors masks "
+        "(default: schedule modality; none with --runs)",
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        help="explicit run names instead of the protocol (e.g. lower upper random@0 "
+        "mmacts mmacts_one_off mmacts_input_t1ce), each at every --budgets",
+    )
     p.add_argument("--quick", action="store_true", help="reduced protocol: fold 0, seeds 0 1")
-    p.add_argument("--out", help="results folder (default runs/bench; runs/bench_glioma with --runs)")
-    p.add_argument("--summary", action="store_true", help="only write the tables and plots of --out")
+    p.add_argument(
+        "--out", help="results folder (default runs/bench; runs/bench_glioma with --runs)"
+    )
+    p.add_argument(
+        "--summary", action="store_true", help="only write the tables and plots of --out"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the runs that would be made")
-    p.add_argument("--figures", nargs="*", default=["mmacts"],
-                   help="methods whose picks are drawn (needs checkpoints; none: no figure)")
+    p.add_argument(
+        "--figures",
+        nargs="*",
+        default=["mmacts"],
+        help="methods whose picks are drawn (needs checkpoints; none: no figure)",
+    )
     p.add_argument("--wandb", action="store_true", help="track every run with W&B")
     p.add_argument("--wandb-project", default="lightning_ada")
-    p.add_argument("--wandb-mode", default=None, choices=["offline", "online", "disabled"],
-                   help="default: $WANDB_MODE, else offline")
+    p.add_argument(
+        "--wandb-mode",
+        default=None,
+        choices=["offline", "online", "disabled"],
+        help="default: $WANDB_MODE, else offline",
+    )
     p.add_argument("--bench-id", help="W&B group of the runs (default: the --out folder name)")
     g = p.add_argument_group("fold scheme (lightning_ada/benchmark/folds.py)")
     g.add_argument("--n-folds", type=int, default=5)
@@ -95,11 +121,17 @@ def build_config(args: argparse.Namespace, extra: list[str]) -> BenchConfig:
 
     legacy = args.runs is not None
     tasks = args.tasks or ([args.task] if args.task else (["glioma"] if legacy else list(TASKS)))
-    scheme = FoldScheme(n_folds=args.n_folds, n_pool=args.n_pool, n_test=args.n_test, size=args.size)
+    scheme = FoldScheme(
+        n_folds=args.n_folds, n_pool=args.n_pool, n_test=args.n_test, size=args.size
+    )
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     folds = args.folds or ([0] if args.quick or legacy else list(range(scheme.n_folds)))
     budgets = args.budgets or ([HEADLINE_BUDGET] if legacy else list(BUDGETS))
-    ablations = args.ablations if args.ablations is not None else ([] if legacy else ["schedule", "modality"])
+    ablations = (
+        args.ablations
+        if args.ablations is not None
+        else ([] if legacy else ["schedule", "modality"])
+    )
     runs = {}
     for task in tasks:
         mods = list(PHANTOM_TASKS[task]["modalities"])
@@ -113,10 +145,22 @@ def build_config(args: argparse.Namespace, extra: list[str]) -> BenchConfig:
     wandb = None
     if args.wandb:
         mode = args.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
-        wandb = WandbSettings(project=args.wandb_project, group=args.bench_id or out.name, mode=mode)
-    return BenchConfig(out=out, tasks=tasks, seeds=seeds, folds=folds, runs=runs, scheme=scheme,
-                       config_dir=args.config_dir, data_base=args.data_base, extra=extra,
-                       wandb=wandb, dry_run=args.dry_run)
+        wandb = WandbSettings(
+            project=args.wandb_project, group=args.bench_id or out.name, mode=mode
+        )
+    return BenchConfig(
+        out=out,
+        tasks=tasks,
+        seeds=seeds,
+        folds=folds,
+        runs=runs,
+        scheme=scheme,
+        config_dir=args.config_dir,
+        data_base=args.data_base,
+        extra=extra,
+        wandb=wandb,
+        dry_run=args.dry_run,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,18 +168,24 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1 :]
     args = parser().parse_args(argv)
     os.chdir(REPO)
     cfg = build_config(args, extra)
     failed = 0
     if not args.summary:
         n = sum(len(r) for r in cfg.runs.values()) * len(cfg.seeds) * len(cfg.folds)
-        print(f"benchmark: {len(cfg.tasks)} task(s) x {len(cfg.seeds)} seed(s) x {len(cfg.folds)} "
-              f"fold(s): {n} runs planned (finished ones are skipped) -> {cfg.out}", flush=True)
+        print(
+            f"benchmark: {len(cfg.tasks)} task(s) x {len(cfg.seeds)} seed(s) x {len(cfg.folds)} "
+            f"fold(s): {n} runs planned (finished ones are skipped) -> {cfg.out}",
+            flush=True,
+        )
         report = BenchmarkLoop(cfg).run()
-        print(f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, "
-              f"failed {len(report.failed)}", flush=True)
+        print(
+            f"ran {len(report.ran)}, skipped {len(report.skipped)} finished, "
+            f"failed {len(report.failed)}",
+            flush=True,
+        )
         failed = len(report.failed)
         if args.dry_run:
             return 0

@@ -35,10 +35,14 @@ def make_rows() -> list[dict[str, Any]]:
     rows = []
 
     def row(run: str, seed: int, dice: list[float], **kw: Any) -> dict[str, Any]:
-        per_case = [{"case_id": f"glioma_test_{k:03d}",
-                     **{f"{m}_{g}": d for g in REGIONS for m in ("dice", "iou")},
-                     **{f"hd95_{g}": 1.0 for g in REGIONS}}
-                    for k, d in enumerate(dice)]
+        per_case = [
+            {
+                "case_id": f"glioma_test_{k:03d}",
+                **{f"{m}_{g}": d for g in REGIONS for m in ("dice", "iou")},
+                **{f"hd95_{g}": 1.0 for g in REGIONS},
+            }
+            for k, d in enumerate(dice)
+        ]
         return {"task": "glioma", "run": run, "seed": seed, "test": {}, "per_case": per_case, **kw}
 
     for seed in (0, 1):
@@ -46,22 +50,32 @@ def make_rows() -> list[dict[str, Any]]:
         rows.append(row("upper", seed, [0.95] * 6, fold=0, labels=30))
         rows.append(row("mmacts", seed, [0.9] * 6, fold=0, budget=3))
         for draw in (0, 1):
-            rows.append(row(f"random@{draw}", seed, [0.9 - 0.01 * (k + 1 + 6 * seed) for k in range(6)]))
+            rows.append(
+                row(f"random@{draw}", seed, [0.9 - 0.01 * (k + 1 + 6 * seed) for k in range(6)])
+            )
         rows.append(row("mmacts", seed, [0.8] * 6, fold=0, budget=1))
-        rows.append(row("mmacts_input_t1ce", seed, [0.7] * 6, fold=0, budget=3, train_input="modality:t1ce"))
+        rows.append(
+            row("mmacts_input_t1ce", seed, [0.7] * 6, fold=0, budget=3, train_input="modality:t1ce")
+        )
         rows.append(row("mmacts_one_off", seed, [0.85] * 6, fold=0, budget=3))
     return rows
 
 
 def test_normalise_defaults_of_old_rows() -> None:
     old = normalise({"task": "glioma", "run": "random@1", "seed": 2})
-    assert (old["method"], old["budget"], old["fold"], old["train_input"]) == ("random", 3, 0, "all")
+    assert (old["method"], old["budget"], old["fold"], old["train_input"]) == (
+        "random",
+        3,
+        0,
+        "all",
+    )
     assert normalise({"task": "g", "run": "lower", "seed": 0})["budget"] == 0
     # bounds and source do not depend on the budget, the source not on the fold
     assert run_key({"task": "g", "run": "upper", "seed": 0}) == ("g", "upper", None, 0, 0)
     assert run_key({"task": "g", "run": "source", "seed": 1}) == ("g", "source", None, None, 1)
     assert run_key({"task": "g", "run": "mmacts", "seed": 0}) == run_key(
-        {"task": "g", "run": "mmacts", "seed": 0, "budget": 3, "fold": 0})
+        {"task": "g", "run": "mmacts", "seed": 0, "budget": 3, "fold": 0}
+    )
 
 
 def test_results_file_is_append_only_and_tolerates_a_cut_line(tmp_path: Path) -> None:
@@ -115,7 +129,9 @@ def test_table1_means_bold_and_p_values(tmp_path: Path) -> None:
     assert by_method["Upper bound"][col] == "95.00 ± 0.00"  # bounds never bold
     assert by_method["Lower bound"][t.header.index("Labels")] == "0"
     assert by_method["Upper bound"][t.header.index("Labels")] == "30"
-    assert by_method["Random"][col] == f"{100 * (0.9 - 0.035 - 0.03):.2f} ± {100 * 0.06 / 2**0.5:.2f}"
+    assert (
+        by_method["Random"][col] == f"{100 * (0.9 - 0.035 - 0.03):.2f} ± {100 * 0.06 / 2**0.5:.2f}"
+    )
     p_col = t.header.index("p glioma")
     assert by_method["Random"][p_col] == "<0.001"  # 12 positive distinct differences: p = 2 / 2**12
     assert by_method["mmActS"][p_col] == "ref."
@@ -156,8 +172,14 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     mask = np.zeros((8, 8, 8), np.int64)
     mask[2:5, 2:6, 3:5] = 1
-    case = QueriedCase(rng.random((4, 8, 8, 8)), before=mask, after=np.roll(mask, 1, 0), label=mask,
-                       elected="t1ce", title="case 0")
+    case = QueriedCase(
+        rng.random((4, 8, 8, 8)),
+        before=mask,
+        after=np.roll(mask, 1, 0),
+        label=mask,
+        elected="t1ce",
+        title="case 0",
+    )
     fig = queried_cases(tmp_path / "q.png", [case, case], ["flair", "t1", "t1ce", "t2"], "t")
     assert fig.stat().st_size > 1000
 
@@ -165,10 +187,15 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
 def test_folds_partition_the_target_cases() -> None:
     s = FoldScheme()
     tests = [s.splits("glioma", f)["test"] for f in range(s.n_folds)]
-    assert sorted(sum(tests, [])) == sorted(s.target_ids("glioma"))  # each case tested once
+    tested = [c for t in tests for c in t]
+    assert sorted(tested) == sorted(s.target_ids("glioma"))  # each case tested exactly once
     for f in range(s.n_folds):
         sp = s.splits("glioma", f)
-        assert len(sp["pool"]) == 30 and len(sp["test"]) == 12 and not set(sp["pool"]) & set(sp["test"])
+        assert (
+            len(sp["pool"]) == 30
+            and len(sp["test"]) == 12
+            and not set(sp["pool"]) & set(sp["test"])
+        )
     f0 = s.splits("glioma", 0)  # fold 0 = the phantom's own split
     assert f0["test"] == [f"glioma_test_{i:03d}" for i in range(12)]
     assert f0["pool"] == [f"glioma_pool_{i:03d}" for i in range(30)]
@@ -197,15 +224,21 @@ class FakeRunner:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def __call__(self, configs: list[str], overrides: list[str], fit: bool = True) -> dict[str, Any]:
+    def __call__(
+        self, configs: list[str], overrides: list[str], fit: bool = True
+    ) -> dict[str, Any]:
         self.calls.append(list(overrides))
         root = Path(overrides[overrides.index("--trainer.default_root_dir") + 1])
         if fit:
             (root / "checkpoints").mkdir(parents=True, exist_ok=True)
             (root / "checkpoints" / "last.ckpt").write_bytes(b"x")
         case = {"case_id": "glioma_test_000", **{f"dice_{g}": 0.5 for g in REGIONS}}
-        return {"test": {"dice_mean": 0.5}, "per_case": [case], "seconds": 0.1,
-                "query_log": [{"case_id": "glioma_pool_001", "modality": "t1ce", "round": 0}]}
+        return {
+            "test": {"dice_mean": 0.5},
+            "per_case": [case],
+            "seconds": 0.1,
+            "query_log": [{"case_id": "glioma_pool_001", "modality": "t1ce", "round": 0}],
+        }
 
 
 def test_resume_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,17 +250,30 @@ def test_resume_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     append_row(out / "results.jsonl", {"task": "glioma", "run": "mmacts", "seed": 0, "test": {}})
     fake = FakeRunner()
     monkeypatch.setattr("lightning_ada.runner.run_experiment", fake)
-    cfg = BenchConfig(out=out, tasks=["glioma"], seeds=[0, 1], folds=[0, 1],
-                      runs={"glioma": [("lower", None), ("mmacts", 3), ("mmacts", 1)]})
+    cfg = BenchConfig(
+        out=out,
+        tasks=["glioma"],
+        seeds=[0, 1],
+        folds=[0, 1],
+        runs={"glioma": [("lower", None), ("mmacts", 3), ("mmacts", 1)]},
+    )
     first = BenchmarkLoop(cfg).run()
     # seed 0: source reused, fold 0 mmacts@3 done; seed 1: a new source; 2 seeds x 2 folds x 3 runs
     assert len(fake.calls) == 1 + 2 * 2 * 3 - 1
     assert ("glioma", "mmacts", 3, 0, 0) in first.skipped and not first.failed
     legacy_ckpt = str(out / "seed0" / "source" / "checkpoints" / "last.ckpt")
-    seed0 = [c for c in fake.calls if "--seed_everything" in c and c[c.index("--seed_everything") + 1] == "0"]
+    seed0 = [
+        c
+        for c in fake.calls
+        if "--seed_everything" in c and c[c.index("--seed_everything") + 1] == "0"
+    ]
     assert all(c[c.index("--model.source_checkpoint") + 1] == legacy_ckpt for c in seed0)
     rows = last_rows(out / "results.jsonl")
-    mm1 = [r for r in rows if r["run"] == "mmacts" and r["budget"] == 1 and r["fold"] == 1 and r["seed"] == 1]
+    mm1 = [
+        r
+        for r in rows
+        if r["run"] == "mmacts" and r["budget"] == 1 and r["fold"] == 1 and r["seed"] == 1
+    ]
     assert len(mm1) == 1 and mm1[0]["queried_cases"] == ["glioma_pool_001"]
     assert mm1[0]["elected_modalities"] == ["t1ce"] and mm1[0]["n_pool"] == 30
     n_lines = len((out / "results.jsonl").read_text().splitlines())
@@ -241,12 +287,20 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
     fake = FakeRunner()
 
     def runner(configs: list[str], overrides: list[str], fit: bool = True) -> dict[str, Any]:
-        if "--active.budget" in overrides and overrides[overrides.index("--active.budget") + 1] == "1":
+        if (
+            "--active.budget" in overrides
+            and overrides[overrides.index("--active.budget") + 1] == "1"
+        ):
             raise SystemExit(2)  # what the CLI does on an invalid argument
         return fake(configs, overrides, fit)
 
-    cfg = BenchConfig(out=tmp_path, tasks=["glioma"], seeds=[0], folds=[0],
-                      runs={"glioma": [("mmacts", 1), ("mmacts", 3)]})
+    cfg = BenchConfig(
+        out=tmp_path,
+        tasks=["glioma"],
+        seeds=[0],
+        folds=[0],
+        runs={"glioma": [("mmacts", 1), ("mmacts", 3)]},
+    )
     report = BenchmarkLoop(cfg, runner=runner).run()
     assert report.failed == [("glioma", "mmacts", 1, 0, 0)]
     assert ("glioma", "mmacts", 3, 0, 0) in report.ran
@@ -257,18 +311,38 @@ def test_script_cli_stays_backward_compatible() -> None:
     spec = importlib.util.spec_from_file_location("bench_script", REPO / "scripts" / "benchmark.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = mod.parser().parse_args(["--task", "glioma", "--seeds", "0", "1", "--runs", "lower", "random@0",
-                                    "mmacts", "--out", "runs/x"])
+    args = mod.parser().parse_args(
+        [
+            "--task",
+            "glioma",
+            "--seeds",
+            "0",
+            "1",
+            "--runs",
+            "lower",
+            "random@0",
+            "mmacts",
+            "--out",
+            "runs/x",
+        ]
+    )
     cfg = mod.build_config(args, [])
     assert (cfg.tasks, cfg.seeds, cfg.folds) == (["glioma"], [0, 1], [0])
     assert cfg.runs["glioma"] == [("lower", 3), ("random@0", 3), ("mmacts", 3)]
     quick = mod.build_config(mod.parser().parse_args(["--quick", "--budgets", "3"]), ["--x", "1"])
-    assert (quick.tasks, quick.seeds, quick.folds, quick.extra) == (["glioma", "npc"], [0, 1], [0], ["--x", "1"])
+    assert (quick.tasks, quick.seeds, quick.folds, quick.extra) == (
+        ["glioma", "npc"],
+        [0, 1],
+        [0],
+        ["--x", "1"],
+    )
     assert ("mmacts_input_flair", 3) in quick.runs["glioma"] and ("aada", 3) in quick.runs["npc"]
 
 
 # ------------------------------------------------------------------ W&B offline, one tiny real fit
-def test_wandb_offline_run_holds_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_offline_run_holds_the_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     conf = tmp_path / "conf" / "glioma"
@@ -279,9 +353,16 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path: Path, monkeypatch: pytest
     scheme = FoldScheme(n_folds=2, n_pool=3, n_test=2, size=16, n_source=4, n_source_test=2)
     out = tmp_path / "bench"
     cfg = BenchConfig(
-        out=out, tasks=["glioma"], seeds=[0], folds=[1], runs={"glioma": [("random", 1)]},
-        scheme=scheme, config_dir=str(tmp_path / "conf" / "{task}"), data_base=str(tmp_path / "data"),
-        extra=["--trainer.max_epochs", "2"], wandb=WandbSettings(group="bench-test", mode="offline"),
+        out=out,
+        tasks=["glioma"],
+        seeds=[0],
+        folds=[1],
+        runs={"glioma": [("random", 1)]},
+        scheme=scheme,
+        config_dir=str(tmp_path / "conf" / "{task}"),
+        data_base=str(tmp_path / "data"),
+        extra=["--trainer.max_epochs", "2"],
+        wandb=WandbSettings(group="bench-test", mode="offline"),
     )
     report = BenchmarkLoop(cfg).run()
     assert not report.failed, read_rows(out / "errors.jsonl")
@@ -302,7 +383,9 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path: Path, monkeypatch: pytest
 
     from lightning_ada.benchmark.wandb_io import log_report
 
-    info = log_report(cfg.wandb, out / "wandb_report", {"table1": tables.table1(read_rows(out / "results.jsonl"))})
+    info = log_report(
+        cfg.wandb, out / "wandb_report", {"table1": tables.table1(read_rows(out / "results.jsonl"))}
+    )
     assert info is not None
     report_run = read_offline_run(out / "wandb_report")
     assert report_run.job_type == "summary" and report_run.finished

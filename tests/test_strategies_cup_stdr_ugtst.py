@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_ada.active.source_anchors import SourceAnchors
 from lightning_ada.active import anchors as anchors_mod
 from lightning_ada.active.anchors import (
     anchor_distances,
@@ -260,7 +261,7 @@ def test_fit_anchors_deterministic_for_a_seed() -> None:
 
 def test_source_anchors_compute_write_checkpoint_roundtrip(tmp_path: Path) -> None:
     images = [constant(1), constant(5), constant(1.1), constant(4.9)]
-    cb = anchors_mod.SourceAnchors(k=2, grid=16)
+    cb = SourceAnchors(k=2, grid=16)
     got = cb.compute(toy_features, images)
     assert got.shape == (2, 256)
     np.testing.assert_allclose(np.sort(got[:, 0]), [1.05, 4.95], rtol=1e-5)
@@ -302,7 +303,7 @@ def test_source_anchors_hooks_with_a_fake_trainer(tmp_path: Path) -> None:
         )
 
     module = SimpleNamespace(case_features=features)
-    cb = anchors_mod.SourceAnchors(k=2)
+    cb = SourceAnchors(k=2)
     t = trainer("source", 0)
     cb.on_train_start(t, module)
     cb.on_train_epoch_end(t, module)  # not the final epoch
@@ -313,7 +314,7 @@ def test_source_anchors_hooks_with_a_fake_trainer(tmp_path: Path) -> None:
     assert (tmp_path / "source" / "anchors.npy").is_file()
     cb.on_train_end(t, module)  # already done in this fit: no second pass
     assert len(calls) == 3
-    target = anchors_mod.SourceAnchors(k=2)
+    target = SourceAnchors(k=2)
     t = trainer("target", 1)
     target.on_train_start(t, module)
     target.on_train_epoch_end(t, module)

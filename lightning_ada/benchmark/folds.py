@@ -61,9 +61,14 @@ class FoldScheme:
     def phantom(self, task: str, seed: int) -> dict[str, Any]:
         """Keyword arguments of :func:`lightning_ada.data.phantom.generate_phantom`."""
         return {
-            "task": task, "size": self.size, "n_source": self.n_source,
-            "n_source_test": self.n_source_test, "n_pool": self.n_pool_generated,
-            "n_test": self.n_test, "seed": seed, "progress": False,
+            "task": task,
+            "size": self.size,
+            "n_source": self.n_source,
+            "n_source_test": self.n_source_test,
+            "n_pool": self.n_pool_generated,
+            "n_test": self.n_test,
+            "seed": seed,
+            "progress": False,
         }
 
     def root(self, task: str, seed: int, base: str = "data/phantom") -> str:
@@ -86,6 +91,6 @@ class FoldScheme:
             raise ValueError(f"fold must be in 0..{self.n_folds - 1}, got {fold}")
         t, ids = self.n_test, self.target_ids(task)
         n = len(ids)
-        test = ids[fold * t:(fold + 1) * t]
+        test = ids[fold * t : (fold + 1) * t]
         pool = [ids[((fold + 1) * t + k) % n] for k in range(self.n_pool)]
         return {"pool": pool, "test": test}

@@ -80,13 +80,17 @@ class LoopReport:
     failed: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-def _default_runner(configs: Sequence[str], overrides: Sequence[str], fit: bool = True) -> dict[str, Any]:
+def _default_runner(
+    configs: Sequence[str], overrides: Sequence[str], fit: bool = True
+) -> dict[str, Any]:
     from lightning_ada import runner
 
     return runner.run_experiment(configs, overrides, fit=fit)
 
 
-def run_dir(out: Path, task: str, seed: int, fold: int | None, run: str, budget: int | None) -> Path:
+def run_dir(
+    out: Path, task: str, seed: int, fold: int | None, run: str, budget: int | None
+) -> Path:
     """Folder of one run (module doc)."""
     base = out / task / f"seed{seed}"
     if run == "source":
@@ -97,7 +101,11 @@ def run_dir(out: Path, task: str, seed: int, fold: int | None, run: str, budget:
 
 def find_checkpoint(folder: Path) -> Path | None:
     """Newest ``last.ckpt`` under ``folder`` (W&B runs put it in ``<project>/<id>/checkpoints``)."""
-    found = sorted(folder.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
+    found = (
+        sorted(folder.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if folder.exists()
+        else []
+    )
     return found[-1] if found else None
 
 
@@ -114,17 +122,31 @@ def _source_checkpoint(out: Path, rows: list[dict[str, Any]], task: str, seed: i
     return None
 
 
-def make_row(
-    task: str, run: str, seed: int, res: dict[str, Any], **fields: Any
-) -> dict[str, Any]:
+def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """The result row of a finished run (``res`` from ``run_experiment``)."""
     queries = [
-        {k: q.get(k) for k in ("round", "epoch", "case_id", "score", "factors", "modality",
-                               "election_dice", "case_meta", "timings", "scoring_seconds")}
+        {
+            k: q.get(k)
+            for k in (
+                "round",
+                "epoch",
+                "case_id",
+                "score",
+                "factors",
+                "modality",
+                "election_dice",
+                "case_meta",
+                "timings",
+                "scoring_seconds",
+            )
+        }
         for q in res.get("query_log", [])
     ]
     return {
-        "task": task, "run": run, "seed": seed, **fields,
+        "task": task,
+        "run": run,
+        "seed": seed,
+        **fields,
         "test": res.get("test", {}),
         "per_case": res.get("per_case", []),
         "queries": queries,
@@ -150,29 +172,53 @@ class BenchmarkLoop:
     def _data(self, task: str, seed: int) -> list[str]:
         s = self.cfg.scheme
         return [
-            "--seed_everything", str(seed),
-            "--data.root", s.root(task, seed, self.cfg.data_base),
-            "--data.phantom", json.dumps(s.phantom(task, seed)),
-            "--trainer.enable_progress_bar", "false",
+            "--seed_everything",
+            str(seed),
+            "--data.root",
+            s.root(task, seed, self.cfg.data_base),
+            "--data.phantom",
+            json.dumps(s.phantom(task, seed)),
+            "--trainer.enable_progress_bar",
+            "false",
         ]
 
-    def _logger(self, folder: Path, task: str, run: str, strategy: str, budget: int | None,
-                fold: int | None, seed: int, job_type: str) -> list[str]:
+    def _logger(
+        self,
+        folder: Path,
+        task: str,
+        run: str,
+        strategy: str,
+        budget: int | None,
+        fold: int | None,
+        seed: int,
+        job_type: str,
+    ) -> list[str]:
         if self.cfg.wandb is None:
             return ["--trainer.logger", "false"]
         tags = [task, run, strategy, f"seed{seed}"]
         tags += [f"budget{budget}"] if budget is not None else []
         tags += [f"fold{fold}"] if fold is not None else []
-        name = "/".join([task, run] + ([f"b{budget}"] if budget is not None else [])
-                        + ([f"f{fold}"] if fold is not None else []) + [f"s{seed}"])
+        name = "/".join(
+            [task, run]
+            + ([f"b{budget}"] if budget is not None else [])
+            + ([f"f{fold}"] if fold is not None else [])
+            + [f"s{seed}"]
+        )
         return self.cfg.wandb.logger_override(folder, name, list(dict.fromkeys(tags)), job_type)
 
     def _config(self, task: str, name: str) -> str:
         return str(Path(self.cfg.config_dir.format(task=task)) / name)
 
     # ------------------------------------------------------------------ one run
-    def _execute(self, key: tuple[Any, ...], configs: list[str], overrides: list[str], fit: bool,
-                 row_fields: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+    def _execute(
+        self,
+        key: tuple[Any, ...],
+        configs: list[str],
+        overrides: list[str],
+        fit: bool,
+        row_fields: dict[str, Any],
+        folder: Path,
+    ) -> dict[str, Any] | None:
         task, run, _budget, _fold, seed = key
         if self.cfg.dry_run:
             shown = [a if len(a) <= 100 else a[:60] + " ...}" for a in overrides]
@@ -188,23 +234,41 @@ class BenchmarkLoop:
             raise
         except BaseException as e:  # noqa: BLE001 - includes the CLI's SystemExit on bad arguments
             info = finish_run() if self.cfg.wandb is not None else None
-            append_row(self.cfg.out / "errors.jsonl", {
-                "task": task, "run": run, "seed": seed, **row_fields, "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc()[-4000:], "wandb": info,
-                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            })
+            append_row(
+                self.cfg.out / "errors.jsonl",
+                {
+                    "task": task,
+                    "run": run,
+                    "seed": seed,
+                    **row_fields,
+                    "error": f"{type(e).__name__}: {e}",
+                    "traceback": traceback.format_exc()[-4000:],
+                    "wandb": info,
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                },
+            )
             print(f"  FAILED: {type(e).__name__}: {e} (see errors.jsonl)", flush=True)
             self.report.failed.append(key)
             return None
         info = finish_run() if self.cfg.wandb is not None else None
         ckpt = find_checkpoint(folder) if fit else None
-        row = make_row(task, run, seed, res, **row_fields, run_dir=str(folder),
-                       checkpoint=str(ckpt) if ckpt else None, wandb=info)
+        row = make_row(
+            task,
+            run,
+            seed,
+            res,
+            **row_fields,
+            run_dir=str(folder),
+            checkpoint=str(ckpt) if ckpt else None,
+            wandb=info,
+        )
         append_row(self.results, row)
         self.report.ran.append(key)
         return row
 
-    def _source(self, task: str, seed: int, rows: list[dict[str, Any]], done: set[Any]) -> Path | None:
+    def _source(
+        self, task: str, seed: int, rows: list[dict[str, Any]], done: set[Any]
+    ) -> Path | None:
         key = (task, "source", None, None, seed)
         ckpt = _source_checkpoint(self.cfg.out, rows, task, seed)
         if key in done and ckpt is not None:
@@ -213,19 +277,28 @@ class BenchmarkLoop:
         folder = run_dir(self.cfg.out, task, seed, None, "source", None)
         overrides = [
             *self._data(task, seed),
-            "--data.splits", json.dumps({"pool": [], "test": []}),  # source stage: source cases only
-            "--trainer.default_root_dir", str(folder),
+            "--data.splits",
+            json.dumps({"pool": [], "test": []}),  # source stage: source cases only
+            "--trainer.default_root_dir",
+            str(folder),
             *self._logger(folder, task, "source", "source", None, None, seed, "source"),
             *self.cfg.extra,
         ]
-        row = self._execute(key, [self._config(task, "source.yaml")], overrides, True,
-                            {"fold": None, "budget": None, "strategy": "source"}, folder)
+        row = self._execute(
+            key,
+            [self._config(task, "source.yaml")],
+            overrides,
+            True,
+            {"fold": None, "budget": None, "strategy": "source"},
+            folder,
+        )
         if self.cfg.dry_run:
             return folder / "checkpoints" / "last.ckpt"
         return Path(row["checkpoint"]) if row and row.get("checkpoint") else None
 
-    def _target(self, task: str, seed: int, fold: int, name: str, budget: int | None,
-                source: Path) -> None:
+    def _target(
+        self, task: str, seed: int, fold: int, name: str, budget: int | None, source: Path
+    ) -> None:
         from lightning_ada.data.phantom import TASKS
 
         spec: RunSpec = run_spec(name, list(TASKS[task]["modalities"]))
@@ -234,26 +307,50 @@ class BenchmarkLoop:
         splits = self.cfg.scheme.splits(task, fold)
         overrides = [
             *self._data(task, seed),
-            "--data.splits", json.dumps(splits),
-            "--active.seed", str(seed + 1000 * fold),
+            "--data.splits",
+            json.dumps(splits),
+            "--active.seed",
+            str(seed + 1000 * fold),
             *spec.overrides,
             *(["--active.budget", str(budget)] if spec.budgeted and budget is not None else []),
-            "--model.source_checkpoint", str(source),
-            "--trainer.default_root_dir", str(folder),
-            *self._logger(folder, task, name, spec.strategy, budget, fold, seed,
-                          "bound" if name in BUDGETLESS else "adapt"),
+            "--model.source_checkpoint",
+            str(source),
+            "--trainer.default_root_dir",
+            str(folder),
+            *self._logger(
+                folder,
+                task,
+                name,
+                spec.strategy,
+                budget,
+                fold,
+                seed,
+                "bound" if name in BUDGETLESS else "adapt",
+            ),
             *self.cfg.extra,
         ]
         fields = {
-            "fold": fold, "budget": budget if budget is not None else (0 if name == "lower" else None),
-            "strategy": spec.strategy, "schedule": spec.schedule, "train_input": spec.train_input,
-            "n_pool": len(splits["pool"]), "n_test": len(splits["test"]),
+            "fold": fold,
+            "budget": budget if budget is not None else (0 if name == "lower" else None),
+            "strategy": spec.strategy,
+            "schedule": spec.schedule,
+            "train_input": spec.train_input,
+            "n_pool": len(splits["pool"]),
+            "n_test": len(splits["test"]),
             "labels": 0 if name == "lower" else len(splits["pool"]) if name == "upper" else budget,
-            "config": spec.config, "overrides": list(spec.overrides), "extra": list(self.cfg.extra),
+            "config": spec.config,
+            "overrides": list(spec.overrides),
+            "extra": list(self.cfg.extra),
             "source_checkpoint": str(source),
         }
-        self._execute((task, name, budget, fold, seed), [self._config(task, spec.config)], overrides,
-                      spec.fit, fields, folder)
+        self._execute(
+            (task, name, budget, fold, seed),
+            [self._config(task, spec.config)],
+            overrides,
+            spec.fit,
+            fields,
+            folder,
+        )
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> LoopReport:
@@ -264,19 +361,24 @@ class BenchmarkLoop:
                 rows = read_rows(self.results)
                 done = finished(rows)
                 pending = [
-                    (fold, name, budget) for fold in self.cfg.folds for name, budget in self.cfg.runs[task]
+                    (fold, name, budget)
+                    for fold in self.cfg.folds
+                    for name, budget in self.cfg.runs[task]
                     if (task, name, None if name in BUDGETLESS else budget, fold, seed) not in done
                 ]
                 self.report.skipped += [
                     (task, name, None if name in BUDGETLESS else budget, fold, seed)
-                    for fold in self.cfg.folds for name, budget in self.cfg.runs[task]
+                    for fold in self.cfg.folds
+                    for name, budget in self.cfg.runs[task]
                     if (task, name, None if name in BUDGETLESS else budget, fold, seed) in done
                 ]
                 if not pending:
                     continue
                 source = self._source(task, seed, rows, done)
                 if source is None:
-                    print(f"[{task} seed {seed}] no source checkpoint: skipping its runs", flush=True)
+                    print(
+                        f"[{task} seed {seed}] no source checkpoint: skipping its runs", flush=True
+                    )
                     continue
                 for fold, name, budget in pending:
                     self._target(task, seed, fold, name, budget, source)

@@ -54,7 +54,10 @@ def _methods(norm: Sequence[Mapping[str, Any]], others: bool = False) -> list[st
 
 
 def budget_curve(
-    rows: Sequence[Mapping[str, Any]], task: str, path: str | Path, metric: str = "dice_mean",
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    path: str | Path,
+    metric: str = "dice_mean",
     methods: Sequence[str] | None = None,
 ) -> Path | None:
     """Mean ``metric`` (%) vs number of labels per strategy, band = ±1 std over runs.
@@ -63,12 +66,16 @@ def budget_curve(
     band. ``methods`` defaults to Table 1's strategies (ablations are left to the tables).
     Returns the PNG path, or None when ``task`` has no strategy rows.
     """
-    norm = [r for r in (normalise(x) for x in rows) if r["task"] == task and r["train_input"] == "all"]
+    norm = [
+        r for r in (normalise(x) for x in rows) if r["task"] == task and r["train_input"] == "all"
+    ]
     regions = regions_of(norm, task)
     methods = [m for m in (methods or _methods(norm)) if m not in BOUNDS]
 
     def stat(method: str, budget: int | None) -> Any:
-        sel = [r for r in norm if r["method"] == method and (budget is None or r["budget"] == budget)]
+        sel = [
+            r for r in norm if r["method"] == method and (budget is None or r["budget"] == budget)
+        ]
         return mean_std(per_run(sel, metric, regions).values())
 
     lower, upper = stat("lower", None), stat("upper", None)
@@ -90,12 +97,19 @@ def budget_curve(
         y = np.array([s.mean for _, s in pts]) * 100
         sd = np.nan_to_num(np.array([s.std for _, s in pts]) * 100)
         style = {"lw": 2.5, "zorder": 5} if m == "mmacts" else {"lw": 1.3}
-        (line,) = ax.plot(x, y, marker="o", ms=3.5, label=DISPLAY.get(m, m), color=f"C{i % 10}", **style)
+        (line,) = ax.plot(
+            x, y, marker="o", ms=3.5, label=DISPLAY.get(m, m), color=f"C{i % 10}", **style
+        )
         ax.fill_between(x, y - sd, y + sd, color=line.get_color(), alpha=0.12, lw=0)
     if upper.n:
         ax.axhline(upper.mean * 100, color="k", ls="--", lw=1, label="Upper bound")
         if upper.n > 1:
-            ax.axhspan((upper.mean - upper.std) * 100, (upper.mean + upper.std) * 100, color="k", alpha=0.06)
+            ax.axhspan(
+                (upper.mean - upper.std) * 100,
+                (upper.mean + upper.std) * 100,
+                color="k",
+                alpha=0.06,
+            )
     ax.set_xlabel("number of labelled target cases")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
     ax.set_title(f"{task}: {metric} vs labels (mean ± std over runs)")
@@ -106,14 +120,19 @@ def budget_curve(
 
 
 def box_plot(
-    rows: Sequence[Mapping[str, Any]], task: str, path: str | Path, budget: int = 3,
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    path: str | Path,
+    budget: int = 3,
     metric: str = "dice_mean",
 ) -> Path | None:
     """Box plot of the per-case ``metric`` (%) per method at ``budget`` (bounds included).
 
     Each box pools the test cases of every run (fold x seed). Returns None without data.
     """
-    norm = [r for r in (normalise(x) for x in rows) if r["task"] == task and r["train_input"] == "all"]
+    norm = [
+        r for r in (normalise(x) for x in rows) if r["task"] == task and r["train_input"] == "all"
+    ]
     regions = regions_of(norm, task)
     data, labels = [], []
     for m in _methods(norm):
@@ -182,11 +201,19 @@ def queried_cases(
         for c, name in enumerate(modalities):
             ax = axes[r][c]
             ax.imshow(case.image[c, :, :, z].T, cmap="gray", origin="lower")
-            for mask, colour, ls in ((case.label, "white", "--"), (case.before, "red", "-"),
-                                     (case.after, "lime", "-")):
+            for mask, colour, ls in (
+                (case.label, "white", "--"),
+                (case.before, "red", "-"),
+                (case.after, "lime", "-"),
+            ):
                 if mask is not None and (mask[:, :, z] > 0).any():
-                    ax.contour((mask[:, :, z] > 0).T.astype(float), levels=[0.5], colors=colour,
-                               linewidths=0.9, linestyles=ls)
+                    ax.contour(
+                        (mask[:, :, z] > 0).T.astype(float),
+                        levels=[0.5],
+                        colors=colour,
+                        linewidths=0.9,
+                        linestyles=ls,
+                    )
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -197,8 +224,10 @@ def queried_cases(
                 for spine in ax.spines.values():
                     spine.set_edgecolor("gold")
                     spine.set_linewidth(3.5)
-    fig.suptitle((title + "\n" if title else "") + "white dashed: reference, red: source model, "
-                 "green: adapted model, gold frame: elected modality", fontsize=8)
+    fig.suptitle(
+        (title + "\n" if title else "") + "white dashed: reference, red: source model, "
+        "green: adapted model, gold frame: elected modality",
+        fontsize=8,
+    )
     fig.tight_layout()
     return _save(fig, path, dpi=90)
-

@@ -95,24 +95,45 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
 
     def mm(*extra: str, args: dict[str, Any] | None = None, **kw: Any) -> RunSpec:
         a = dict(args or {})
-        return RunSpec(name, "mmacts.yaml", ("--active.strategy_args", strategy_args("mmacts", **a), *extra),
-                       strategy="mmacts", schedule=_schedule("mmacts", a), **kw)
+        return RunSpec(
+            name,
+            "mmacts.yaml",
+            ("--active.strategy_args", strategy_args("mmacts", **a), *extra),
+            strategy="mmacts",
+            schedule=_schedule("mmacts", a),
+            **kw,
+        )
 
     if name == "lower":
-        return RunSpec(name, "random.yaml", ("--active.budget", "0"), fit=False, strategy="lower",
-                       budgeted=False)
+        return RunSpec(
+            name,
+            "random.yaml",
+            ("--active.budget", "0"),
+            fit=False,
+            strategy="lower",
+            budgeted=False,
+        )
     if name == "upper":
         return RunSpec(name, "upper_bound.yaml", (), strategy="upper", budgeted=False)
     if name.startswith("random@"):
         draw = int(name.split("@", 1)[1])
-        return RunSpec(name, "random.yaml", ("--active.seed", str(1000 + draw)), strategy="random",
-                       schedule="sequential")
+        return RunSpec(
+            name,
+            "random.yaml",
+            ("--active.seed", str(1000 + draw)),
+            strategy="random",
+            schedule="sequential",
+        )
     if name == "mmacts":
         return mm()
     if name in REGISTRY:
-        return RunSpec(name, "mmacts.yaml", ("--active.strategy", name, "--active.strategy_args",
-                                              strategy_args(name)),
-                       strategy=name, schedule=_schedule(name))
+        return RunSpec(
+            name,
+            "mmacts.yaml",
+            ("--active.strategy", name, "--active.strategy_args", strategy_args(name)),
+            strategy=name,
+            schedule=_schedule(name),
+        )
     if name == "mmacts_one_off":
         return mm(args={"schedule": "one_off"})
     if name == "mmacts_modality_masks":
@@ -124,9 +145,18 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
     if name.startswith("mmacts_input_") and name.removeprefix("mmacts_input_") in modalities:
         value = "modality:" + name.removeprefix("mmacts_input_")
         return mm("--data.train_input", value, train_input=value)
-    known = sorted({"lower", "upper", "mmacts_one_off", "mmacts_modality_masks",
-                    "mmacts_dominant_only", *FACTOR_ABLATIONS, *REGISTRY,
-                    *(f"mmacts_input_{m}" for m in modalities)})
+    known = sorted(
+        {
+            "lower",
+            "upper",
+            "mmacts_one_off",
+            "mmacts_modality_masks",
+            "mmacts_dominant_only",
+            *FACTOR_ABLATIONS,
+            *REGISTRY,
+            *(f"mmacts_input_{m}" for m in modalities),
+        }
+    )
     raise ValueError(f"unknown run {name!r}; known: {known} and random@<draw>")
 
 

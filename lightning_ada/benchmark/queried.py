@@ -54,8 +54,14 @@ def load_queried_cases(row: dict[str, Any], out: Path) -> tuple[list[QueriedCase
     ids = list(dict.fromkeys(q["case_id"] for q in queries))
     allowed = inspect.signature(ActiveDataModule.__init__).parameters
     data_cfg = {k: v for k, v in data_cfg.items() if k in allowed}
-    data_cfg.update(stage="target", label_all=False, initial_labeled=None, validate_inputs=False,
-                    cache_dir=None, splits={"source": [], "source_test": [], "pool": ids, "test": ids[:1]})
+    data_cfg.update(
+        stage="target",
+        label_all=False,
+        initial_labeled=None,
+        validate_inputs=False,
+        cache_dir=None,
+        splits={"source": [], "source_test": [], "pool": ids, "test": ids[:1]},
+    )
     dm = ActiveDataModule(**data_cfg)
     dm.setup("fit")
     mods = list(dm.hparams.modalities)
@@ -75,13 +81,16 @@ def load_queried_cases(row: dict[str, Any], out: Path) -> tuple[list[QueriedCase
         meta = q.get("case_meta") or {}
         deg = meta.get("degraded_modality")
         title = f"{cid}\nround {q.get('round')}, scanner {meta.get('centre', '?')}" + (
-            f", {deg} degraded" if deg else "")
-        cases.append(QueriedCase(
-            image=image.detach().float().cpu().numpy(),
-            before=before.predict_case(image).argmax(0).numpy(),
-            after=after.predict_case(image).argmax(0).numpy(),
-            label=item["label"][0].detach().cpu().numpy() if "label" in item else None,
-            elected=q.get("modality"),
-            title=title,
-        ))
+            f", {deg} degraded" if deg else ""
+        )
+        cases.append(
+            QueriedCase(
+                image=image.detach().float().cpu().numpy(),
+                before=before.predict_case(image).argmax(0).numpy(),
+                after=after.predict_case(image).argmax(0).numpy(),
+                label=item["label"][0].detach().cpu().numpy() if "label" in item else None,
+                elected=q.get("modality"),
+                title=title,
+            )
+        )
     return cases, mods

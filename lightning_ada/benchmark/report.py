@@ -24,8 +24,15 @@ def queried_figures(
     for task in tasks_of(rows):
         for method in methods:
             sel = sorted(
-                (r for r in rows if r["task"] == task and r["method"] == method and r["budget"] == budget
-                 and r["train_input"] == "all" and r.get("queries")),
+                (
+                    r
+                    for r in rows
+                    if r["task"] == task
+                    and r["method"] == method
+                    and r["budget"] == budget
+                    and r["train_input"] == "all"
+                    and r.get("queries")
+                ),
                 key=lambda r: (r["fold"], r["seed"], r["run"]),
             )
             if not sel:
@@ -36,8 +43,11 @@ def queried_figures(
             except (OSError, ValueError, KeyError, RuntimeError) as e:
                 print(f"no figure of {task} {r['run']}: {type(e).__name__}: {e}")
                 continue
-            path = out / f"queried_{task}_{r['run'].replace('@', '_')}_b{budget}_f{r['fold']}_s{r['seed']}.png"
-            title = f"{task}: {DISPLAY.get(method, method)}, budget {budget}, fold {r['fold']}, seed {r['seed']}"
+            run, fold, seed = r["run"].replace("@", "_"), r["fold"], r["seed"]
+            path = out / f"queried_{task}_{run}_b{budget}_f{fold}_s{seed}.png"
+            title = (
+                f"{task}: {DISPLAY.get(method, method)}, budget {budget}, fold {fold}, seed {seed}"
+            )
             paths.append(queried_cases(path, cases, mods, title))
     return paths
 
@@ -64,20 +74,30 @@ def write_report(
     tables = write_tables(rows, out)
     images: list[Path] = []
     for task in tasks_of(rows):
-        for p in (budget_curve(rows, task, out / f"budget_curve_{task}.png"),
-                  box_plot(rows, task, out / f"boxplot_{task}_b{budget}.png", budget=budget)):
+        for p in (
+            budget_curve(rows, task, out / f"budget_curve_{task}.png"),
+            box_plot(rows, task, out / f"boxplot_{task}_b{budget}.png", budget=budget),
+        ):
             if p is not None:
                 images.append(p)
     if figure_methods:
         images += queried_figures(rows, out, figure_methods, budget)
-    text = "\n".join([
-        f"# Benchmark results ({len(rows)} runs)", "",
-        tables["table1"].markdown(), tables["table2"].markdown(),
-        tables["ablation_schedule"].markdown(), tables["budget_curve"].markdown(),
-        picks_summary(rows),
-        "Files: " + ", ".join(sorted(f"{n}.md/.csv" for n in tables)) + ", "
-        + ", ".join(p.name for p in images), "",
-    ])
+    text = "\n".join(
+        [
+            f"# Benchmark results ({len(rows)} runs)",
+            "",
+            tables["table1"].markdown(),
+            tables["table2"].markdown(),
+            tables["ablation_schedule"].markdown(),
+            tables["budget_curve"].markdown(),
+            picks_summary(rows),
+            "Files: "
+            + ", ".join(sorted(f"{n}.md/.csv" for n in tables))
+            + ", "
+            + ", ".join(p.name for p in images),
+            "",
+        ]
+    )
     (out / "summary.md").write_text(text)
     if wandb is not None:
         info = log_report(wandb, out / "wandb_report", tables, images)

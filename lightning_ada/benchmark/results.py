@@ -72,7 +72,7 @@ def run_key(row: Mapping[str, Any]) -> RunKey:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a results file (raw, not normalised); an unreadable line is skipped with a warning.
+    """Rows of a results file (raw, not normalised); unreadable lines are skipped with a warning.
 
     A run killed while appending can leave a truncated last line; it is ignored (the run counts
     as not finished and is repeated).

@@ -35,8 +35,14 @@ def streamed(root: Path, n_pool: int, size: int, n_generated: int) -> dict[str, 
         t0 = time.perf_counter()
         stats = stream_pool_stats(((c, dm.image(c)) for c in ids), _predict(model), model.regions)
         total = time.perf_counter() - t0
-    return {"mode": "streamed", "pool": n_pool, "total_s": total, "rss_rise_mb": mem.rise,
-            "disk_mb": 0.0, "entropy_sum": float(sum(s.mean_entropy for s in stats))}
+    return {
+        "mode": "streamed",
+        "pool": n_pool,
+        "total_s": total,
+        "rss_rise_mb": mem.rise,
+        "disk_mb": 0.0,
+        "entropy_sum": float(sum(s.mean_entropy for s in stats)),
+    }
 
 
 def exported(root: Path, n_pool: int, size: int, n_generated: int, folder: Path) -> dict[str, Any]:
@@ -65,6 +71,13 @@ def exported(root: Path, n_pool: int, size: int, n_generated: int, folder: Path)
         t2 = time.perf_counter()
     disk = sum(p.stat().st_size for p in folder.glob("*.npz")) / 2**20
     shutil.rmtree(folder, ignore_errors=True)
-    return {"mode": "exported", "pool": n_pool, "total_s": t2 - t0, "export_s": t1 - t0,
-            "read_score_s": t2 - t1, "rss_rise_mb": mem.rise, "disk_mb": disk,
-            "entropy_sum": float(sum(s.mean_entropy for s in stats))}
+    return {
+        "mode": "exported",
+        "pool": n_pool,
+        "total_s": t2 - t0,
+        "export_s": t1 - t0,
+        "read_score_s": t2 - t1,
+        "rss_rise_mb": mem.rise,
+        "disk_mb": disk,
+        "entropy_sum": float(sum(s.mean_entropy for s in stats)),
+    }

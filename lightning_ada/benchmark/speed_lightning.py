@@ -49,7 +49,9 @@ def plain_loop(module: Any, loader: DataLoader, warmup: int) -> tuple[float, int
     hp = module.hparams
     opt = torch.optim.Adam(module.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     total = len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / total) ** hp.poly_power)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: max(0.0, 1 - s / total) ** hp.poly_power
+    )
     module.train()
     t0, n = 0.0, 0
     for step, batch in enumerate(loader):
@@ -71,7 +73,9 @@ def trainer_loop(module: Any, loader: DataLoader, warmup: int) -> tuple[float, i
     marks: dict[str, float] = {}
 
     class Clock(L.Callback):
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_start(
+            self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+        ) -> None:
             if trainer.global_step == warmup and "start" not in marks:
                 marks["start"] = time.perf_counter()
 
@@ -79,9 +83,16 @@ def trainer_loop(module: Any, loader: DataLoader, warmup: int) -> tuple[float, i
             marks["end"] = time.perf_counter()
 
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, callbacks=[Clock()],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Clock()],
     )
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)
@@ -89,7 +100,9 @@ def trainer_loop(module: Any, loader: DataLoader, warmup: int) -> tuple[float, i
     return marks["end"] - marks["start"], len(loader) - warmup, whole
 
 
-def compare(size: int = 32, batch: int = 2, steps: int = 30, warmup: int = 5, repeats: int = 3) -> dict[str, Any]:
+def compare(
+    size: int = 32, batch: int = 2, steps: int = 30, warmup: int = 5, repeats: int = 3
+) -> dict[str, Any]:
     """Interleaved repeats of both loops; medians of voxels/s and their ratio (Trainer / plain)."""
     import statistics
 
@@ -108,6 +121,16 @@ def compare(size: int = 32, batch: int = 2, steps: int = 30, warmup: int = 5, re
                 light.append(voxels * n / sec)
                 startup.append(whole - sec)
     p, t = statistics.median(plain), statistics.median(light)
-    return {"size": size, "batch": batch, "steps": steps, "warmup": warmup, "repeats": repeats,
-            "plain_vox_s": p, "trainer_vox_s": t, "ratio": t / p,
-            "plain_all": plain, "trainer_all": light, "trainer_startup_s": statistics.median(startup)}
+    return {
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": repeats,
+        "plain_vox_s": p,
+        "trainer_vox_s": t,
+        "ratio": t / p,
+        "plain_all": plain,
+        "trainer_all": light,
+        "trainer_startup_s": statistics.median(startup),
+    }

@@ -29,10 +29,20 @@ def pool_datamodule(root: Path, n_pool: int, size: int, n_generated: int, seed: 
     ids = [f"glioma_pool_{i:03d}" for i in range(n_pool)]
     dm = ActiveDataModule(
         root=str(root),
-        phantom={"task": "glioma", "size": size, "n_source": 1, "n_source_test": 1,
-                 "n_pool": n_generated, "n_test": 1, "seed": seed, "progress": False},
+        phantom={
+            "task": "glioma",
+            "size": size,
+            "n_source": 1,
+            "n_source_test": 1,
+            "n_pool": n_generated,
+            "n_test": 1,
+            "seed": seed,
+            "progress": False,
+        },
         splits={"source": [], "source_test": [], "pool": ids, "test": ["glioma_test_000"]},
-        validate_inputs=False, patch_size=[size] * 3, divisible_by=8,
+        validate_inputs=False,
+        patch_size=[size] * 3,
+        divisible_by=8,
     )
     dm.setup("fit")
     return dm
@@ -57,7 +67,9 @@ def warm_up(model: Any, image: Any) -> None:
     model.predict_case(image, with_embedding=True)
 
 
-def scoring_round(root: Path, n_pool: int, size: int, n_generated: int, ckpt: str | None = None) -> dict[str, float]:
+def scoring_round(
+    root: Path, n_pool: int, size: int, n_generated: int, ckpt: str | None = None
+) -> dict[str, float]:
     """One mmActS round over ``n_pool`` cases: seconds by part and RSS (MiB, after a warm-up)."""
     from lightning_ada.active.strategies import QueryContext, build_strategy
 
@@ -66,26 +78,44 @@ def scoring_round(root: Path, n_pool: int, size: int, n_generated: int, ckpt: st
     warm_up(model, dm.image(dm.split_ids["test"][0]))
     strategy = build_strategy("mmacts", progress=False)
     ctx = QueryContext(
-        unlabeled=dm.unlabeled_ids(), pool=dm.pool.case_ids, labeled=[], image=dm.image,
+        unlabeled=dm.unlabeled_ids(),
+        pool=dm.pool.case_ids,
+        labeled=[],
+        image=dm.image,
         predict=lambda img: model.predict_case(img, with_embedding=True),
-        modalities=list(dm.hparams.modalities), regions=model.regions, run_dir=None,
+        modalities=list(dm.hparams.modalities),
+        regions=model.regions,
+        run_dir=None,
     )
     with RssSampler() as mem:
         t0 = time.perf_counter()
         strategy.rank(ctx)
         total = time.perf_counter() - t0
-    return {"pool": n_pool, "total_s": total, **{f"{k}_s": v for k, v in strategy.timings.items()},
-            "rss_before_mb": mem.base, "rss_peak_mb": mem.peak, "rss_rise_mb": mem.rise}
+    return {
+        "pool": n_pool,
+        "total_s": total,
+        **{f"{k}_s": v for k, v in strategy.timings.items()},
+        "rss_before_mb": mem.base,
+        "rss_peak_mb": mem.peak,
+        "rss_rise_mb": mem.rise,
+    }
 
 
-def density_w1(root: Path, n_pool: int, size: int, n_generated: int, n_quantiles: int = 1024) -> dict[str, float]:
+def density_w1(
+    root: Path, n_pool: int, size: int, n_generated: int, n_quantiles: int = 1024
+) -> dict[str, float]:
     """Pairwise case distances ``sum_m W1`` by quantile summaries vs POT's exact W1.
 
     Both start from the same per-modality PCA scores (timed separately as ``pca_s``); ours adds
     the ``(M, Q)`` summaries and one L1 ``cdist``, the reference runs ``ot.wasserstein_1d`` for
     every pair and modality.
     """
-    from lightning_ada.active.density import pairwise_distances, pca_scores, quantile_summary, w1_exact
+    from lightning_ada.active.density import (
+        pairwise_distances,
+        pca_scores,
+        quantile_summary,
+        w1_exact,
+    )
 
     dm = pool_datamodule(root, n_pool, size, n_generated)
     images = [dm.image(c).detach().cpu().numpy() for c in dm.pool.case_ids]
@@ -103,8 +133,15 @@ def density_w1(root: Path, n_pool: int, size: int, n_generated: int, n_quantiles
     t3 = time.perf_counter()
     iu = np.triu_indices(n, 1)
     rel = np.abs(ours[iu] - exact[iu]) / np.maximum(exact[iu], 1e-12)
-    return {"pool": n_pool, "pairs": int(iu[0].size), "pca_s": t1 - t0, "quantile_s": t2 - t1,
-            "exact_s": t3 - t2, "distance_ratio": (t3 - t2) / max(t2 - t1, 1e-9),
-            "total_ratio": (t3 - t1 + (t1 - t0)) / max(t2 - t0, 1e-9),
-            "max_rel_err": float(rel.max()), "mean_rel_err": float(rel.mean()),
-            "n_scores": int(np.mean([s.size for case in scores for s in case]))}
+    return {
+        "pool": n_pool,
+        "pairs": int(iu[0].size),
+        "pca_s": t1 - t0,
+        "quantile_s": t2 - t1,
+        "exact_s": t3 - t2,
+        "distance_ratio": (t3 - t2) / max(t2 - t1, 1e-9),
+        "total_ratio": (t3 - t1 + (t1 - t0)) / max(t2 - t0, 1e-9),
+        "max_rel_err": float(rel.max()),
+        "mean_rel_err": float(rel.mean()),
+        "n_scores": int(np.mean([s.size for case in scores for s in case])),
+    }

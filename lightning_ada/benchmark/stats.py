@@ -164,8 +164,11 @@ def wilcoxon_paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedTes
 
 def relative_gain(ours: Mapping[str, float], other: Mapping[str, float]) -> float:
     """Mean over regions of ``ours[r] / other[r] - 1`` (how the paper quotes gains, §13)."""
-    ratios = [ours[r] / other[r] - 1 for r in ours
-              if other.get(r) and not math.isnan(other[r]) and not math.isnan(ours[r])]
+    ratios = [
+        ours[r] / other[r] - 1
+        for r in ours
+        if other.get(r) and not math.isnan(other[r]) and not math.isnan(ours[r])
+    ]
     return statistics.fmean(ratios) if ratios else math.nan
 
 

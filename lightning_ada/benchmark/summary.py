@@ -17,9 +17,13 @@ def picks_summary(rows: Iterable[Mapping[str, Any]]) -> str:
         r = normalise(raw)
         for q in r.get("queries", []):
             groups[(r["task"], r["method"], r["budget"], r["train_input"])].append(q)
-    lines = ["## What the picks were", "",
-             "Over all folds and seeds: scanner counts, true tumour voxels (median), predicted "
-             "foreground voxels (median), picks with a degraded modality, elected modalities.", ""]
+    lines = [
+        "## What the picks were",
+        "",
+        "Over all folds and seeds: scanner counts, true tumour voxels (median), predicted "
+        "foreground voxels (median), picks with a degraded modality, elected modalities.",
+        "",
+    ]
     for (task, method, budget, train_input), qs in sorted(groups.items()):
         scanners: dict[str, int] = defaultdict(int)
         mods: dict[str, int] = defaultdict(int)
@@ -37,7 +41,8 @@ def picks_summary(rows: Iterable[Mapping[str, Any]]) -> str:
             degraded += bool(meta.get("degraded_modality"))
         name = method + ("" if train_input == "all" else f" [{train_input}]")
         lines.append(
-            f"- {task} {name} budget {budget}: {len(qs)} picks; scanners {dict(sorted(scanners.items()))}"
+            f"- {task} {name} budget {budget}: {len(qs)} picks; "
+            f"scanners {dict(sorted(scanners.items()))}"
             + (f"; true voxels {statistics.median(true_v):.0f}" if true_v else "")
             + (f"; predicted voxels {statistics.median(pred_v):.0f}" if pred_v else "")
             + f"; degraded {degraded}; elected {dict(sorted(mods.items()))}"

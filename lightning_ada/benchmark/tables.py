@@ -31,13 +31,32 @@ from lightning_ada.benchmark.stats import (
 TASK_REGIONS: dict[str, list[str]] = {"glioma": ["ET", "NCR", "ED"], "npc": ["GTV"]}
 TASK_ORDER = ["glioma", "npc"]
 #: Table 1 rows, in the paper's order (strategies not in the paper follow before mmActS)
-METHOD_ORDER = ["lower", "upper", "random", "aada", "mhpl", "cup", "stdr", "lamda", "ugtst",
-                "entropy", "mmacts"]
+METHOD_ORDER = [
+    "lower",
+    "upper",
+    "random",
+    "aada",
+    "mhpl",
+    "cup",
+    "stdr",
+    "lamda",
+    "ugtst",
+    "entropy",
+    "mmacts",
+]
 DISPLAY = {
-    "lower": "Lower bound", "upper": "Upper bound", "random": "Random", "entropy": "Entropy",
-    "aada": "AADA (WACV'20)", "mhpl": "MHPL (CVPR'23)", "cup": "CUP (MICCAI'24)",
-    "stdr": "STDR (TMI'24)", "lamda": "LAMDA (ECCV'22)", "ugtst": "UGTST (MICCAI'24)",
-    "mmacts": "mmActS", "mmacts_one_off": "mmActS one-off",
+    "lower": "Lower bound",
+    "upper": "Upper bound",
+    "random": "Random",
+    "entropy": "Entropy",
+    "aada": "AADA (WACV'20)",
+    "mhpl": "MHPL (CVPR'23)",
+    "cup": "CUP (MICCAI'24)",
+    "stdr": "STDR (TMI'24)",
+    "lamda": "LAMDA (ECCV'22)",
+    "ugtst": "UGTST (MICCAI'24)",
+    "mmacts": "mmActS",
+    "mmacts_one_off": "mmActS one-off",
 }
 MODALITY_DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1c", "t2": "T2"}
 REFERENCE = "mmacts"
@@ -66,8 +85,12 @@ class Table:
 
     def markdown(self) -> str:
         """The table as GitHub markdown, with its title and notes."""
-        lines = [f"## {self.title}", "", "| " + " | ".join(self.header) + " |",
-                 "|" + "---|" * len(self.header)]
+        lines = [
+            f"## {self.title}",
+            "",
+            "| " + " | ".join(self.header) + " |",
+            "|" + "---|" * len(self.header),
+        ]
         lines += ["| " + " | ".join(r) + " |" for r in self.rows]
         if not self.rows:
             lines.append("| " + " | ".join(["(no runs)"] + [""] * (len(self.header) - 1)) + " |")
@@ -85,7 +108,7 @@ class Table:
         return buf.getvalue()
 
     def write(self, folder: str | Path, name: str) -> list[Path]:
-        """Write ``<name>.md`` and ``<name>.csv`` into ``folder`` (atomically); returns the paths."""
+        """Write ``<name>.md`` and ``<name>.csv`` into ``folder`` (atomically); return the paths."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         out = []
@@ -139,8 +162,10 @@ class Entry:
     def rows(self, rows: Iterable[dict[str, Any]], task: str, budget: int) -> list[dict[str, Any]]:
         """The normalised rows of this entry on ``task`` at ``budget``."""
         return [
-            r for r in rows
-            if r["task"] == task and r["method"] in self.methods
+            r
+            for r in rows
+            if r["task"] == task
+            and r["method"] in self.methods
             and r["train_input"] == self.train_input
             and (r["method"] in BUDGETLESS or r["budget"] == budget)
         ]
@@ -204,7 +229,9 @@ def comparison_table(
         extra: list[Any] = []
         any_run = False
         for task, metric, regions in columns:
-            stats[(task, metric)] = mean_std(per_run(e.rows(norm, task, budget), metric, regions).values())
+            stats[(task, metric)] = mean_std(
+                per_run(e.rows(norm, task, budget), metric, regions).values()
+            )
         for task in tasks:
             mine = e.rows(norm, task, budget)
             any_run |= bool(mine)
@@ -224,8 +251,11 @@ def comparison_table(
     best: dict[tuple[str, str], float] = {}
     if bold_best:
         for task, metric, _ in columns:
-            vals = [s[(task, metric)].mean for e, s, _ in cells
-                    if not set(e.methods) <= set(BOUNDS) and s[(task, metric)].n]
+            vals = [
+                s[(task, metric)].mean
+                for e, s, _ in cells
+                if not set(e.methods) <= set(BOUNDS) and s[(task, metric)].n
+            ]
             if vals:
                 best[(task, metric)] = max(vals)
 
@@ -240,11 +270,15 @@ def comparison_table(
         for task, metric, _ in columns:
             s = stats[(task, metric)]
             text = s.fmt(100.0)
-            is_best = (not set(e.methods) <= set(BOUNDS) and (task, metric) in best
-                       and s.n and math.isclose(s.mean, best[(task, metric)], abs_tol=1e-12))
+            is_best = (
+                not set(e.methods) <= set(BOUNDS)
+                and (task, metric) in best
+                and s.n
+                and math.isclose(s.mean, best[(task, metric)], abs_tol=1e-12)
+            )
             md.append(_bold(text) if is_best else text)
             row += [s.mean * 100, s.std * 100]
-        for (p, n, runs), task in zip(extra, tasks):
+        for p, n, runs in extra:
             md += ["ref." if e.key == reference else format_p(p), str(runs) if runs else "–"]
             row += [p, n, runs]
         md_rows.append(md)
@@ -275,7 +309,10 @@ def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
     rows = list(rows)
     entries = [Entry(DISPLAY.get(m, m), (m,), "all", m) for m in present_methods(rows)]
     return comparison_table(
-        rows, entries, budget, REFERENCE,
+        rows,
+        entries,
+        budget,
+        REFERENCE,
         f"Table 1: adaptation results at budget {budget} (Dice / mIoU in %, mean ± std over runs)",
         notes=[
             "Runs = fold x seed; each run's value is the mean over its test cases. Bold: best "
@@ -299,18 +336,33 @@ def table2(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
     mods = [m for m in MODALITY_DISPLAY if f"modality:{m}" in inputs]
     mods += sorted({parse_train_input(i) for i in inputs if parse_train_input(i)} - set(mods))
     entries = [
-        Entry(MODALITY_DISPLAY.get(m, m), ("mmacts", f"mmacts_input_{m}"), f"modality:{m}", f"input_{m}")
+        Entry(
+            MODALITY_DISPLAY.get(m, m),
+            ("mmacts", f"mmacts_input_{m}"),
+            f"modality:{m}",
+            f"input_{m}",
+        )
         for m in mods
     ]
-    entries.append(Entry("Elected only", ("mmacts", "mmacts_dominant_only"), "dominant_only", "dominant_only"))
+    entries.append(
+        Entry("Elected only", ("mmacts", "mmacts_dominant_only"), "dominant_only", "dominant_only")
+    )
     entries.append(Entry("Multiple (all)", ("mmacts",), "all", "all"))
     return comparison_table(
-        norm, entries, budget, "all",
+        norm,
+        entries,
+        budget,
+        "all",
         f"Table 2: modality ablation, mmActS at budget {budget} (Dice / mIoU in %)",
-        bold_best=False, labels_column=False, first_column="Training input",
-        notes=["p: paired Wilcoxon test of all modalities vs the row (per-case Dice, mean over regions).",
-               "Needs the datamodule's train_input: modality:<name> (single-modality training) and "
-               "dominant_only (the elected modality of each case)."],
+        bold_best=False,
+        labels_column=False,
+        first_column="Training input",
+        notes=[
+            "p: paired Wilcoxon test of all modalities vs the row "
+            "(per-case Dice, mean over regions).",
+            "Needs the datamodule's train_input: modality:<name> (single-modality training) and "
+            "dominant_only (the elected modality of each case).",
+        ],
     )
 
 
@@ -323,9 +375,14 @@ def schedule_table(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
         Entry(DISPLAY["stdr"], ("stdr",), "all", "stdr"),
     ]
     return comparison_table(
-        rows, entries, budget, "mmacts",
+        rows,
+        entries,
+        budget,
+        "mmacts",
         f"Ablation: one-off vs sequential querying at budget {budget} (Dice in %)",
-        metrics=(("dice", "Dice"),), bold_best=False, labels_column=False,
+        metrics=(("dice", "Dice"),),
+        bold_best=False,
+        labels_column=False,
         notes=["p: paired Wilcoxon test of sequential mmActS vs the row."],
     )
 
@@ -333,7 +390,9 @@ def schedule_table(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
 def budget_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -> Table:
     """Mean Dice (over regions) vs number of labels: one line per task and strategy."""
     norm = [normalise(r) for r in rows if r["run"] != "source"]
-    budgets = sorted({r["budget"] for r in norm if r["method"] not in BOUNDS and r["train_input"] == "all"})
+    budgets = sorted(
+        {r["budget"] for r in norm if r["method"] not in BOUNDS and r["train_input"] == "all"}
+    )
     header = ["Task", "Method", "0 (lower)"] + [str(b) for b in budgets] + ["upper"]
     csv_header = ["task", "method", "0_mean", "0_std"]
     for b in budgets:
@@ -343,9 +402,17 @@ def budget_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -
     for task in tasks_of(norm):
         regions = regions_of(norm, task)
 
-        def value(method: str, budget: int | None, task: str = task, regions: list[str] = regions) -> MeanStd:
-            sel = [r for r in norm if r["task"] == task and r["method"] == method
-                   and r["train_input"] == "all" and (budget is None or r["budget"] == budget)]
+        def value(
+            method: str, budget: int | None, task: str = task, regions: list[str] = regions
+        ) -> MeanStd:
+            sel = [
+                r
+                for r in norm
+                if r["task"] == task
+                and r["method"] == method
+                and r["train_input"] == "all"
+                and (budget is None or r["budget"] == budget)
+            ]
             return mean_std(per_run(sel, metric, regions).values())
 
         lower, upper = value("lower", None), value("upper", None)
@@ -355,40 +422,70 @@ def budget_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -
             vals = [value(m, b) for b in budgets]
             if not any(v.n for v in vals):
                 continue
-            md_rows.append([task, DISPLAY.get(m, m), lower.fmt(100)] + [v.fmt(100) for v in vals] + [upper.fmt(100)])
+            md_rows.append(
+                [task, DISPLAY.get(m, m), lower.fmt(100)]
+                + [v.fmt(100) for v in vals]
+                + [upper.fmt(100)]
+            )
             row: list[Any] = [task, m, lower.mean * 100, lower.std * 100]
             for v in vals:
                 row += [v.mean * 100, v.std * 100]
             csv_rows.append(row + [upper.mean * 100, upper.std * 100])
-    return Table(f"Budget curve: {metric} (%) vs number of labels", header, md_rows, csv_header, csv_rows,
-                 ["Mean ± std over runs (fold x seed); 0 labels = the lower bound (source model)."])
+    return Table(
+        f"Budget curve: {metric} (%) vs number of labels",
+        header,
+        md_rows,
+        csv_header,
+        csv_rows,
+        ["Mean ± std over runs (fold x seed); 0 labels = the lower bound (source model)."],
+    )
 
 
 def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE) -> Table:
     """Every (task, method, budget, training input) present, with all metrics and p vs mmActS."""
     norm = [normalise(r) for r in rows if r["run"] != "source"]
-    groups = sorted({(r["task"], r["method"], r["budget"], r["train_input"]) for r in norm},
-                    key=lambda g: (TASK_ORDER.index(g[0]) if g[0] in TASK_ORDER else 9, g[0],
-                                   g[2], METHOD_ORDER.index(g[1]) if g[1] in METHOD_ORDER else 99,
-                                   g[1], g[3]))
+    groups = sorted(
+        {(r["task"], r["method"], r["budget"], r["train_input"]) for r in norm},
+        key=lambda g: (
+            TASK_ORDER.index(g[0]) if g[0] in TASK_ORDER else 9,
+            g[0],
+            g[2],
+            METHOD_ORDER.index(g[1]) if g[1] in METHOD_ORDER else 99,
+            g[1],
+            g[3],
+        ),
+    )
     metric_names = ["dice_mean", "iou_mean", "hd95_mean", "assd_mean"]
     header = ["Task", "Method", "Budget", "Input", "Runs"]
     csv_header = ["task", "method", "budget", "train_input", "runs"]
     regions_by_task = {t: regions_of(norm, t) for t in tasks_of(norm)}
     region_cols = [(t, g) for t, gs in regions_by_task.items() for g in gs]
-    header += [f"Dice {g}" for _, g in region_cols] + ["Dice mean", "IoU mean", "HD95 mean (mm)",
-                                                        "ASSD mean (mm)", "p vs mmActS"]
+    header += [f"Dice {g}" for _, g in region_cols] + [
+        "Dice mean",
+        "IoU mean",
+        "HD95 mean (mm)",
+        "ASSD mean (mm)",
+        "p vs mmActS",
+    ]
     csv_header += [f"{t}_dice_{g}" for t, g in region_cols] + metric_names + ["p", "n_pairs"]
     md_rows, csv_rows = [], []
     for task, method, budget, train_input in groups:
         regions = regions_by_task[task]
-        sel = [r for r in norm if (r["task"], r["method"], r["budget"], r["train_input"])
-               == (task, method, budget, train_input)]
+        sel = [
+            r
+            for r in norm
+            if (r["task"], r["method"], r["budget"], r["train_input"])
+            == (task, method, budget, train_input)
+        ]
         runs = len({(r["fold"], r["seed"]) for r in sel})
         md = [task, method, str(budget), train_input, str(runs)]
         row: list[Any] = [task, method, budget, train_input, runs]
         for t, g in region_cols:
-            s = mean_std(per_run(sel, f"dice_{g}", regions).values()) if t == task else MeanStd(math.nan, math.nan, 0)
+            s = (
+                mean_std(per_run(sel, f"dice_{g}", regions).values())
+                if t == task
+                else MeanStd(math.nan, math.nan, 0)
+            )
             md.append(s.fmt(100))
             row.append(s.mean * 100)
         for m in metric_names:
@@ -396,19 +493,32 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
             scale = 100.0 if m.split("_")[0] in ("dice", "iou") else 1.0
             md.append(s.fmt(scale))
             row.append(s.mean * scale)
-        ref = [r for r in norm if r["task"] == task and r["method"] == reference
-               and r["train_input"] == "all" and r["budget"] == (3 if method in BOUNDS else budget)]
-        if method == reference and train_input == "all" or not ref:
+        ref = [
+            r
+            for r in norm
+            if r["task"] == task
+            and r["method"] == reference
+            and r["train_input"] == "all"
+            and r["budget"] == (3 if method in BOUNDS else budget)
+        ]
+        if (method == reference and train_input == "all") or not ref:
             p, n = math.nan, 0
         else:
-            test = wilcoxon_paired(per_case(ref, "dice_mean", regions), per_case(sel, "dice_mean", regions))
+            test = wilcoxon_paired(
+                per_case(ref, "dice_mean", regions), per_case(sel, "dice_mean", regions)
+            )
             p, n = test.p, test.n
         md.append(format_p(p))
         csv_rows.append(row + [p, n])
         md_rows.append(md)
-    return Table("Every run group (mean ± std over runs; Dice / IoU in %, distances in mm)",
-                 header, md_rows, csv_header, csv_rows,
-                 ["p: paired Wilcoxon test of mmActS (same budget; budget 3 for the bounds) vs the group."])
+    return Table(
+        "Every run group (mean ± std over runs; Dice / IoU in %, distances in mm)",
+        header,
+        md_rows,
+        csv_header,
+        csv_rows,
+        ["p: paired Wilcoxon test of mmActS (same budget; budget 3 for the bounds) vs the group."],
+    )
 
 
 #: name -> builder of every table written by :func:`write_tables`
@@ -422,7 +532,7 @@ TABLES: dict[str, Callable[[list[dict[str, Any]]], Table]] = {
 
 
 def write_tables(rows: Sequence[Mapping[str, Any]], folder: str | Path) -> dict[str, Table]:
-    """Build every table of :data:`TABLES` and write ``<name>.md`` / ``<name>.csv`` into ``folder``."""
+    """Build every table of :data:`TABLES`; write ``<name>.md`` / ``<name>.csv`` into ``folder``."""
     rows = [dict(r) for r in rows]
     out = {}
     for name, build in TABLES.items():

@@ -41,8 +41,13 @@ class WandbSettings:
     ) -> list[str]:
         """``["--trainer.logger", <json>]`` for one run writing under ``save_dir``."""
         init = {
-            "project": self.project, "save_dir": str(save_dir), "name": name, "group": self.group,
-            "tags": [str(t) for t in tags], "job_type": job_type, "mode": self.mode,
+            "project": self.project,
+            "save_dir": str(save_dir),
+            "name": name,
+            "group": self.group,
+            "tags": [str(t) for t in tags],
+            "job_type": job_type,
+            "mode": self.mode,
         }
         return ["--trainer.logger", json.dumps({"class_path": LOGGER_CLASS, "init_args": init})]
 
@@ -80,11 +85,11 @@ def _records(path: Path) -> Iterator[bytes]:
         if left < 7:  # block trailer
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:  # zero padding up to the block end
             pos += left
             continue
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:  # full
             yield chunk
@@ -166,7 +171,9 @@ def _parse(p: Path) -> OfflineRun:
             for it in rec.summary.update:
                 out.summary[_item_key(it)] = json.loads(it.value_json)
         elif kind == "history":
-            out.history.append({_item_key(it): json.loads(it.value_json) for it in rec.history.item})
+            out.history.append(
+                {_item_key(it): json.loads(it.value_json) for it in rec.history.item}
+            )
         elif kind == "config":
             for it in rec.config.update:
                 out.config[_item_key(it)] = json.loads(it.value_json)
@@ -199,8 +206,15 @@ def log_report(
 
     finish_run()
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    wandb.init(project=settings.project, group=settings.group, job_type="summary", name=name,
-               dir=str(save_dir), mode=settings.mode, tags=["summary"])
+    wandb.init(
+        project=settings.project,
+        group=settings.group,
+        job_type="summary",
+        name=name,
+        dir=str(save_dir),
+        mode=settings.mode,
+        tags=["summary"],
+    )
     payload: dict[str, Any] = {}
     for key, table in tables.items():
         columns = list(table.csv_header)

@@ -34,7 +34,7 @@ class STDRStrategy(Strategy):
     (§13): the callback takes ``rank(ctx)[:budget]``.
 
     Source-free: the anchors come from ``ctx.source_artifacts["stdr_anchors"]`` (made by
-    :class:`lightning_ada.active.anchors.SourceAnchors` at the end of the source training and
+    :class:`lightning_ada.active.source_anchors.SourceAnchors` at the end of the source training and
     saved with the source checkpoint); there is no fallback to source data.
 
     The returned ranking is the selection (farthest first, then nearest), followed by the other
