@@ -4,7 +4,7 @@ Generates the glioma phantom, pre-trains on the source centre, measures the targ
 (no adaptation), adapts with a budget of 3 queried cases, measures the upper bound (every pool
 case labeled) and prints one table of Dice per region. Run from anywhere:
 
-    python scripts/demo.py [--task glioma|npc] [--strategies random] [--seed 0]
+    python scripts/demo.py [--task glioma|npc] [--strategies random mmacts] [--seed 0]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", default="glioma", choices=["glioma", "npc"])
-    p.add_argument("--strategies", nargs="+", default=["random"], help="configs under configs/phantom/<task>/")
+    p.add_argument("--strategies", nargs="+", default=["random", "mmacts"],
+                   help="configs under configs/phantom/<task>/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse-source", action="store_true", help="reuse an existing source checkpoint")
     args = p.parse_args()
@@ -70,7 +71,30 @@ def main() -> None:
     out = Path(f"runs/phantom_{args.task}/demo_results.json")
     out.write_text(json.dumps({"rows": rows, "queried": queried, "wall_seconds": wall}, indent=2))
     Path(out.with_suffix(".md")).write_text(table + "\n")
-    print(f"results: {out}")
+    plot(rows, regions, out.with_suffix(".png"))
+    print(f"results: {out} (.md, .png)")
+
+
+def plot(rows: dict[str, dict[str, float]], regions: list[str], path: Path) -> None:
+    """Grouped bars: Dice per region for every row of the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [*regions, "mean"]
+    x = np.arange(len(keys))
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, (name, m) in enumerate(rows.items()):
+        ax.bar(x + i * width, [m[f"dice_{k}"] for k in keys], width, label=name)
+    ax.set_xticks(x + 0.4 - width / 2, [f"Dice {k}" for k in keys])
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
