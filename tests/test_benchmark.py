@@ -305,6 +305,15 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
     assert report.failed == [("glioma", "mmacts", 1, 0, 0)]
     assert ("glioma", "mmacts", 3, 0, 0) in report.ran
     assert "SystemExit" in read_rows(tmp_path / "errors.jsonl")[0]["error"]
+    bad = BenchConfig(
+        out=tmp_path / "bad",
+        tasks=["glioma"],
+        seeds=[0],
+        folds=[0],
+        runs={"glioma": [("mmacts_input_tx", 3)]},
+    )
+    with pytest.raises(ValueError, match="unknown run"):  # checked before anything runs
+        BenchmarkLoop(bad, runner=runner).run()
 
 
 def test_script_cli_stays_backward_compatible() -> None:

@@ -13,7 +13,6 @@ import pytest
 from lightning_ada.data.cases import Case, DataError
 from lightning_ada.data.readers import (
     read_brats,
-    read_brats2023,
     read_cases,
     read_datalist,
     read_msd,

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from lightning_ada.active.source_anchors import SourceAnchors
-from lightning_ada.active import anchors as anchors_mod
 from lightning_ada.active.anchors import (
     anchor_distances,
     body_slices,

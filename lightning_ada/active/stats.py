@@ -9,6 +9,8 @@ Nothing here knows about Lightning or the datamodule: inputs are tensors and cal
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,6 +198,7 @@ def stream_pool_stats(
     regions: Mapping[str, Sequence[int]] | None = None,
     progress: bool = False,
     eps: float = 1e-10,
+    timings: dict[str, float] | None = None,
 ) -> list[CaseStats]:
     """Score a pool case by case, keeping at most one probability map alive.
 
@@ -206,6 +209,8 @@ def stream_pool_stats(
         regions: optional region definitions for :func:`foreground_volume`.
         progress: show a tqdm progress bar.
         eps: probability clip for the entropy.
+        timings: if given, receives the seconds spent in ``predict`` (``inference``) and in the
+            statistics (``statistics``).
 
     Returns:
         One :class:`CaseStats` per case, in input order.
@@ -216,9 +221,16 @@ def stream_pool_stats(
 
         it = tqdm(cases, desc="scoring pool", unit="case")
     out: list[CaseStats] = []
+    inference = statistics = 0.0
     with torch.no_grad():
         for case_id, image in it:
+            t0 = time.perf_counter()
             probs, emb = predict(image)
+            t1 = time.perf_counter()
             out.append(compute_case_stats(case_id, probs, emb, regions=regions, eps=eps))
+            statistics += time.perf_counter() - t1
+            inference += t1 - t0
             del probs, emb, image  # drop the map before the next forward pass
+    if timings is not None:
+        timings.update(inference=inference, statistics=statistics)
     return out

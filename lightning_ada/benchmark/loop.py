@@ -353,8 +353,23 @@ class BenchmarkLoop:
         )
 
     # ------------------------------------------------------------------ the loop
+    def validate(self) -> None:
+        """Check every planned run name and fold before anything runs.
+
+        Raises:
+            ValueError: an unknown run name or a fold outside the scheme.
+        """
+        from lightning_ada.data.phantom import TASKS
+
+        for task, runs in self.cfg.runs.items():
+            for name, _ in runs:
+                run_spec(name, list(TASKS[task]["modalities"]))
+        for fold in self.cfg.folds:
+            self.cfg.scheme.splits(self.cfg.tasks[0], fold)
+
     def run(self) -> LoopReport:
         """Run every planned run not yet in ``results.jsonl``."""
+        self.validate()
         self.cfg.out.mkdir(parents=True, exist_ok=True)
         for task in self.cfg.tasks:
             for seed in self.cfg.seeds:

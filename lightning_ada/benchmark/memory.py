@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from typing_extensions import Self
+
 
 def rss_mb() -> float:
     """Current resident set size in MiB (NaN where ``/proc/self/status`` is unavailable)."""
@@ -38,7 +40,7 @@ class RssSampler:
             self.peak = max(self.peak, rss_mb())
             time.sleep(self.interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         gc.collect()
         self.base = self.peak = rss_mb()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -20,8 +20,10 @@ def picks_summary(rows: Iterable[Mapping[str, Any]]) -> str:
     lines = [
         "## What the picks were",
         "",
-        "Over all folds and seeds: scanner counts, true tumour voxels (median), predicted "
-        "foreground voxels (median), picks with a degraded modality, elected modalities.",
+        (
+            "Over all folds and seeds: scanner counts, true tumour voxels (median), predicted "
+            "foreground voxels (median), picks with a degraded modality, elected modalities."
+        ),
         "",
     ]
     for (task, method, budget, train_input), qs in sorted(groups.items()):

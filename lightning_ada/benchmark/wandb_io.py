@@ -13,6 +13,7 @@ One process makes many runs, and ``WandbLogger`` reuses ``wandb.run`` when one i
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,6 @@ def log_report(
 
 
 def _cell(v: Any) -> Any:
-    if isinstance(v, float) and v != v:
+    if isinstance(v, float) and math.isnan(v):
         return None
     return v

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
-from typing import Any
 
 from lightning_ada.active.stats import stream_pool_stats
 from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
@@ -49,20 +47,11 @@ class CUPStrategy(Strategy):
         self.progress = progress
 
     def score(self, ctx: QueryContext) -> list[Scored]:
-        inference = 0.0
-
-        def predict(image: Any) -> Any:
-            nonlocal inference
-            t = time.perf_counter()
-            out = ctx.predict(image)
-            inference += time.perf_counter() - t
-            return out
-
-        t0 = time.perf_counter()
+        self.timings = {}
         stats = stream_pool_stats(
-            ((cid, ctx.image(cid)) for cid in ctx.unlabeled), predict, ctx.regions, self.progress
+            ((cid, ctx.image(cid)) for cid in ctx.unlabeled), ctx.predict, ctx.regions,
+            self.progress, timings=self.timings,
         )
-        self.timings = {"inference": inference, "statistics": time.perf_counter() - t0 - inference}
         n = len(stats)
         b = min(self.budget, n)
         # 1e-9: 0.1 * 80 must give 8, not 9, whatever the float rounding

@@ -70,25 +70,11 @@ class MMActSStrategy(Strategy):
         a, b, c = self.exponents
         t0 = time.perf_counter()
         rho = self._density(ctx).density if c else {}
-        t1 = time.perf_counter()
-        inference = 0.0
-
-        def predict(image: Any) -> Any:
-            nonlocal inference
-            t = time.perf_counter()
-            out = ctx.predict(image)
-            inference += time.perf_counter() - t
-            return out
-
+        self.timings = {"density": time.perf_counter() - t0}
         stats = stream_pool_stats(
-            ((cid, ctx.image(cid)) for cid in ctx.unlabeled), predict, ctx.regions, self.progress
+            ((cid, ctx.image(cid)) for cid in ctx.unlabeled), ctx.predict, ctx.regions,
+            self.progress, timings=self.timings,
         )
-        t2 = time.perf_counter()
-        self.timings = {
-            "density": t1 - t0,
-            "inference": inference,
-            "statistics": (t2 - t1) - inference,
-        }
         scored = []
         for s in stats:
             density = rho.get(s.case_id, 1.0)
