@@ -31,7 +31,7 @@ def test_fit_source_from_yaml_writes_checkpoint(source_ckpt: Path) -> None:
 
     ckpt = torch.load(source_ckpt, map_location="cpu", weights_only=True)
     assert any(k.startswith("net.") for k in ckpt["state_dict"])
-    assert ckpt["epoch"] == 2  # max_epochs of source_tiny.yaml
+    assert ckpt["epoch"] == 1  # saved at the end of the last epoch (max_epochs 2, 0-based)
 
 
 def test_active_round_grows_labeled_set_by_one_and_next_epoch_uses_it(
