@@ -6,6 +6,7 @@ Used by the demo and the benchmark scripts; the same configs run from the comman
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,11 @@ def run_experiment(
     args: list[str] = []
     for c in configs:
         args += ["-c", str(c)]
-    cli = main([*args, *overrides], run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads ``args`` only, not our caller's argv
+    try:
+        cli = main([*args, *overrides], run=False)
+    finally:
+        sys.argv = argv
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     t0 = time.perf_counter()
     if fit:

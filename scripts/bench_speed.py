@@ -10,7 +10,9 @@ Parts (``--parts``, default all):
 * ``export``  (b) the official pipeline's way (every probability map to ``.npz``, then all read
   back and scored) vs ours (streamed): time and RSS rise (``--export-pools``);
 * ``lightning`` (c) training voxels/s of ``SegmentationModule`` under ``Trainer`` vs a plain
-  PyTorch loop with the same net, data and batch (target ratio >= 0.95).
+  PyTorch loop with the same net, data and batch (target ratio >= 0.95);
+* ``threads`` one scoring round (first of ``--pools``) with 1 torch thread and with one per CPU:
+  on a CPU shared with other jobs, more threads can be much slower.
 
 Every measurement that reports memory runs in its own process (peak RSS is not shared). Each
 part writes ``benchmarks/<part>.md`` (table, the command, the machine) and the raw numbers to
@@ -34,21 +36,21 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-PARTS = ("query", "density", "export", "lightning")
+PARTS = ("query", "density", "export", "lightning", "threads")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    p.add_argument("--pools", type=int, nargs="+", default=[20, 40, 80], help="query: pool sizes")
     p.add_argument(
-        "--density-pools", type=int, nargs="+", default=[20, 40], help="density: pool sizes"
+        "--pools", type=int, nargs="+", default=[20, 40, 80, 160], help="query: pool sizes"
     )
     p.add_argument(
-        "--export-pools", type=int, nargs="+", default=[20, 40], help="export: pool sizes"
+        "--density-pools", type=int, nargs="+", default=[20, 40, 80], help="density: pool sizes"
+    )
+    p.add_argument(
+        "--export-pools", type=int, nargs="+", default=[20, 40, 80], help="export: pool sizes"
     )
     p.add_argument("--size", type=int, default=32, help="phantom edge length in voxels")
     p.add_argument(
@@ -96,7 +98,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     raise SystemExit(f"unknown part {part}")
 
 
-def spawn(args: argparse.Namespace, part: str, pool: int) -> dict[str, Any]:
+def spawn(
+    args: argparse.Namespace, part: str, pool: int, threads: int | None = None
+) -> dict[str, Any]:
+    threads = threads or args.threads
     cmd = [
         sys.executable,
         __file__,
@@ -106,7 +111,7 @@ def spawn(args: argparse.Namespace, part: str, pool: int) -> dict[str, Any]:
         "--size",
         str(args.size),
         "--threads",
-        str(args.threads),
+        str(threads),
         "--steps",
         str(args.steps),
         "--batch",
@@ -124,8 +129,8 @@ def spawn(args: argparse.Namespace, part: str, pool: int) -> dict[str, Any]:
     ]
     if args.ckpt:
         cmd += ["--ckpt", args.ckpt]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
     if res.returncode != 0:
         raise SystemExit(f"{part} (pool {pool}) failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -251,8 +256,10 @@ def run_export(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
             [
                 str(r["pool"]),
                 f"{r['streamed']['total_s']:.2f}",
-                f"{r['official']['total_s']:.2f} ({r['official']['export_s']:.2f} + "
-                f"{r['official']['read_score_s']:.2f})",
+                (
+                    f"{r['official']['total_s']:.2f} ({r['official']['export_s']:.2f} + "
+                    f"{r['official']['read_score_s']:.2f})"
+                ),
                 f"{r['official']['total_s'] / r['streamed']['total_s']:.2f}x",
                 f"{r['streamed']['rss_rise_mb']:.1f}",
                 f"{r['official']['rss_rise_mb']:.1f}",
@@ -311,17 +318,46 @@ def run_lightning(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     return body, [r]
 
 
+def run_threads(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
+    n = args.pools[0]
+    counts = sorted({1, os.cpu_count() or 1})
+    rows = [spawn(args, "query", n, threads=t) | {"threads": t} for t in counts]
+    body = table(
+        ["torch threads", "pool", "total s", "inference s", "density s", "slowdown vs 1 thread"],
+        [
+            [
+                str(r["threads"]),
+                str(r["pool"]),
+                f"{r['total_s']:.2f}",
+                f"{r['inference_s']:.2f}",
+                f"{r['density_s']:.2f}",
+                f"{r['total_s'] / rows[0]['total_s']:.2f}x",
+            ]
+            for r in rows
+        ],
+    )
+    body += (
+        "\n\nThe same scoring round with 1 thread and with one thread per CPU, measured while "
+        "other jobs share the CPUs (see the load average above): OpenMP threads that wait for a "
+        "busy core make every parallel region slow. On a shared machine run the benchmark with "
+        "`--threads 1`."
+    )
+    return body, rows
+
+
 TITLES = {
     "query": "Query overhead: one mmActS scoring round vs pool size (a, d)",
     "density": "Density distances: quantile summaries vs exact POT W1 (a)",
     "export": "Scoring I/O: official export-then-read vs streamed (b)",
     "lightning": "Lightning overhead: Trainer vs plain PyTorch loop (c)",
+    "threads": "Torch threads on a shared CPU: one scoring round",
 }
 RUNNERS = {
     "query": run_query,
     "density": run_density,
     "export": run_export,
     "lightning": run_lightning,
+    "threads": run_threads,
 }
 
 
@@ -331,20 +367,26 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     os.chdir(REPO)
-    command = "python scripts/bench_speed.py " + shlex.join(sys.argv[1:])
-    context = machine() + f"; {args.threads} torch thread(s) per measurement"
+    command = " ".join(["python scripts/bench_speed.py", shlex.join(sys.argv[1:])]).strip()
+    context = (
+        machine() + f"; {args.threads} torch thread(s) per measurement; settings: size "
+        f"{args.size}^3, pools {args.pools}, density pools {args.density_pools}, export pools "
+        f"{args.export_pools}, lightning {args.steps} steps x batch {args.batch} x "
+        f"{args.repeats} repeats, weights {args.ckpt or 'random (seed 0)'}"
+    )
     out = REPO / args.out
-    raw: dict[str, Any] = {"command": command, "machine": context}
+    raw_path = out / "speed.json"  # one entry per part, the latest measurement of each
+    raw: dict[str, Any] = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
     for part in args.parts:
         t0 = time.perf_counter()
         body, rows = RUNNERS[part](args)
-        raw[part] = rows
+        raw[part] = {"command": command, "machine": context, "rows": rows}
         path = write(out, part, TITLES[part], body, command, context)
         print(
             f"\n## {TITLES[part]} ({time.perf_counter() - t0:.0f} s) -> {path}\n\n{body}",
             flush=True,
         )
-    (out / "speed.json").write_text(json.dumps(raw, indent=1) + "\n")
+        raw_path.write_text(json.dumps(raw, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ trained on one modality, on the elected one, on all). One JSON line per finished
 appended to ``<out>/results.jsonl``; a restarted benchmark skips the finished runs.
 
     # full protocol: 2 tasks x 5 folds x 3 seeds x (9 strategies x 4 budgets + 2 bounds + ablations)
-    python scripts/benchmark.py --out runs/bench
+    python scripts/benchmark.py --out runs/bench --threads 1   # 1 thread on a shared CPU
     # reduced protocol (1 fold x 2 seeds), or any subset
     python scripts/benchmark.py --quick --tasks glioma --strategies lower upper random mmacts \
         --budgets 3 --out runs/bench_quick
@@ -38,15 +38,13 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable without the package installed
-    sys.path.insert(0, str(REPO))
+from lightning_ada.benchmark.folds import FoldScheme
+from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop
+from lightning_ada.benchmark.protocol import BUDGETS, HEADLINE_BUDGET, plan
+from lightning_ada.benchmark.report import write_report
+from lightning_ada.benchmark.wandb_io import WandbSettings
 
-from lightning_ada.benchmark.folds import FoldScheme  # noqa: E402
-from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop  # noqa: E402
-from lightning_ada.benchmark.protocol import BUDGETS, HEADLINE_BUDGET, plan  # noqa: E402
-from lightning_ada.benchmark.report import write_report  # noqa: E402
-from lightning_ada.benchmark.wandb_io import WandbSettings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TASKS = ("glioma", "npc")
 
@@ -104,6 +102,12 @@ def parser() -> argparse.ArgumentParser:
         help="default: $WANDB_MODE, else offline",
     )
     p.add_argument("--bench-id", help="W&B group of the runs (default: the --out folder name)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's). Use 1 on a CPU shared with other jobs: with 2 "
+        "threads on 2 busy cores a scoring round was measured 8x slower than with 1",
+    )
     g = p.add_argument_group("fold scheme (lightning_ada/benchmark/folds.py)")
     g.add_argument("--n-folds", type=int, default=5)
     g.add_argument("--n-pool", type=int, default=30)
@@ -171,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:i], argv[i + 1 :]
     args = parser().parse_args(argv)
     os.chdir(REPO)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = build_config(args, extra)
     failed = 0
     if not args.summary:

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,7 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
             "--active.budget" in overrides
             and overrides[overrides.index("--active.budget") + 1] == "1"
         ):
+            print("error: Parser key data.train_input", file=sys.stderr)
             raise SystemExit(2)  # what the CLI does on an invalid argument
         return fake(configs, overrides, fit)
 
@@ -304,7 +306,8 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
     report = BenchmarkLoop(cfg, runner=runner).run()
     assert report.failed == [("glioma", "mmacts", 1, 0, 0)]
     assert ("glioma", "mmacts", 3, 0, 0) in report.ran
-    assert "SystemExit" in read_rows(tmp_path / "errors.jsonl")[0]["error"]
+    error = read_rows(tmp_path / "errors.jsonl")[0]
+    assert "SystemExit" in error["error"] and "data.train_input" in error["stderr"]
     bad = BenchConfig(
         out=tmp_path / "bad",
         tasks=["glioma"],

@@ -94,3 +94,16 @@ def test_wrong_modalities_and_splits_are_refused(phantom_root: Path) -> None:
         make_dm(phantom_root, modalities=["t1", "t1ce", "t2"])
     with pytest.raises(DataError, match="unknown case ids"):
         make_dm(phantom_root, splits={"pool": ["no_such_case"]})
+
+
+def test_single_modality_input_everywhere(phantom_root: Path) -> None:
+    dm = make_dm(phantom_root, train_input="modality:t1ce")
+    test_id = dm.split_ids["test"][0]
+    image = dm.image(test_id)  # evaluation and scoring see t1ce only
+    assert image[2].abs().sum() > 0 and all(float(image[m].abs().sum()) == 0 for m in (0, 1, 3))
+    cid = dm.unlabeled_ids()[0]
+    dm.label(cid, dm.case(cid).modality_labels["flair"], "flair", round=0, epoch=-1)
+    train = dm._training_item(cid)["image"]  # whatever modality the annotation was drawn on
+    assert all(float(train[m].abs().sum()) == 0 for m in (0, 1, 3))
+    with pytest.raises(ValueError, match="train_input must be one of"):
+        ActiveDataModule(root=str(phantom_root), train_input="modality:pet")

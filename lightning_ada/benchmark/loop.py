@@ -17,7 +17,10 @@ readable; their source checkpoint is reused.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -78,6 +81,25 @@ class LoopReport:
     ran: list[tuple[Any, ...]] = field(default_factory=list)
     skipped: list[tuple[Any, ...]] = field(default_factory=list)
     failed: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+class _Tail(io.TextIOBase):
+    """A text stream passing writes through to ``stream`` and keeping the last ``keep`` chars."""
+
+    def __init__(self, stream: Any, keep: int = 4000) -> None:
+        self.stream, self.keep, self.buf = stream, keep, ""
+
+    def write(self, s: str) -> int:
+        self.stream.write(s)
+        self.buf = (self.buf + s)[-self.keep :]
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def text(self) -> str:
+        """The kept tail."""
+        return self.buf
 
 
 def _default_runner(
@@ -227,8 +249,10 @@ class BenchmarkLoop:
             return None
         where = f"{task} seed {seed}" + (f" fold {key[3]}" if key[3] is not None else "")
         print(f"[{where}] {run}" + (f" budget {key[2]}" if key[2] is not None else ""), flush=True)
+        stderr = _Tail(sys.stderr)
         try:
-            res = self.runner(configs, overrides, fit=fit)
+            with contextlib.redirect_stderr(stderr):  # keeps the CLI's own error message
+                res = self.runner(configs, overrides, fit=fit)
         except KeyboardInterrupt:
             finish_run()
             raise
@@ -243,6 +267,7 @@ class BenchmarkLoop:
                     **row_fields,
                     "error": f"{type(e).__name__}: {e}",
                     "traceback": traceback.format_exc()[-4000:],
+                    "stderr": stderr.text(),
                     "wandb": info,
                     "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                 },

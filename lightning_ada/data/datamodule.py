@@ -161,9 +161,10 @@ class ActiveDataModule(L.LightningDataModule):
             reclaim space). Cases that passed ``validate_inputs`` are remembered there too.
             None: preprocess (and validate) in memory at every setup.
         predict_split: which split ``predict`` runs on.
-        train_input: ``all`` modalities for every labeled case (default), or ``dominant_only``:
-            only the modality the case was annotated on, the others zero-filled (the paper's
-            Table 2 ablation).
+        train_input: ``all`` modalities for every labeled case (default); ``dominant_only``:
+            only the modality the case was annotated on, the others zero-filled;
+            ``modality:<name>``: the model only ever sees that modality (training, evaluation and
+            scoring; the paper's Table 2 single-modality ablation).
     """
 
     def __init__(
@@ -188,9 +189,12 @@ class ActiveDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         predict_split: str = "test",
-        train_input: Literal["all", "dominant_only"] = "all",
+        train_input: str = "all",
     ) -> None:
         super().__init__()
+        allowed = ["all", "dominant_only", *(f"modality:{m}" for m in modalities)]
+        if train_input not in allowed:
+            raise ValueError(f"data.train_input must be one of {allowed}, got {train_input!r}")
         self.save_hyperparameters()
         self.cases: dict[str, Case] = {}
         self.split_ids: dict[str, list[str]] = {}
@@ -368,7 +372,19 @@ class ActiveDataModule(L.LightningDataModule):
 
     def item(self, case_id: str) -> dict[str, Any]:
         """The preprocessed item of a case: ``image`` ``(C, H, W, D)``, ``label`` ``(1, H, W, D)``."""
-        return self._cache[self._index[case_id]]
+        return self._only_input(self._cache[self._index[case_id]])
+
+    def _only_input(self, item: dict[str, Any], modality: str | None = None) -> dict[str, Any]:
+        """Zero every channel but ``modality`` (or the ``modality:<name>`` of ``train_input``)."""
+        mode = self.hparams.train_input
+        if mode.startswith("modality:"):
+            modality = mode.split(":", 1)[1]
+        if modality is None:
+            return item
+        keep = list(self.hparams.modalities).index(modality)
+        image = item["image"].clone()
+        image[[m for m in range(image.shape[0]) if m != keep]] = 0
+        return dict(item) | {"image": image}
 
     def image(self, case_id: str) -> torch.Tensor:
         """The preprocessed image ``(C, H, W, D)`` of a case (network input space)."""
@@ -378,12 +394,8 @@ class ActiveDataModule(L.LightningDataModule):
         """Image with the delivered annotation (which may differ from the reference mask)."""
         annotation = self.train_pool.annotation(case_id)
         item = self._annotated_item(case_id, annotation.label_path)
-        if self.hparams.train_input == "dominant_only" and annotation.modality is not None:
-            keep = list(self.hparams.modalities).index(annotation.modality)
-            image = item["image"].clone()
-            image[[m for m in range(image.shape[0]) if m != keep]] = 0
-            item = dict(item) | {"image": image}
-        return item
+        dominant = self.hparams.train_input == "dominant_only"
+        return self._only_input(item, annotation.modality if dominant else None)
 
     def _annotated_item(self, case_id: str, path: str) -> dict[str, Any]:
         if path == self.cases[case_id].label:
