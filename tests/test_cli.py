@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from lightning_ada.active.strategies import REGISTRY
 from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"
@@ -163,3 +164,22 @@ def test_mmacts_round_elects_a_modality_and_logs_every_factor(
         assert "centre" in q["case_meta"]
     # the density matrix is cached in the run folder and reused by the second round
     assert len(list((tmp_path / "cache").glob("density_*.json"))) == 1
+
+
+@pytest.mark.parametrize("strategy", sorted(REGISTRY))
+def test_every_strategy_runs_one_round_through_fit(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, strategy: str
+) -> None:
+    main(
+        [
+            "fit", "-c", str(CONF / "random_tiny.yaml"),
+            "--data.root", str(phantom_root),
+            "--model.source_checkpoint", str(source_ckpt),  # carries STDR's source anchors
+            "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+            "--active.budget", "1", "--active.strategy", strategy,
+        ]
+    )
+    log = json.loads((tmp_path / "query_log.json").read_text())
+    assert len(log) == 1 and log[0]["strategy"] == strategy
+    assert log[0]["case_id"].startswith("glioma_pool_")
