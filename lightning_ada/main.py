@@ -23,6 +23,13 @@ class ADACLI(LightningCLI):
         parser.link_arguments("data.modalities", "model.in_channels", compute_fn=len)
         parser.link_arguments("data.labels", "model.labels")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            # resuming reads checkpoints without executing pickled code unless asked otherwise
+            parser.set_defaults(weights_only=True)
+        return parser
+
 
 def main(args: list[str] | None = None, run: bool = True) -> ADACLI:
     """Run the CLI (``args`` for programmatic use, as in the tests; ``run=False`` only builds)."""

@@ -252,7 +252,7 @@ class ActiveQueryCallback(L.Callback):
             if label_path is None:
                 self._write_log(trainer)
                 ckpt = self._run_dir(trainer) / "checkpoints" / "pending.ckpt"
-                trainer.save_checkpoint(ckpt)
+                trainer.save_checkpoint(ckpt, weights_only=False)
                 labels = [self.oracle.label_path(e["case_id"]) for e in self.pending]  # type: ignore[attr-defined]
                 raise AnnotationPending(ckpt, labels)
             dm.label(entry["case_id"], label_path, entry["modality"], round=entry["round"], epoch=entry["epoch"])
