@@ -27,12 +27,12 @@ DRIVER = textwrap.dedent(
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if where == "mid-scoring":
+    if where in ("mid-scoring", "first-scoring"):
         orig_score = MMActSStrategy.score
         calls = []
         def score(self, ctx):
             calls.append(1)
-            if len(calls) == 3:  # the third query round (after epoch 1)
+            if len(calls) == (1 if where == "first-scoring" else 3):  # round 0, or after epoch 1
                 die()
             return orig_score(self, ctx)
         MMActSStrategy.score = score
@@ -112,7 +112,9 @@ def _comparable(log: list[dict]) -> list[tuple]:
     return [(q["round"], q["epoch"], q["case_id"], round(q["score"], 6)) for q in log]
 
 
-@pytest.mark.parametrize("kill_at", ["mid-epoch", "mid-scoring", "after-label", "mid-checkpoint-write"])
+@pytest.mark.parametrize(
+    "kill_at", ["first-scoring", "mid-epoch", "mid-scoring", "after-label", "mid-checkpoint-write"]
+)
 def test_killed_run_resumes_to_the_same_labeled_set_and_log(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, reference: tuple[list, dict], kill_at: str
 ) -> None:
@@ -121,10 +123,12 @@ def test_killed_run_resumes_to_the_same_labeled_set_and_log(
     out = tmp_path / "run"
     killed = run(phantom_root, source_ckpt, out, driver, kill_at=kill_at)
     assert killed.returncode == -9, f"the run was not killed at {kill_at}"
-    assert (out / "checkpoints" / "last.ckpt").is_file()  # an earlier epoch's checkpoint
+    # killed before any checkpoint (round 0 scoring) the run starts over; else it resumes
+    first = kill_at == "first-scoring"
+    assert (out / "checkpoints" / "last.ckpt").is_file() != first
     resumed = run(phantom_root, source_ckpt, out, driver, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Restoring states from the checkpoint" in resumed.stderr  # resumed, not restarted
+    assert ("Restoring states from the checkpoint" in resumed.stderr) != first
     log = json.loads((out / "query_log.json").read_text())
     ref_log, ref_pool = reference
     assert _comparable(log) == _comparable(ref_log)
