@@ -101,11 +101,17 @@ def cli_main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "query":
         query(sys.argv[2:])
         return
+    from lightning_ada.data.cases import DataError
+    from lightning_ada.models.module import CheckpointError
+
     try:
         main()
     except AnnotationPending as pending:
         print(f"\n{pending}")
         sys.exit(3)
+    except (DataError, CheckpointError) as bad_input:  # one clear line, no traceback
+        print(f"error: {bad_input}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
