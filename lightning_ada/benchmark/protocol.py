@@ -138,6 +138,8 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
         return mm(args={"schedule": "one_off"})
     if name == "mmacts_modality_masks":
         return mm("--active.use_modality_masks", "true")
+    if name == "mmacts_modality_masks_perclass":
+        return mm("--active.use_modality_masks", "true", "--active.election_per_class", "true")
     if name in FACTOR_ABLATIONS:
         return mm(args={"exponents": FACTOR_ABLATIONS[name]})
     if name == "mmacts_dominant_only":
@@ -151,6 +153,7 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             "upper",
             "mmacts_one_off",
             "mmacts_modality_masks",
+            "mmacts_modality_masks_perclass",
             "mmacts_dominant_only",
             *FACTOR_ABLATIONS,
             *REGISTRY,
