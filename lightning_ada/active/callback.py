@@ -35,13 +35,27 @@ class AnnotationPending(Exception):
         )
 
 
-def query_context(
-    dm: Any, module: Any, round: int = 0, seed: int = 0, run_dir: Path | None = None
-) -> QueryContext:
-    """What a strategy sees of the datamodule and the current model for one query round."""
+def source_artifacts(module: Any) -> dict[str, Any]:
+    """What the module's source checkpoint carries for source-free strategies (read once)."""
     from lightning_ada.models.module import load_source_artifacts
 
     source_ckpt = getattr(module.hparams, "source_checkpoint", None)
+    return load_source_artifacts(source_ckpt) if source_ckpt else {}
+
+
+def query_context(
+    dm: Any,
+    module: Any,
+    round: int = 0,
+    seed: int = 0,
+    run_dir: Path | None = None,
+    artifacts: dict[str, Any] | None = None,
+) -> QueryContext:
+    """What a strategy sees of the datamodule and the current model for one query round.
+
+    ``artifacts`` are the source checkpoint's extras (:func:`source_artifacts`); pass them when
+    they are already loaded, so the checkpoint is not read again every round.
+    """
     return QueryContext(
         unlabeled=dm.unlabeled_ids(),
         pool=dm.pool.case_ids,
@@ -55,7 +69,7 @@ def query_context(
         run_dir=run_dir,
         source=dm.split_ids.get("source", []),
         features=getattr(module, "case_features", None),
-        source_artifacts=load_source_artifacts(source_ckpt) if source_ckpt else {},
+        source_artifacts=source_artifacts(module) if artifacts is None else artifacts,
     )
 
 
@@ -146,6 +160,7 @@ class ActiveQueryCallback(L.Callback):
         self.last_query_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
+        self._artifacts: dict[str, Any] | None = None  # source checkpoint extras, read in setup
 
     # ------------------------------------------------------------------ schedule
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -162,11 +177,8 @@ class ActiveQueryCallback(L.Callback):
                 f"active.budget={self.budget} exceeds the target pool ({available} cases)"
             )
         offered = {"features"} | ({"source"} if dm.split_ids.get("source") else set())
-        source_ckpt = getattr(pl_module.hparams, "source_checkpoint", None)
-        if source_ckpt:
-            from lightning_ada.models.module import load_source_artifacts
-
-            offered |= {"source_" + k.removeprefix("stdr_") for k in load_source_artifacts(source_ckpt)}
+        self._artifacts = source_artifacts(pl_module)
+        offered |= {"source_" + k.removeprefix("stdr_") for k in self._artifacts}
         missing = sorted(self.strategy.needs - offered)
         if missing:
             raise ValueError(f"strategy {self.strategy.name!r} needs {missing}, which this run lacks")
@@ -200,7 +212,9 @@ class ActiveQueryCallback(L.Callback):
         n = min(n, self.budget - self.n_queried, len(dm.unlabeled_ids()))
         if n <= 0:
             return
-        ctx = query_context(dm, pl_module, self.round, self.seed, self._run_dir(trainer))
+        ctx = query_context(
+            dm, pl_module, self.round, self.seed, self._run_dir(trainer), self._artifacts
+        )
         t0 = time.perf_counter()
         ranked = sharded_rank(self.strategy, ctx, trainer)
         seconds = time.perf_counter() - t0
