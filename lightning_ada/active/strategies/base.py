@@ -101,6 +101,16 @@ class Strategy:
         """Restore :meth:`state_dict`."""
 
 
+def in_order(order: Sequence[str], factors: Callable[[str], dict[str, float]]) -> list[Scored]:
+    """Scores for a selection made by order (one-off and greedy strategies).
+
+    The i-th of ``order`` gets score ``len(order) - i`` (strictly decreasing, so ``rank()[:B]``
+    is the selection); the raw criteria go in ``factors(case_id)``.
+    """
+    n = len(order)
+    return [Scored(cid, float(n - i), factors(cid)) for i, cid in enumerate(order)]
+
+
 REGISTRY: dict[str, type[Strategy]] = {}
 
 

@@ -17,7 +17,13 @@ from lightning_ada.active.anchors import (
     as_anchor_array,
     case_descriptors,
 )
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import (
+    QueryContext,
+    Scored,
+    Strategy,
+    in_order,
+    register,
+)
 
 
 @register
@@ -134,18 +140,13 @@ class STDRStrategy(Strategy):
         near = sorted(rest, key=lambda c: (delta[c], c))[: b // 2]
         chosen = set(far) | set(near)
         order = far + near + [c for c in by_far if c not in chosen]
-        n = len(order)
-        return [
-            Scored(
-                cid,
-                float(n - i),
-                {
-                    "delta": delta[cid],
-                    "far": float(cid in far),
-                    "near": float(cid in near),
-                    "n_slices": float(n_slices[cid]),
-                    "n_anchors": float(len(anchors)),
-                },
-            )
-            for i, cid in enumerate(order)
-        ]
+        return in_order(
+            order,
+            lambda cid: {
+                "delta": delta[cid],
+                "far": float(cid in far),
+                "near": float(cid in near),
+                "n_slices": float(n_slices[cid]),
+                "n_anchors": float(len(anchors)),
+            },
+        )

@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from lightning_ada.active.stats import entropy_map
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import (
+    QueryContext,
+    Scored,
+    Strategy,
+    in_order,
+    register,
+)
 
 
 def gaua(probs: Tensor, bins: int = 100) -> tuple[float, float]:
@@ -133,21 +139,16 @@ class UGTSTStrategy(Strategy):
         picked = set(picks)
         order = chosen + [c for c in by_unc if c not in picked]
         cand = set(candidates)
-        n = len(order)
-        return [
-            Scored(
-                cid,
-                float(n - i),
-                {
-                    "gaua": unc[cid],
-                    "tau": tau[cid],
-                    "candidate": float(cid in cand),
-                    "cluster": float(cluster.get(cid, -1)),
-                    "centroid_distance": float(dist.get(cid, math.nan)),
-                },
-            )
-            for i, cid in enumerate(order)
-        ]
+        return in_order(
+            order,
+            lambda cid: {
+                "gaua": unc[cid],
+                "tau": tau[cid],
+                "candidate": float(cid in cand),
+                "cluster": float(cluster.get(cid, -1)),
+                "centroid_distance": float(dist.get(cid, math.nan)),
+            },
+        )
 
     @staticmethod
     def _representatives(
