@@ -40,7 +40,8 @@ class ActivePool:
 
     def __init__(self, case_ids: Iterable[str]) -> None:
         self._ids = list(case_ids)
-        if len(set(self._ids)) != len(self._ids):
+        self._id_set = set(self._ids)
+        if len(self._id_set) != len(self._ids):
             dups = sorted({i for i in self._ids if self._ids.count(i) > 1})
             raise ValueError(f"duplicate case ids in the pool: {dups}")
         self._annotations: dict[str, Annotation] = {}
@@ -74,7 +75,7 @@ class ActivePool:
         return len(self._ids)
 
     def __contains__(self, case_id: object) -> bool:
-        return case_id in set(self._ids)
+        return case_id in self._id_set
 
     def is_labeled(self, case_id: str) -> bool:
         """Whether ``case_id`` is labeled."""
@@ -119,7 +120,7 @@ class ActivePool:
         Raises:
             ValueError: if the saved pool holds ids that this pool does not know.
         """
-        unknown = sorted(set(state["labeled"]) - set(self._ids))
+        unknown = sorted(set(state["labeled"]) - self._id_set)
         if unknown:
             raise ValueError(f"checkpoint pool labels cases unknown to this pool: {unknown}")
         self._annotations = {k: Annotation(**v) for k, v in state["labeled"].items()}
