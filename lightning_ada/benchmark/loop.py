@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+import shutil
 import sys
 import time
 import traceback
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_ada.benchmark.datasets import BenchTask, PhantomTask
 from lightning_ada.benchmark.folds import FoldScheme
 from lightning_ada.benchmark.protocol import RunSpec, run_spec
 from lightning_ada.benchmark.results import (
@@ -59,6 +60,9 @@ class BenchConfig:
         extra: overrides appended to every run (e.g. ``--trainer.max_epochs 2``).
         wandb: W&B settings, None for no tracking.
         dry_run: print the commands, run nothing.
+        task_specs: per task, what it runs on (:mod:`lightning_ada.benchmark.datasets`); a task
+            not in it is a :class:`PhantomTask` of ``scheme``, ``data_base`` and ``config_dir``.
+        source_only: train the missing source models, nothing else (parallel workers' first phase).
     """
 
     out: Path
@@ -72,6 +76,14 @@ class BenchConfig:
     extra: list[str] = field(default_factory=list)
     wandb: WandbSettings | None = None
     dry_run: bool = False
+    task_specs: dict[str, BenchTask] = field(default_factory=dict)
+    source_only: bool = False
+
+    def task(self, name: str) -> BenchTask:
+        """What task ``name`` runs on."""
+        if name in self.task_specs:
+            return self.task_specs[name]
+        return PhantomTask(name, self.scheme, self.data_base, self.config_dir)
 
 
 @dataclass
@@ -192,14 +204,8 @@ class BenchmarkLoop:
 
     # ------------------------------------------------------------------ overrides
     def _data(self, task: str, seed: int) -> list[str]:
-        s = self.cfg.scheme
         return [
-            "--seed_everything",
-            str(seed),
-            "--data.root",
-            s.root(task, seed, self.cfg.data_base),
-            "--data.phantom",
-            json.dumps(s.phantom(task, seed)),
+            *self.cfg.task(task).data_overrides(seed),
             "--trainer.enable_progress_bar",
             "false",
         ]
@@ -229,7 +235,7 @@ class BenchmarkLoop:
         return self.cfg.wandb.logger_override(folder, name, list(dict.fromkeys(tags)), job_type)
 
     def _config(self, task: str, name: str) -> str:
-        return str(Path(self.cfg.config_dir.format(task=task)) / name)
+        return str(self.cfg.task(task).folder / name)
 
     # ------------------------------------------------------------------ one run
     def _execute(
@@ -244,11 +250,15 @@ class BenchmarkLoop:
         task, run, _budget, _fold, seed = key
         if self.cfg.dry_run:
             shown = [a if len(a) <= 100 else a[:60] + " ...}" for a in overrides]
-            print("would run:", " ".join(["-c", *configs, *shown]), "" if fit else "(test only)")
+            cs = [a for c in configs for a in ("-c", c)]
+            print("would run:", " ".join([*cs, *shown]), "" if fit else "(test only)")
             self.report.ran.append(key)
             return None
         where = f"{task} seed {seed}" + (f" fold {key[3]}" if key[3] is not None else "")
         print(f"[{where}] {run}" + (f" budget {key[2]}" if key[2] is not None else ""), flush=True)
+        if folder.exists():  # an interrupted attempt: its files would be mistaken for this run's
+            print(f"  removing the unfinished attempt in {folder}", flush=True)
+            shutil.rmtree(folder)
         stderr = _Tail(sys.stderr)
         try:
             with contextlib.redirect_stderr(stderr):  # keeps the CLI's own error message
@@ -302,8 +312,7 @@ class BenchmarkLoop:
         folder = run_dir(self.cfg.out, task, seed, None, "source", None)
         overrides = [
             *self._data(task, seed),
-            "--data.splits",
-            json.dumps({"pool": [], "test": []}),  # source stage: source cases only
+            *self.cfg.task(task).source_stage(),  # source cases only
             "--trainer.default_root_dir",
             str(folder),
             *self._logger(folder, task, "source", "source", None, None, seed, "source"),
@@ -311,7 +320,7 @@ class BenchmarkLoop:
         ]
         row = self._execute(
             key,
-            [self._config(task, "source.yaml")],
+            [self._config(task, "source.yaml"), *self.cfg.task(task).extra_configs],
             overrides,
             True,
             {"fold": None, "budget": None, "strategy": "source"},
@@ -324,16 +333,14 @@ class BenchmarkLoop:
     def _target(
         self, task: str, seed: int, fold: int, name: str, budget: int | None, source: Path
     ) -> None:
-        from lightning_ada.data.phantom import TASKS
-
-        spec: RunSpec = run_spec(name, list(TASKS[task]["modalities"]))
+        bench_task = self.cfg.task(task)
+        spec: RunSpec = run_spec(name, bench_task.modalities)
         budget = None if name in BUDGETLESS else budget
         folder = run_dir(self.cfg.out, task, seed, fold, name, budget)
-        splits = self.cfg.scheme.splits(task, fold)
+        split = bench_task.fold(fold)
         overrides = [
             *self._data(task, seed),
-            "--data.splits",
-            json.dumps(splits),
+            *split.overrides,
             "--active.seed",
             str(seed + 1000 * fold),
             *spec.overrides,
@@ -360,9 +367,9 @@ class BenchmarkLoop:
             "strategy": spec.strategy,
             "schedule": spec.schedule,
             "train_input": spec.train_input,
-            "n_pool": len(splits["pool"]),
-            "n_test": len(splits["test"]),
-            "labels": 0 if name == "lower" else len(splits["pool"]) if name == "upper" else budget,
+            "n_pool": split.n_pool,
+            "n_test": split.n_test,
+            "labels": 0 if name == "lower" else split.n_pool if name == "upper" else budget,
             "config": spec.config,
             "overrides": list(spec.overrides),
             "extra": list(self.cfg.extra),
@@ -370,7 +377,7 @@ class BenchmarkLoop:
         }
         self._execute(
             (task, name, budget, fold, seed),
-            [self._config(task, spec.config)],
+            [self._config(task, spec.config), *bench_task.extra_configs, *split.configs],
             overrides,
             spec.fit,
             fields,
@@ -384,13 +391,34 @@ class BenchmarkLoop:
         Raises:
             ValueError: an unknown run name or a fold outside the scheme.
         """
-        from lightning_ada.data.phantom import TASKS
-
         for task, runs in self.cfg.runs.items():
+            modalities = self.cfg.task(task).modalities
             for name, _ in runs:
-                run_spec(name, list(TASKS[task]["modalities"]))
-        for fold in self.cfg.folds:
-            self.cfg.scheme.splits(self.cfg.tasks[0], fold)
+                run_spec(name, modalities)
+        for task in self.cfg.tasks:
+            for fold in self.cfg.folds:
+                self.cfg.task(task).fold(fold)
+
+    def _planned(self, task: str, seed: int) -> list[tuple[Any, ...]]:
+        """Keys of the target runs planned for ``task`` and ``seed``, in order."""
+        return [
+            (task, name, None if name in BUDGETLESS else budget, fold, seed)
+            for fold in self.cfg.folds
+            for name, budget in self.cfg.runs[task]
+        ]
+
+    def pending(self) -> list[tuple[Any, ...]]:
+        """Keys of the planned runs not in ``results.jsonl`` yet (source runs included)."""
+        done = finished(read_rows(self.results))
+        out: list[tuple[Any, ...]] = []
+        for task in self.cfg.tasks:
+            for seed in self.cfg.seeds:
+                todo = [k for k in self._planned(task, seed) if k not in done]
+                source = (task, "source", None, None, seed)
+                if todo and source not in done:
+                    out.append(source)
+                out += [] if self.cfg.source_only else todo
+        return out
 
     def run(self) -> LoopReport:
         """Run every planned run not yet in ``results.jsonl``."""
@@ -400,27 +428,20 @@ class BenchmarkLoop:
             for seed in self.cfg.seeds:
                 rows = read_rows(self.results)
                 done = finished(rows)
-                pending = [
-                    (fold, name, budget)
-                    for fold in self.cfg.folds
-                    for name, budget in self.cfg.runs[task]
-                    if (task, name, None if name in BUDGETLESS else budget, fold, seed) not in done
-                ]
-                self.report.skipped += [
-                    (task, name, None if name in BUDGETLESS else budget, fold, seed)
-                    for fold in self.cfg.folds
-                    for name, budget in self.cfg.runs[task]
-                    if (task, name, None if name in BUDGETLESS else budget, fold, seed) in done
-                ]
+                planned = self._planned(task, seed)
+                pending = [k for k in planned if k not in done]
+                self.report.skipped += [k for k in planned if k in done]
                 if not pending:
                     continue
                 source = self._source(task, seed, rows, done)
+                if self.cfg.source_only:
+                    continue
                 if source is None:
                     print(
                         f"[{task} seed {seed}] no source checkpoint: skipping its runs", flush=True
                     )
                     continue
-                for fold, name, budget in pending:
+                for _, name, budget, fold, _ in pending:
                     self._target(task, seed, fold, name, budget, source)
         return self.report
 

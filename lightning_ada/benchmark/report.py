@@ -87,6 +87,7 @@ def write_report(
             f"# Benchmark results ({len(rows)} runs)",
             "",
             tables["table1"].markdown(),
+            tables["table1_distances"].markdown(),
             tables["table2"].markdown(),
             tables["ablation_schedule"].markdown(),
             tables["budget_curve"].markdown(),

@@ -28,8 +28,16 @@ from lightning_ada.benchmark.stats import (
 )
 
 #: regions in the order of the paper's tables
-TASK_REGIONS: dict[str, list[str]] = {"glioma": ["ET", "NCR", "ED"], "npc": ["GTV"]}
-TASK_ORDER = ["glioma", "npc"]
+TASK_REGIONS: dict[str, list[str]] = {
+    "glioma": ["ET", "NCR", "ED"],
+    "npc": ["GTV"],
+    "brats18": ["ET", "NCR", "ED"],
+}
+#: regions shown in the comparison tables but not averaged into the mean (BraTS evaluation regions)
+EXTRA_REGIONS: dict[str, list[str]] = {"brats18": ["WT", "TC"]}
+#: metrics where lower is better (distances, mm)
+LOWER_IS_BETTER = ("hd95", "assd")
+TASK_ORDER = ["glioma", "npc", "brats18"]
 #: Table 1 rows, in the paper's order (strategies not in the paper follow before mmActS)
 METHOD_ORDER = [
     "lower",
@@ -128,6 +136,12 @@ def tasks_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return [t for t in TASK_ORDER if t in found] + sorted(found - set(TASK_ORDER))
 
 
+def extra_regions(rows: Iterable[Mapping[str, Any]], task: str) -> list[str]:
+    """:data:`EXTRA_REGIONS` of ``task`` that the rows' per-case values hold."""
+    found = {k for r in rows if r["task"] == task for c in r.get("per_case", []) for k in c}
+    return [g for g in EXTRA_REGIONS.get(task, []) if f"dice_{g}" in found]
+
+
 def regions_of(rows: Iterable[Mapping[str, Any]], task: str) -> list[str]:
     """Regions of ``task``: the paper's order when known, else those found in the rows."""
     if task in TASK_REGIONS:
@@ -186,6 +200,7 @@ def comparison_table(
     labels_column: bool = True,
     notes: Sequence[str] = (),
     first_column: str = "Method",
+    mean_column: bool = True,
 ) -> Table:
     """Rows = entries; per task: ``metric x region`` cells, the mean Dice over regions (tasks with
     several regions), the p-value of ``reference`` vs the row, and the number of runs.
@@ -196,11 +211,14 @@ def comparison_table(
         budget: the budget of the compared strategies (bounds ignore it).
         reference: ``Entry.key`` of the row every p-value compares against.
         title: table title.
-        metrics: ``(metric, column label)``; values shown in %.
-        bold_best: bold the best mean per column among the rows that are not bounds.
+        metrics: ``(metric, column label)``; Dice and IoU shown in %, distances (``hd95``,
+            ``assd``) in mm.
+        bold_best: bold the best mean per column among the rows that are not bounds (the lowest
+            for distances).
         labels_column: add the number of labels.
         notes: lines under the table.
         first_column: name of the first column.
+        mean_column: add the mean Dice over the task's regions (tasks with several regions).
     """
     norm = [normalise(r) for r in rows]
     tasks = tasks_of(norm)
@@ -210,12 +228,12 @@ def comparison_table(
     columns: list[tuple[str, str, list[str]]] = []  # (task, metric name, regions)
     for task in tasks:
         regions = regions_of(norm, task)
-        for g in regions:
+        for g in regions + extra_regions(norm, task):
             for m, label in metrics:
                 columns.append((task, f"{m}_{g}", regions))
                 header.append(f"{g} {label}")
                 csv_header += [f"{task}_{g}_{m}_mean", f"{task}_{g}_{m}_std"]
-        if len(regions) > 1:
+        if len(regions) > 1 and mean_column:
             columns.append((task, "dice_mean", regions))
             header.append(f"{task} mean Dice")
             csv_header += [f"{task}_dice_mean_mean", f"{task}_dice_mean_std"]
@@ -257,7 +275,8 @@ def comparison_table(
                 if not set(e.methods) <= set(BOUNDS) and s[(task, metric)].n
             ]
             if vals:
-                best[(task, metric)] = max(vals)
+                lower = metric.split("_")[0] in LOWER_IS_BETTER
+                best[(task, metric)] = min(vals) if lower else max(vals)
 
     md_rows, csv_rows = [], []
     for e, stats, extra in cells:
@@ -269,7 +288,8 @@ def comparison_table(
             row.append(labels)
         for task, metric, _ in columns:
             s = stats[(task, metric)]
-            text = s.fmt(100.0)
+            scale = 1.0 if metric.split("_")[0] in LOWER_IS_BETTER else 100.0
+            text = s.fmt(scale)
             is_best = (
                 not set(e.methods) <= set(BOUNDS)
                 and (task, metric) in best
@@ -277,7 +297,7 @@ def comparison_table(
                 and math.isclose(s.mean, best[(task, metric)], abs_tol=1e-12)
             )
             md.append(_bold(text) if is_best else text)
-            row += [s.mean * 100, s.std * 100]
+            row += [s.mean * scale, s.std * scale]
         for p, n, runs in extra:
             md += ["ref." if e.key == reference else format_p(p), str(runs) if runs else "–"]
             row += [p, n, runs]
@@ -323,6 +343,28 @@ def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
                 "p: paired Wilcoxon signed-rank test (two-sided) of mmActS vs the row, over the "
                 "same test cases (fold, seed, case), on the per-case Dice averaged over the "
                 "task's regions."
+            ),
+        ],
+    )
+
+
+def table1_distances(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
+    """Table 1's runs in surface distances: HD95 and ASSD per region (mm, lower is better)."""
+    rows = list(rows)
+    entries = [Entry(DISPLAY.get(m, m), (m,), "all", m) for m in present_methods(rows)]
+    return comparison_table(
+        rows,
+        entries,
+        budget,
+        REFERENCE,
+        f"Table 1 (distances): HD95 / ASSD in mm at budget {budget}, mean ± std over runs",
+        metrics=(("hd95", "HD95"), ("assd", "ASSD")),
+        mean_column=False,
+        notes=[
+            (
+                "Bold: lowest mean among the strategies. A case whose region is empty in exactly "
+                "one of reference and prediction has no distance (ALGORITHMS.md 12) and is left "
+                "out of that cell (both empty: 0 mm); p as in Table 1 (per-case Dice)."
             ),
         ],
     )
@@ -531,6 +573,7 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
 #: name -> builder of every table written by :func:`write_tables`
 TABLES: dict[str, Callable[[list[dict[str, Any]]], Table]] = {
     "table1": table1,
+    "table1_distances": table1_distances,
     "table2": table2,
     "ablation_schedule": schedule_table,
     "budget_curve": budget_table,

@@ -1,0 +1,158 @@
+"""What a benchmark task runs on: the embedded phantom (generated per seed) or a config folder.
+
+A task gives the benchmark loop its config folder, its modalities, its folds and the overrides
+that point every run at its data:
+
+* :class:`PhantomTask` (``glioma``, ``npc``): one phantom per seed, folds from
+  :class:`~lightning_ada.benchmark.folds.FoldScheme` passed as ``--data.splits``;
+* :class:`ConfigTask` (``brats18``): real scans named by the task's own configs; fold ``f`` is the
+  overlay ``<config_dir>/folds/fold<f>.yaml`` (its splits), the data root a config value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_ada.benchmark.folds import FoldScheme
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold of a task: extra config files, overrides and its pool / test sizes."""
+
+    configs: tuple[str, ...]
+    overrides: tuple[str, ...]
+    n_pool: int
+    n_test: int
+
+
+@dataclass(frozen=True)
+class PhantomTask:
+    """A task on the embedded phantom, regenerated per seed (``data_base/<task>_<size>_seed<s>``).
+
+    Attributes:
+        name: ``glioma`` or ``npc``.
+        scheme: fold and phantom sizes.
+        data_base: folder of the generated phantoms.
+        config_dir: config folder (``{task}`` is replaced by the name).
+        source_overrides: extra overrides of the source run (e.g. fewer epochs in ``--quick``).
+        target_overrides: extra overrides of every target run.
+        extra_configs: config files added after the run's own.
+    """
+
+    name: str
+    scheme: FoldScheme = field(default_factory=FoldScheme)
+    data_base: str = "data/phantom"
+    config_dir: str = "configs/phantom/{task}"
+    source_overrides: tuple[str, ...] = ()
+    target_overrides: tuple[str, ...] = ()
+    extra_configs: tuple[str, ...] = ()
+
+    @property
+    def modalities(self) -> list[str]:
+        from lightning_ada.data.phantom import TASKS
+
+        return list(TASKS[self.name]["modalities"])
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config_dir.format(task=self.name))
+
+    @property
+    def n_folds(self) -> int:
+        return self.scheme.n_folds
+
+    def data_overrides(self, seed: int) -> list[str]:
+        """Overrides of every run of ``seed``: seed, phantom root and generator arguments."""
+        s = self.scheme
+        return [
+            "--seed_everything",
+            str(seed),
+            "--data.root",
+            s.root(self.name, seed, self.data_base),
+            "--data.phantom",
+            json.dumps(s.phantom(self.name, seed)),
+        ]
+
+    def source_stage(self) -> list[str]:
+        """Overrides of the source run (source cases only)."""
+        return ["--data.splits", json.dumps({"pool": [], "test": []}), *self.source_overrides]
+
+    def fold(self, fold: int) -> Fold:
+        """Fold ``fold`` (raises ValueError outside the scheme)."""
+        splits = self.scheme.splits(self.name, fold)
+        return Fold(
+            (),
+            ("--data.splits", json.dumps(splits), *self.target_overrides),
+            len(splits["pool"]),
+            len(splits["test"]),
+        )
+
+
+@dataclass(frozen=True)
+class ConfigTask:
+    """A task whose data, splits and folds are all in its config folder (real scans).
+
+    Attributes:
+        name: task name (``brats18``).
+        config_dir: folder with ``source.yaml``, ``mmacts.yaml``, ``random.yaml``,
+            ``upper_bound.yaml`` and ``folds/fold<k>.yaml``.
+        data_root: overrides ``data.root`` of every run (None: the configs' value).
+        extra_configs: config files added after the run's own (e.g. ``gpu_1mm.yaml``).
+    """
+
+    name: str
+    config_dir: str
+    data_root: str | None = None
+    extra_configs: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config_dir.format(task=self.name))
+
+    def _yaml(self, path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (task {self.name!r} needs it)")
+        return yaml.safe_load(path.read_text()) or {}
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self._yaml(self.folder / "mmacts.yaml")["data"]["modalities"])
+
+    def _fold_files(self) -> list[Path]:
+        files = sorted((self.folder / "folds").glob("fold*.yaml"))
+        return sorted(files, key=lambda p: int(p.stem.removeprefix("fold") or 0))
+
+    @property
+    def n_folds(self) -> int:
+        return len(self._fold_files()) or 1
+
+    def data_overrides(self, seed: int) -> list[str]:
+        root = ["--data.root", self.data_root] if self.data_root else []
+        return ["--seed_everything", str(seed), *root]
+
+    def source_stage(self) -> list[str]:
+        return []
+
+    def fold(self, fold: int) -> Fold:
+        files = self._fold_files()
+        if not 0 <= fold < max(len(files), 1):
+            raise ValueError(f"task {self.name!r}: fold must be in 0..{len(files) - 1}, got {fold}")
+        path = files[fold] if files else self.folder / "mmacts.yaml"
+        splits = self._yaml(path).get("data", {}).get("splits") or self._yaml(
+            self.folder / "mmacts.yaml"
+        )["data"]["splits"]
+        return Fold(
+            (str(path),) if files else (),
+            (),
+            len(splits.get("pool", [])),
+            len(splits.get("test", [])),
+        )
+
+
+BenchTask = PhantomTask | ConfigTask

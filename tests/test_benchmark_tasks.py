@@ -1,0 +1,171 @@
+"""Benchmark tasks on config folders (real data), distance tables, parallel workers, retries."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightning_ada.benchmark import tables
+from lightning_ada.benchmark.datasets import ConfigTask, PhantomTask
+from lightning_ada.benchmark.folds import FoldScheme
+from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop
+from lightning_ada.benchmark.parallel import Unit, run_units
+from lightning_ada.benchmark.results import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_script", REPO / "scripts" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Recorder:
+    """A runner that records its calls, writes a checkpoint when it fits, returns no cases."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str], bool]] = []
+
+    def __call__(self, configs: list[str], overrides: list[str], fit: bool = True) -> dict:
+        self.calls.append((list(configs), list(overrides), fit))
+        if fit:
+            ckpt = Path(overrides[overrides.index("--trainer.default_root_dir") + 1]) / "last.ckpt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.write_bytes(b"x")
+        return {"test": {"dice_mean": 0.5}, "per_case": [], "query_log": [], "seconds": 0.0}
+
+
+def test_config_task_takes_folds_and_modalities_from_its_configs() -> None:
+    task = ConfigTask("brats18", str(REPO / "configs" / "{task}"))
+    assert task.n_folds == 3 and task.modalities == ["flair", "t1", "t1ce", "t2"]
+    f1 = task.fold(1)
+    assert f1.configs == (str(REPO / "configs/brats18/folds/fold1.yaml"),)
+    assert (f1.n_pool, f1.n_test, f1.overrides) == (6, 3, ())
+    with pytest.raises(ValueError, match="fold must be in 0..2"):
+        task.fold(3)
+    assert ConfigTask("brats18", "x", data_root="/d").data_overrides(2) == [
+        "--seed_everything",
+        "2",
+        "--data.root",
+        "/d",
+    ]
+    with pytest.raises(FileNotFoundError, match="mmacts.yaml"):
+        _ = ConfigTask("nope", "/nonexistent/{task}").modalities
+
+
+def test_real_task_runs_with_its_fold_overlay_and_no_phantom_overrides(tmp_path: Path) -> None:
+    rec = Recorder()
+    task = ConfigTask("brats18", str(REPO / "configs" / "{task}"), data_root="/data/brats")
+    cfg = BenchConfig(
+        out=tmp_path,
+        tasks=["brats18"],
+        seeds=[0],
+        folds=[2],
+        runs={"brats18": [("upper", None), ("mmacts", 2)]},
+        task_specs={"brats18": task},
+    )
+    BenchmarkLoop(cfg, runner=rec).run()
+    (src_cfg, src_ov, _), (up_cfg, up_ov, _), (mm_cfg, mm_ov, _) = rec.calls
+    assert src_cfg == [str(REPO / "configs/brats18/source.yaml")]
+    assert up_cfg[-1].endswith("folds/fold2.yaml") and mm_cfg[0].endswith("brats18/mmacts.yaml")
+    for ov in (src_ov, up_ov, mm_ov):
+        assert "--data.phantom" not in ov and "--data.splits" not in ov
+        assert ov[ov.index("--data.root") + 1] == "/data/brats"
+    assert mm_ov[mm_ov.index("--active.budget") + 1] == "2"
+    rows = {r["run"]: r for r in read_rows(tmp_path / "results.jsonl")}
+    assert rows["upper"]["labels"] == 6 and rows["mmacts"]["n_test"] == 3
+
+
+def test_quick_profile_and_budgets_per_task() -> None:
+    mod = load_script()
+    quick = mod.build_config(mod.parser().parse_args(["--quick", "--strategies", "mmacts"]), [])
+    glioma = quick.task("glioma")
+    assert isinstance(glioma, PhantomTask) and glioma.scheme.size == 24
+    assert glioma.scheme.n_pool == 20 and "--trainer.max_epochs" in glioma.source_overrides
+    assert "--active.stride" in glioma.fold(0).overrides
+    assert {b for _, b in quick.runs["glioma"]} == {1, 2, 3, 5}
+    real = mod.build_config(mod.parser().parse_args(["--tasks", "brats18", "--ablations"]), [])
+    assert isinstance(real.task("brats18"), ConfigTask) and real.folds == [0, 1, 2]
+    assert {b for n, b in real.runs["brats18"] if n == "mmacts"} == {1, 2, 3}
+
+
+def test_distance_table_bolds_the_lowest_and_shows_mm() -> None:
+    def row(run: str, hd: float) -> dict[str, Any]:
+        case = {"case_id": "c0", "dice_ET": 0.5, "hd95_ET": hd, "assd_ET": hd / 4}
+        return {"task": "npc", "run": run, "seed": 0, "fold": 0, "budget": 3,
+                "per_case": [{**case, "dice_GTV": 0.5, "hd95_GTV": hd, "assd_GTV": hd / 4}]}
+
+    t = tables.table1_distances([row("mmacts", 8.0), row("random", 4.0), row("lower", 2.0)])
+    cells = {r[0]: r for r in t.rows}
+    assert cells["Random"][2] == "**4.00**" and cells["**mmActS**"][2] == "8.00"
+    assert cells["Lower bound"][2] == "2.00"  # bounds are never bold
+    assert t.csv_rows[0][2] == pytest.approx(2.0)  # mm, not scaled to %
+
+
+def test_interrupted_attempt_is_cleared_before_the_run_is_made_again(tmp_path: Path) -> None:
+    rec = Recorder()
+    cfg = BenchConfig(
+        out=tmp_path, tasks=["glioma"], seeds=[0], folds=[0], runs={"glioma": [("mmacts", 1)]}
+    )
+    stale = tmp_path / "glioma" / "seed0" / "fold0" / "mmacts_b1" / "checkpoints"
+    stale.mkdir(parents=True)
+    (stale / "last.ckpt").write_bytes(b"from the killed attempt")
+    loop = BenchmarkLoop(cfg, runner=rec)
+    assert [k[1] for k in loop.pending()] == ["source", "mmacts"]
+    loop.run()
+    assert not (stale / "last.ckpt").exists()
+    assert BenchmarkLoop(cfg, runner=rec).pending() == []
+
+
+FAKE_WORKER = """
+import json, os, sys, time
+argv = sys.argv[1:]
+def value(flag):
+    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+out, task, seed = value("--out"), value("--tasks"), int(value("--seeds"))
+assert value("--workers") == "1" and os.environ["OMP_NUM_THREADS"] == "1"
+if "--source-only" in argv:
+    row = {"task": task, "run": "source", "seed": seed}
+else:
+    fold = int(value("--folds"))
+    src = [json.loads(l) for l in open(os.path.join(out, "results.jsonl"))]
+    assert any(r["run"] == "source" and r["task"] == task and r["seed"] == seed for r in src)
+    row = {"task": task, "run": "mmacts", "seed": seed, "fold": fold, "budget": 1}
+time.sleep(0.2)
+with open(os.path.join(out, "results.jsonl"), "a") as f:
+    f.write(json.dumps(row) + "\\n")
+"""
+
+
+def test_parallel_workers_run_sources_first_then_every_unit(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(FAKE_WORKER)
+    out = tmp_path / "bench"
+    sources = [Unit("glioma", 0), Unit("npc", 0)]
+    targets = [Unit("glioma", 0, 0), Unit("glioma", 0, 1), Unit("npc", 0, 0)]
+    failed = run_units(script, ["--out", str(out), "--workers", "2"], [], [sources, targets], 2,
+                       out, 5)
+    assert failed == 0
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == 5 and [r["run"] for r in rows[:2]] == ["source", "source"]
+    assert {(r["task"], r.get("fold")) for r in rows[2:]} == {("glioma", 0), ("glioma", 1),
+                                                              ("npc", 0)}
+    assert (out / "logs" / "glioma_seed0_fold1.log").read_text().startswith("$ " + sys.executable)
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys; sys.exit(3)")
+    assert run_units(bad, [], [], [[Unit("npc", 1)]], 1, tmp_path / "b2", 1) == 1
+
+
+def test_fold_scheme_of_the_quick_profile_is_valid() -> None:
+    scheme = FoldScheme(n_pool=20, n_test=10, size=24)
+    s = scheme.splits("npc", 0)
+    assert len(s["pool"]) == 20 and len(s["test"]) == 10 and not set(s["pool"]) & set(s["test"])
+    assert json.loads(json.dumps(scheme.phantom("npc", 1)))["size"] == 24
