@@ -113,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
         help="parallel worker processes, 1 torch thread each (default 1; --quick: 2)",
     )
     p.add_argument("--source-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shard", help=argparse.SUPPRESS)  # "k/n": the worker's share of a fold
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots")
     p.add_argument(
         "--out", help="results folder (default runs/bench; runs/bench_glioma with --runs)"
@@ -229,18 +230,20 @@ def build_config(args: argparse.Namespace, extra: list[str]) -> BenchConfig:
         dry_run=args.dry_run,
         task_specs=specs,
         source_only=args.source_only,
+        shard=tuple(int(x) for x in args.shard.split("/")) if args.shard else None,
     )
 
 
 def run_parallel(argv: list[str], extra: list[str], cfg: BenchConfig, workers: int) -> int:
     """Run ``cfg``'s pending runs with ``workers`` processes (:mod:`.parallel`); failed count."""
-    from lightning_ada.benchmark.parallel import Unit, run_units
+    from lightning_ada.benchmark.parallel import Unit, run_units, split_units
 
     loop = BenchmarkLoop(cfg)
     loop.validate()
     pending = loop.pending()
     sources = [Unit(k[0], k[4]) for k in pending if k[1] == "source"]
     targets = list(dict.fromkeys(Unit(k[0], k[4], k[3]) for k in pending if k[1] != "source"))
+    targets = split_units(targets, workers)
     print(
         f"{len(pending)} runs to make ({len(sources)} source models, then {len(targets)} "
         f"task x seed x fold units) with {workers} workers; logs in {cfg.out / 'logs'}",

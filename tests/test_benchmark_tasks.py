@@ -14,7 +14,7 @@ from lightning_ada.benchmark import tables
 from lightning_ada.benchmark.datasets import ConfigTask, PhantomTask
 from lightning_ada.benchmark.folds import FoldScheme
 from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop
-from lightning_ada.benchmark.parallel import Unit, run_units
+from lightning_ada.benchmark.parallel import Unit, run_units, split_units
 from lightning_ada.benchmark.results import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,9 @@ argv = sys.argv[1:]
 def value(flag):
     return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
 out, task, seed = value("--out"), value("--tasks"), int(value("--seeds"))
-assert value("--workers") == "1" and os.environ["OMP_NUM_THREADS"] == "1"
+assert value("--workers") == "1" and os.environ["OMP_NUM_THREADS"] == value("--threads")
+if "--source-only" in argv:
+    assert value("--threads") == "1"  # two source units for two workers: one core each
 if "--source-only" in argv:
     row = {"task": task, "run": "source", "seed": seed}
 else:
@@ -162,6 +164,21 @@ def test_parallel_workers_run_sources_first_then_every_unit(tmp_path: Path) -> N
     bad = tmp_path / "bad.py"
     bad.write_text("import sys; sys.exit(3)")
     assert run_units(bad, [], [], [[Unit("npc", 1)]], 1, tmp_path / "b2", 1) == 1
+
+
+def test_shards_partition_a_folds_runs() -> None:
+    units = [Unit("brats18", 0, f) for f in range(3)]
+    assert split_units(units[:2], 2) == units[:2]  # two units keep two workers busy
+    shards = split_units(units, 2)
+    assert len(shards) == 6 and shards[1] == Unit("brats18", 0, 0, (1, 2))
+    assert shards[1].args()[-2:] == ["--shard", "1/2"]
+    runs = {"glioma": [("lower", None), ("upper", None), ("mmacts", 1), ("random", 1), ("x", 3)]}
+    seen = []
+    for k in range(2):
+        cfg = BenchConfig(out=Path("/nonexistent"), tasks=["glioma"], seeds=[0], folds=[0],
+                          runs=runs, shard=(k, 2))
+        seen += [key[1] for key in BenchmarkLoop(cfg)._planned("glioma", 0)]
+    assert sorted(seen) == sorted(n for n, _ in runs["glioma"])
 
 
 def test_fold_scheme_of_the_quick_profile_is_valid() -> None:

@@ -63,6 +63,8 @@ class BenchConfig:
         task_specs: per task, what it runs on (:mod:`lightning_ada.benchmark.datasets`); a task
             not in it is a :class:`PhantomTask` of ``scheme``, ``data_base`` and ``config_dir``.
         source_only: train the missing source models, nothing else (parallel workers' first phase).
+        shard: ``(k, n)``: only the planned runs at positions ``k, k + n, ...`` of each task,
+            seed and fold (a parallel worker's share).
     """
 
     out: Path
@@ -78,6 +80,7 @@ class BenchConfig:
     dry_run: bool = False
     task_specs: dict[str, BenchTask] = field(default_factory=dict)
     source_only: bool = False
+    shard: tuple[int, int] | None = None
 
     def task(self, name: str) -> BenchTask:
         """What task ``name`` runs on."""
@@ -400,11 +403,13 @@ class BenchmarkLoop:
                 self.cfg.task(task).fold(fold)
 
     def _planned(self, task: str, seed: int) -> list[tuple[Any, ...]]:
-        """Keys of the target runs planned for ``task`` and ``seed``, in order."""
+        """Keys of the target runs planned for ``task`` and ``seed`` (this shard's), in order."""
+        k, n = self.cfg.shard or (0, 1)
         return [
             (task, name, None if name in BUDGETLESS else budget, fold, seed)
             for fold in self.cfg.folds
-            for name, budget in self.cfg.runs[task]
+            for i, (name, budget) in enumerate(self.cfg.runs[task])
+            if i % n == k
         ]
 
     def pending(self) -> list[tuple[Any, ...]]:

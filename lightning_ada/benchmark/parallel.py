@@ -3,7 +3,7 @@
 Two phases, so that no two workers train the same source model: first the missing source models
 (one worker per task and seed), then the target runs (one worker per task, seed and fold). Every
 worker is the benchmark script itself restricted to its unit (``--tasks T --seeds S [--folds F]``)
-with one torch thread; all append to the same ``results.jsonl`` (one ``O_APPEND`` write per row),
+with one torch thread (more when a phase has fewer units than workers); all append to the same ``results.jsonl`` (one ``O_APPEND`` write per row),
 so a restart skips whatever any worker finished. A worker's output goes to
 ``<out>/logs/<unit>.log``; a progress bar counts the finished runs. Workers die with the parent
 (``PR_SET_PDEATHSIG`` on Linux), so killing the benchmark stops everything.
@@ -26,22 +26,38 @@ from lightning_ada.benchmark.results import read_rows
 
 @dataclass(frozen=True)
 class Unit:
-    """One worker's share: a task and seed, and a fold (None: the source model only)."""
+    """One worker's share: a task and seed, and a fold (None: the source model only).
+
+    ``shard = (k, n)`` restricts it to the fold's planned runs at positions ``k, k + n, ...``.
+    """
 
     task: str
     seed: int
     fold: int | None = None
+    shard: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.task}_seed{self.seed}" + (
+        name = f"{self.task}_seed{self.seed}" + (
             "_source" if self.fold is None else f"_fold{self.fold}"
         )
+        return name + (f"_shard{self.shard[0]}of{self.shard[1]}" if self.shard else "")
 
     def args(self) -> list[str]:
         """Arguments restricting the benchmark script to this unit."""
         out = ["--tasks", self.task, "--seeds", str(self.seed)]
-        return out + (["--source-only"] if self.fold is None else ["--folds", str(self.fold)])
+        out += ["--source-only"] if self.fold is None else ["--folds", str(self.fold)]
+        return out + (["--shard", f"{self.shard[0]}/{self.shard[1]}"] if self.shard else [])
+
+
+def split_units(units: list[Unit], workers: int) -> list[Unit]:
+    """``units`` cut into ``workers`` shards each when they do not keep every worker busy
+    (their number is not a multiple of ``workers``)."""
+    if workers <= 1 or len(units) % workers == 0:
+        return units
+    return [
+        Unit(u.task, u.seed, u.fold, (k, workers)) for u in units for k in range(workers)
+    ]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -78,12 +94,13 @@ def run_units(
     logs.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     failed = 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = dict(os.environ)
     start = len(read_rows(results))
     bar = tqdm(total=total, desc="benchmark runs", unit="run", initial=0, dynamic_ncols=True)
     try:
         for units in phases:
             queue = list(units)
+            threads = max(1, workers // max(len(units), 1))  # idle workers lend their cores
             running: dict[subprocess.Popen[bytes], tuple[Unit, object]] = {}
             while queue or running:
                 while queue and len(running) < workers:
@@ -97,7 +114,7 @@ def run_units(
                         "--workers",
                         "1",
                         "--threads",
-                        "1",
+                        str(threads),
                         "--no-report",
                         *(["--", *extra] if extra else []),
                     ]
@@ -107,7 +124,7 @@ def run_units(
                         cmd,
                         stdout=log,
                         stderr=subprocess.STDOUT,
-                        env=env,
+                        env={**env, "OMP_NUM_THREADS": str(threads)},
                         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     )
                     running[proc] = (unit, log)
