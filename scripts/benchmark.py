@@ -49,7 +49,9 @@ from lightning_ada.benchmark.datasets import BenchTask, ConfigTask, PhantomTask
 from lightning_ada.benchmark.folds import FoldScheme
 from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop
 from lightning_ada.benchmark.protocol import BUDGETS, HEADLINE_BUDGET, plan
+from lightning_ada.benchmark.publish import fill_readme, publish, record_invocation
 from lightning_ada.benchmark.report import write_report
+from lightning_ada.benchmark.results import read_rows
 from lightning_ada.benchmark.wandb_io import WandbSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,8 +115,17 @@ def parser() -> argparse.ArgumentParser:
         help="parallel worker processes, 1 torch thread each (default 1; --quick: 2)",
     )
     p.add_argument("--source-only", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--shard", help=argparse.SUPPRESS)  # "k/n": the worker's share of a fold
+    p.add_argument("--shard", help=argparse.SUPPRESS)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # run by --workers  # "k/n": the worker's share of a fold
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots")
+    p.add_argument(
+        "--publish",
+        help="copy the tables and plots to this (committed) folder and write its README.md",
+    )
+    p.add_argument(
+        "--readme",
+        help="with --publish: fill this README's <!-- results:<folder name>:start/end --> block",
+    )
     p.add_argument(
         "--out", help="results folder (default runs/bench; runs/bench_glioma with --runs)"
     )
@@ -276,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             f"fold(s): {n} runs planned plus the source models (finished ones are skipped) -> {cfg.out}",
             flush=True,
         )
-        t0 = time.perf_counter()
+        t0, start = time.perf_counter(), time.time()
+        before = len(read_rows(cfg.out / "results.jsonl"))
         if workers > 1 and not args.dry_run:
             failed = run_parallel(argv, extra, cfg, workers)
         else:
@@ -287,9 +299,14 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             failed = len(report.failed)
-        print(f"wall time {time.perf_counter() - t0:.0f} s", flush=True)
+        seconds = time.perf_counter() - t0
+        print(f"wall time {seconds:.0f} s", flush=True)
         if args.dry_run:
             return 0
+        if not args.worker:  # a worker's runs are counted by its parent
+            ran = len(read_rows(cfg.out / "results.jsonl")) - before
+            record_invocation(cfg.out, [*argv, *(["--", *extra] if extra else [])], start,
+                              seconds, ran, failed)
     if args.no_report:
         return 1 if failed else 0
     if not (cfg.out / "results.jsonl").exists():
@@ -297,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     figures = [] if args.figures in ([], ["none"]) else args.figures
     print(write_report(cfg.out, figures, cfg.wandb))
+    if args.publish:
+        dest = Path(args.publish)
+        text = publish(cfg.out, dest, f"Results: {dest.name}")
+        if args.readme:
+            fill_readme(Path(args.readme), dest.name, text)
+        print(f"published to {dest}" + (f" and {args.readme}" if args.readme else ""))
     return 1 if failed else 0
 
 

@@ -186,3 +186,29 @@ def test_fold_scheme_of_the_quick_profile_is_valid() -> None:
     s = scheme.splits("npc", 0)
     assert len(s["pool"]) == 20 and len(s["test"]) == 10 and not set(s["pool"]) & set(s["test"])
     assert json.loads(json.dumps(scheme.phantom("npc", 1)))["size"] == 24
+
+
+def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> None:
+    from lightning_ada.benchmark.publish import fill_readme, publish, record_invocation
+    from lightning_ada.benchmark.results import append_row
+
+    out, dest = tmp_path / "run", tmp_path / "benchmarks" / "quick"
+    append_row(out / "results.jsonl", {"task": "npc", "run": "lower", "seed": 0})
+    (out / "table1.md").write_text("## Table 1: x\n\n| a |\n|---|\n| 1 |\n")
+    (out / "budget_curve_npc.png").write_bytes(b"png")
+    record_invocation(out, ["--quick"], 0.0, 90.0, 1, 0)
+    record_invocation(out, ["--quick"], 100.0, 30.0, 0, 0)  # a restart that found all done
+    text = publish(out, dest, "Results: quick")
+    assert (dest / "results.jsonl").exists() and (dest / "budget_curve_npc.png").exists()
+    assert "python scripts/benchmark.py --quick" in text and "Wall time 1.5 min over 1" in text
+    assert "#### Table 1: x" in text and f"]({dest.as_posix()}/budget_curve_npc.png)" in text
+    assert "](budget_curve_npc.png)" in (dest / "README.md").read_text()
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:quick:start -->\nold\n<!-- results:quick:end -->\nend\n")
+    fill_readme(readme, "quick", text)
+    doc = readme.read_text()
+    assert "old" not in doc and doc.startswith("intro\n") and doc.endswith("end\n")
+    assert "#### Table 1: x" in doc
+    with pytest.raises(ValueError, match="results:other:start"):
+        fill_readme(readme, "other", text)

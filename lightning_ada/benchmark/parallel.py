@@ -116,6 +116,7 @@ def run_units(
                         "--threads",
                         str(threads),
                         "--no-report",
+                        "--worker",
                         *(["--", *extra] if extra else []),
                     ]
                     log.write(f"$ {' '.join(cmd)}\n".encode())

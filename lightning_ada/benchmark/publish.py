@@ -1,0 +1,124 @@
+"""Publish a benchmark: copy its tables and plots to a committed folder, fill the README block.
+
+Every invocation of the benchmark script appends one line to ``<out>/invocations.jsonl``
+(arguments, start, wall seconds, runs made, machine), so the published wall time is the sum over
+the invocations that made the runs (a killed and restarted benchmark counts both). The README
+block between ``<!-- results:<name>:start -->`` and ``<!-- results:<name>:end -->`` is replaced
+by the generated text; nothing in it is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_ada.benchmark.results import append_row, read_rows
+
+#: the files of a results folder that are published
+PUBLISHED = ("*.md", "*.csv", "*.png")
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def record_invocation(
+    out: Path, argv: Sequence[str], start: float, seconds: float, ran: int, failed: int
+) -> None:
+    """Append one invocation (module doc) to ``<out>/invocations.jsonl``."""
+    append_row(
+        out / "invocations.jsonl",
+        {
+            "argv": list(argv),
+            "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
+            "seconds": round(seconds, 1),
+            "ran": ran,
+            "failed": failed,
+            "machine": machine(),
+        },
+    )
+
+
+def invocations(out: Path) -> list[dict[str, Any]]:
+    """The recorded invocations of ``out`` (oldest first)."""
+    path = out / "invocations.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def publish(out: Path, dest: Path, title: str) -> str:
+    """Copy the tables and plots of ``out`` (and its ``results.jsonl``) into ``dest``.
+
+    Returns:
+        The README text of ``dest`` (also written to ``dest/README.md``): command, machine,
+        wall time, the tables and links to the plots, paths relative to the repository root.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for pattern in PUBLISHED:
+        for f in sorted(out.glob(pattern)):
+            shutil.copy2(f, dest / f.name)
+    shutil.copy2(out / "results.jsonl", dest / "results.jsonl")
+    inv = [i for i in invocations(out) if i.get("ran")]
+    rows = read_rows(out / "results.jsonl")
+    lines = [f"### {title}", ""]
+    if inv:
+        cmds = list(dict.fromkeys(" ".join(["python scripts/benchmark.py", *i["argv"]]) for i in inv))
+        m = inv[-1]["machine"]
+        total = sum(float(i["seconds"]) for i in inv)
+        each = ", ".join(f"{float(i['seconds']) / 60:.1f}" for i in inv)
+        device = "CUDA" if m["cuda"] else "no GPU"
+        lines += [
+            "Command" + ("s" if len(cmds) > 1 else "") + ":",
+            "```bash",
+            *cmds,
+            "```",
+            f"Machine: {m['cores']} CPU cores ({m['cpu']}), {device}, Python {m['python']}, "
+            f"torch {m['torch']}. Wall time {total / 60:.1f} min over {len(inv)} invocation(s) "
+            f"({each} min; {sum(int(i['ran']) for i in inv)} runs made, "
+            f"{sum(int(i['failed']) for i in inv)} failed); {len(rows)} rows in results.jsonl.",
+            "",
+        ]
+    for name in ("table1", "table1_distances", "table2", "ablation_schedule", "budget_curve"):
+        f = dest / f"{name}.md"
+        if f.exists():
+            lines += [f.read_text().replace("\n## ", "\n#### ").replace("## ", "#### ", 1), ""]
+    for png in sorted(dest.glob("*.png")):
+        lines.append(f"![{png.stem}]({png.as_posix()})")
+    lines += ["", f"All files: `{dest.as_posix()}/` (all_runs.md lists every run group)."]
+    text = "\n".join(lines) + "\n"
+    (dest / "README.md").write_text(text.replace(f"]({dest.as_posix()}/", "]("))
+    return text
+
+
+def fill_readme(readme: Path, name: str, text: str) -> None:
+    """Replace the block ``<!-- results:<name>:start --> ... :end -->`` of ``readme`` by ``text``.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    start, end = f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->"
+    doc = readme.read_text()
+    if start not in doc or end not in doc:
+        raise ValueError(f"{readme}: no {start} ... {end} block to fill")
+    head, rest = doc.split(start, 1)
+    _, tail = rest.split(end, 1)
+    tmp = readme.with_name(f".{readme.name}.tmp")
+    tmp.write_text(f"{head}{start}\n{text}{end}{tail}")
+    tmp.replace(readme)
