@@ -80,7 +80,8 @@ def load_queried_cases(row: dict[str, Any], out: Path) -> tuple[list[QueriedCase
         image = item["image"]
         meta = q.get("case_meta") or {}
         deg = meta.get("degraded_modality")
-        title = f"{cid}\nround {q.get('round')}, scanner {meta.get('centre', '?')}" + (
+        site = meta.get("centre") or meta.get("group") or "?"  # phantom scanner / BraTS site
+        title = f"{cid}\nround {q.get('round')}, site {site}" + (
             f", {deg} degraded" if deg else ""
         )
         cases.append(

@@ -21,7 +21,7 @@ def picks_summary(rows: Iterable[Mapping[str, Any]]) -> str:
         "## What the picks were",
         "",
         (
-            "Over all folds and seeds: scanner counts, true tumour voxels (median), predicted "
+            "Over all folds and seeds: scanner (phantom) or institution (BraTS) counts, true tumour voxels (median), predicted "
             "foreground voxels (median), picks with a degraded modality, elected modalities."
         ),
         "",
@@ -32,7 +32,7 @@ def picks_summary(rows: Iterable[Mapping[str, Any]]) -> str:
         true_v, pred_v, degraded = [], [], 0
         for q in qs:
             meta = q.get("case_meta") or {}
-            scanners[str(meta.get("centre"))] += 1
+            scanners[str(meta.get("centre") or meta.get("group"))] += 1  # phantom / BraTS site
             mods[str(q.get("modality"))] += 1
             tv = (meta.get("tumour_voxels") or {}).get("total")
             if tv is not None:
