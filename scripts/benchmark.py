@@ -49,7 +49,7 @@ from lightning_ada.benchmark.datasets import BenchTask, ConfigTask, PhantomTask
 from lightning_ada.benchmark.folds import FoldScheme
 from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop
 from lightning_ada.benchmark.protocol import BUDGETS, HEADLINE_BUDGET, plan
-from lightning_ada.benchmark.publish import fill_readme, publish, record_invocation
+from lightning_ada.benchmark.publish import fill_readme, publish, record_end, record_start
 from lightning_ada.benchmark.report import write_report
 from lightning_ada.benchmark.results import read_rows
 from lightning_ada.benchmark.wandb_io import WandbSettings
@@ -289,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         t0, start = time.perf_counter(), time.time()
         before = len(read_rows(cfg.out / "results.jsonl"))
+        invocation = None
+        if not (args.worker or args.dry_run):  # a worker's runs are counted by its parent
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            invocation = record_start(cfg.out, [*argv, *(["--", *extra] if extra else [])], start)
         if workers > 1 and not args.dry_run:
             failed = run_parallel(argv, extra, cfg, workers)
         else:
@@ -303,10 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wall time {seconds:.0f} s", flush=True)
         if args.dry_run:
             return 0
-        if not args.worker:  # a worker's runs are counted by its parent
+        if invocation is not None:
             ran = len(read_rows(cfg.out / "results.jsonl")) - before
-            record_invocation(cfg.out, [*argv, *(["--", *extra] if extra else [])], start,
-                              seconds, ran, failed)
+            record_end(cfg.out, invocation, seconds, ran, failed)
     if args.no_report:
         return 1 if failed else 0
     if not (cfg.out / "results.jsonl").exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,18 +190,33 @@ def test_fold_scheme_of_the_quick_profile_is_valid() -> None:
 
 
 def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> None:
-    from lightning_ada.benchmark.publish import fill_readme, publish, record_invocation
+    from lightning_ada.benchmark.publish import (
+        fill_readme,
+        invocations,
+        publish,
+        record_end,
+        record_start,
+    )
     from lightning_ada.benchmark.results import append_row
 
     out, dest = tmp_path / "run", tmp_path / "benchmarks" / "quick"
-    append_row(out / "results.jsonl", {"task": "npc", "run": "lower", "seed": 0})
+    (out / "table1.md").parent.mkdir(parents=True)
     (out / "table1.md").write_text("## Table 1: x\n\n| a |\n|---|\n| 1 |\n")
     (out / "budget_curve_npc.png").write_bytes(b"png")
-    record_invocation(out, ["--quick"], 0.0, 90.0, 1, 0)
-    record_invocation(out, ["--quick"], 100.0, 30.0, 0, 0)  # a restart that found all done
+    t = 1.7e9
+    record_start(out, ["--quick"], t)  # killed: no end line, its last row came 60 s in
+    append_row(out / "results.jsonl", {"task": "npc", "run": "lower", "seed": 0,
+                                       "time": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                             time.localtime(t + 60))})
+    ident = record_start(out, ["--quick"], t + 100)
+    append_row(out / "results.jsonl", {"task": "npc", "run": "upper", "seed": 0})
+    record_end(out, ident, 30.0, 1, 0)
+    inv = invocations(out)
+    assert [(i["killed"], i["ran"], i["seconds"]) for i in inv] == [(True, 1, 60), (False, 1, 30)]
     text = publish(out, dest, "Results: quick")
     assert (dest / "results.jsonl").exists() and (dest / "budget_curve_npc.png").exists()
-    assert "python scripts/benchmark.py --quick" in text and "Wall time 1.5 min over 1" in text
+    assert "python scripts/benchmark.py --quick" in text and "Wall time 1.5 min over 2" in text
+    assert "1.0 killed, 0.5 min" in text
     assert "#### Table 1: x" in text and f"]({dest.as_posix()}/budget_curve_npc.png)" in text
     assert "](budget_curve_npc.png)" in (dest / "README.md").read_text()
 

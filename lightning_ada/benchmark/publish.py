@@ -1,8 +1,9 @@
 """Publish a benchmark: copy its tables and plots to a committed folder, fill the README block.
 
-Every invocation of the benchmark script appends one line to ``<out>/invocations.jsonl``
-(arguments, start, wall seconds, runs made, machine), so the published wall time is the sum over
-the invocations that made the runs (a killed and restarted benchmark counts both). The README
+Every invocation of the benchmark script appends a ``start`` line to ``<out>/invocations.jsonl``
+when it begins and an ``end`` line (wall seconds, runs made, failures, machine) when it ends, so
+the published wall time is the sum over the invocations that made runs. An invocation that was
+killed has no ``end`` line: it counts until its last result row. The README
 block between ``<!-- results:<name>:start -->`` and ``<!-- results:<name>:end -->`` is replaced
 by the generated text; nothing in it is typed by hand.
 """
@@ -38,15 +39,23 @@ def machine() -> dict[str, Any]:
     }
 
 
-def record_invocation(
-    out: Path, argv: Sequence[str], start: float, seconds: float, ran: int, failed: int
-) -> None:
-    """Append one invocation (module doc) to ``<out>/invocations.jsonl``."""
+def record_start(out: Path, argv: Sequence[str], start: float) -> str:
+    """Append the ``start`` line of an invocation; return its id."""
+    ident = f"{int(start * 1000)}-{os.getpid()}"
+    append_row(
+        out / "invocations.jsonl",
+        {"id": ident, "event": "start", "argv": list(argv), "start": _stamp(start)},
+    )
+    return ident
+
+
+def record_end(out: Path, ident: str, seconds: float, ran: int, failed: int) -> None:
+    """Append the ``end`` line of invocation ``ident``."""
     append_row(
         out / "invocations.jsonl",
         {
-            "argv": list(argv),
-            "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
+            "id": ident,
+            "event": "end",
             "seconds": round(seconds, 1),
             "ran": ran,
             "failed": failed,
@@ -55,12 +64,35 @@ def record_invocation(
     )
 
 
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _parse(stamp: str) -> float:
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+
+
 def invocations(out: Path) -> list[dict[str, Any]]:
-    """The recorded invocations of ``out`` (oldest first)."""
+    """The invocations of ``out``, oldest first: ``argv``, ``start``, ``seconds``, ``ran``,
+    ``failed``, ``machine`` and ``killed`` (no end line: seconds and runs counted from the
+    result rows written between its start and the next invocation's)."""
     path = out / "invocations.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    starts = [x for x in lines if x.get("event") == "start"]
+    ends = {x["id"]: x for x in lines if x.get("event") == "end"}
+    stamps = sorted(_parse(r["time"]) for r in read_rows(out / "results.jsonl") if r.get("time"))
+    found = []
+    for i, s in enumerate(starts):
+        t0 = _parse(s["start"])
+        t1 = _parse(starts[i + 1]["start"]) if i + 1 < len(starts) else float("inf")
+        inv = {"argv": s["argv"], "start": s["start"], "killed": s["id"] not in ends}
+        if s["id"] in ends:
+            inv.update({k: ends[s["id"]][k] for k in ("seconds", "ran", "failed", "machine")})
+        else:
+            mine = [t for t in stamps if t0 <= t < t1]
+            inv.update(seconds=(mine[-1] - t0) if mine else 0.0, ran=len(mine), failed=0)
+        found.append(inv)
+    return found
 
 
 def publish(out: Path, dest: Path, title: str) -> str:
@@ -80,9 +112,11 @@ def publish(out: Path, dest: Path, title: str) -> str:
     lines = [f"### {title}", ""]
     if inv:
         cmds = list(dict.fromkeys(" ".join(["python scripts/benchmark.py", *i["argv"]]) for i in inv))
-        m = inv[-1]["machine"]
+        m = next((i["machine"] for i in reversed(inv) if i.get("machine")), machine())
         total = sum(float(i["seconds"]) for i in inv)
-        each = ", ".join(f"{float(i['seconds']) / 60:.1f}" for i in inv)
+        each = ", ".join(
+            f"{float(i['seconds']) / 60:.1f}" + (" killed" if i["killed"] else "") for i in inv
+        )
         device = "CUDA" if m["cuda"] else "no GPU"
         lines += [
             "Command" + ("s" if len(cmds) > 1 else "") + ":",
