@@ -228,3 +228,15 @@ def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> No
     assert "#### Table 1: x" in doc
     with pytest.raises(ValueError, match="results:other:start"):
         fill_readme(readme, "other", text)
+
+
+def test_query_overhead_uses_the_saved_schedule(tmp_path: Path) -> None:
+    from lightning_ada.benchmark.overhead import overhead_table
+
+    (tmp_path / "config.yaml").write_text("trainer: {max_epochs: 10}\nactive: {stride: 2}\n")
+    row = {"task": "npc", "run": "mmacts", "seed": 0, "fold": 0, "budget": 2,
+           "run_dir": str(tmp_path), "fit_seconds": 24.0, "scoring_seconds": 4.0,
+           "queries": [{"round": 0}, {"round": 1}]}
+    t = overhead_table([row, {**row, "run_dir": str(tmp_path / "gone")}])
+    # 2 s per round; (24 - 4) / 10 epochs x 2 = 4 s per stride; the run without config is skipped
+    assert t.csv_rows == [["npc", "mmacts", 1, 2.0, 4.0, 50.0]]

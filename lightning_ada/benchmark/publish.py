@@ -129,7 +129,14 @@ def publish(out: Path, dest: Path, title: str) -> str:
             f"{sum(int(i['failed']) for i in inv)} failed); {len(rows)} rows in results.jsonl.",
             "",
         ]
-    for name in ("table1", "table1_distances", "table2", "ablation_schedule", "budget_curve"):
+    for name in (
+        "table1",
+        "table1_distances",
+        "table2",
+        "ablation_schedule",
+        "budget_curve",
+        "query_overhead",
+    ):
         f = dest / f"{name}.md"
         if f.exists():
             lines += [f.read_text().replace("\n## ", "\n#### ").replace("## ", "#### ", 1), ""]

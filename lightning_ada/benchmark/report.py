@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_ada.benchmark.loop import last_rows
+from lightning_ada.benchmark.overhead import overhead_table
 from lightning_ada.benchmark.plots import box_plot, budget_curve, queried_cases
 from lightning_ada.benchmark.protocol import HEADLINE_BUDGET
 from lightning_ada.benchmark.summary import picks_summary
@@ -72,6 +73,8 @@ def write_report(
     out = Path(out)
     rows = [r for r in last_rows(out / "results.jsonl") if r["run"] != "source"]
     tables = write_tables(rows, out)
+    tables["query_overhead"] = overhead_table(rows)
+    tables["query_overhead"].write(out, "query_overhead")
     images: list[Path] = []
     for task in tasks_of(rows):
         for p in (
@@ -91,6 +94,7 @@ def write_report(
             tables["table2"].markdown(),
             tables["ablation_schedule"].markdown(),
             tables["budget_curve"].markdown(),
+            tables["query_overhead"].markdown(),
             picks_summary(rows),
             "Files: "
             + ", ".join(sorted(f"{n}.md/.csv" for n in tables))
