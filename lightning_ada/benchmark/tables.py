@@ -324,13 +324,17 @@ def present_methods(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return [m for m in METHOD_ORDER if m in found]
 
 
+def method_entries(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """One table row per method present (all modalities as input), Table 1 order."""
+    return [Entry(DISPLAY.get(m, m), (m,), "all", m) for m in present_methods(rows)]
+
+
 def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
     """The paper's Table 1: lower / upper bound and every strategy at ``budget`` labels."""
     rows = list(rows)
-    entries = [Entry(DISPLAY.get(m, m), (m,), "all", m) for m in present_methods(rows)]
     return comparison_table(
         rows,
-        entries,
+        method_entries(rows),
         budget,
         REFERENCE,
         f"Table 1: adaptation results at budget {budget} (Dice / mIoU in %, mean ± std over runs)",
@@ -351,10 +355,9 @@ def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
 def table1_distances(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
     """Table 1's runs in surface distances: HD95 and ASSD per region (mm, lower is better)."""
     rows = list(rows)
-    entries = [Entry(DISPLAY.get(m, m), (m,), "all", m) for m in present_methods(rows)]
     return comparison_table(
         rows,
-        entries,
+        method_entries(rows),
         budget,
         REFERENCE,
         f"Table 1 (distances): HD95 / ASSD in mm at budget {budget}, mean ± std over runs",
