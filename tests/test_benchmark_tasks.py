@@ -216,7 +216,7 @@ def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> No
     text = publish(out, dest, "Results: quick")
     assert (dest / "results.jsonl").exists() and (dest / "budget_curve_npc.png").exists()
     assert "python scripts/benchmark.py --quick" in text and "Wall time 1.5 min over 2" in text
-    assert "1.0 killed, 0.5 min" in text
+    assert "1.0 min (killed), 0.5 min" in text
     assert "#### Table 1: x" in text and f"]({dest.as_posix()}/budget_curve_npc.png)" in text
     assert "](budget_curve_npc.png)" in (dest / "README.md").read_text()
 

@@ -115,7 +115,8 @@ def publish(out: Path, dest: Path, title: str) -> str:
         m = next((i["machine"] for i in reversed(inv) if i.get("machine")), machine())
         total = sum(float(i["seconds"]) for i in inv)
         each = ", ".join(
-            f"{float(i['seconds']) / 60:.1f}" + (" killed" if i["killed"] else "") for i in inv
+            f"{float(i['seconds']) / 60:.1f} min" + (" (killed)" if i["killed"] else "")
+            for i in inv
         )
         device = "CUDA" if m["cuda"] else "no GPU"
         lines += [
@@ -125,7 +126,7 @@ def publish(out: Path, dest: Path, title: str) -> str:
             "```",
             f"Machine: {m['cores']} CPU cores ({m['cpu']}), {device}, Python {m['python']}, "
             f"torch {m['torch']}. Wall time {total / 60:.1f} min over {len(inv)} invocation(s) "
-            f"({each} min; {sum(int(i['ran']) for i in inv)} runs made, "
+            f"({each}; {sum(int(i['ran']) for i in inv)} runs made, "
             f"{sum(int(i['failed']) for i in inv)} failed); {len(rows)} rows in results.jsonl.",
             "",
         ]
