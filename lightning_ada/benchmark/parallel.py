@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lightning_ada.benchmark.results import read_rows
 
@@ -97,11 +98,11 @@ def run_units(
     env = dict(os.environ)
     start = len(read_rows(results))
     bar = tqdm(total=total, desc="benchmark runs", unit="run", initial=0, dynamic_ncols=True)
+    running: dict[subprocess.Popen[bytes], tuple[Unit, BinaryIO]] = {}
     try:
         for units in phases:
             queue = list(units)
             threads = max(1, workers // max(len(units), 1))  # idle workers lend their cores
-            running: dict[subprocess.Popen[bytes], tuple[Unit, object]] = {}
             while queue or running:
                 while queue and len(running) < workers:
                     unit = queue.pop(0)
@@ -133,7 +134,7 @@ def run_units(
                 time.sleep(2.0)
                 for proc in [p for p in running if p.poll() is not None]:
                     unit, log = running.pop(proc)
-                    log.close()  # type: ignore[attr-defined]
+                    log.close()
                     if proc.returncode:
                         failed += 1
                         bar.write(f"{unit.name} exited with {proc.returncode} (see its log)")
@@ -143,7 +144,8 @@ def run_units(
                 bar.refresh()
     finally:
         bar.close()
-        for proc in list(locals().get("running", {})):
+        for proc, (_, log) in running.items():  # interrupted (e.g. Ctrl-C): stop the workers
             if proc.poll() is None:
                 proc.terminate()
+            log.close()
     return failed
