@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
@@ -186,7 +185,8 @@ def test_fold_scheme_of_the_quick_profile_is_valid() -> None:
     scheme = FoldScheme(n_pool=20, n_test=10, size=24)
     s = scheme.splits("npc", 0)
     assert len(s["pool"]) == 20 and len(s["test"]) == 10 and not set(s["pool"]) & set(s["test"])
-    assert json.loads(json.dumps(scheme.phantom("npc", 1)))["size"] == 24
+    kw = scheme.phantom("npc", 1)
+    assert (kw["size"], kw["n_pool"], kw["n_test"], kw["seed"]) == (24, 40, 10, 1)  # 5 blocks of 10
 
 
 def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> None:

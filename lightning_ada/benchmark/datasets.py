@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +121,18 @@ class ConfigTask:
             raise FileNotFoundError(f"{path}: missing (task {self.name!r} needs it)")
         return yaml.safe_load(path.read_text()) or {}
 
-    @property
+    @cached_property
     def modalities(self) -> list[str]:
         return list(self._yaml(self.folder / "mmacts.yaml")["data"]["modalities"])
 
+    @cached_property
     def _fold_files(self) -> list[Path]:
-        files = sorted((self.folder / "folds").glob("fold*.yaml"))
+        files = (self.folder / "folds").glob("fold*.yaml")
         return sorted(files, key=lambda p: int(p.stem.removeprefix("fold") or 0))
 
     @property
     def n_folds(self) -> int:
-        return len(self._fold_files()) or 1
+        return len(self._fold_files) or 1
 
     def data_overrides(self, seed: int) -> list[str]:
         root = ["--data.root", self.data_root] if self.data_root else []
@@ -140,7 +142,7 @@ class ConfigTask:
         return []
 
     def fold(self, fold: int) -> Fold:
-        files = self._fold_files()
+        files = self._fold_files
         if not 0 <= fold < max(len(files), 1):
             raise ValueError(f"task {self.name!r}: fold must be in 0..{len(files) - 1}, got {fold}")
         path = files[fold] if files else self.folder / "mmacts.yaml"

@@ -97,6 +97,7 @@ def run_units(
     failed = 0
     env = dict(os.environ)
     start = len(read_rows(results))
+    seen = results.stat().st_size if results.exists() else 0
     bar = tqdm(total=total, desc="benchmark runs", unit="run", initial=0, dynamic_ncols=True)
     running: dict[subprocess.Popen[bytes], tuple[Unit, BinaryIO]] = {}
     try:
@@ -140,8 +141,11 @@ def run_units(
                         bar.write(f"{unit.name} exited with {proc.returncode} (see its log)")
                     else:
                         bar.write(f"finished {unit.name}")
-                bar.n = len(read_rows(results)) - start
-                bar.refresh()
+                size = results.stat().st_size if results.exists() else 0
+                if size != seen:  # re-read the rows only when a worker appended one
+                    seen = size
+                    bar.n = len(read_rows(results)) - start
+                    bar.refresh()
     finally:
         bar.close()
         for proc, (_, log) in running.items():  # interrupted (e.g. Ctrl-C): stop the workers
