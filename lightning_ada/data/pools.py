@@ -77,10 +77,6 @@ class ActivePool:
     def __contains__(self, case_id: object) -> bool:
         return case_id in self._id_set
 
-    def is_labeled(self, case_id: str) -> bool:
-        """Whether ``case_id`` is labeled."""
-        return case_id in self._annotations
-
     def annotation(self, case_id: str) -> Annotation:
         """The annotation record of a labeled case."""
         if case_id not in self._annotations:
