@@ -11,6 +11,17 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 
+def write_mask(mask: Any, path: Path) -> Path:
+    """Save a mask ``(1, H, W, D)`` from :meth:`ActiveDataModule.invert` (on-disk label values,
+    original affine) as uint8 NIfTI at ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
+    nib.save(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)), tmp)
+    tmp.replace(path)
+    return path
+
+
 class NiftiPredictionWriter(BasePredictionWriter):
     """Save ``<output_dir>/<case_id>_pred.nii.gz`` (on-disk label values, the input's affine).
 
@@ -33,11 +44,5 @@ class NiftiPredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
-        out.mkdir(parents=True, exist_ok=True)
         for case_id, pred in zip(prediction["case_id"], prediction["pred"]):
-            mask = trainer.datamodule.invert(pred, case_id)
-            affine = np.asarray(mask.affine, dtype=np.float64)
-            data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
-            tmp = out / f".{case_id}_pred.tmp.nii.gz"
-            nib.save(nib.Nifti1Image(data, affine), tmp)
-            tmp.replace(out / f"{case_id}_pred.nii.gz")
+            write_mask(trainer.datamodule.invert(pred, case_id), out / f"{case_id}_pred.nii.gz")

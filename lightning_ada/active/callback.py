@@ -288,6 +288,7 @@ class ActiveQueryCallback(L.Callback):
     def _write_request(self, trainer: L.Trainer, pl_module: Any, entry: dict[str, Any]) -> None:
         """The request JSON, the current prediction in the original geometry and a preview."""
         from lightning_ada.active.preview import save_preview
+        from lightning_ada.predict import write_mask
 
         oracle: FileOracle = self.oracle  # type: ignore[assignment]
         if oracle.request_path(entry["round"], entry["case_id"]).exists():
@@ -297,14 +298,7 @@ class ActiveQueryCallback(L.Callback):
         pred = pl_module.predict_case(image).argmax(0)
 
         def write_prediction(path: Path) -> None:
-            import nibabel as nib
-            import numpy as np
-
-            mask = dm.invert(pred[None], entry["case_id"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-            nib.save(nib.Nifti1Image(np.asarray(mask[0].cpu().numpy(), np.uint8), np.asarray(mask.affine)), tmp)
-            tmp.replace(path)
+            write_mask(dm.invert(pred[None], entry["case_id"]), path)
 
         def write_preview(path: Path) -> None:
             save_preview(path, image, pred, list(dm.hparams.modalities), entry["modality"],
