@@ -30,7 +30,7 @@ from monai.metrics import (
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["RegionMetrics", "case_metrics", "region_masks", "summarise"]
+__all__ = ["RegionMetrics", "case_metrics", "region_masks"]
 
 Regions = Mapping[str, Sequence[int]]
 OVERLAP = ("dice", "iou")
@@ -226,29 +226,3 @@ class RegionMetrics(Metric):
         out = super().forward(*args, **kwargs)
         self._rows = rows + self._rows
         return out
-
-
-def summarise(rows: Sequence[Mapping[str, Any]], ddof: int = 1) -> dict[str, dict[str, float]]:
-    """Mean ± std per numeric key over per-case rows, ignoring NaN.
-
-    Args:
-        rows: per-case dicts (e.g. :meth:`RegionMetrics.per_case`); non-numeric keys are skipped.
-        ddof: delta degrees of freedom of the std (1 = sample std); NaN if ``n <= ddof``.
-
-    Returns:
-        ``{key: {"mean", "std", "n", "n_nan"}}`` with ``n`` the number of non-NaN values.
-    """
-    keys = [k for k in dict.fromkeys(k for row in rows for k in row)
-            if all(isinstance(row.get(k, math.nan), (int, float)) for row in rows)]
-    out: dict[str, dict[str, float]] = {}
-    for k in keys:
-        x = torch.tensor([float(row.get(k, math.nan)) for row in rows], dtype=torch.float64)
-        valid = x[~x.isnan()]
-        n = valid.numel()
-        out[k] = {
-            "mean": float(valid.mean()) if n else math.nan,
-            "std": float(valid.std(correction=ddof)) if n > ddof else math.nan,
-            "n": float(n),
-            "n_nan": float(x.numel() - n),
-        }
-    return out

@@ -10,16 +10,14 @@ import nibabel as nib
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lightning_ada.io import safe_child, write_nifti_atomic
+
 
 def write_mask(mask: Any, path: Path) -> Path:
     """Save a mask ``(1, H, W, D)`` from :meth:`ActiveDataModule.invert` (on-disk label values,
     original affine) as uint8 NIfTI at ``path``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
     data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
-    nib.save(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)), tmp)
-    tmp.replace(path)
-    return path
+    return write_nifti_atomic(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)), path)
 
 
 class NiftiPredictionWriter(BasePredictionWriter):
@@ -45,4 +43,5 @@ class NiftiPredictionWriter(BasePredictionWriter):
     ) -> None:
         out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
         for case_id, pred in zip(prediction["case_id"], prediction["pred"]):
-            write_mask(trainer.datamodule.invert(pred, case_id), out / f"{case_id}_pred.nii.gz")
+            path = safe_child(out, f"{case_id}_pred.nii.gz")
+            write_mask(trainer.datamodule.invert(pred, case_id), path)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -217,12 +216,9 @@ def test_density_cache_hit_miss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ids, imgs = _pool()
     r1 = compute_density(ids, iter(imgs), n_quantiles=128, cache_dir=tmp_path)
     assert calls[0] == 6 and not r1.from_cache
-    pool_file = tmp_path / f"density_{r1.key}.json"
-    data = json.loads(pool_file.read_text())
-    assert data["case_ids"] == ids and len(data["distances"]) == 6
     desc_files = sorted(tmp_path.glob("desc_*.npy"))
     assert len(desc_files) == 6 and np.load(desc_files[0], allow_pickle=False).shape == (2, 128)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*tmp*"))
 
     # same content (fresh copies, reversed order) -> hit, nothing recomputed
     copies = [x.copy() for x in imgs[::-1]]
@@ -241,28 +237,11 @@ def test_density_cache_hit_miss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert calls[0] == 13 and r5.key != r1.key and r5.n_computed == 1
 
 
-def test_density_cache_with_fingerprints_never_touches_images(tmp_path: Path) -> None:
-    ids, imgs = _pool(4)
-    fps = [f"{c}:v1" for c in ids]
-    kw = {"fingerprints": fps, "cache_dir": tmp_path}
-    r1 = compute_density(ids, imgs, **kw, key_extra={"intensity": "zscore"})
-
-    def boom():
-        raise AssertionError("images iterated on a cache hit")
-        yield
-
-    r2 = compute_density(ids, boom(), **kw, key_extra={"intensity": "zscore"})
-    assert r2.from_cache and r2.density == r1.density
-    np.testing.assert_allclose(r2.distances, r1.distances)
-    r3 = compute_density(ids, imgs, **kw, key_extra={"intensity": "raw"})
-    assert r3.key != r1.key and not r3.from_cache
-    json.dumps(r1.summary())
-
-
 def test_density_cache_corrupt_file_is_recomputed(tmp_path: Path) -> None:
     ids, imgs = _pool(3)
-    r1 = compute_density(ids, imgs, fingerprints=ids, cache_dir=tmp_path)
-    (tmp_path / f"density_{r1.key}.json").write_text("{not json")
-    r2 = compute_density(ids, imgs, fingerprints=ids, cache_dir=tmp_path)
-    assert not r2.from_cache and r2.density == r1.density
-    assert json.loads((tmp_path / f"density_{r1.key}.json").read_text())["case_ids"] == ids
+    r1 = compute_density(ids, imgs, cache_dir=tmp_path)
+    broken = sorted(tmp_path.glob("desc_*.npy"))[0]
+    broken.write_bytes(b"not a numpy file")
+    r2 = compute_density(ids, imgs, cache_dir=tmp_path)
+    assert not r2.from_cache and r2.n_computed == 1 and r2.density == r1.density
+    assert np.load(broken, allow_pickle=False).shape == r1.descriptors.shape[1:]

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from lightning_ada.metrics import RegionMetrics, case_metrics, region_masks, summarise
+from lightning_ada.metrics import RegionMetrics, case_metrics, region_masks
 
 FG = {"FG": [1]}
 BRATS = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
@@ -149,10 +149,6 @@ def test_region_metrics_accumulates_means_and_nans():
     assert [row["case_id"] for row in rows] == ["a", "b", "c", "d"]
     assert rows[2]["dice_ET"] == 1.0 and rows[2]["hd95_ET"] == 0.0
     assert math.isnan(rows[1]["hd95_ET"])
-    s = summarise(rows)
-    assert "case_id" not in s
-    assert s["hd95_ET"]["n"] == 3 and s["hd95_ET"]["n_nan"] == 1
-    assert s["dice_TC"]["mean"] == pytest.approx(out["dice_TC"].item(), rel=1e-6)
 
     m.reset()
     assert m.per_case() == [] and float(m.value_count.sum()) == 0
@@ -185,14 +181,6 @@ def test_region_metrics_no_values_is_nan():
     out = m.compute()
     assert out["dice_FG"] == 0 and math.isnan(out["hd95_FG"]) and math.isnan(out["hd95_mean"])
     assert out["nan_assd_FG"] == 1
-
-
-def test_summarise_mean_std():
-    rows = [{"id": "x", "a": 1.0, "b": math.nan}, {"id": "y", "a": 3.0, "b": 2.0}]
-    s = summarise(rows)
-    assert s["a"] == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2.0, "n_nan": 0.0}
-    assert s["b"]["mean"] == 2.0 and math.isnan(s["b"]["std"]) and s["b"]["n_nan"] == 1
-    assert summarise(rows, ddof=0)["a"]["std"] == pytest.approx(1.0)
 
 
 def test_no_monai_warnings_leak():

@@ -1,4 +1,5 @@
-"""Tests of the dataset readers and the NIfTI validation in lightning_ada.data.readers."""
+"""Tests of the dataset readers (lightning_ada.data.readers) and the NIfTI validation
+(lightning_ada.data.validation)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from lightning_ada.data.readers import (
     read_datalist,
     read_msd,
     read_nnunet_raw,
-    validate_case,
-    validate_label_file,
 )
+from lightning_ada.data.validation import validate_case, validate_label_file
 
 SHAPE = (8, 8, 6)
 BRATS_MODS = ("flair", "t1", "t1ce", "t2")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_ada.data.datamodule import ActiveDataModule, CacheKey
+from lightning_ada.data.cache import CacheKey
+from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"
@@ -98,7 +99,7 @@ def test_preprocess_real_cases_and_cache(cache_dir: Path, monkeypatch: pytest.Mo
     assert len(list(cache_dir.glob("validated/*.ok"))) == 3
     with monkeypatch.context() as m:
         _no_preprocessing(m)
-        m.setattr("lightning_ada.data.readers.validate_case", _forbidden("validate_case"))
+        m.setattr("lightning_ada.data.validation.validate_case", _forbidden("validate_case"))
         again = make_dm(cache_dir)
         torch.testing.assert_close(again.image(TEST), image)
         assert [op["class"] for op in again.image(TEST).applied_operations] == [

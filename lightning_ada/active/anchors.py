@@ -15,8 +15,6 @@ lives in :mod:`lightning_ada.active.source_anchors`, so this module never import
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -26,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_ada.io import atomic_path
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -256,20 +256,9 @@ def compute_source_anchors(
 # ---------------------------------------------------------------------------------- files
 def write_anchors_npy(anchors: np.ndarray, path: str | Path) -> Path:
     """Write ``anchors`` to ``path`` (``.npy``) atomically: temporary file + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(anchors, dtype=np.float32), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.save(fh, np.ascontiguousarray(anchors, dtype=np.float32), allow_pickle=False)
+    return Path(path)
 
 
 def load_anchors(path: str | Path) -> np.ndarray:

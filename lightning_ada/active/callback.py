@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ada.active.oracle import FileOracle, Oracle, SimulatedOracle
 from lightning_ada.active.strategies import REGISTRY, QueryContext, Scored, Strategy, build_strategy
-from lightning_ada.data.cases import write_json_atomic
+from lightning_ada.io import write_json_atomic
 
 
 class AnnotationPending(Exception):

@@ -16,9 +16,9 @@ aligned and the distance compares *value distributions* of scores, not images; t
 principal component is an SVD convention, fixed here by making the largest-|loading| entry of each
 component positive.
 
-Intensities are used as given. The caller decides which (network-input z-scores by default,
-ALGORITHMS §1.3 ``density_intensity: zscore``; raw NIfTI values reproduce the authors' ICA
-code) and must put that choice into ``key_extra`` when caching by ``fingerprints``.
+Intensities are used as given: the ``mmacts`` strategy passes the network-input images
+(z-scored per modality inside the brain, ALGORITHMS §1.3); raw NIfTI values, as in the authors'
+ICA code, are not offered as an option.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from scipy.spatial.distance import cdist
+
+from lightning_ada.io import atomic_path
 
 __all__ = [
     "DensityResult",
@@ -255,18 +256,6 @@ def content_hash(image: np.ndarray | torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class DensityResult:
     """Output of :func:`compute_density`.
@@ -275,11 +264,11 @@ class DensityResult:
         density: case_id -> ``rho`` (neighbour count, as float for JSON / product scoring).
         delta: the radius used.
         quantile: the quantile rule used (None if ``delta`` was given).
-        key: cache key of the distance matrix (sha256 hex).
+        key: sha256 hex of the descriptor parameters and the cases' content hashes.
         case_ids: the pool order of ``distances`` / ``descriptors``.
         distances: ``(N, N)`` case distances.
-        descriptors: ``(N, M, Q)`` descriptors (None when served from the pool cache).
-        from_cache: True if the distances were read from ``cache_dir``.
+        descriptors: ``(N, M, Q)`` descriptors.
+        from_cache: True if every descriptor was read from ``cache_dir``.
         n_computed: number of case descriptors actually computed in this call.
         params: the descriptor parameters that entered the key.
     """
@@ -295,23 +284,17 @@ class DensityResult:
     n_computed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
-        """Small JSON-friendly dict for logging (no matrices)."""
-        c = np.array(list(self.density.values()))
-        return {
-            "delta": self.delta,
-            "quantile": self.quantile,
-            "key": self.key,
-            "from_cache": self.from_cache,
-            "n_computed": self.n_computed,
-            "rho_mean": float(c.mean()) if c.size else 0.0,
-            "rho_zero": int((c == 0).sum()),
-            **self.params,
-        }
-
 
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _load_descriptor(path: Path) -> np.ndarray | None:
+    """A cached descriptor, or None if absent or unreadable (then it is recomputed)."""
+    try:
+        return np.load(path, allow_pickle=False) if path.is_file() else None
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def compute_density(
@@ -325,28 +308,18 @@ def compute_density(
     delta: float | None = None,
     quantile: float = 0.10,
     cache_dir: str | os.PathLike[str] | None = None,
-    fingerprints: Sequence[str] | None = None,
-    key_extra: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> DensityResult:
     """Neighbour-count density of every pool case (computed once over the whole pool, §1.2).
 
     Images are streamed: only the small ``(M, Q)`` descriptor of each case is kept.
 
-    Caching (``cache_dir`` given). Two JSON-free-of-pickle layers:
-
-    * pool layer ``density_<key>.json`` holding case ids, content hashes, parameters and the
-      ``(N, N)`` distance matrix; ``key = sha256(version, descriptor parameters, key_extra,
-      sorted (case_id, content hash) pairs)``. ``delta``/``quantile`` are *not* in the key: they
-      are applied to the cached distances, so a sweep over ``quantile`` reuses one cache file.
-    * case layer ``desc_<sha256(content hash, parameters)>.npy``, the ``(M, Q)`` descriptor.
-
-    The content hash of a case is ``fingerprints[i]`` if given (e.g. file paths + sizes + mtimes
-    + preprocessing config, supplied by the caller), else the sha256 of the image bytes. With
-    fingerprints, a pool-cache hit returns without iterating ``images`` at all; without them,
-    each image is hashed as it streams by and its descriptor is read from the case layer, so a
-    repeated call computes no PCA either. All files are written atomically (temp + os.replace)
-    and read with ``json`` / ``np.load(allow_pickle=False)``.
+    Caching (``cache_dir`` given): the ``(M, Q)`` descriptor of a case is kept in
+    ``desc_<sha256(content hash, parameters)>.npy``, the content hash being the sha256 of the
+    image bytes (:func:`content_hash`), so a repeated call computes no PCA; the distances are
+    recomputed from the descriptors (cheap). ``delta``/``quantile`` are not in the key. Files
+    are written atomically (:func:`lightning_ada.io.atomic_path`) and read with
+    ``np.load(allow_pickle=False)``.
 
     Args:
         case_ids: N unique case identifiers, in the order of ``images``.
@@ -355,8 +328,6 @@ def compute_density(
         n_quantiles, method: quantile summary (:func:`quantile_summary`).
         delta, quantile: neighbourhood radius (:func:`neighbour_counts`).
         cache_dir: directory of the cache, or None (no caching).
-        fingerprints: optional N content fingerprints replacing the byte hashes.
-        key_extra: extra JSON-serialisable values entering every key (e.g. the intensity mode).
         progress: tqdm progress bar over the cases.
 
     Returns:
@@ -365,50 +336,15 @@ def compute_density(
     ids = [str(c) for c in case_ids]
     if len(set(ids)) != len(ids):
         raise ValueError("compute_density: duplicate case ids")
-    if fingerprints is not None and len(fingerprints) != len(ids):
-        raise ValueError("compute_density: len(fingerprints) != len(case_ids)")
     params = {
         "version": DESCRIPTOR_VERSION,
         "resize": resize,
         "variance": float(variance),
         "n_quantiles": int(n_quantiles),
         "method": method,
-        "extra": dict(key_extra or {}),
+        "extra": {},  # kept so that descriptor files cached before stay valid
     }
     cache = Path(cache_dir) if cache_dir is not None else None
-
-    def pool_key(hashes: Sequence[str]) -> str:
-        return _key({"params": params, "cases": sorted(zip(ids, hashes))})
-
-    def finish(key: str, dist: np.ndarray, **kw: Any) -> DensityResult:
-        counts, d_used = neighbour_counts(dist, delta, quantile)
-        return DensityResult(
-            density={c: float(n) for c, n in zip(ids, counts)},
-            delta=d_used,
-            quantile=None if delta is not None else float(quantile),
-            key=key,
-            case_ids=list(ids),
-            distances=dist,
-            params=params,
-            **kw,
-        )
-
-    def load_pool(key: str) -> np.ndarray | None:
-        path = cache / f"density_{key}.json" if cache is not None else None
-        if path is None or not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            order = [data["case_ids"].index(c) for c in ids]
-            return np.asarray(data["distances"], dtype=np.float64)[np.ix_(order, order)]
-        except (ValueError, KeyError, IndexError):  # unreadable / foreign file -> recompute
-            return None
-
-    if fingerprints is not None:
-        key = pool_key([str(f) for f in fingerprints])
-        if (dist := load_pool(key)) is not None:
-            return finish(key, dist, from_cache=True)
-
     it: Iterable[Any] = images
     if progress:
         from tqdm.auto import tqdm
@@ -418,29 +354,34 @@ def compute_density(
     for i, img in enumerate(it):
         if i >= len(ids):
             raise ValueError("compute_density: more images than case ids")
-        h = str(fingerprints[i]) if fingerprints is not None else content_hash(img)
+        h = content_hash(img)
         hashes.append(h)
         dpath = cache / f"desc_{_key({'params': params, 'content': h})}.npy" if cache else None
-        if dpath is not None and dpath.is_file():
-            descs.append(np.load(dpath, allow_pickle=False))
+        d = _load_descriptor(dpath) if dpath is not None else None
+        if d is not None:
+            descs.append(d)
         else:
             d = case_descriptor(img, resize, variance, n_quantiles, method)
             n_computed += 1
             if dpath is not None:
-                _atomic_write(dpath, lambda f, d=d: np.save(f, d, allow_pickle=False))
+                with atomic_path(dpath) as tmp, tmp.open("wb") as f:
+                    np.save(f, d, allow_pickle=False)
             descs.append(d)
         del img
     if len(descs) != len(ids):
         raise ValueError(f"compute_density: {len(descs)} images for {len(ids)} case ids")
-
-    key = pool_key(hashes)
-    if fingerprints is None and n_computed == 0 and (dist := load_pool(key)) is not None:
-        return finish(key, dist, from_cache=True, descriptors=np.stack(descs))
     desc = np.stack(descs) if descs else np.zeros((0, 0, int(n_quantiles)))
     dist = pairwise_distances(desc) if len(descs) else np.zeros((0, 0))
-    if cache is not None:
-        payload = {"case_ids": ids, "content": hashes, "params": params}
-        payload["distances"] = dist.tolist()
-        blob = json.dumps(payload).encode()
-        _atomic_write(cache / f"density_{key}.json", lambda f: f.write(blob))
-    return finish(key, dist, descriptors=desc, n_computed=n_computed)
+    counts, d_used = neighbour_counts(dist, delta, quantile)
+    return DensityResult(
+        density={c: float(n) for c, n in zip(ids, counts)},
+        delta=d_used,
+        quantile=None if delta is not None else float(quantile),
+        key=_key({"params": params, "cases": sorted(zip(ids, hashes))}),
+        case_ids=list(ids),
+        distances=dist,
+        descriptors=desc,
+        from_cache=cache is not None and n_computed == 0,
+        n_computed=n_computed,
+        params=params,
+    )

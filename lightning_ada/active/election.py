@@ -87,11 +87,6 @@ class Election:
     dice: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict."""
-        return {"modality": self.modality, "index": self.index, "dice": dict(self.dice),
-                **({"extra": dict(self.extra)} if self.extra else {})}
-
 
 def elect_modality(
     image: Tensor,

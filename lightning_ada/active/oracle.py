@@ -7,14 +7,16 @@ continues from that checkpoint once the file exists.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_ada.data.cases import Case, DataError, write_json_atomic
+from lightning_ada.data.cases import Case, DataError
+from lightning_ada.io import safe_child, write_json_atomic
 
 
 class Oracle(Protocol):
@@ -56,7 +58,9 @@ class FileOracle:
     current prediction as ``requests/round_<k>_<case>_prediction.nii.gz`` (a starting point to
     correct in 3D Slicer or ITK-SNAP) and a PNG preview, then waits for ``labels/<case>.nii.gz``.
     A delivered file is validated (shape and affine of the image, label values, not empty unless
-    allowed); a bad one is reported and the request stays open.
+    allowed); a bad one is reported and the request stays open. A file that was already in
+    ``labels/`` when the request was written is not taken until the annotator re-saves it
+    (confirming it is the answer to this request) or ``accept_existing_labels`` is set.
 
     Args:
         run_dir: the run folder.
@@ -65,6 +69,7 @@ class FileOracle:
         timeout: seconds to wait before giving up (then as with ``wait=False``).
         poll: seconds between two looks.
         allow_empty: accept an all-background label.
+        accept_existing_labels: take a label file that predates its request without asking.
     """
 
     def __init__(
@@ -75,18 +80,20 @@ class FileOracle:
         timeout: float = 3600.0,
         poll: float = 2.0,
         allow_empty: bool = False,
+        accept_existing_labels: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.label_values = list(label_values)
         self.wait, self.timeout, self.poll, self.allow_empty = wait, timeout, poll, allow_empty
+        self.accept_existing_labels = accept_existing_labels
 
     def label_path(self, case_id: str) -> Path:
         """Where the annotator puts the mask of ``case_id``."""
-        return self.run_dir / "labels" / f"{case_id}.nii.gz"
+        return safe_child(self.run_dir / "labels", f"{case_id}.nii.gz")
 
     def request_path(self, round: int, case_id: str) -> Path:
         """The request file of a query."""
-        return self.run_dir / "requests" / f"round_{round}_{case_id}.json"
+        return safe_child(self.run_dir / "requests", f"round_{int(round)}_{case_id}.json")
 
     def write_request(
         self,
@@ -99,7 +106,14 @@ class FileOracle:
         """Write the request JSON (+ prediction NIfTI and PNG preview) for one query."""
         path = self.request_path(request["round"], case.case_id)
         stem = path.with_suffix("")
-        files: dict[str, str] = {}
+        files: dict[str, Any] = {}
+        existing = self.label_path(case.case_id)
+        if existing.exists():  # not an answer to this request (yet): remember which file it was
+            files["label_present_before_request"] = {"mtime_ns": existing.stat().st_mtime_ns}
+            rank_zero_warn(
+                f"[oracle] {existing} already exists before its request was written; it will be "
+                "used only once re-saved (or with oracle_args accept_existing_labels: true)"
+            )
         if write_prediction is not None:
             files["prediction"] = str(stem) + "_prediction.nii.gz"
             write_prediction(Path(files["prediction"]))
@@ -139,6 +153,7 @@ class FileOracle:
         while True:
             if target.exists():
                 try:
+                    self._check_not_stale(target, case.case_id, request)
                     validate_label_file(target, case.images[0], self.label_values, self.allow_empty)
                     return str(target)
                 except DataError as e:
@@ -151,3 +166,21 @@ class FileOracle:
                 rank_zero_info(f"[oracle] waiting for {target} (timeout {self.timeout:.0f} s) ...")
                 announced = True
             time.sleep(self.poll)
+
+    def _check_not_stale(self, target: Path, case_id: str, request: dict[str, Any] | None) -> None:
+        """Raise if ``target`` is the very file that was in ``labels/`` before the request."""
+        if self.accept_existing_labels or request is None or "round" not in request:
+            return
+        path = self.request_path(request["round"], case_id)
+        if not path.is_file():
+            return
+        try:
+            before = json.loads(path.read_text()).get("label_present_before_request")
+        except (OSError, ValueError):
+            return
+        if before is not None and target.stat().st_mtime_ns == before.get("mtime_ns"):
+            raise DataError(
+                f"{target} was already there before the request {path.name} was written; "
+                "re-save it to confirm it answers this request (or set oracle_args "
+                "accept_existing_labels: true)"
+            )

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightning_ada.io import atomic_path
+
 
 def save_preview(
     path: str | Path,
@@ -60,10 +62,7 @@ def save_preview(
                     spine.set_linewidth(3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)

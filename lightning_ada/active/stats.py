@@ -126,32 +126,6 @@ class CaseStats:
     embedding: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self, with_embedding: bool = True) -> dict[str, Any]:
-        """JSON-friendly dict (embedding as a list, or omitted if None / not wanted)."""
-        d: dict[str, Any] = {
-            "case_id": self.case_id,
-            "mean_entropy": float(self.mean_entropy),
-            "volume": int(self.volume),
-            "volume_per_region": {k: int(v) for k, v in self.volume_per_region.items()},
-            "extra": dict(self.extra),
-        }
-        if with_embedding and self.embedding is not None:
-            d["embedding"] = np.asarray(self.embedding, dtype=np.float64).tolist()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CaseStats:
-        """Inverse of :meth:`to_dict`."""
-        emb = d.get("embedding")
-        return cls(
-            case_id=str(d["case_id"]),
-            mean_entropy=float(d["mean_entropy"]),
-            volume=int(d["volume"]),
-            volume_per_region={k: int(v) for k, v in (d.get("volume_per_region") or {}).items()},
-            embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
-            extra=dict(d.get("extra") or {}),
-        )
-
 
 def _to_numpy_1d(x: Tensor | np.ndarray | None) -> np.ndarray | None:
     if x is None:

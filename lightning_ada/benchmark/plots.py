@@ -24,6 +24,7 @@ from lightning_ada.benchmark.tables import (
     MODALITY_DISPLAY,
     regions_of,
 )
+from lightning_ada.io import atomic_path
 
 
 def _pyplot() -> Any:
@@ -37,13 +38,10 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def _methods(norm: Sequence[Mapping[str, Any]], others: bool = False) -> list[str]:

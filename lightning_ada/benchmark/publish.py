@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_ada.benchmark.results import append_row, read_rows
+from lightning_ada.io import write_text_atomic
 
 #: the files of a results folder that are published
 PUBLISHED = ("*.md", "*.csv", "*.png")
@@ -161,6 +162,4 @@ def fill_readme(readme: Path, name: str, text: str) -> None:
         raise ValueError(f"{readme}: no {start} ... {end} block to fill")
     head, rest = doc.split(start, 1)
     _, tail = rest.split(end, 1)
-    tmp = readme.with_name(f".{readme.name}.tmp")
-    tmp.write_text(f"{head}{start}\n{text}{end}{tail}")
-    tmp.replace(readme)
+    write_text_atomic(readme, f"{head}{start}\n{text}{end}{tail}")

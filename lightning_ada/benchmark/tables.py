@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_ada.benchmark.results import BUDGETLESS, normalise
+from lightning_ada.io import write_text_atomic
 from lightning_ada.benchmark.stats import (
     MeanStd,
     format_p,
@@ -122,9 +123,7 @@ class Table:
         out = []
         for suffix, text in ((".md", self.markdown()), (".csv", self.csv())):
             path = folder / f"{name}{suffix}"
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_text_atomic(path, text)
             out.append(path)
         return out
 

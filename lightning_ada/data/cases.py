@@ -5,7 +5,7 @@ Every part of lightning_ada addresses cases by their stable ``case_id``, never b
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +81,31 @@ class Case:
         )
 
 
+#: A case id is used in file names (predictions, annotation requests and labels): letters,
+#: digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most 128 characters.
+SAFE_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_case_id(case_id: str, source: str) -> None:
+    """Raise :class:`DataError` naming ``source`` if ``case_id`` is not a safe file-name stem.
+
+    Rejects path separators, ``..``, absolute paths, spaces and any character outside
+    :data:`SAFE_CASE_ID`, so that no file named after a case can leave its folder.
+    """
+    if not isinstance(case_id, str) or SAFE_CASE_ID.fullmatch(case_id) is None:
+        raise DataError(
+            f"{source}: case id {case_id!r} is not allowed: use 1-128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (no path separators)"
+        )
+
+
+def check_case_ids(cases: Sequence[Case], source: str) -> None:
+    """Raise :class:`DataError` naming ``source`` if an id is unsafe or two cases share one."""
+    for c in cases:
+        check_case_id(c.case_id, source)
+    check_unique_ids(cases, source)
+
+
 def check_unique_ids(cases: Sequence[Case], source: str) -> None:
     """Raise :class:`DataError` naming ``source`` if two cases share an id."""
     seen: dict[str, int] = {}
@@ -90,11 +115,3 @@ def check_unique_ids(cases: Sequence[Case], source: str) -> None:
     if dups:
         raise DataError(f"{source}: duplicate case ids {dups}")
 
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
-    tmp.replace(path)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,84 +12,25 @@ import torch
 from monai.data import CacheDataset, PersistentDataset, list_data_collate
 from torch.utils.data import DataLoader
 
-from lightning_ada.data.cases import Case, DataError, check_unique_ids
+from lightning_ada.data.cache import CacheKey, cache_safe_globals, content_sha256
+from lightning_ada.data.cases import Case, DataError, check_case_ids
 from lightning_ada.data.pools import ActivePool
 from lightning_ada.data.transforms import (
+    invert_prediction,
     preprocessing,
     preprocessing_settings,
     training_augmentation,
+)
+from lightning_ada.data.validation import (
+    MAX_VOXELS,
+    ValidationMarkers,
+    validate_case,
+    validate_label_file,
 )
 
 Layout = Literal["datalist", "brats", "brats2023", "msd", "nnunet"]
 Stage = Literal["source", "target"]
 
-
-_FINGERPRINT_BYTES = 1 << 20
-
-
-def file_fingerprint(path: str | Path) -> dict[str, Any]:
-    """Cheap content fingerprint of a file: size, mtime and the SHA-256 of its first MiB.
-
-    A changed (or re-written) file changes the fingerprint, so the disk cache misses; reading
-    one MiB per file keeps this fast on large datasets.
-    """
-    p = Path(path)
-    try:
-        st = p.stat()
-        with p.open("rb") as f:
-            head = hashlib.sha256(f.read(_FINGERPRINT_BYTES)).hexdigest()
-    except OSError as e:
-        raise DataError(f"{p}: cannot read file for the cache key ({e})") from e
-    return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "head": head}
-
-
-def _cache_safe_globals() -> Any:
-    """Context allowing ``torch.load(weights_only=True)`` of cached items and nothing more.
-
-    A cached item holds MetaTensors whose metadata and traced operations keep numpy arrays
-    (NIfTI header fields, affines) and MONAI enums; MONAI registers only some of these. The
-    rest are allowed only while the cache is read (not left registered), and nothing else: a
-    file holding any other class fails to load and MONAI recomputes it.
-    """
-    import numpy as np
-    from monai.data import MetaTensor
-    from monai.utils.enums import MetaKeys, SpaceKeys, TraceKeys
-
-    reconstruct = np.ndarray((0,)).__reduce__()[0]  # numpy's array unpickler, across versions
-    dtypes = [type(np.dtype(c)) for c in "?bhilqBHILQefdgFDGSU"]
-    wanted = [reconstruct, np.ndarray, np.dtype, *dtypes, MetaTensor, MetaKeys, SpaceKeys]
-    wanted.append(TraceKeys)
-    known = set(map(id, torch.serialization.get_safe_globals()))
-    # leave globally registered ones alone: leaving the context un-registers what it added
-    return torch.serialization.safe_globals([g for g in wanted if id(g) not in known])
-
-
-class CacheKey:
-    """Key of a case in the disk cache (``hash_func`` of MONAI's ``PersistentDataset``).
-
-    Hashes the case id, the fingerprint of each of its files (:func:`file_fingerprint`) and the
-    preprocessing settings, so a changed file or a changed setting misses the cache. The key
-    starts with the case id so that the cache folder is readable.
-    """
-
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.settings = dict(settings)
-
-    def payload(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        image = item["image"]
-        files = [*(image if isinstance(image, (list, tuple)) else [image])]
-        if item.get("label") is not None:
-            files.append(item["label"])
-        return {
-            "case_id": str(item.get("case_id", "")),
-            "files": [file_fingerprint(f) for f in files],
-            "settings": self.settings,
-        }
-
-    def __call__(self, item: Mapping[str, Any]) -> bytes:
-        blob = json.dumps(self.payload(item), sort_keys=True).encode()
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(item.get("case_id", "case")))[:64]
-        return f"{name}_{hashlib.sha256(blob).hexdigest()[:32]}".encode()
 
 
 class _LabeledEpoch(torch.utils.data.Dataset):
@@ -152,7 +90,10 @@ class ActiveDataModule(L.LightningDataModule):
         crop_foreground: crop each case to its non-zero box.
         divisible_by: pad volumes to a multiple of this (product of the net's strides).
         augment: random flips and intensity augmentation for training.
-        validate_inputs: check every file (shapes, affines, NaN, label values) once in setup.
+        validate_inputs: check every file (shapes, affines, NaN/inf as the network sees them,
+            label values) once in setup (:mod:`lightning_ada.data.validation`).
+        max_voxels: largest number of voxels (all channels) accepted in one file; a header
+            declaring more is refused before its data is read.
         num_workers: DataLoader workers.
         cache_dir: keep the preprocessed cases on disk in this folder (MONAI
             ``PersistentDataset``) so later runs skip preprocessing; the key of a case hashes its
@@ -186,6 +127,7 @@ class ActiveDataModule(L.LightningDataModule):
         divisible_by: int = 8,
         augment: bool = True,
         validate_inputs: bool = True,
+        max_voxels: int = MAX_VOXELS,
         num_workers: int = 0,
         cache_dir: str | None = None,
         predict_split: str = "test",
@@ -236,7 +178,7 @@ class ActiveDataModule(L.LightningDataModule):
         if self.hparams.phantom is not None:
             self.prepare_data()  # idempotent; covers direct use without a Trainer
         cases = self._read()
-        check_unique_ids(cases, str(self.hparams.root))
+        check_case_ids(cases, str(self.hparams.root))
         self.cases = {c.case_id: c for c in cases}
         for c in cases:
             if tuple(c.modalities) != tuple(self.hparams.modalities):
@@ -257,6 +199,7 @@ class ActiveDataModule(L.LightningDataModule):
         if self._pending_state is not None:
             self.pool.load_state_dict(self._pending_state)
             self._pending_state = None
+            self._check_labeled_content()
         used = [cid for cid in self.cases if any(cid in ids for ids in self.split_ids.values())]
         self._index = {cid: i for i, cid in enumerate(used)}
         items = [self.cases[cid].to_item() for cid in used]
@@ -265,38 +208,56 @@ class ActiveDataModule(L.LightningDataModule):
             raise DataError(f"{self.hparams.root}: cases without a reference label: {missing}")
         # one instance: MONAI inverts only with the very transform objects that were applied
         self._prep = self._preprocessing()
-        if self.hparams.cache_dir is None:
-            self._cache = CacheDataset(items, self._prep, progress=False, num_workers=0)
-        else:
-            # cached MetaTensors keep their applied_operations with the instance ids reset
-            # (reset_ops_id), so Invertd accepts them with ``self._prep``
-            on_disk = PersistentDataset(
-                items, self._prep, cache_dir=self.hparams.cache_dir,
-                hash_func=CacheKey(self._preprocessing_settings()), track_meta=True,
-            )
-            with _cache_safe_globals():
-                self._cache = CacheDataset(on_disk, transform=None, progress=False, num_workers=0)
+        try:
+            if self.hparams.cache_dir is None:
+                self._cache = CacheDataset(items, self._prep, progress=False, num_workers=0)
+            else:
+                # cached MetaTensors keep their applied_operations with the instance ids reset
+                # (reset_ops_id), so Invertd accepts them with ``self._prep``
+                on_disk = PersistentDataset(
+                    items, self._prep, cache_dir=self.hparams.cache_dir,
+                    hash_func=CacheKey(self._preprocessing_settings()), track_meta=True,
+                )
+                with cache_safe_globals():
+                    self._cache = CacheDataset(
+                        on_disk, transform=None, progress=False, num_workers=0
+                    )
+        except MemoryError as e:
+            raise DataError(
+                f"{self.hparams.root}: not enough memory to preprocess the {len(items)} cases "
+                "in memory (smaller data.pixdim, crop_foreground, or fewer cases)"
+            ) from e
+        self._check_network_input(used)
 
     def _validate(self, case_id: str) -> None:
-        """:func:`validate_case`, remembered in ``cache_dir`` once passed.
-
-        The marker's key hashes the files' fingerprints, the label values and the source of the
-        readers module, so changed files or changed checks validate again.
-        """
-        from lightning_ada.data import readers
-
+        """:func:`validate_case`, remembered in ``<cache_dir>/validated`` once passed."""
         case, values = self.cases[case_id], list(self.hparams.labels.values())
+        limit = int(self.hparams.max_voxels)
         if self.hparams.cache_dir is None:
-            readers.validate_case(case, values)
+            validate_case(case, values, max_voxels=limit)
             return
-        checks = hashlib.sha256(Path(readers.__file__).read_bytes()).hexdigest()
-        key = CacheKey({"label_values": values, "checks": checks})(case.to_item()).decode()
-        marker = Path(self.hparams.cache_dir) / "validated" / f"{key}.ok"
-        if marker.is_file():
-            return
-        readers.validate_case(case, values)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        markers = ValidationMarkers(
+            Path(self.hparams.cache_dir) / "validated",
+            {"label_values": values, "max_voxels": limit},
+        )
+        markers.validate(case, label_values=values, max_voxels=limit)
+
+    def _check_network_input(self, case_ids: Sequence[str]) -> None:
+        """Refuse a case whose preprocessed image (what the network sees) is not finite.
+
+        The file checks catch NaN/inf in the files and float32 overflow of the scaled values;
+        this catches what preprocessing itself makes non-finite (e.g. a z-score over values
+        so large that their variance overflows float32).
+        """
+        for cid in case_ids:
+            image = self._cache[self._index[cid]]["image"]
+            if not bool(torch.isfinite(image).all()):
+                n = int((~torch.isfinite(image)).sum())
+                files = ", ".join(self.cases[cid].images)
+                raise DataError(
+                    f"case {cid}: {n} non-finite voxels after preprocessing (z-score of float32 "
+                    f"values), from {files}: intensities out of range?"
+                )
 
     def _resolve_splits(self, cases: Sequence[Case]) -> dict[str, list[str]]:
         splits: dict[str, list[str]] = {}
@@ -364,7 +325,39 @@ class ActiveDataModule(L.LightningDataModule):
     ) -> None:
         """Move ``case_id`` to the labeled pool with the mask the oracle delivered."""
         assert self.pool is not None, "call setup() first"
-        self.pool.label(case_id, str(label_path), modality, round=round, epoch=epoch)
+        self.pool.label(
+            case_id, str(label_path), modality, round=round, epoch=epoch,
+            label_sha256=content_sha256([label_path]),
+            images_sha256=content_sha256(self.cases[case_id].images),
+        )
+
+    def _check_labeled_content(self) -> None:
+        """Refuse a restored pool whose labels or images changed since they were accepted.
+
+        Compares the content fingerprints recorded by :meth:`label` with the files now on disk
+        (a resume against another dataset with the same ids, or a label file replaced after it
+        was accepted). Annotations without fingerprints (older states) are not checked.
+
+        Raises:
+            DataError: one line naming the case and the file(s) whose content changed.
+        """
+        assert self.pool is not None
+        for cid in self.pool.labeled:
+            a = self.pool.annotation(cid)
+            if a.label_sha256 is not None:
+                if not Path(a.label_path).is_file():
+                    raise DataError(f"{a.label_path}: label of case {cid} accepted earlier is gone")
+                if content_sha256([a.label_path]) != a.label_sha256:
+                    raise DataError(
+                        f"{a.label_path}: content changed since case {cid} was labeled (round "
+                        f"{a.round}); restore that file or start a new run"
+                    )
+            if a.images_sha256 is not None and cid in self.cases:
+                if content_sha256(self.cases[cid].images) != a.images_sha256:
+                    raise DataError(
+                        f"case {cid}: images differ from those it was labeled on "
+                        f"({', '.join(self.cases[cid].images)}); is this the run's dataset?"
+                    )
 
     def case(self, case_id: str) -> Case:
         """The :class:`Case` record of ``case_id``."""
@@ -402,11 +395,9 @@ class ActiveDataModule(L.LightningDataModule):
             return self.item(case_id)
         key = (case_id, path)
         if key not in self._annotated:
-            from lightning_ada.data.readers import validate_label_file
-
             validate_label_file(
                 path, self.cases[case_id].images[0], list(self.hparams.labels.values()),
-                allow_empty=True,
+                allow_empty=True, max_voxels=int(self.hparams.max_voxels),
             )
             entry = self.cases[case_id].to_item() | {"label": path}
             self._annotated[key] = self._prep(entry)
@@ -460,21 +451,11 @@ class ActiveDataModule(L.LightningDataModule):
     def invert(self, prediction: torch.Tensor, case_id: str) -> torch.Tensor:
         """Map a class-index prediction ``(1, H, W, D)`` back to the case's original geometry.
 
-        Returns a MetaTensor carrying the original affine, with on-disk label values.
+        Returns a MetaTensor carrying the original affine, with on-disk label values
+        (:func:`~lightning_ada.data.transforms.invert_prediction`).
         """
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd, MapLabelValue
-
-        from lightning_ada.data.transforms import label_mapping
-
         image = self.item(case_id)["image"]
-        pred = MetaTensor(prediction.to(torch.float32), meta=dict(image.meta))
-        # the inverse of the image's applied transforms (pad, resample, crop, orientation)
-        inverted = Invertd(
-            keys="pred", transform=self._prep, orig_keys="image", nearest_interp=True
-        )({"pred": pred, "image": image})["pred"]
-        orig, target = label_mapping(self.hparams.labels.values())
-        return MapLabelValue(orig_labels=target, target_labels=orig)(inverted)
+        return invert_prediction(prediction, image, self._prep, list(self.hparams.labels.values()))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -490,3 +471,4 @@ class ActiveDataModule(L.LightningDataModule):
             self._pending_state = state
         else:
             self.pool.load_state_dict(state)
+            self._check_labeled_content()

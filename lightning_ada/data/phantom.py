@@ -40,7 +40,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from lightning_ada.data.cases import Case, DataError, write_json_atomic
+from lightning_ada.data.cases import Case, DataError
+from lightning_ada.io import write_json_atomic
 
 __all__ = ["TASKS", "generate_phantom", "load_phantom"]
 

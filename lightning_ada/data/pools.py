@@ -20,12 +20,17 @@ class Annotation:
         modality: the modality the annotator delineated on (None = not recorded / reference mask).
         label_path: the mask file the oracle delivered (label values as on disk).
         epoch: the training epoch at which the query happened (-1 = before training).
+        label_sha256: content fingerprint of the label file when it was accepted (None: not
+            recorded: a reference mask labeled at set-up, or a state from an older version).
+        images_sha256: content fingerprint of the case's image files at that moment.
     """
 
     round: int
     modality: str | None
     label_path: str
     epoch: int = -1
+    label_sha256: str | None = None
+    images_sha256: str | None = None
 
 
 class ActivePool:
@@ -90,8 +95,10 @@ class ActivePool:
         modality: str | None = None,
         round: int = -1,
         epoch: int = -1,
+        label_sha256: str | None = None,
+        images_sha256: str | None = None,
     ) -> None:
-        """Move ``case_id`` from unlabeled to labeled.
+        """Move ``case_id`` from unlabeled to labeled (with the content fingerprints, if given).
 
         Raises:
             KeyError: if the id is not in the pool.
@@ -101,7 +108,9 @@ class ActivePool:
             raise KeyError(f"case {case_id!r} is not in the pool")
         if case_id in self._annotations:
             raise ValueError(f"case {case_id!r} is already labeled")
-        self._annotations[case_id] = Annotation(round, modality, str(label_path), epoch)
+        self._annotations[case_id] = Annotation(
+            round, modality, str(label_path), epoch, label_sha256, images_sha256
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain, JSON-friendly state: pool ids and the annotation of every labeled case."""

@@ -1,9 +1,9 @@
-"""Readers for real data layouts (BraTS, BraTS 2023, MSD, nnU-Net raw, our datalist) and validation.
+"""Readers for real data layouts (BraTS, BraTS 2023, MSD, nnU-Net raw, our datalist).
 
-Every reader returns a list of :class:`~lightning_ada.data.cases.Case` with unique ids; any missing
-or inconsistent file raises :class:`~lightning_ada.data.cases.DataError` naming the file or case
-folder (nothing is silently skipped). :func:`validate_case` and :func:`validate_label_file` load
-the NIfTI files and check shapes, affines, finiteness, constant channels and label values.
+Every reader returns a list of :class:`~lightning_ada.data.cases.Case` with unique, safe ids;
+any missing or inconsistent file raises :class:`~lightning_ada.data.cases.DataError` naming the
+file or case folder (nothing is silently skipped). The content of the files is checked by
+:mod:`lightning_ada.data.validation`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
-import numpy as np
-
-from lightning_ada.data.cases import Case, DataError, check_unique_ids
+from lightning_ada.data.cases import Case, DataError, check_case_ids
 
 Layout = Literal["brats", "brats2023", "msd", "nnunet", "datalist"]
 
@@ -79,13 +76,13 @@ def _indexed_names(mapping: Any, path: Path, key: str) -> tuple[str, ...]:
 
 
 def _finish(cases: list[Case], source: str) -> list[Case]:
-    """Check every referenced file exists and ids are unique; return ``cases``."""
+    """Check ids are safe and unique and every referenced file exists; return ``cases``."""
+    check_case_ids(cases, source)
     for c in cases:
         files = [*c.images, *([c.label] if c.label else []), *c.modality_labels.values()]
         for f in files:
             if not Path(f).is_file():
                 raise DataError(f"{source}: case {c.case_id!r}: missing file {f}")
-    check_unique_ids(cases, source)
     return cases
 
 
@@ -343,163 +340,3 @@ def read_cases(root_or_file: str | Path, layout: Layout, **kwargs: Any) -> list[
     if layout not in _READERS:
         raise DataError(f"unknown layout {layout!r}; expected one of {sorted(_READERS)}")
     return _READERS[layout](root_or_file, **kwargs)
-
-
-# -------------------------------------------------------------------------------------- validation
-def _load(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Load a NIfTI as (array in its stored/scaled dtype, affine); DataError naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: missing file")
-    try:
-        img = nib.load(str(p))
-        arr = np.asanyarray(img.dataobj)
-        return np.asarray(arr), np.asarray(img.affine, dtype=np.float64)
-    except Exception as e:  # truncated gzip (EOFError, zlib.error), bad header (ImageFileError)
-        raise DataError(f"{p}: unreadable or truncated NIfTI ({type(e).__name__}: {e})") from e
-
-
-_Ref = tuple[str | Path, tuple[int, ...], np.ndarray]  # (file, spatial shape, affine)
-
-
-def _check_grid(
-    path: str | Path, shape: tuple[int, ...], affine: np.ndarray, ref: _Ref, atol: float
-) -> None:
-    """Raise if ``shape``/``affine`` of ``path`` differ from the reference (name, shape, affine)."""
-    ref_path, ref_shape, ref_affine = ref
-    if shape != ref_shape:
-        raise DataError(f"{path}: shape {shape} disagrees with {ref_shape} of {ref_path}")
-    if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
-        diff = float(np.abs(affine - ref_affine).max())
-        raise DataError(
-            f"{path}: affine differs from that of {ref_path} "
-            f"(max abs difference {diff:.4g} > atol {atol})"
-        )
-
-
-def _check_finite(path: str | Path, arr: np.ndarray) -> None:
-    """Raise if a floating array holds NaN or inf voxels."""
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-        raise DataError(f"{path}: non-finite voxels ({n_nan} NaN, {n_inf} inf)")
-
-
-def _check_label(
-    path: str | Path,
-    ref: _Ref,
-    label_values: Sequence[int] | None,
-    allow_empty: bool,
-    atol: float,
-) -> None:
-    """Load a label map; check grid, finiteness, values in ``{0} | label_values``, emptiness."""
-    arr, affine = _load(path)
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise DataError(f"{path}: label must be 3-D, got shape {arr.shape}")
-    _check_grid(path, arr.shape, affine, ref, atol)
-    _check_finite(path, arr)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.array_equal(arr, np.round(arr)):
-            raise DataError(f"{path}: label holds non-integer values")
-        arr = arr.astype(np.int64)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo >= 0 and hi < 65536:
-        values = np.flatnonzero(np.bincount(arr.ravel().astype(np.intp, copy=False), minlength=1))
-    else:
-        values = np.unique(arr)
-    if label_values is not None:
-        bad = sorted(set(values.tolist()) - {0, *map(int, label_values)})
-        if bad:
-            allowed = sorted({0, *map(int, label_values)})
-            raise DataError(f"{path}: label values {bad} outside the declared set {allowed}")
-    if not allow_empty and hi == 0 and lo == 0:
-        raise DataError(f"{path}: label is empty (background only)")
-
-
-def validate_case(
-    case: Case,
-    label_values: Sequence[int] | None = None,
-    atol: float = 1e-3,
-    allow_empty_label: bool = True,
-) -> None:
-    """Load every file of ``case`` and raise one clear :class:`DataError` at the first fault.
-
-    Checks: every file exists and is readable (truncated gzip included); images are 3-D (or one
-    4-D file with one channel per modality on the last axis); shapes and affines (within ``atol``)
-    agree between modalities, the label and any per-modality labels; no NaN/inf voxels; no
-    modality channel is constant (e.g. all zeros); label values lie in ``{0} | label_values``.
-
-    Args:
-        case: the case to check.
-        label_values: allowed foreground label values (0 is always allowed); None skips the check.
-        atol: absolute tolerance on affine entries.
-        allow_empty_label: whether an all-background label is acceptable.
-
-    Raises:
-        DataError: naming the offending file and the fault.
-    """
-    n_mod = len(case.modalities)
-    if len(case.images) not in (1, n_mod):
-        raise DataError(
-            f"case {case.case_id!r}: {len(case.images)} image files for {n_mod} modalities"
-        )
-    ref: _Ref | None = None
-    for i, path in enumerate(case.images):
-        arr, affine = _load(path)
-        if len(case.images) == 1 and n_mod > 1:
-            if arr.ndim != 4 or arr.shape[-1] != n_mod:
-                raise DataError(
-                    f"{path}: expected a 4-D image with {n_mod} modalities on the last axis, "
-                    f"got shape {arr.shape}"
-                )
-            channels = [(case.modalities[k], arr[..., k]) for k in range(n_mod)]
-        else:
-            if arr.ndim == 4 and arr.shape[-1] == 1:
-                arr = arr[..., 0]
-            if arr.ndim != 3:
-                raise DataError(f"{path}: expected a 3-D image, got shape {arr.shape}")
-            channels = [(case.modalities[i], arr)]
-        ref = ref or (path, tuple(arr.shape[:3]), affine)
-        _check_grid(path, tuple(arr.shape[:3]), affine, ref, atol)
-        _check_finite(path, arr)
-        for name, ch in channels:
-            lo, hi = ch.min(), ch.max()
-            if lo == hi:
-                fault = "all zeros" if lo == 0 else f"constant (every voxel = {float(lo):g})"
-                raise DataError(f"{path}: modality {name!r} is {fault}")
-    assert ref is not None
-    if case.label is not None:
-        _check_label(case.label, ref, label_values, allow_empty_label, atol)
-    for path in case.modality_labels.values():
-        _check_label(path, ref, label_values, True, atol)
-
-
-def validate_label_file(
-    path: str | Path,
-    reference_image: str | Path,
-    label_values: Sequence[int] | None,
-    allow_empty: bool = False,
-    atol: float = 1e-3,
-) -> None:
-    """Check a delivered annotation against the image it was drawn on.
-
-    Args:
-        path: the label file.
-        reference_image: an image of the case (3-D, or 4-D MSD-style: its first 3 axes are used).
-        label_values: allowed foreground values (0 always allowed); None skips the check.
-        allow_empty: whether an all-background label is acceptable.
-        atol: absolute tolerance on affine entries.
-
-    Raises:
-        DataError: naming ``path`` (or the reference image if that is unreadable) and the fault.
-    """
-    p = Path(reference_image)
-    if not p.is_file():
-        raise DataError(f"{p}: missing file (reference image)")
-    try:
-        img = nib.load(str(p))
-        shape, affine = tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
-    except Exception as e:
-        raise DataError(f"{p}: unreadable reference image ({type(e).__name__}: {e})") from e
-    _check_label(path, (p, shape, affine), label_values, allow_empty, atol)

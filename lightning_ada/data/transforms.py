@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import monai
+import torch
 from monai import transforms as T
 
 #: Bump when :func:`preprocessing` changes in a way its arguments do not show (a new transform,
@@ -141,3 +142,31 @@ def training_augmentation(patch_size: Sequence[int], augment: bool = True) -> T.
             T.RandGaussianNoised(keys="image", std=0.05, prob=0.15),
         ]
     return T.Compose(chain)
+
+
+def invert_prediction(
+    prediction: torch.Tensor, image: Any, chain: T.Compose, label_values: Sequence[int]
+) -> Any:
+    """Map a class-index prediction back to the original geometry and on-disk label values.
+
+    Args:
+        prediction: class indices ``(1, H, W, D)`` on the grid of ``image``.
+        image: the preprocessed image ``(C, H, W, D)`` (a MetaTensor carrying the operations
+            ``chain`` applied to it).
+        chain: the very :func:`preprocessing` instance that produced ``image`` (MONAI inverts
+            only with the transform objects that were applied).
+        label_values: on-disk label values of the foreground classes, in class order.
+
+    Returns:
+        A MetaTensor ``(1, H0, W0, D0)`` on the original grid, with the original affine,
+        holding on-disk label values (nearest-neighbour interpolation).
+    """
+    from monai.data import MetaTensor
+
+    pred = MetaTensor(prediction.to(torch.float32), meta=dict(image.meta))
+    # the inverse of the image's applied transforms (pad, resample, crop, orientation)
+    inverted = T.Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)(
+        {"pred": pred, "image": image}
+    )["pred"]
+    orig, target = label_mapping(label_values)
+    return T.MapLabelValue(orig_labels=target, target_labels=orig)(inverted)
