@@ -8,8 +8,8 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_ada.active.callback import ActiveQueryCallback
-from lightning_ada.io import write_json_atomic
 from lightning_ada.data.datamodule import ActiveDataModule
+from lightning_ada.io import write_json_atomic
 from lightning_ada.models.module import SegmentationModule
 from lightning_ada.predict import NiftiPredictionWriter
 

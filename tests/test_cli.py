@@ -162,8 +162,8 @@ def test_mmacts_round_elects_a_modality_and_logs_every_factor(
         assert q["label_path"].endswith(f"_seg_{q['modality']}.nii.gz")  # mask drawn on it
         assert set(q["timings"]) == {"inference", "statistics", "density"}
         assert "centre" in q["case_meta"]
-    # the density matrix is cached in the run folder and reused by the second round
-    assert len(list((tmp_path / "cache").glob("density_*.json"))) == 1
+    # the density descriptors are cached in the run folder, one per pool case
+    assert len(list((tmp_path / "cache").glob("desc_*.npy"))) == 6
 
 
 @pytest.mark.parametrize("strategy", sorted(REGISTRY))

@@ -43,7 +43,7 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "blank channel": ("t1", lambda p: _edit(p, np.zeros_like), "zero"),
     "constant channel": ("t1ce", lambda p: _edit(p, lambda a: np.full_like(a, 5)), "constant"),
     "other affine": ("flair", _shifted_affine, "affine"),
-    "truncated gzip": ("t2", _truncate, ""),
+    "truncated gzip": ("t2", _truncate, "unreadable or truncated NIfTI"),
     "wrong shape": ("flair", lambda p: _edit(p, lambda a: a[:-2]), "shape"),
     "label outside set": ("seg", lambda p: _edit(p, lambda a: np.where(a == 4, 3, a).astype(np.uint8)), "3"),
     "missing modality": ("t1", lambda p: p.unlink(), "t1"),

@@ -144,7 +144,7 @@ class FileOracle:
         A delivered file that fails validation is reported (rank-zero log) and ignored; the
         request stays open.
         """
-        from lightning_ada.data.readers import validate_label_file
+        from lightning_ada.data.validation import validate_label_file
 
         target = self.label_path(case.case_id)
         deadline = time.monotonic() + (self.timeout if self.wait else 0.0)
