@@ -48,7 +48,8 @@ def make_case(folder: Path, case_id: str, seed: int, shape: tuple[int, int, int]
     out.mkdir(parents=True, exist_ok=True)
     for k, m in enumerate(MODS):
         img = np.where(head, 100 + 20 * k + 30 * (seg > 0) + rng.normal(0, 5, shape), 0)
-        nib.save(nib.Nifti1Image(img.astype(np.float32), lps_affine()), out / f"{case_id}_{m}.nii.gz")
+        path = out / f"{case_id}_{m}.nii.gz"
+        nib.save(nib.Nifti1Image(img.astype(np.float32), lps_affine()), path)
     nib.save(nib.Nifti1Image(seg, lps_affine()), out / f"{case_id}_seg.nii.gz")
 
 

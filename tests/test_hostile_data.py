@@ -103,7 +103,9 @@ def test_non_finite_after_preprocessing_is_refused_naming_the_case(data: Path) -
 
 
 # ------------------------------------------------------------------ 2. case ids as file names
-@pytest.mark.parametrize("bad_id", ["../../../escaped_case", "/tmp/absolute_case", "a b", ".hidden"])
+@pytest.mark.parametrize(
+    "bad_id", ["../../../escaped_case", "/tmp/absolute_case", "a b", ".hidden"]
+)
 def test_unsafe_case_id_is_refused_at_read_time(
     data: Path, tmp_path: Path, bad_id: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -203,16 +205,18 @@ def test_resume_with_a_changed_label_through_the_cli(
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), label)
     before = snapshot(run)
     before.pop("config.yaml")  # LightningCLI re-saves the config before the state is restored
-    line = refused(monkeypatch, capsys, fit_args(
-        data, run, "--trainer.max_epochs", "4", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-    ))
+    last = str(run / "checkpoints" / "last.ckpt")
+    args = fit_args(data, run, "--trainer.max_epochs", "4", "--ckpt_path", last)
+    line = refused(monkeypatch, capsys, args)
     assert str(label) in line and f"since case {log[0]['case_id']} was labeled" in line
     after = snapshot(run)
     after.pop("config.yaml")
     assert after == before  # checkpoints and query log untouched
 
 
-def test_label_present_before_its_request_needs_confirmation(tmp_path: Path, phantom_root: Path) -> None:
+def test_label_present_before_its_request_needs_confirmation(
+    tmp_path: Path, phantom_root: Path
+) -> None:
     from lightning_ada.data.readers import read_datalist
 
     case = next(c for c in read_datalist(phantom_root / "dataset.json") if c.case_id == CASE)
@@ -272,7 +276,8 @@ def test_header_claiming_a_huge_image_is_refused_before_reading(
 def test_voxel_limit_is_configurable(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = refused(monkeypatch, capsys, fit_args(data, tmp_path / "run", "--data.max_voxels", "1000"))
+    args = fit_args(data, tmp_path / "run", "--data.max_voxels", "1000")
+    line = refused(monkeypatch, capsys, args)
     assert "4,096 voxels, above the limit of 1,000 (data.max_voxels)" in line
 
 

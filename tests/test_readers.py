@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 from lightning_ada.data.cases import Case, DataError
+from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.data.readers import (
     read_brats,
+    read_brats2023,
     read_cases,
     read_datalist,
     read_msd,
@@ -445,3 +448,103 @@ def test_real_brats18() -> None:
     assert by_id["Brats18_CBICA_ABM_1"].meta["group"] == "CBICA"
     assert all(c.label is not None for c in cases)
     validate_case(by_id["Brats18_CBICA_ABM_1"], label_values=[1, 2, 4], allow_empty_label=False)
+
+
+# --------------------------------------------------------------- official layouts (issue 18)
+def test_brats_grade_folders_as_downloaded(tmp_path: Path) -> None:
+    for grade, cid in [("HGG", "Brats18_TCIA02_300_1"), ("HGG", "Brats18_CBICA_AAB_1"),
+                       ("LGG", "Brats18_TCIA10_130_1")]:
+        write_brats(tmp_path / grade, cid)
+    (tmp_path / "survival_data.csv").write_text("not a case\n")
+    cases = read_cases(tmp_path, "brats")
+    assert [c.case_id for c in cases] == [
+        "Brats18_CBICA_AAB_1", "Brats18_TCIA02_300_1", "Brats18_TCIA10_130_1",
+    ]
+    assert [c.meta for c in cases] == [
+        {"group": "CBICA", "grade": "HGG"}, {"group": "TCIA02", "grade": "HGG"},
+        {"group": "TCIA10", "grade": "LGG"},
+    ]
+    assert Path(cases[2].label).parent == tmp_path / "LGG" / "Brats18_TCIA10_130_1"
+
+
+def test_brats_grade_folders_mixed_with_cases_say_what_was_expected(tmp_path: Path) -> None:
+    write_brats(tmp_path / "HGG", "Brats18_TCIA02_300_1")
+    write_brats(tmp_path, "Brats18_CBICA_AAB_1")
+    with pytest.raises(DataError, match=r"mixes grade folders \['HGG'\].*expected <root>/<case>/"):
+        read_brats(tmp_path)
+    (tmp_path / "LGG").mkdir()
+    expected = "expected <root>/<case>/<case>_<modality>.nii.gz, optionally under HGG/ and LGG/"
+    with pytest.raises(DataError, match=expected):
+        read_brats(tmp_path / "LGG")
+
+
+def test_brats2023_names_read_with_the_brats_layout_get_a_hint(tmp_path: Path) -> None:
+    write_brats(tmp_path, "BraTS-GLI-00000-000", sep="-", mods=("t2f", "t1n", "t1c", "t2w"))
+    with pytest.raises(DataError, match="BraTS 2023 names: use data.layout brats2023"):
+        read_brats(tmp_path)
+    write_brats(tmp_path / "old", "BraTS2021_00000")
+    with pytest.raises(DataError, match="BraTS 2018-2021 names: use data.layout brats"):
+        read_brats2023(tmp_path / "old")
+
+
+def _dm(root: Path, ids: list[str], **kw: object) -> ActiveDataModule:
+    dm = ActiveDataModule(
+        root=str(root), stage="target", splits={"pool": ids[:-1], "test": ids[-1:]},
+        divisible_by=2, **kw,  # type: ignore[arg-type]
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_datamodule_reads_grade_folders_and_2023_layout(tmp_path: Path) -> None:
+    ids = ["Brats18_CBICA_AAB_1", "Brats18_TCIA02_300_1", "Brats18_TCIA10_130_1"]
+    for grade, cid in zip(["HGG", "HGG", "LGG"], ids):
+        write_brats(tmp_path / "2018" / grade, cid)
+    dm = _dm(tmp_path / "2018", ids, layout="brats")
+    assert dm.image(ids[2]).shape == (4, 8, 8, 6) and dm.case(ids[2]).meta["grade"] == "LGG"
+
+    ids23 = ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000", "BraTS-GLI-00003-001"]
+    mods = ["t2f", "t1n", "t1c", "t2w"]
+    for cid in ids23:
+        folder = write_brats(tmp_path / "2023", cid, sep="-", mods=tuple(mods), seg=False)
+        save(folder / f"{cid}-seg.nii.gz", label((1, 2, 3)))
+    dm = _dm(tmp_path / "2023", ids23, layout="brats2023", modalities=mods,
+             labels={"NCR": 1, "ED": 2, "ET": 3})
+    assert dm.item(ids23[0])["image"].shape == (4, 8, 8, 6)
+    assert set(dm.item(ids23[0])["label"].unique().tolist()) == {0, 1, 2, 3}
+
+
+def test_datamodule_modality_subset_with_the_brats_layout(tmp_path: Path) -> None:
+    ids = ["A1", "A2", "A3"]
+    for cid in ids:
+        write_brats(tmp_path / "full", cid)
+        write_brats(tmp_path / "two", cid, mods=("flair", "t1ce"))
+    for root in (tmp_path / "full", tmp_path / "two"):
+        dm = _dm(root, ids, layout="brats", modalities=["flair", "t1ce"])
+        image = dm.image("A1")
+        assert image.shape == (2, 8, 8, 6)
+        assert Path(dm.case("A1").images[1]).name == "A1_t1ce.nii.gz"
+    with pytest.raises(DataError, match=r"missing modality file A1_t1\.nii\.gz"):
+        _dm(tmp_path / "two", ids, layout="brats")
+
+
+@pytest.mark.parametrize(
+    "names", [("datalist.json",), ("dataset.json",), ("datalist.json", "dataset.json")]
+)
+def test_datalist_accepted_under_both_names(tmp_path: Path, names: tuple[str, ...]) -> None:
+    written = write_datalist(tmp_path, ids=("p1", "p0", "p2")).rename(tmp_path / "list.tmp")
+    for name in names:
+        shutil.copy(written, tmp_path / name)
+    written.unlink()
+    if len(names) == 2:
+        with pytest.raises(DataError, match="holds both dataset.json and datalist.json; keep one"):
+            _dm(tmp_path, ["p1", "p0", "p2"], modalities=["t1", "t2"], labels={"A": 1, "B": 2})
+        return
+    dm = _dm(tmp_path, ["p1", "p0", "p2"], modalities=["t1", "t2"], labels={"A": 1, "B": 2})
+    assert dm.image("p2").shape == (2, 8, 8, 6)
+    assert read_datalist(tmp_path) == read_datalist(tmp_path / names[0])
+
+
+def test_datalist_folder_without_a_datalist(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no dataset.json or datalist.json datalist"):
+        read_datalist(tmp_path)

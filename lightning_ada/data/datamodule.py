@@ -72,8 +72,10 @@ class ActiveDataModule(L.LightningDataModule):
     ``pool`` (grown by :meth:`label`) and is evaluated on ``test``.
 
     Args:
-        root: dataset folder (or datalist JSON file for ``layout="datalist"``).
-        layout: on-disk layout read by :func:`lightning_ada.data.readers.read_cases`.
+        root: dataset folder (for ``layout="datalist"``: the JSON file, or a folder holding
+            ``dataset.json`` or ``datalist.json``).
+        layout: on-disk layout read by :func:`lightning_ada.data.readers.read_cases`; the
+            BraTS layouts read only the files of ``modalities`` (a subset of the sequences).
         phantom: keyword arguments of :func:`lightning_ada.data.phantom.generate_phantom`; when
             given, the synthetic phantom is generated into ``root`` if absent (deterministic).
         stage: ``source`` (pre-training) or ``target`` (adaptation).
@@ -162,10 +164,10 @@ class ActiveDataModule(L.LightningDataModule):
     def _read(self) -> list[Case]:
         from lightning_ada.data.readers import read_cases
 
-        root = Path(self.hparams.root)
-        if self.hparams.layout == "datalist" and root.is_dir():
-            root = root / "dataset.json"
-        return read_cases(root, self.hparams.layout)
+        root, layout = Path(self.hparams.root), self.hparams.layout
+        if layout in ("brats", "brats2023"):
+            return read_cases(root, layout, modalities=list(self.hparams.modalities))
+        return read_cases(root, layout)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the cases, check them, build the pool and the in-memory cache (once).

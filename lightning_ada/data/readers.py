@@ -19,6 +19,8 @@ from lightning_ada.data.cases import Case, DataError, check_case_ids
 Layout = Literal["brats", "brats2023", "msd", "nnunet", "datalist"]
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+#: File names of our datalist JSON accepted in a dataset folder (the phantom writes the first).
+DATALIST_NAMES = ("dataset.json", "datalist.json")
 # BraTS 2018/2019 training names Brats18_<group>_<id>_<n>: Brats18_TCIA10_628_1, BraTS19_2013_0_1.
 _BRATS_GROUP = re.compile(r"^brats1[89]_([A-Za-z0-9]+)_[A-Za-z0-9]+_\d+$", re.IGNORECASE)
 
@@ -87,35 +89,84 @@ def _finish(cases: list[Case], source: str) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------------------- readers
+#: Grade folders of the BraTS 2018/2019 training download (``<root>/HGG/<case>/...``).
+GRADE_FOLDERS = ("HGG", "LGG")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _case_folders(root: Path, expected: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Case folders of ``root``, descending into the ``HGG``/``LGG`` grade folders if present.
+
+    Returns ``(folder, meta)`` pairs, ``meta["grade"]`` set for cases under a grade folder.
+    """
+    folders = _subfolders(root)
+    grades = [f for f in folders if f.name.upper() in GRADE_FOLDERS]
+    if grades:
+        others = [f.name for f in folders if f not in grades]
+        if others:
+            raise DataError(
+                f"{root}: mixes grade folders {[g.name for g in grades]} with other folders "
+                f"{others}; expected {expected}"
+            )
+        found = [(c, {"grade": g.name.upper()}) for g in grades for c in _subfolders(g)]
+    else:
+        found = [(f, {}) for f in folders]
+    if not found:
+        raise DataError(f"{root}: no case folders found; expected {expected}")
+    return found
+
+
 def _read_case_folders(
     root: str | Path, modalities: Sequence[str], sep: str, meta: Callable[[str], dict[str, Any]]
 ) -> list[Case]:
     """Shared reader of ``root/<case>/<case><sep><modality>.nii[.gz]`` (+ ``<sep>seg``) layouts.
 
+    Case folders may sit in ``HGG``/``LGG`` grade folders (the BraTS 2018/2019 training
+    download); only the files of ``modalities`` are read, so a subset of the sequences works.
     The label is optional but must be present for all cases or for none.
     """
     root = _require(root, "dir")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DataError(f"{root}: no case folders found")
+    expected = (
+        f"<root>/<case>/<case>{sep}<modality>.nii.gz, optionally under HGG/ and LGG/, "
+        f"for modalities {list(modalities)}"
+    )
     cases = []
-    for folder in folders:
+    for folder, extra in _case_folders(root, expected):
         cid = folder.name
         if not any(f.is_file() for f in folder.iterdir()):
-            raise DataError(f"{folder}: case folder holds no files")
+            raise DataError(f"{folder}: case folder holds no files; expected {expected}")
         images = []
         for m in modalities:
             p = _find_nifti(folder, f"{cid}{sep}{m}")
             if p is None:
-                raise DataError(f"{folder}: missing modality file {cid}{sep}{m}.nii.gz (or .nii)")
+                present = sorted(
+                    _stem(f) for f in folder.iterdir() if f.name.endswith(NIFTI_ENDINGS)
+                )
+                raise DataError(
+                    f"{folder}: missing modality file {cid}{sep}{m}.nii.gz (or .nii); found "
+                    f"{present}{_layout_hint(present, sep)}"
+                )
             images.append(str(p))
         seg = _find_nifti(folder, f"{cid}{sep}seg")
         lab = str(seg) if seg else None
-        cases.append(Case(cid, tuple(images), tuple(modalities), lab, meta=meta(cid)))
+        cases.append(Case(cid, tuple(images), tuple(modalities), lab, meta=meta(cid) | extra))
+    cases.sort(key=lambda c: c.case_id)
     unlabeled = [c.case_id for c in cases if c.label is None]
     if unlabeled and len(unlabeled) < len(cases):
         raise DataError(f"{root}: label file <case>{sep}seg.nii.gz missing for {unlabeled}")
     return _finish(cases, str(root))
+
+
+def _layout_hint(stems: Sequence[str], sep: str) -> str:
+    """A hint when the files follow the other BraTS naming than the layout read."""
+    if sep == "_" and any(s.endswith(("-t2f", "-t1n", "-t1c", "-t2w")) for s in stems):
+        return " (BraTS 2023 names: use data.layout brats2023)"
+    if sep == "-" and any(s.endswith(("_flair", "_t1", "_t1ce", "_t2")) for s in stems):
+        return " (BraTS 2018-2021 names: use data.layout brats)"
+    return ""
 
 
 def read_brats(
@@ -123,12 +174,14 @@ def read_brats(
 ) -> list[Case]:
     """Read the BraTS 2018-2021 layout ``root/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``.
 
-    Labels are stored as 0/1/2/4. For BraTS 2018/2019 case names the institution group is put in
-    ``meta["group"]`` (``Brats18_TCIA10_628_1`` -> ``"TCIA10"``).
+    As distributed: the case folders may sit in ``root/HGG/`` and ``root/LGG/`` (BraTS
+    2018/2019 training; ``meta["grade"]``), files other than the wanted modalities and the label
+    are ignored. Labels are stored as 0/1/2/4. For BraTS 2018/2019 case names the institution
+    group is put in ``meta["group"]`` (``Brats18_TCIA10_628_1`` -> ``"TCIA10"``).
 
     Args:
-        root: folder holding one sub-folder per case.
-        modalities: modality suffixes to read, in channel order.
+        root: folder holding one sub-folder per case (or the ``HGG``/``LGG`` grade folders).
+        modalities: modality suffixes to read, in channel order (a subset is fine).
 
     Returns:
         Cases sorted by id (label None for every case if no ``_seg`` file exists at all).
@@ -150,11 +203,11 @@ def read_brats2023(
 ) -> list[Case]:
     """Read the BraTS 2023 layout ``root/<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz``.
 
-    Labels are stored as 0/1/2/3.
+    Case ids as distributed, e.g. ``BraTS-GLI-00000-000``. Labels are stored as 0/1/2/3.
 
     Args:
         root: folder holding one sub-folder per case.
-        modalities: modality suffixes to read, in channel order.
+        modalities: modality suffixes to read, in channel order (a subset is fine).
 
     Returns:
         Cases sorted by id.
@@ -275,10 +328,12 @@ def read_datalist(path: str | Path) -> list[Case]:
     """Read our JSON datalist ``{"name", "modalities", "labels", "cases": [Case.to_json(), ...]}``.
 
     Relative paths resolve against the JSON file's folder. This is the format the synthetic phantom
-    writes.
+    writes. A case entry holds ``case_id``, ``images`` (one path per modality), ``modalities``
+    and optionally ``label``, ``modality_labels``, ``split`` and ``meta``.
 
     Args:
-        path: the JSON file, or a folder holding ``datalist.json``.
+        path: the JSON file, or a folder holding ``datalist.json`` or ``dataset.json`` (one of
+            the two).
 
     Returns:
         The cases in file order.
@@ -289,7 +344,12 @@ def read_datalist(path: str | Path) -> list[Case]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "datalist.json"
+        found = [path / n for n in DATALIST_NAMES if (path / n).is_file()]
+        if len(found) > 1:
+            raise DataError(f"{path}: holds both {' and '.join(DATALIST_NAMES)}; keep one")
+        if not found:
+            raise DataError(f"{path}: no {' or '.join(DATALIST_NAMES)} datalist in this folder")
+        path = found[0]
     d = _load_json(path)
     if not isinstance(d.get("cases"), list):
         raise DataError(f"{path}: missing 'cases' list")
