@@ -147,6 +147,9 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
     assert json.loads(path.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # usual permissions, not mkstemp's 0600
 
 
 # ------------------------------------------------------------------ 5. labels bound to content
