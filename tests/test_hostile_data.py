@@ -195,6 +195,19 @@ def test_resume_refuses_a_changed_label_or_image(data: Path, tmp_path: Path) -> 
         _reload(other, moved)
 
 
+def test_resume_against_a_pool_without_the_labeled_case(data: Path) -> None:
+    state, cid = _labeled_state(data)
+    dm = ActiveDataModule(root=str(data), divisible_by=4)
+    dm.setup("fit")
+    others = [c for c in dm.split_ids["pool"] if c != cid]
+    smaller = ActiveDataModule(
+        root=str(data), divisible_by=4, splits={"pool": others, "test": dm.split_ids["test"]}
+    )
+    smaller.load_state_dict(state)
+    with pytest.raises(DataError, match=rf"saved pool state does not fit: .*\['{cid}'\]"):
+        smaller.setup("fit")
+
+
 def test_resume_with_a_changed_label_through_the_cli(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

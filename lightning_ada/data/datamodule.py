@@ -199,9 +199,8 @@ class ActiveDataModule(L.LightningDataModule):
         for cid in self._initially_labeled():
             self.pool.label(cid, self._reference_label(cid), None, round=-1)
         if self._pending_state is not None:
-            self.pool.load_state_dict(self._pending_state)
+            self._restore_pool(self._pending_state)
             self._pending_state = None
-            self._check_labeled_content()
         used = [cid for cid in self.cases if any(cid in ids for ids in self.split_ids.values())]
         self._index = {cid: i for i, cid in enumerate(used)}
         items = [self.cases[cid].to_item() for cid in used]
@@ -461,7 +460,8 @@ class ActiveDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The pool state (labeled ids with their round, modality, label file)."""
+        """The pool state (labeled ids with their round, modality, label file and the content
+        fingerprints of the label and the images)."""
         return {"pool": self.pool.state_dict() if self.pool is not None else self._pending_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -472,5 +472,18 @@ class ActiveDataModule(L.LightningDataModule):
         if self.pool is None:
             self._pending_state = state
         else:
+            self._restore_pool(state)
+
+    def _restore_pool(self, state: dict[str, Any]) -> None:
+        """Load a saved pool state and check the labeled files' content against it.
+
+        Raises:
+            DataError: the state labels cases this pool does not hold, or a label or image
+                changed since it was accepted (:meth:`_check_labeled_content`).
+        """
+        assert self.pool is not None
+        try:
             self.pool.load_state_dict(state)
-            self._check_labeled_content()
+        except ValueError as e:
+            raise DataError(f"{self.hparams.root}: the saved pool state does not fit: {e}") from e
+        self._check_labeled_content()
