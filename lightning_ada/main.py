@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.data.datamodule import ActiveDataModule
+from lightning_ada.guards import RunError, RunGuard
 from lightning_ada.io import write_json_atomic
 from lightning_ada.models.module import SegmentationModule
 from lightning_ada.predict import NiftiPredictionWriter
@@ -18,6 +19,7 @@ class ADACLI(LightningCLI):
     """LightningCLI with an always-present ``active`` callback section and linked shapes."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RunGuard, "guard")  # first: locks the run folder
         parser.add_lightning_class_args(ActiveQueryCallback, "active")
         parser.add_lightning_class_args(NiftiPredictionWriter, "writer")
         parser.link_arguments("data.modalities", "model.in_channels", compute_fn=len)
@@ -39,6 +41,7 @@ def main(args: list[str] | None = None, run: bool = True) -> ADACLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": True},
+        trainer_defaults={"plugins": [{"class_path": "lightning_ada.checkpoint_io.AtomicCheckpointIO"}]},
         args=args,
         run=run,
     )
@@ -109,7 +112,7 @@ def cli_main() -> None:
     except AnnotationPending as pending:
         print(f"\n{pending}")
         sys.exit(3)
-    except (DataError, CheckpointError) as bad_input:  # one clear line, no traceback
+    except (DataError, CheckpointError, RunError) as bad_input:  # one clear line, no traceback
         print(f"error: {bad_input}", file=sys.stderr)
         sys.exit(2)
 

@@ -14,6 +14,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ada.active.oracle import FileOracle, Oracle, SimulatedOracle
 from lightning_ada.active.strategies import REGISTRY, QueryContext, Scored, Strategy, build_strategy
+from lightning_ada.checkpoint_io import write_errors_named
+from lightning_ada.guards import check_schedule, epochs_in_run, resume_notes, shortfall_notes
 from lightning_ada.io import write_json_atomic
 
 
@@ -182,6 +184,7 @@ class ActiveQueryCallback(L.Callback):
         missing = sorted(self.strategy.needs - offered)
         if missing:
             raise ValueError(f"strategy {self.strategy.name!r} needs {missing}, which this run lacks")
+        check_schedule(trainer, self.budget, self.stride, self.strategy.schedule)
         if self.oracle_kind == "files":
             self.oracle = FileOracle(
                 self._run_dir(trainer), list(dm.hparams.labels.values()), **self.oracle_args
@@ -189,6 +192,7 @@ class ActiveQueryCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Round 0, before any training (the source model scores the pool), or a pending one."""
+        self.history += resume_notes(trainer)  # a resume under a changed definition
         if self.pending:
             self._drain(trainer, pl_module)
         elif self.budget and self.n_queried == 0 and self.last_query_epoch is None:
@@ -197,7 +201,7 @@ class ActiveQueryCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        due = (epoch + 1) % self.stride == 0 and epoch + 1 < (trainer.max_epochs or 0)
+        due = (epoch + 1) % self.stride == 0 and epoch + 1 < epochs_in_run(trainer)
         if (
             due
             and self.strategy.schedule == "sequential"
@@ -205,6 +209,11 @@ class ActiveQueryCallback(L.Callback):
             and self.last_query_epoch != epoch
         ):
             self._query(trainer, pl_module, 1, epoch=epoch)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.budget:  # a run that ended short of its budget says so in the query log
+            self.history += shortfall_notes(trainer, self.budget, self.n_queried)
+            self._write_log(trainer)
 
     # ------------------------------------------------------------------ one query
     def _query(self, trainer: L.Trainer, pl_module: L.LightningModule, n: int, epoch: int) -> None:
@@ -315,7 +324,8 @@ class ActiveQueryCallback(L.Callback):
     def _write_log(self, trainer: L.Trainer) -> None:
         path = self._run_dir(trainer) / "query_log.json"
         if trainer.is_global_zero:
-            write_json_atomic(path, self.history)
+            with write_errors_named(path):
+                write_json_atomic(path, self.history)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
+from lightning_ada.guards import check_resume
 from lightning_ada.metrics import RegionMetrics
 from lightning_ada.models.nets import FeatureTap, NetName, build_net, decoder_head_input
 
@@ -322,6 +323,7 @@ class SegmentationModule(L.LightningModule):
         checkpoint["schedule_start"] = self.schedule_start
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_resume(self, checkpoint)  # a changed run definition: refused (lightning_ada.guards)
         self.schedule_start = int(checkpoint.get("schedule_start", 0))
 
     def configure_optimizers(self) -> dict[str, Any]:

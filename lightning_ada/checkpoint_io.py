@@ -1,0 +1,172 @@
+"""Checkpoints written atomically in their own folder, and write failures named in one line.
+
+Lightning's own save goes through an ``fsspec`` transaction whose temporary file lives in the
+system's temporary folder; when that is another filesystem, the final move is a copy, and a full
+disk leaves a truncated checkpoint under its final name. :class:`AtomicCheckpointIO` writes the
+serialised checkpoint to a temporary file *next to* its destination, ``fsync`` s it and renames
+it over the destination (``os.replace``, atomic on POSIX within one filesystem): an interruption
+or a full disk leaves the previous file, never a partial one. The CLI installs it by default.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from lightning_ada.guards import NonFiniteError, RunError
+
+class StorageError(RunError):
+    """A file could not be written; the message names it and the free space of its folder.
+
+    Attributes:
+        errno: the ``errno`` of the underlying :class:`OSError` (e.g. ``errno.ENOSPC``).
+    """
+
+    def __init__(self, errno_: int | None, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def free_space(folder: str | Path) -> str:
+    """Free space of the filesystem holding ``folder`` (or its nearest existing parent), e.g. ``1.4 MB``."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"  # pragma: no cover
+
+
+def storage_error(path: str | Path, error: OSError) -> StorageError:
+    """One-line :class:`StorageError` for a failed write of ``path``."""
+    path = Path(path)
+    reason = error.strerror or str(error)
+    return StorageError(
+        error.errno,
+        f"cannot write {path}: {reason}; {free_space(path.parent)} free in {path.parent}; "
+        "the previous file there is unchanged (free some space, then resume with --ckpt_path)",
+    )
+
+
+@contextmanager
+def write_errors_named(path: str | Path) -> Iterator[None]:
+    """Turn an :class:`OSError` raised while writing ``path`` into a :class:`StorageError` naming it."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        raise storage_error(path, e) from e
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through a temporary file in its folder and an atomic rename.
+
+    Args:
+        path: the destination (its folder is created if needed).
+        write: writes the content into the open binary file it is given.
+
+    Raises:
+        StorageError: the write failed (full disk, quota, read-only...); the temporary file is
+            removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    with write_errors_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # created like any file (permissions from the umask), unique, in the destination's folder
+        name = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` holding NaN or infinity."""
+    return [
+        k for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that writes local checkpoints atomically and refuses broken ones.
+
+    Every local checkpoint (``ModelCheckpoint``'s files, ``last.ckpt``, the file oracle's
+    ``pending.ckpt``) is serialised in memory, written to a temporary file in the destination's
+    folder and renamed over it (:func:`write_atomic`). Remote paths (``s3://``...) keep
+    Lightning's own transaction. A checkpoint whose weights are not finite is never written, so
+    the last good one survives a diverged run. Loading names the file of an unreadable checkpoint.
+
+    Raises:
+        StorageError: a write failed (the message names the file and the free space).
+        NonFiniteError: the weights to save hold NaN or infinity.
+        CheckpointError: a checkpoint to load is missing or unreadable.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        bad = non_finite_weights(checkpoint.get("state_dict", {}))
+        if bad:
+            raise NonFiniteError(
+                f"refused to write {path}: weights {bad[:3]} hold NaN or infinity; the previous "
+                "checkpoints are unchanged"
+            )
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(path, lambda f: f.write(buffer.getbuffer()))
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        from lightning_ada.models.module import CheckpointError
+
+        if "://" not in str(path) and not Path(path).is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
