@@ -170,3 +170,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
             raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def check_ckpt_path(config: Any) -> None:
+    """Refuse an unreadable ``--ckpt_path`` file naming it (LightningCLI reads it unguarded).
+
+    Args:
+        config: the parsed config of the subcommand (``ckpt_path`` may be absent, ``last``...).
+
+    Raises:
+        CheckpointError: the file exists but is not a readable checkpoint.
+    """
+    from lightning_ada.models.module import CheckpointError
+
+    path = config.get("ckpt_path") if config is not None else None
+    if not path or not Path(path).is_file():
+        return
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a readable checkpoint"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e

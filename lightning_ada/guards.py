@@ -127,13 +127,13 @@ def shortfall_notes(trainer: L.Trainer, budget: int, n_queried: int) -> list[dic
         "event": "ended_short",
         "budget": budget,
         "n_queried": n_queried,
-        "epoch": trainer.current_epoch,
+        "epochs_trained": trainer.current_epoch,
         "global_step": trainer.global_step,
         "reason": reason,
     }
     rank_zero_warn(
-        f"the run ended with {n_queried} of active.budget={budget} labels: {reason} at epoch "
-        f"{trainer.current_epoch}, step {trainer.global_step}; recorded in the query log "
+        f"the run ended with {n_queried} of active.budget={budget} labels: {reason} after "
+        f"{trainer.current_epoch} epochs ({trainer.global_step} steps); recorded in the query log "
         "(resume with --ckpt_path last and more epochs to spend the rest)"
     )
     return [note]

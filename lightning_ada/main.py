@@ -9,8 +9,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.data.datamodule import ActiveDataModule
+from lightning_ada.checkpoint_io import check_ckpt_path
 from lightning_ada.guards import RunError, RunGuard
 from lightning_ada.io import write_json_atomic
+from lightning_ada.run_folder import SaveConfigWhenAccepted
 from lightning_ada.models.module import SegmentationModule
 from lightning_ada.predict import NiftiPredictionWriter
 
@@ -24,6 +26,10 @@ class ADACLI(LightningCLI):
         parser.add_lightning_class_args(NiftiPredictionWriter, "writer")
         parser.link_arguments("data.modalities", "model.in_channels", compute_fn=len)
         parser.link_arguments("data.labels", "model.labels")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        check_ckpt_path(self.config.get(self.config.get("subcommand") or "", None))  # one-line error
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -39,6 +45,7 @@ def main(args: list[str] | None = None, run: bool = True) -> ADACLI:
         SegmentationModule,
         ActiveDataModule,
         seed_everything_default=0,
+        save_config_callback=SaveConfigWhenAccepted,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"default_env": True},
         trainer_defaults={"plugins": [{"class_path": "lightning_ada.checkpoint_io.AtomicCheckpointIO"}]},

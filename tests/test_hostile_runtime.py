@@ -79,19 +79,24 @@ def weights_finite(ckpt: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def finished_run(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 2-epoch run (random, budget 2) to resume from; tests copy it."""
+def finished_master(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished 2-epoch run (random, budget 2) and a pristine copy of it."""
     from lightning_ada.main import main
 
     out = tmp_path_factory.mktemp("finished") / "run"
     main(fit_args(phantom_root, out, "--trainer.max_epochs", "2"))
     assert (out / "checkpoints" / "last.ckpt").is_file() and not (out / "run.lock").exists()
-    return out
+    pristine = out.with_name("pristine")
+    shutil.copytree(out, pristine)
+    return out, pristine
 
 
-def copy_run(src: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "run"
-    shutil.copytree(src, out)
+@pytest.fixture
+def finished_run(finished_master: tuple[Path, Path]) -> Path:
+    """The finished run, as it was when it ended, at its own path (checkpoints name their folder)."""
+    out, pristine = finished_master
+    shutil.rmtree(out)
+    shutil.copytree(pristine, out)
     return out
 
 
@@ -168,11 +173,11 @@ def test_run_stopped_early_says_so_and_records_it_in_the_query_log(
     ]
     code, err = run_cli(fit_args(phantom_root, out, "--active.budget", "3", *stop_after_epoch_0), monkeypatch, capsys)
     assert code == 0, err[-2000:]
-    assert "the run ended with 1 of active.budget=3 labels: stopped early" in err
+    assert "the run ended with 2 of active.budget=3 labels: stopped early (trainer.should_stop) after 1 epochs" in err
     log = json.loads((out / "query_log.json").read_text())
-    assert [q["epoch"] for q in log if "case_id" in q] == [-1]  # no query after the last epoch
-    assert log[-1] | {"global_step": 0} == {
-        "event": "ended_short", "budget": 3, "n_queried": 1, "epoch": 0, "global_step": 0,
+    assert [q["epoch"] for q in log if "case_id" in q] == [-1, 0]
+    assert log[-1] == {
+        "event": "ended_short", "budget": 3, "n_queried": 2, "epochs_trained": 1, "global_step": 2,
         "reason": "stopped early (trainer.should_stop)",
     }
 
@@ -188,7 +193,7 @@ def test_second_live_run_is_refused_and_a_killed_owner_does_not_block_the_resume
     finished_run: Path, phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = copy_run(finished_run, tmp_path)
+    out = finished_run
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
@@ -206,9 +211,12 @@ def test_second_live_run_is_refused_and_a_killed_owner_does_not_block_the_resume
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert json.loads((out / "run.lock").read_text())["pid"] == holder.pid  # a stale lock is left
+    steps = []
+    train = SegmentationModule.training_step
+    monkeypatch.setattr(SegmentationModule, "training_step", lambda self, *a: steps.append(1) or train(self, *a))
     code, err = run_cli(resume, monkeypatch, capsys)
     assert code == 0, err[-2000:]
-    assert "Restoring states from the checkpoint" in err
+    assert 0 < len(steps) <= 2  # resumed: only epoch 2 trained (a fresh run would train 3 epochs, 6 steps)
     assert len(queries(out)) == 2 and not (out / "run.lock").exists()
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
 
@@ -265,7 +273,7 @@ def test_unreadable_checkpoint_is_refused_naming_it(
     finished_run: Path, phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = copy_run(finished_run, tmp_path)
+    out = finished_run
     last = out / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated by a full disk
     before = snapshot(out)
@@ -359,7 +367,7 @@ def test_resume_under_a_changed_definition_is_refused_with_a_diff(
     finished_run: Path, phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], extra: Any, words: str,
 ) -> None:
-    out = copy_run(finished_run, tmp_path)
+    out = finished_run
     if extra == "pool":
         labeled = {q["case_id"] for q in json.loads((out / "query_log.json").read_text())}
         pool = sorted(c["case_id"] for c in json.loads((phantom_root / "dataset.json").read_text())["cases"]
@@ -381,8 +389,8 @@ def test_resume_changed_flag_continues_and_records_the_change(
     finished_run: Path, phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = copy_run(finished_run, tmp_path)
-    args = fit_args(phantom_root, out, "--trainer.max_epochs", "3", "--ckpt_path", "last",
+    out = finished_run
+    args = fit_args(phantom_root, out, "--trainer.max_epochs", "4", "--ckpt_path", "last",
                     "--active.budget", "3", "--guard.resume_changed", "true")
     code, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err[-2000:]
@@ -390,4 +398,4 @@ def test_resume_changed_flag_continues_and_records_the_change(
     notes = [q for q in log if q.get("event") == "resumed_changed"]
     assert len(notes) == 1 and notes[0]["changes"] == "budget 2 -> 3"
     assert notes[0]["checkpoint"] == str(out / "checkpoints" / "last.ckpt")
-    assert [q["epoch"] for q in log if "case_id" in q] == [-1, 0, 1]
+    assert [q["epoch"] for q in log if "case_id" in q] == [-1, 0, 2]  # epochs 2, 3 follow the resume
