@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -24,6 +25,25 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lightning_ada.guards import NonFiniteError, RunError
+
+#: ending of the temporary files of :func:`write_atomic` (``.<name>.<12 hex digits>.tmp``)
+TEMPORARY_SUFFIX = ".tmp"
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`write_atomic` left under ``folder``.
+
+    Only safe while no other process writes there (the run-folder lock is held).
+
+    Returns:
+        The files removed.
+    """
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and _TEMPORARY.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
 
 class StorageError(RunError):
     """A file could not be written; the message names it and the free space of its folder.
@@ -90,7 +110,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     with write_errors_named(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         # created like any file (permissions from the umask), unique, in the destination's folder
-        name = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        name = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}"
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -275,7 +275,8 @@ class RunGuard(L.Callback):
             the weights are untouched) or weight (after an optimiser step), naming the case ids
             of the batch; no checkpoint of the broken state is written.
         lock_run_folder: hold ``<run folder>/run.lock`` while ``fit`` runs (refuses a second
-            live run in the same folder; a killed run's lock does not block its resume).
+            live run in the same folder; a killed run's lock does not block its resume) and,
+            once held, delete the temporary files a killed checkpoint write left there.
         resume_changed: allow resuming a checkpoint under a changed strategy, budget, pool,
             stage, modalities or labels; the change is recorded in the query log.
     """
@@ -298,9 +299,12 @@ class RunGuard(L.Callback):
 
         folder = run_folder(trainer)  # collective under DDP
         if trainer.is_global_zero:
+            from lightning_ada.checkpoint_io import remove_stale_temporaries
+
             lock = RunFolderLock(folder)
             lock.acquire()
             self._lock = lock
+            remove_stale_temporaries(folder)  # a killed writer's; nobody else writes here now
 
     def _release(self) -> None:
         if self._lock is not None:

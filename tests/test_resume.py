@@ -44,23 +44,23 @@ DRIVER = textwrap.dedent(
                 die()
         ActiveDataModule.label = label
     elif where == "mid-checkpoint-write":
-        # Lightning's own save path, killed half-way through overwriting last.ckpt
-        import io, fsspec, torch
-        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-        orig_save = TorchCheckpointIO.save_checkpoint
+        # the CLI's atomic checkpoint writer, killed half-way through overwriting last.ckpt
+        import io
+        import lightning_ada.checkpoint_io as checkpoint_io
+        orig_write = checkpoint_io.write_atomic
         saves = []
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
+        def write_atomic(path, write):
             saves.append(1)
             if len(saves) != 4:  # epoch 1: top-k file, then last.ckpt (overwrite) is killed
-                return orig_save(self, checkpoint, path, storage_options)
-            buf = io.BytesIO()
-            torch.save(checkpoint, buf)
-            fs, urlpath = fsspec.core.url_to_fs(str(path))
-            with fs.transaction, fs.open(urlpath, "wb") as f:  # what Lightning's atomic save does
+                return orig_write(path, write)
+            def half_then_die(f):
+                buf = io.BytesIO()
+                write(buf)
                 f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
                 f.flush()
                 die()
-        TorchCheckpointIO.save_checkpoint = save_checkpoint
+            return orig_write(path, half_then_die)
+        checkpoint_io.write_atomic = write_atomic
 
     class MidEpoch(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -126,6 +126,7 @@ def test_killed_run_resumes_to_the_same_labeled_set_and_log(
     # killed before any checkpoint (round 0 scoring) the run starts over; else it resumes
     first = kill_at == "first-scoring"
     assert (out / "checkpoints" / "last.ckpt").is_file() != first
+    assert bool(list(out.rglob(".*.tmp"))) == (kill_at == "mid-checkpoint-write")  # half-written temp
     resumed = run(phantom_root, source_ckpt, out, driver, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert ("Restoring states from the checkpoint" in resumed.stderr) != first
@@ -134,3 +135,4 @@ def test_killed_run_resumes_to_the_same_labeled_set_and_log(
     assert _comparable(log) == _comparable(ref_log)
     assert len({q["case_id"] for q in log}) == len(log) == 3  # no query logged twice
     assert _pool(out) == ref_pool
+    assert not list(out.rglob(".*.tmp"))  # a killed writer's temporary file was cleaned up
