@@ -60,8 +60,9 @@ def steps_per_epoch(trainer: L.Trainer) -> int | None:
 def epochs_in_run(trainer: L.Trainer) -> float:
     """How many epochs the fit will start (``inf`` if unbounded), ``max_steps`` included.
 
-    With ``max_steps`` the run ends inside epoch ``ceil(max_steps / steps_per_epoch) - 1``; a
-    query after that epoch would label a case no epoch trains on.
+    With ``max_steps`` the run ends inside epoch ``ceil(max_steps / steps_per_epoch) - 1``; once
+    a callback has asked the trainer to stop (early stopping), the current epoch is the last. A
+    query after the last epoch would label a case no epoch trains on.
     """
     epochs: float = trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
     if trainer.max_steps not in (None, -1):
@@ -70,6 +71,9 @@ def epochs_in_run(trainer: L.Trainer) -> float:
             epochs = min(epochs, math.ceil(trainer.max_steps / per_epoch))
         elif per_epoch == 0:
             epochs = 0
+    min_epochs = trainer.fit_loop.min_epochs or 0
+    if trainer.should_stop and trainer.current_epoch + 1 >= min_epochs:  # e.g. early stopping
+        epochs = min(epochs, trainer.current_epoch + 1)
     return epochs
 
 
@@ -113,7 +117,8 @@ def check_schedule(trainer: L.Trainer, budget: int, stride: int, schedule: str) 
     raise ScheduleError(
         f"the query schedule cannot spend active.budget={budget}: one case is queried before "
         f"epoch 0 and then after every active.stride={stride} epochs while another epoch follows, "
-        f"and {length} leaves room for {int(slots)} queries; use {' or '.join(fixes)}"
+        f"and {length} leaves room for {int(slots)} {'query' if slots == 1 else 'queries'}; use "
+        f"{' or '.join(fixes)}"
     )
 
 
