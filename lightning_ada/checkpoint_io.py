@@ -10,6 +10,7 @@ or a full disk leaves the previous file, never a partial one. The CLI installs i
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -58,7 +59,11 @@ class StorageError(RunError):
 
 
 def free_space(folder: str | Path) -> str:
-    """Free space of the filesystem holding ``folder`` (or its nearest existing parent), e.g. ``1.4 MB``."""
+    """Free space of the filesystem holding ``folder`` (or its nearest existing parent).
+
+    Returns:
+        e.g. ``1.4 MB``, or ``unknown``.
+    """
     p = Path(folder).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -84,9 +89,28 @@ def storage_error(path: str | Path, error: OSError) -> StorageError:
     )
 
 
+#: errno values of a storage that refused a write (full disk, quota, read-only, failing device)
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def as_storage_error(error: OSError) -> StorageError | None:
+    """The one-line :class:`StorageError` for an :class:`OSError` of the storage, else None.
+
+    For writers outside this module (LightningCLI's ``config.yaml``, loggers): names the file
+    when the system did (``error.filename``).
+    """
+    if error.errno not in STORAGE_ERRNOS:
+        return None
+    if error.filename:
+        return storage_error(error.filename, error)
+    reason = error.strerror or str(error)
+    here = Path.cwd()
+    return StorageError(error.errno, f"a write failed: {reason}; {free_space(here)} free in {here}")
+
+
 @contextmanager
 def write_errors_named(path: str | Path) -> Iterator[None]:
-    """Turn an :class:`OSError` raised while writing ``path`` into a :class:`StorageError` naming it."""
+    """Turn an :class:`OSError` raised while writing ``path`` into a :class:`StorageError`."""
     try:
         yield
     except StorageError:
@@ -142,8 +166,10 @@ def _fsync_folder(folder: Path) -> None:
 def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors of ``state_dict`` holding NaN or infinity."""
     return [
-        k for k, v in state_dict.items()
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+        and not bool(torch.isfinite(v).all())
     ]
 
 
@@ -187,9 +213,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" not in str(path) and not Path(path).is_file():
             raise CheckpointError(f"{path}: checkpoint file not found")
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return super().load_checkpoint(path, map_location, weights_only)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
-            raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
+            ) from e
 
 
 def check_ckpt_path(config: Any) -> None:

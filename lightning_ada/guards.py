@@ -215,7 +215,9 @@ def _shape_changes(checkpoint: dict[str, Any], module: L.LightningModule) -> lis
     extra = [k for k in saved if k not in own]
     out = [f"{k} {tuple(saved[k].shape)} -> {tuple(own[k].shape)}" for k in changed[:2]]
     if missing or extra:
-        out.append(f"{len(extra)} weights only in the checkpoint, {len(missing)} only in this model")
+        out.append(
+            f"{len(extra)} weights only in the checkpoint, {len(missing)} only in this model"
+        )
     return out
 
 
@@ -239,7 +241,8 @@ def check_resume(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
     shapes = _shape_changes(checkpoint, module)
     if shapes:
         saved = checkpoint.get("hyper_parameters", {})
-        trained = ", ".join(f"{k}={saved[k]}" for k in ("net", "in_channels", "filters") if k in saved)
+        keys = ("net", "in_channels", "filters")
+        trained = ", ".join(f"{k}={saved[k]}" for k in keys if k in saved)
         raise ChangedRunError(
             f"{path} holds a network of another shape ({'; '.join(shapes)}); resume it with the "
             f"model it was trained with ({trained or 'see its hyper_parameters'})"
@@ -319,7 +322,9 @@ class RunGuard(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._release()
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._release()
 
     # -------------------------------------------------------------- run definition
@@ -329,7 +334,9 @@ class RunGuard(L.Callback):
         checkpoint["run_definition"] = run_definition(trainer, pl_module)
 
     # -------------------------------------------------------------- non-finite values
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         ids = batch.get("case_id", []) if isinstance(batch, dict) else []
         self._case_ids = [str(i) for i in ids]
 
@@ -347,17 +354,26 @@ class RunGuard(L.Callback):
             "them, or lower model.lr)"
         )
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
         if self.check_finite:
-            bad = not bool(torch.isfinite(loss.detach()).all())
-            self._stop(trainer, bad, f"non-finite training loss ({loss.detach().float().mean().item()}) before the optimiser step")
+            value = loss.detach().float()
+            bad = not bool(torch.isfinite(value).all())
+            what = f"non-finite training loss ({value.mean().item()}) before the optimiser step"
+            self._stop(trainer, bad, what)
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         if not self.check_finite:
             return
-        broken = next(
-            (n for n, p in pl_module.named_parameters() if not bool(torch.isfinite(p.detach()).all())), None
-        )
-        self._stop(trainer, broken is not None, f"non-finite weight {broken} after the optimiser step")
+        params = pl_module.named_parameters()
+        broken = next((n for n, p in params if not bool(torch.isfinite(p.detach()).all())), None)
+        what = f"non-finite weight {broken} after the optimiser step"
+        self._stop(trainer, broken is not None, what)

@@ -9,7 +9,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.data.datamodule import ActiveDataModule
-from lightning_ada.checkpoint_io import check_ckpt_path
+from lightning_ada.checkpoint_io import as_storage_error, check_ckpt_path
 from lightning_ada.guards import RunError, RunGuard
 from lightning_ada.io import write_json_atomic
 from lightning_ada.run_folder import SaveConfigWhenAccepted
@@ -29,7 +29,8 @@ class ADACLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        check_ckpt_path(self.config.get(self.config.get("subcommand") or "", None))  # one-line error
+        subcommand = self.config.get("subcommand")
+        check_ckpt_path(self.config.get(subcommand) if subcommand else None)  # a one-line error
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -121,6 +122,11 @@ def cli_main() -> None:
         sys.exit(3)
     except (DataError, CheckpointError, RunError) as bad_input:  # one clear line, no traceback
         print(f"error: {bad_input}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as failed:  # a full disk, a quota, a read-only folder: one line too
+        if (storage := as_storage_error(failed)) is None:
+            raise
+        print(f"error: {storage}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,13 +1,14 @@
 """One run per run folder: a lock held for the run's life, recording its owner.
 
 Two runs writing one folder would silently mix their checkpoints, query log and config. A run
-takes :class:`RunFolderLock` on its folder when ``fit`` starts (the :class:`~lightning_ada.guards.RunGuard`
-callback does it) and releases it when ``fit`` ends or fails. The lock is an advisory ``flock``
-on ``<run>/run.lock``, a file that records the owner's pid, host, start time and command. The
-operating system drops the ``flock`` of a killed process, so a run killed by ``kill -9`` or a
-power cut never blocks its resume; a live run is refused with its owner named. Where the
-filesystem has no ``flock`` the owner's record decides: a dead pid on this host is a stale lock;
-an owner on another host is trusted to be alive (delete the file if you know it is not).
+takes :class:`RunFolderLock` on its folder when ``fit`` starts (the
+:class:`~lightning_ada.guards.RunGuard` callback does it) and releases it when ``fit`` ends or
+fails. The lock is an advisory ``flock`` on ``<run>/run.lock``, a file that records the owner's
+pid, host, start time and command. The operating system drops the ``flock`` of a killed process,
+so a run killed by ``kill -9`` or a power cut never blocks its resume; a live run is refused
+with its owner named. Where the filesystem has no ``flock`` the owner's record decides: a dead
+pid on this host is a stale lock; an owner on another host is trusted to be alive (delete the
+file if you know it is not).
 """
 
 from __future__ import annotations
@@ -121,10 +122,10 @@ class RunFolderLock:
         except BlockingIOError:
             return False
         except OSError:  # no flock on this filesystem: trust the record
-            owner = self.owner()
-            if not owner or owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            owner, here = self.owner(), socket.gethostname()
+            if not owner or owner.get("pid") == os.getpid() and owner.get("host") == here:
                 return True
-            if owner.get("host") == socket.gethostname():
+            if owner.get("host") == here:
                 return not _process_alive(int(owner.get("pid", -1)))
             return False
 

@@ -278,6 +278,32 @@ def test_failed_write_names_the_file_and_leaves_the_previous_one(tmp_path: Path)
     assert target.read_bytes() == b"previous"
 
 
+def test_storage_errors_of_other_writers_are_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_ada import main as cli
+
+    config = tmp_path / "config.yaml"
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:  # e.g. LightningCLI writing config.yaml
+        raise OSError(errno.ENOSPC, "No space left on device", str(config))
+
+    monkeypatch.setattr(cli, "main", full_disk)
+    monkeypatch.setattr(sys, "argv", ["lightning-ada", "fit"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.cli_main()
+    assert exit_.value.code == 2
+    line = one_error(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot write {config}: No space left on device; ") and f"free in {tmp_path}" in line
+
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file", "x")
+
+    monkeypatch.setattr(cli, "main", bug)  # not a storage fault: the traceback is kept
+    with pytest.raises(FileNotFoundError):
+        cli.cli_main()
+
+
 def test_unreadable_checkpoint_is_refused_naming_it(
     finished_run: Path, phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
