@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import pickle
 import re
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,21 +24,22 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lightning_ada.guards import NonFiniteError, RunError
+from lightning_ada.io import atomic_path
 
-#: ending of the temporary files of :func:`write_atomic` (``.<name>.<12 hex digits>.tmp``)
-TEMPORARY_SUFFIX = ".tmp"
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+#: names of :func:`lightning_ada.io.atomic_path`'s temporary files (``.<name>.<pid>.<hex>.tmp...``)
+_TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp[^/]*$")
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files a killed :func:`write_atomic` left under ``folder``.
+    """Delete the temporary files a killed atomic write (:func:`lightning_ada.io.atomic_path`)
+    left under ``folder``.
 
     Only safe while no other process writes there (the run-folder lock is held).
 
     Returns:
         The files removed.
     """
-    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and _TEMPORARY.match(p.name)]
+    stale = [p for p in Path(folder).rglob(".*.tmp*") if p.is_file() and _TEMPORARY.match(p.name)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -122,6 +121,9 @@ def write_errors_named(path: str | Path) -> Iterator[None]:
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through a temporary file in its folder and an atomic rename.
 
+    :func:`lightning_ada.io.atomic_path` does the temporary file, ``fsync`` and rename; this
+    adds the one-line error.
+
     Args:
         path: the destination (its folder is created if needed).
         write: writes the content into the open binary file it is given.
@@ -131,36 +133,11 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             removed and ``path`` is left as it was.
     """
     path = Path(path)
-    with write_errors_named(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # created like any file (permissions from the umask), unique, in the destination's folder
-        name = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}"
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(name, path)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
+    # the temporary name ends in .tmp, never in .ckpt: Lightning's ``last`` lookup must not see it
+    with write_errors_named(path), atomic_path(path, suffix="") as tmp:
+        with tmp.open("wb") as f:
+            write(f)
     return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:

@@ -8,13 +8,13 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_ada.active.callback import ActiveQueryCallback
-from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.checkpoint_io import as_storage_error, check_ckpt_path
+from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.guards import RunError, RunGuard
 from lightning_ada.io import write_json_atomic
-from lightning_ada.run_folder import SaveConfigWhenAccepted
 from lightning_ada.models.module import SegmentationModule
 from lightning_ada.predict import NiftiPredictionWriter
+from lightning_ada.run_folder import SaveConfigWhenAccepted
 
 
 class ADACLI(LightningCLI):
