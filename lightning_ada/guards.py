@@ -373,7 +373,10 @@ class RunGuard(L.Callback):
     ) -> None:
         if not self.check_finite:
             return
-        params = pl_module.named_parameters()
-        broken = next((n for n, p in params if not bool(torch.isfinite(p.detach()).all())), None)
+        params = list(pl_module.named_parameters())
+        finite = [torch.isfinite(p.detach()).all() for _, p in params]
+        broken = None  # one device sync per step; the name is looked up only when it failed
+        if finite and not bool(torch.stack(finite).all()):
+            broken = next(n for (n, _), ok in zip(params, finite) if not bool(ok))
         what = f"non-finite weight {broken} after the optimiser step"
         self._stop(trainer, broken is not None, what)
