@@ -150,6 +150,19 @@ def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
     ]
 
 
+def check_finite_weights(path: str | Path, state_dict: dict[str, Any]) -> None:
+    """Refuse weights read from ``path`` that hold NaN or infinity (a diverged run's).
+
+    Raises:
+        CheckpointError: naming the file and the first broken weights.
+    """
+    from lightning_ada.models.module import CheckpointError
+
+    bad = non_finite_weights(state_dict)
+    if bad:
+        raise CheckpointError(f"{path}: weights {bad[:3]} hold NaN or infinity (a diverged run?)")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes local checkpoints atomically and refuses broken ones.
 

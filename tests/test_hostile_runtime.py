@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -302,6 +303,19 @@ def test_storage_errors_of_other_writers_are_one_line_naming_the_file(
     monkeypatch.setattr(cli, "main", bug)  # not a storage fault: the traceback is kept
     with pytest.raises(FileNotFoundError):
         cli.cli_main()
+
+
+def test_source_checkpoint_with_non_finite_weights_is_refused(source_ckpt: Path, tmp_path: Path) -> None:
+    from lightning_ada.models.module import CheckpointError
+
+    ckpt = torch.load(source_ckpt, map_location="cpu", weights_only=True)
+    name = next(k for k in ckpt["state_dict"] if k.startswith("net."))
+    ckpt["state_dict"][name].view(-1)[0] = float("nan")
+    diverged = tmp_path / "diverged.ckpt"
+    torch.save(ckpt, diverged)
+    with pytest.raises(CheckpointError, match=re.escape(f"{diverged}: weights ['{name}'")) as err:
+        SegmentationModule(filters=[4, 8, 16], source_checkpoint=str(diverged))
+    assert "hold NaN or infinity" in str(err.value)
 
 
 def test_unreadable_checkpoint_is_refused_naming_it(

@@ -13,6 +13,7 @@ from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
+from lightning_ada.checkpoint_io import check_finite_weights
 from lightning_ada.guards import check_resume
 from lightning_ada.metrics import RegionMetrics
 from lightning_ada.models.nets import FeatureTap, NetName, build_net, decoder_head_input
@@ -161,6 +162,7 @@ class SegmentationModule(L.LightningModule):
         missing = sorted(k for k in own if k.startswith("net.") and k not in net_state)
         if missing:
             raise CheckpointError(f"{path}: weights missing for {missing[:3]}...")
+        check_finite_weights(path, net_state)  # a diverged source model (lightning_ada.checkpoint_io)
         self.load_state_dict(net_state, strict=False)
 
     # ------------------------------------------------------------------ forward / inference
