@@ -96,7 +96,7 @@ def check_schedule(trainer: L.Trainer, budget: int, stride: int, schedule: str) 
         ScheduleError: naming the budget, the stride and the epochs (or ``max_steps``) and the
             smallest change that fits.
     """
-    if budget <= 0:
+    if budget <= 0 or trainer.fast_dev_run:  # a smoke test of the config, not a run
         return
     slots = query_slots(trainer, stride, schedule)
     if slots >= budget:
@@ -125,7 +125,7 @@ def check_schedule(trainer: L.Trainer, budget: int, stride: int, schedule: str) 
 def shortfall_notes(trainer: L.Trainer, budget: int, n_queried: int) -> list[dict[str, Any]]:
     """At the end of ``fit``: if fewer than ``budget`` cases were labeled, warn and return the
     query-log entry that records it (else ``[]``)."""
-    if budget <= 0 or n_queried >= budget:
+    if budget <= 0 or n_queried >= budget or trainer.fast_dev_run:
         return []
     reason = "stopped early (trainer.should_stop)" if trainer.should_stop else "the schedule ended"
     note = {
