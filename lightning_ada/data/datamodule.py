@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from lightning_ada.data.cache import CacheKey, cache_safe_globals, content_sha256
 from lightning_ada.data.cases import Case, DataError, check_case_ids
 from lightning_ada.data.pools import ActivePool
+from lightning_ada.data.roots import CaseRoot
 from lightning_ada.data.transforms import (
     invert_prediction,
     preprocessing,
@@ -30,7 +32,8 @@ from lightning_ada.data.validation import (
 
 Layout = Literal["datalist", "brats", "brats2023", "msd", "nnunet"]
 Stage = Literal["source", "target"]
-
+#: Metric prefixes the module already uses: not allowed as names of extra test splits.
+RESERVED_PREFIXES = ("train", "val", "test")
 
 
 class _LabeledEpoch(torch.utils.data.Dataset):
@@ -67,13 +70,18 @@ def _seed_worker(worker_id: int) -> None:
 class ActiveDataModule(L.LightningDataModule):
     """Cases of one task, split into a source set, a target pool and evaluation sets.
 
-    In the ``source`` stage the model trains on every ``source`` case and is evaluated on
+    In the ``source`` stage the model trains on every ``source`` case and is tested on
     ``source_test``. In the ``target`` stage it trains on the *labeled* part of the target
-    ``pool`` (grown by :meth:`label`) and is evaluated on ``test``.
+    ``pool`` (grown by :meth:`label`) and is tested on ``test``. Validation during training
+    uses ``val_split`` (by default none: the test cases' labels are read only by ``test``).
 
     Args:
         root: dataset folder (for ``layout="datalist"``: the JSON file, or a folder holding
             ``dataset.json`` or ``datalist.json``).
+        extra_roots: more folders or datalists to read cases from
+            (:class:`~lightning_ada.data.roots.CaseRoot`: ``root``, optional ``layout`` and
+            ``split``), so test cases or other institutions' cases stay where they are. Case ids
+            must be unique over all roots.
         layout: on-disk layout read by :func:`lightning_ada.data.readers.read_cases`; the
             BraTS layouts read only the files of ``modalities`` (a subset of the sequences).
         phantom: keyword arguments of :func:`lightning_ada.data.phantom.generate_phantom`; when
@@ -104,6 +112,19 @@ class ActiveDataModule(L.LightningDataModule):
             reclaim space). Cases that passed ``validate_inputs`` are remembered there too.
             None: preprocess (and validate) in memory at every setup.
         predict_split: which split ``predict`` runs on.
+        val_split: what validation (during ``fit``) scores. None (default): no validation, so
+            no label of the test split is read before ``test``. A split name: that split (never
+            the stage's test split, ``test`` or ``source_test``), e.g. a ``val`` split of its
+            own listed in ``splits`` or ``extra_roots``, or ``source_test`` during adaptation
+            (how the source test cases fare). A fraction in (0, 1): that share of the training
+            cases (``pool`` in the target stage, ``source`` in the source stage) is held out as
+            split ``val``, chosen by a fixed seed over the sorted ids (the same cases in every
+            run); in the target stage their labels are read, so they cost annotations and leave
+            the pool.
+        extra_test_splits: more splits ``test`` scores after the stage's test split, each
+            logged under its own name as metric prefix (``source_test/dice_ET``,
+            ``other_institutions/dice_mean``, ...): e.g. the source test cases and cases of
+            institutions outside the target pool, to measure forgetting.
         train_input: ``all`` modalities for every labeled case (default); ``dominant_only``:
             only the modality the case was annotated on, the others zero-filled;
             ``modality:<name>``: the model only ever sees that modality (training, evaluation and
@@ -114,6 +135,7 @@ class ActiveDataModule(L.LightningDataModule):
         self,
         root: str = "data/phantom/glioma",
         layout: Layout = "datalist",
+        extra_roots: list[CaseRoot] | None = None,
         phantom: dict[str, Any] | None = None,
         stage: Stage = "target",
         splits: dict[str, list[str]] | None = None,
@@ -134,6 +156,8 @@ class ActiveDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         predict_split: str = "test",
         train_input: str = "all",
+        val_split: str | float | None = None,
+        extra_test_splits: list[str] | None = None,
     ) -> None:
         super().__init__()
         allowed = ["all", "dominant_only", *(f"modality:{m}" for m in modalities)]
@@ -162,12 +186,11 @@ class ActiveDataModule(L.LightningDataModule):
         return root.parent if root.suffix == ".json" else root
 
     def _read(self) -> list[Case]:
-        from lightning_ada.data.readers import read_cases
+        from lightning_ada.data.roots import read_roots
 
-        root, layout = Path(self.hparams.root), self.hparams.layout
-        if layout in ("brats", "brats2023"):
-            return read_cases(root, layout, modalities=list(self.hparams.modalities))
-        return read_cases(root, layout)
+        roots = [CaseRoot(str(self.hparams.root)), *(self.hparams.extra_roots or [])]
+        roots = [r if isinstance(r, CaseRoot) else CaseRoot(**r) for r in roots]
+        return read_roots(roots, self.hparams.layout, list(self.hparams.modalities))
 
     def setup(self, stage: str | None = None) -> None:
         """Read the cases, check them, build the pool and the in-memory cache (once).
@@ -274,7 +297,56 @@ class ActiveDataModule(L.LightningDataModule):
         for name in need:
             if not splits.get(name):
                 raise DataError(f"{self.hparams.root}: split {name!r} is empty or missing")
+        self._hold_out_validation(splits)
+        for name in self.hparams.extra_test_splits or []:
+            if name in RESERVED_PREFIXES or name == self.test_split():
+                raise DataError(
+                    f"data.extra_test_splits: {name!r} is not allowed (the test split is scored "
+                    f"anyway; {list(RESERVED_PREFIXES)} are metric prefixes already)"
+                )
+            if not splits.get(name):
+                raise DataError(f"data.extra_test_splits: split {name!r} is empty or missing")
         return splits
+
+    def _hold_out_validation(self, splits: dict[str, list[str]]) -> None:
+        """Check ``val_split``; for a fraction, move that share of the training split to ``val``."""
+        val = self.validation_setting()
+        if val is None:
+            return
+        if isinstance(val, str):
+            if val == self.test_split():
+                raise DataError(
+                    f"data.val_split {val!r} is the test split of the {self.hparams.stage} stage: "
+                    "validate on another split, a held-out fraction, or none"
+                )
+            if not splits.get(val):
+                raise DataError(f"data.val_split: split {val!r} is empty or missing")
+            return
+        train = "source" if self.hparams.stage == "source" else "pool"
+        ids = splits[train]
+        n = max(1, round(val * len(ids)))
+        if not 0 < val < 1 or n >= len(ids):
+            raise DataError(
+                f"data.val_split {val}: a held-out fraction must be in (0, 1) and leave a case "
+                f"of the {len(ids)} in split {train!r}"
+            )
+        if "val" in splits:
+            raise DataError("data.val_split is a fraction but a split named 'val' exists already")
+        held = set(random.Random(0).sample(sorted(ids), n))
+        splits["val"] = [cid for cid in ids if cid in held]
+        splits[train] = [cid for cid in ids if cid not in held]
+
+    def validation_setting(self) -> str | float | None:
+        """``val_split`` as configured: None, a split name or a fraction (``"none"`` is None)."""
+        val = self.hparams.val_split
+        if isinstance(val, str) and val.strip().lower() in ("none", "null", ""):
+            return None
+        if isinstance(val, str):
+            try:
+                return float(val)
+            except ValueError:
+                return val
+        return None if val is None else float(val)
 
     def _initially_labeled(self) -> list[str]:
         if self.hparams.stage == "source":
@@ -436,15 +508,32 @@ class ActiveDataModule(L.LightningDataModule):
         subset = [self.item(cid) for cid in self.split_ids[split]]
         return DataLoader(subset, batch_size=1, num_workers=0, collate_fn=list_data_collate)
 
-    def eval_split(self) -> str:
-        """The split used for validation and test in the current stage."""
+    def test_split(self) -> str:
+        """The test split of the current stage: ``source_test`` (source) or ``test`` (target)."""
         return "source_test" if self.hparams.stage == "source" else "test"
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.eval_split())
+    def eval_split(self) -> str:
+        """The split ``test`` scores first (:meth:`test_split`; kept for older callers)."""
+        return self.test_split()
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.eval_split())
+    def validation_split(self) -> str | None:
+        """The split validation scores: None (no validation), a configured split, or ``val``."""
+        val = self.validation_setting()
+        return "val" if isinstance(val, float) else val
+
+    def test_split_names(self) -> list[str]:
+        """The splits ``test`` scores, in dataloader order: the test split, then the extras."""
+        return [self.test_split(), *(self.hparams.extra_test_splits or [])]
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Loader of :meth:`validation_split`; an empty list (validation skipped) for none."""
+        split = self.validation_split()
+        return [] if split is None else self._eval_loader(split)
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Loader of the test split alone, or one per :meth:`test_split_names` with extras."""
+        loaders = [self._eval_loader(name) for name in self.test_split_names()]
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self.hparams.predict_split)

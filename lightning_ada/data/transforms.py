@@ -6,7 +6,8 @@ Items are dicts with ``image`` (one path per modality, stacked to ``(C, H, W, D)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import monai
@@ -15,7 +16,86 @@ from monai import transforms as T
 
 #: Bump when :func:`preprocessing` changes in a way its arguments do not show (a new transform,
 #: another interpolation, ...): it is part of the key of the on-disk cache of preprocessed cases.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
+
+
+#: Smallest fraction of a channel's voxels that must hold its border's most frequent value for
+#: that value to count as a constant background (BraTS-sized scans: 75-85 % background).
+CONSTANT_BACKGROUND_FRACTION = 0.2
+
+
+def constant_background(channel: torch.Tensor, min_fraction: float = CONSTANT_BACKGROUND_FRACTION) -> float | None:
+    """The constant value filling the background of one channel, or None.
+
+    The candidate is the most frequent value among the voxels of the six faces of the volume
+    (the outside of the head in a brain scan); it is the background when it also holds at least
+    ``min_fraction`` of all voxels *exactly* (noise-free), as in scans distributed already
+    z-scored (background at ``-mean/std``) or with an offset.
+
+    Args:
+        channel: one modality ``(H, W, D)``.
+        min_fraction: smallest fraction of the voxels equal to the candidate.
+
+    Returns:
+        The background value (0.0 for the usual zero background), or None when the border holds
+        no such constant value (noisy or tight-cropped scans).
+    """
+    if channel.ndim != 3 or min(channel.shape) < 2:
+        return None
+    faces = torch.cat([
+        channel[[0, -1]].reshape(-1), channel[:, [0, -1]].reshape(-1),
+        channel[:, :, [0, -1]].reshape(-1),
+    ])
+    values, counts = torch.unique(faces, return_counts=True)
+    candidate = values[counts.argmax()]
+    if float((channel == candidate).sum()) < min_fraction * channel.numel():
+        return None
+    return float(candidate)
+
+
+class ConstantBackgroundToZerod(T.MapTransform):
+    """Set a constant non-zero background (:func:`constant_background`) to 0, per channel.
+
+    After it, the nnU-Net steps that take the non-zero voxels as the head (crop to the
+    foreground box, z-score over the non-zero mask) see a pre-normalised scan as they see a
+    raw one: its brain voxels are z-scored over the brain only, on the scale of the same scan
+    stored with a zero background (an affine intensity change cancels in the z-score). A
+    channel whose background is already 0, or not constant, is returned untouched. Each case
+    handled is reported once per process with a :class:`UserWarning`.
+    """
+
+    def __init__(self, keys: Any, min_fraction: float = CONSTANT_BACKGROUND_FRACTION) -> None:
+        super().__init__(keys)
+        self.min_fraction = float(min_fraction)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            found = [
+                (c, value) for c in range(image.shape[0])
+                if (value := constant_background(image[c], self.min_fraction)) not in (None, 0.0)
+            ]
+            if not found:
+                continue
+            image = image.clone()
+            for c, value in found:
+                image[c][image[c] == value] = 0
+            d[key] = image
+            channels = ", ".join(f"channel {c} = {value:.4g}" for c, value in found)
+            warnings.warn(
+                f"case {d.get('case_id', '?')}: constant non-zero background ({channels}; a "
+                "pre-normalised scan?) treated as background: set to 0 before cropping and "
+                "the z-score over the non-zero voxels",
+                UserWarning, stacklevel=2,
+            )
+        return d
+
+
+def nonzero(image: torch.Tensor) -> torch.Tensor:
+    """The head mask of the crop: non-zero voxels (MONAI's default keeps only positive ones,
+    which drops the below-mean half of a z-scored brain)."""
+    return image != 0
 
 
 def label_mapping(label_values: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -67,7 +147,8 @@ def preprocessing(
 ) -> T.Compose:
     """Deterministic chain (cacheable): load, orient, [crop, resample], z-score, map labels, pad.
 
-    The nnU-Net recipe for MRI: crop to the non-zero (brain) box, resample image (bilinear) and
+    A constant non-zero background (scans distributed already z-scored) is first set to 0
+    (:class:`ConstantBackgroundToZerod`, with a warning). Then the nnU-Net recipe for MRI: crop to the non-zero (brain) box, resample image (bilinear) and
     label (nearest) to ``pixdim``, z-score each modality over its non-zero voxels, map the
     on-disk label values to class indices, pad to a multiple of ``divisible_by`` (zeros, i.e.
     background, in the image). Every spatial step is traced, so ``Invertd`` with this very
@@ -77,7 +158,8 @@ def preprocessing(
         label_values: on-disk label values of the foreground classes, in class order.
         with_label: also load and map ``label``.
         pixdim: target spacing in mm, or None to keep the native grid.
-        crop_foreground: crop to the bounding box of non-zero image voxels (brain / head).
+        crop_foreground: crop to the bounding box of the voxels non-zero in any channel (brain /
+            head).
         divisible_by: pad spatial size to a multiple of this (net strides).
 
     Returns:
@@ -92,10 +174,13 @@ def preprocessing(
     chain: list[T.Transform] = [
         T.LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
         T.EnsureTyped(keys=keys, dtype=None, track_meta=True),
+        ConstantBackgroundToZerod(keys="image"),
         T.Orientationd(keys=keys, axcodes="RAS", labels=None),
     ]
     if crop_foreground:
-        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+        chain.append(
+            T.CropForegroundd(keys=keys, source_key="image", select_fn=nonzero, allow_smaller=True)
+        )
     if pixdim is not None:
         chain.append(T.Spacingd(keys=keys, pixdim=tuple(pixdim), mode=modes))
     chain.append(T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))

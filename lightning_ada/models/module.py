@@ -138,6 +138,8 @@ class SegmentationModule(L.LightningModule):
         """Per-region Dice / IoU (validation) and + HD95 / ASSD (test)."""
         self.val_metrics = RegionMetrics(self.regions, distances=False)
         self.test_metrics = RegionMetrics(self.regions, distances=True, keep_per_case=True)
+        #: metrics of the datamodule's extra test splits, by loader index (built when first used)
+        self._extra_test_metrics: dict[int, RegionMetrics] = {}
 
     def load_source(self, path: str | Path) -> None:
         """Initialise the net from a source checkpoint, checking that the shapes agree.
@@ -292,14 +294,24 @@ class SegmentationModule(L.LightningModule):
         self.log("val/dice_mean", dice_mean, prog_bar=True)
         self.val_metrics.reset()
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         pred = self.infer(batch["image"]).argmax(1)
         affine = batch["image"].affine
         affine = affine if affine.ndim == 3 else affine[None]
         spacing = [[float(s) for s in affine_to_spacing(a, r=3)] for a in affine]
-        self.test_metrics.update(
+        self._split_metrics(dataloader_idx).update(
             pred, batch["label"][:, 0], spacing=spacing, case_ids=list(batch["case_id"])
         )
+
+    def _split_metrics(self, dataloader_idx: int) -> RegionMetrics:
+        """Test metrics of loader ``dataloader_idx`` (0: the test split; >0: an extra split)."""
+        if dataloader_idx == 0:
+            return self.test_metrics
+        if dataloader_idx not in self._extra_test_metrics:
+            self._extra_test_metrics[dataloader_idx] = RegionMetrics(
+                self.regions, distances=True, keep_per_case=self.test_metrics.keep_per_case
+            ).to(self.device)
+        return self._extra_test_metrics[dataloader_idx]
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()
@@ -307,6 +319,17 @@ class SegmentationModule(L.LightningModule):
         #: per-case rows of the last test run (this rank's cases), for tables and statistics
         self.last_test_per_case = self.test_metrics.per_case()
         self.test_metrics.reset()
+        # extra test splits of the datamodule (``data.extra_test_splits``), prefixed by name
+        dm = getattr(self.trainer, "datamodule", None)
+        names = dm.test_split_names() if hasattr(dm, "test_split_names") else []
+        #: per-case rows of every extra split of the last test run, by split name
+        self.last_extra_per_case: dict[str, list[dict[str, Any]]] = {}
+        for idx, metrics in sorted(self._extra_test_metrics.items()):
+            name = names[idx] if idx < len(names) else f"test_{idx}"
+            values = metrics.compute()
+            self.log_dict({f"{name}/{k}": float(v) for k, v in values.items()})
+            self.last_extra_per_case[name] = metrics.per_case()
+            metrics.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class-index masks ``(B, 1, H, W, D)`` and the case ids of the batch."""
