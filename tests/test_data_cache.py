@@ -149,7 +149,8 @@ def test_disk_cache_hit_and_one_touched_file_recomputes_one_case(
     # rewrite one modality of one case with other content: that case alone is recomputed
     f = brats_root / IDS[1] / f"{IDS[1]}_t2.nii.gz"
     img = nib.load(f)
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2.0 + 1.0, img.affine), f)
+    # (not an affine change: z-scoring would cancel it, and 2x+1 is a constant background)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) ** 2, img.affine), f)
     third = make_dm(brats_root, cache_dir=str(cache))
     assert prep == [IDS[1]] and checked == [IDS[1]]
     torch.testing.assert_close(third.image(IDS[0]), images[IDS[0]])

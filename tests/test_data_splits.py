@@ -5,6 +5,7 @@ Tiny generated BraTS-layout folders (``make_case`` of ``test_data_cache``) and t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from test_data_cache import IDS, MODS, make_case
 from lightning_ada.data.cases import DataError
 from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.data.roots import CaseRoot
-from lightning_ada.data.transforms import constant_background, preprocessing
+from lightning_ada.data.transforms import constant_background
 
 CONF = Path(__file__).parent / "conf"
 MINE = ["Brats18_CBICA_MY1_1", "Brats18_CBICA_MY2_1"]
@@ -177,29 +178,27 @@ def _prenormalise(src: Path, dst: Path, cid: str, new_id: str) -> None:
 
 
 def test_prenormalised_case_with_negative_background_is_handled_and_warned(tmp_path: Path) -> None:
-    """Handled (background set to 0 before crop and z-score) and warned once for that case."""
+    """Handled (background set to 0 before crop and z-score) and warned once for that case.
+
+    The network input of the pre-normalised copy equals that of the zero-background original.
+    """
     root = tmp_path / "brats"
     make_case(root, IDS[0], seed=0)
     _prenormalise(root, root, IDS[0], IDS[1])
-    chain = preprocessing([1, 2, 4], crop_foreground=True, divisible_by=4)
-
-    def run(cid: str) -> dict:
-        item = {"case_id": cid, "label": str(root / cid / f"{cid}_seg.nii.gz"),
-                "image": [str(root / cid / f"{cid}_{m}.nii.gz") for m in MODS]}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = chain(item)
-        return out | {"warnings": [str(w.message) for w in caught if "background" in str(w.message)]}
-
-    raw, pre = run(IDS[0]), run(IDS[1])
-    assert raw["warnings"] == []
-    assert len(pre["warnings"]) == 1 and IDS[1] in pre["warnings"][0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm = dm_of(root, splits={"pool": [IDS[0]], "test": [IDS[1]]})
+    told = [str(w.message) for w in caught if "constant non-zero background" in str(w.message)]
+    assert len(told) == 1 and IDS[1] in told[0] and IDS[0] not in told[0]
+    raw, pre = dm.item(IDS[0]), dm.item(IDS[1])
     assert pre["image"].shape == raw["image"].shape  # the same crop box
     brain = raw["image"][0] != 0
     assert brain.float().mean() > 0.3
     np.testing.assert_allclose(pre["image"][:, brain], raw["image"][:, brain], atol=1e-4)
     assert torch.equal(pre["image"][:, ~brain], torch.zeros_like(pre["image"][:, ~brain]))
     assert torch.equal(pre["label"], raw["label"])
+    for c in range(len(MODS)):  # z-scored over the brain, not over brain + background
+        assert abs(float(pre["image"][c][brain].mean())) < 1e-3
 
 
 def test_constant_background_detection() -> None:
@@ -212,3 +211,21 @@ def test_constant_background_detection() -> None:
     assert constant_background(noisy) is None  # raw scan with a noisy background
     tight = vol[2:10, 2:10, 2:10]  # tightly cropped: the constant holds few voxels
     assert constant_background(tight, min_fraction=0.9) is None
+
+
+def test_cli_types_the_new_keys(phantom_root: Path, source_ckpt: Path, tmp_path: Path) -> None:
+    from lightning_ada.main import main
+
+    args = ["-c", str(CONF / "random_tiny.yaml"), "--data.root", str(phantom_root),
+            "--model.source_checkpoint", str(source_ckpt), "--trainer.default_root_dir",
+            str(tmp_path)]
+    cli = main([*args, "--data.val_split", "0.5",
+                "--data.extra_roots", f"[{{root: {tmp_path}, layout: brats, split: test}}]"],
+               run=False)
+    assert cli.datamodule.hparams.val_split == 0.5
+    root = cli.datamodule.hparams.extra_roots[0]
+    root = root if isinstance(root, dict) else dataclasses.asdict(root)
+    assert root == {"root": str(tmp_path), "layout": "brats", "split": "test"}
+    for bad in ("[{folder: x}]", "[{root: x, layout: png}]"):  # unknown key, unknown layout
+        with pytest.raises(SystemExit):
+            main([*args, "--data.extra_roots", bad], run=False)

@@ -74,6 +74,7 @@ def test_bf16_mixed_precision_on_cpu(phantom_root: Path, source_ckpt: Path, tmp_
             "--trainer.max_epochs", "2",
             "--active.budget", "2", "--active.stride", "1", "--active.strategy", "mmacts",
             "--active.strategy_args", '{"progress": false}',
+            "--data.val_split", "source_test",  # validation is off by default
         ]
     )
     assert cli.trainer.precision == "bf16-mixed"

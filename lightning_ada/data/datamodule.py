@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,10 @@ Layout = Literal["datalist", "brats", "brats2023", "msd", "nnunet"]
 Stage = Literal["source", "target"]
 #: Metric prefixes the module already uses: not allowed as names of extra test splits.
 RESERVED_PREFIXES = ("train", "val", "test")
+# ``val_split: none`` returns no validation loader (an empty list) on purpose
+warnings.filterwarnings(
+    "ignore", message="Total length of `list` across ranks is zero", module="lightning.pytorch"
+)
 
 
 class _LabeledEpoch(torch.utils.data.Dataset):
@@ -156,7 +161,7 @@ class ActiveDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         predict_split: str = "test",
         train_input: str = "all",
-        val_split: str | float | None = None,
+        val_split: float | str | None = None,
         extra_test_splits: list[str] | None = None,
     ) -> None:
         super().__init__()
