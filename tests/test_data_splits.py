@@ -87,6 +87,15 @@ def test_explicit_splits_win_over_a_root_split(folders: dict[str, Path]) -> None
     assert dm.split_ids["test"] == [IDS[2], MINE[0]]
 
 
+def test_a_case_in_two_of_pool_val_test_is_refused(folders: dict[str, Path]) -> None:
+    with pytest.raises(DataError, match=rf"both split 'pool' and split 'test': \['{MINE[0]}'\]"):
+        dm_of(folders["pool"], splits={"pool": [*IDS, MINE[0]]},
+              extra_roots=[CaseRoot(str(folders["mine"]), split="test")])
+    with pytest.raises(DataError, match="both split 'val' and split 'test'"):
+        dm_of(folders["pool"], splits={"pool": IDS[:2], "test": IDS[2:], "val": IDS[2:]},
+              val_split="val")
+
+
 def test_validation_none_by_default_and_never_the_test_split(folders: dict[str, Path]) -> None:
     splits = {"pool": IDS[:2], "test": IDS[2:]}
     dm = dm_of(folders["pool"], splits=splits)

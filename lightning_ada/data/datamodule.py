@@ -303,6 +303,7 @@ class ActiveDataModule(L.LightningDataModule):
             if not splits.get(name):
                 raise DataError(f"{self.hparams.root}: split {name!r} is empty or missing")
         self._hold_out_validation(splits)
+        self._check_disjoint(splits)
         for name in self.hparams.extra_test_splits or []:
             if name in RESERVED_PREFIXES or name == self.test_split():
                 raise DataError(
@@ -340,6 +341,16 @@ class ActiveDataModule(L.LightningDataModule):
         held = set(random.Random(0).sample(sorted(ids), n))
         splits["val"] = [cid for cid in ids if cid in held]
         splits[train] = [cid for cid in ids if cid not in held]
+
+    def _check_disjoint(self, splits: dict[str, list[str]]) -> None:
+        """Refuse a case in two of the stage's training, validation and test splits."""
+        train = "source" if self.hparams.stage == "source" else "pool"
+        names = [n for n in (train, self.validation_split(), self.test_split()) if n]
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                both = sorted(set(splits.get(a, [])) & set(splits.get(b, [])))
+                if both:
+                    raise DataError(f"cases in both split {a!r} and split {b!r}: {both}")
 
     def validation_setting(self) -> str | float | None:
         """``val_split`` as configured: None, a split name or a fraction (``"none"`` is None)."""
