@@ -9,11 +9,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.checkpoint_io import as_storage_error, check_ckpt_path
+from lightning_ada.cli_dirs import add_evaluation_arguments, redirect_evaluation
 from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.guards import RunError, RunGuard
 from lightning_ada.io import write_json_atomic
 from lightning_ada.models.module import SegmentationModule
 from lightning_ada.predict import NiftiPredictionWriter
+from lightning_ada.progress import add_progress_bar
 from lightning_ada.run_folder import SaveConfigWhenAccepted
 
 
@@ -26,6 +28,12 @@ class ADACLI(LightningCLI):
         parser.add_lightning_class_args(NiftiPredictionWriter, "writer")
         parser.link_arguments("data.modalities", "model.in_channels", compute_fn=len)
         parser.link_arguments("data.labels", "model.labels")
+        add_evaluation_arguments(parser)  # --eval_dir (lightning_ada/cli_dirs.py)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        redirect_evaluation(config, self.subcommand)  # validate/test/predict: their own folder
+        add_progress_bar(config.get("trainer"))  # epoch bars with the total epochs and an ETA
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
