@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 _PROGRESS_BARS = ("TQDMProgressBar", "RichProgressBar", "RunProgressBar")
 
@@ -51,7 +52,11 @@ class RunProgressBar(TQDMProgressBar):
         self._fit_start, self._first_epoch = time.perf_counter(), trainer.current_epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
+        # TQDMProgressBar's own, with our description (no flash of the plain "Epoch 5")
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(total=convert_inf(self.total_train_batches))
+        self.train_progress_bar.initial = 0
         self.train_progress_bar.set_description(self.describe(trainer))
 
     def describe(self, trainer: L.Trainer) -> str:

@@ -173,6 +173,7 @@ def stream_pool_stats(
     progress: bool = False,
     eps: float = 1e-10,
     timings: dict[str, float] | None = None,
+    total: int | None = None,
 ) -> list[CaseStats]:
     """Score a pool case by case, keeping at most one probability map alive.
 
@@ -185,6 +186,7 @@ def stream_pool_stats(
         eps: probability clip for the entropy.
         timings: if given, receives the seconds spent in ``predict`` (``inference``) and in the
             statistics (``statistics``).
+        total: number of cases, for the progress bar's total and time left.
 
     Returns:
         One :class:`CaseStats` per case, in input order.
@@ -193,7 +195,7 @@ def stream_pool_stats(
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(cases, desc="scoring pool", unit="case")
+        it = tqdm(cases, desc="scoring pool", unit="case", total=total)
     out: list[CaseStats] = []
     inference = statistics = 0.0
     with torch.no_grad():

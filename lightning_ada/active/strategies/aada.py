@@ -185,7 +185,8 @@ class AADAStrategy(Strategy):
 
         def stream(ids: Sequence[str]) -> list[CaseStats]:
             return stream_pool_stats(
-                ((cid, ctx.image(cid)) for cid in ids), ctx.predict, ctx.regions, self.progress
+                ((cid, ctx.image(cid)) for cid in ids), ctx.predict, ctx.regions, self.progress,
+                total=len(ids),
             )
 
         target, source = stream(target_ids), stream(source_ids)

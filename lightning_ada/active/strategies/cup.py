@@ -50,7 +50,7 @@ class CUPStrategy(Strategy):
         self.timings = {}
         stats = stream_pool_stats(
             ((cid, ctx.image(cid)) for cid in ctx.unlabeled), ctx.predict, ctx.regions,
-            self.progress, timings=self.timings,
+            self.progress, timings=self.timings, total=len(ctx.unlabeled),
         )
         n = len(stats)
         b = min(self.budget, n)

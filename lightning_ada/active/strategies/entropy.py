@@ -18,6 +18,7 @@ class EntropyStrategy(Strategy):
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         stats = stream_pool_stats(
-            ((cid, ctx.image(cid)) for cid in ctx.unlabeled), ctx.predict, ctx.regions, self.progress
+            ((cid, ctx.image(cid)) for cid in ctx.unlabeled), ctx.predict, ctx.regions, self.progress,
+            total=len(ctx.unlabeled),
         )
         return [Scored(s.case_id, s.mean_entropy, {"entropy": s.mean_entropy}) for s in stats]

@@ -101,7 +101,7 @@ class LAMDAStrategy(Strategy):
 
         t0 = time.perf_counter()
         stats = stream_pool_stats(
-            ((cid, ctx.image(cid)) for cid in ids), predict, ctx.regions, self.progress
+            ((cid, ctx.image(cid)) for cid in ids), predict, ctx.regions, self.progress, total=len(ids)
         )
         if any(s.embedding is None for s in stats):
             raise ValueError("lamda needs case embeddings (B4): predict gave None")

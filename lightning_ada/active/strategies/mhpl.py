@@ -107,7 +107,7 @@ class MHPLStrategy(Strategy):
         ids = sorted(set(ctx.pool) | set(ctx.unlabeled))
         t0 = time.perf_counter()
         stats = stream_pool_stats(
-            ((cid, ctx.image(cid)) for cid in ids), ctx.predict, ctx.regions, self.progress
+            ((cid, ctx.image(cid)) for cid in ids), ctx.predict, ctx.regions, self.progress, total=len(ids)
         )
         if any(s.embedding is None for s in stats):
             raise ValueError("mhpl needs case embeddings (B4): predict gave None")

@@ -73,7 +73,7 @@ class MMActSStrategy(Strategy):
         self.timings = {"density": time.perf_counter() - t0}
         stats = stream_pool_stats(
             ((cid, ctx.image(cid)) for cid in ctx.unlabeled), ctx.predict, ctx.regions,
-            self.progress, timings=self.timings,
+            self.progress, timings=self.timings, total=len(ctx.unlabeled),
         )
         scored = []
         for s in stats:

@@ -1,0 +1,122 @@
+"""The README's command sequence (fit -> test -> predict -> query) leaves a training run intact.
+
+A training run's records (metrics, configs, hyper-parameters, checkpoints, query log) must be
+byte-identical after evaluating, predicting and ranking with its checkpoint; those commands write
+into their own folders (``lightning_ada/cli_dirs.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from jsonargparse import Namespace
+
+from lightning_ada.cli_dirs import configured_run_dir, evaluation_dir, redirect_evaluation
+from lightning_ada.main import main, query
+
+CONF = Path(__file__).parent / "conf"
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_args(phantom_root: Path, source_ckpt: Path, runs: Path) -> list[str]:
+    """The tiny target config with a CSV logger laid out like the README's configs."""
+    logger = json.dumps(
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(runs), "name": "target", "version": ""},
+        }
+    )
+    return [
+        "-c", str(CONF / "random_tiny.yaml"),
+        "--data.root", str(phantom_root),
+        "--model.source_checkpoint", str(source_ckpt),
+        "--trainer.default_root_dir", str(runs / "target"),
+        "--trainer.logger", logger,
+        "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0",
+        "--active.budget", "2", "--active.stride", "1",
+    ]
+
+
+def test_fit_then_test_predict_query_leave_the_training_run_byte_identical(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    args = run_args(phantom_root, source_ckpt, runs)
+    main(["fit", *args])
+    run = runs / "target"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    before = snapshot(run)
+    # the records the README promises are there, so the comparison below means something
+    for name in ("metrics.csv", "config.yaml", "hparams.yaml", "query_log.json", "checkpoints/last.ckpt"):
+        assert name in before, f"the training run has no {name}: {sorted(before)}"
+
+    main(["test", *args, "--ckpt_path", str(ckpt)])
+    preds = tmp_path / "preds"
+    main(["predict", *args, "--ckpt_path", str(ckpt), "--writer.output_dir", str(preds)])
+    rows = query([*args, "--ckpt_path", str(ckpt)])  # as the README: no --out
+
+    after = snapshot(run)
+    changed = sorted(k for k in before if after.get(k) != before[k])
+    assert not changed, f"test/predict/query changed or deleted the training run's {changed}"
+    new = sorted(set(after) - set(before))
+    # new files only in the evaluations' own folders (and query's ranking table)
+    assert all(
+        k.split("/")[0] in ("test", "predict", "query") or k.startswith("query_ranking.") for k in new
+    ), new
+
+    # the evaluation went somewhere findable: <run>/test/<timestamp>/metrics.csv
+    (test_dir,) = (run / "test").iterdir()
+    with (test_dir / "metrics.csv").open() as f:
+        header = next(csv.reader(f))
+    assert "test/dice_mean" in header
+    assert (test_dir / "config.yaml").is_file()
+    assert len(list(preds.glob("*_pred.nii.gz"))) == 2  # the two tiny test cases
+    assert len(rows) == 6 - 2  # the unlabeled rest of the pool after two queries
+
+
+def test_a_second_test_gets_its_own_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = evaluation_dir(run, "test", stamp="20260101-000000")
+    first.mkdir(parents=True)
+    second = evaluation_dir(run, "test", stamp="20260101-000000")
+    assert second != first and second.name == "20260101-000000-1"
+
+
+def test_eval_dir_is_used_and_must_not_hold_files(tmp_path: Path) -> None:
+    def config(eval_dir: Path | None) -> Namespace:
+        logger = Namespace(
+            class_path="lightning.pytorch.loggers.CSVLogger",
+            init_args=Namespace(save_dir=str(tmp_path), name="run", version=""),
+        )
+        return Namespace(
+            eval_dir=None if eval_dir is None else str(eval_dir), ckpt_path=None,
+            trainer=Namespace(default_root_dir=str(tmp_path / "run"), logger=logger),
+        )
+
+    assert configured_run_dir(config(None).trainer) == tmp_path / "run"
+    chosen = tmp_path / "evaluation"
+    c = config(chosen)
+    assert redirect_evaluation(c, "test") == chosen
+    assert Path(c.trainer.logger.init_args.save_dir) / c.trainer.logger.init_args.name == chosen
+    assert c.trainer.default_root_dir == str(chosen)
+    fit = config(None)
+    assert redirect_evaluation(fit, "fit") is None
+    assert fit.trainer.default_root_dir == str(tmp_path / "run")  # fit is never redirected
+
+    chosen.mkdir()
+    (chosen / "metrics.csv").write_text("kept\n")
+    with pytest.raises(ValueError, match="already holds files"):
+        redirect_evaluation(config(chosen), "predict")
+    assert (chosen / "metrics.csv").read_text() == "kept\n"
