@@ -120,3 +120,72 @@ def test_eval_dir_is_used_and_must_not_hold_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="already holds files"):
         redirect_evaluation(config(chosen), "predict")
     assert (chosen / "metrics.csv").read_text() == "kept\n"
+
+
+# ---------------------------------------------------------------------------------- the demo
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_demo():  # noqa: ANN201 - the script as a module
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("demo_script", REPO / "scripts" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules["demo_script"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_refuses_an_unknown_strategy_before_training(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    demo = load_demo()
+    monkeypatch.setattr("sys.argv", ["demo.py", "--strategies", "entropy", "nonsense",
+                                     "--out", str(tmp_path / "out")])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        demo.main()
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) < 8  # a short usage line and the reason, not the CLI's full help
+    assert "unknown strategy nonsense" in message[-1]
+    for name in ("random", "entropy", "mmacts", "aada", "mhpl", "cup", "stdr", "lamda", "ugtst"):
+        assert name in message[-1]
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+@pytest.mark.slow
+def test_demo_runs_any_registered_strategy_each_stage_in_its_own_folder(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    cmd = [sys.executable, str(REPO / "scripts" / "demo.py"), "--configs", "tests/conf/demo_tiny",
+           "--out", str(out), "--strategies", "entropy", "ugtst", "--", "--data.root",
+           str(phantom_root)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for stage in ("source", "lower_bound", "entropy", "ugtst", "upper_bound"):
+        assert (out / stage / "metrics.csv").is_file(), stage
+    assert "test/dice_mean" in (out / "lower_bound" / "metrics.csv").read_text()
+    result = json.loads((out / "demo_results.json").read_text())
+    assert {"target after 3 labels (entropy)", "target after 3 labels (ugtst)"} <= set(result["rows"])
+    assert [len(result["queried"][s]) for s in ("entropy", "ugtst")] == [3, 3]
+    assert "[5/5] upper bound" in done.stdout
+    assert done.stdout.count("mask used: the reference mask") == 6
+    trained_source = result["rows"]["source domain (centre A)"]
+
+    # --reuse-source re-tests the source model into its own folder; the source run is untouched
+    source = snapshot(out / "source")
+    done = subprocess.run([*cmd[:7], "random", "--reuse-source", *cmd[9:]],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = snapshot(out / "source")
+    assert {k: after[k] for k in source} == source
+    assert all(k.startswith("test/") for k in set(after) - set(source))
+    result = json.loads((out / "demo_results.json").read_text())
+    assert result["rows"]["source domain (centre A)"] == pytest.approx(trained_source)  # same weights
