@@ -176,13 +176,15 @@ def main() -> None:
                         "<out>/source/test/<timestamp>)")
     p.add_argument("--configs", type=Path, default=None,
                    help="config folder (default configs/phantom/<task>)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/phantom_<task>)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (default runs/demo_<task>, apart from the runs/phantom_<task> "
+                        "folders of the README's commands, so neither overwrites the other)")
     p.add_argument("overrides", nargs="*", help="after --: extra --key value for every stage")
     args = p.parse_args()
     os.chdir(REPO)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     cfg = args.configs or Path("configs/phantom") / args.task
-    out = args.out or Path(f"runs/phantom_{args.task}")
+    out = args.out or Path(f"runs/demo_{args.task}")
     check_strategies(p, args, cfg)
 
     from lightning_ada.cli_dirs import evaluation_dir, logger_overrides
