@@ -92,6 +92,24 @@ def checkpoint_run_dir(ckpt_path: str | None) -> Path | None:
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
+def _resolve_last(config: Namespace, run: Path) -> None:
+    """Turn ``--ckpt_path last`` into the run's newest ``last*.ckpt`` (in place).
+
+    Lightning looks for ``last`` in the checkpoint folder under the *current* log folder, which
+    for an evaluation is its new folder; the training run's checkpoints are where it must look.
+    """
+    folders = [run / "checkpoints"]
+    callbacks = config.trainer.get("callbacks") or []
+    for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if isinstance(cb, Namespace) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+            dirpath = (cb.get("init_args") or Namespace()).get("dirpath")
+            if dirpath:
+                folders.insert(0, Path(dirpath))
+    found = [p for folder in folders if folder.is_dir() for p in folder.glob("last*.ckpt")]
+    if found:
+        config.ckpt_path = str(max(found, key=lambda p: p.stat().st_mtime))
+
+
 def _inherited_folder() -> str | None:
     """The folder chosen by the process that launched this DDP worker (None in the first one)."""
     value = os.environ.get(ENV_VAR, "")
@@ -130,6 +148,8 @@ def redirect_evaluation(config: Namespace, subcommand: str | None) -> Path | Non
     else:
         run = checkpoint_run_dir(config.get("ckpt_path")) or configured_run_dir(config.trainer)
         folder = evaluation_dir(run, subcommand)
+    if config.get("ckpt_path") == "last":
+        _resolve_last(config, configured_run_dir(config.trainer))
     trainer = config.trainer
     trainer.default_root_dir = str(folder)
     logger = trainer.get("logger")

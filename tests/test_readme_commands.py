@@ -122,6 +122,19 @@ def test_eval_dir_is_used_and_must_not_hold_files(tmp_path: Path) -> None:
     assert (chosen / "metrics.csv").read_text() == "kept\n"
 
 
+def test_ckpt_path_last_still_means_the_training_runs_last_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    config = Namespace(
+        eval_dir=None, ckpt_path="last",
+        trainer=Namespace(default_root_dir=str(run), logger=False, callbacks=[]),
+    )
+    folder = redirect_evaluation(config, "test")
+    assert folder is not None and folder.parent == run / "test"
+    assert config.ckpt_path == str(run / "checkpoints" / "last.ckpt")
+
+
 # ---------------------------------------------------------------------------------- the demo
 REPO = Path(__file__).resolve().parents[1]
 
