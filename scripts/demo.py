@@ -27,17 +27,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 #: Wall seconds of each stage of the default demo (glioma, configs/phantom/glioma, no overrides)
-#: on an idle 2-core CPU, used for the printed expectations. Provisional values: the idle total
-#: of 3.7 min (measured before this table existed) split by the stage shares of one run on a
-#: loaded machine; replace them with ``stage_seconds`` of ``demo_results.json`` from an idle run.
-#: A strategy without its own entry is expected to take as long as ``mmacts``.
+#: on an idle 2-core CPU, used for the printed expectations. PROVISIONAL: the idle total of
+#: 3.7 min measured before this table existed, split by the stage shares of one run on a loaded
+#: machine (2026-11-30: 34.6 min; source 49.6 %, lower bound 0.5 %, random 16.1 %, mmacts
+#: 16.7 %, upper bound 17.1 %). Replace them with ``stage_seconds`` of ``demo_results.json``
+#: from an idle run. A strategy without its own entry is expected to take as long as ``mmacts``.
 IDLE_STAGE_SECONDS: dict[str, dict[str, float]] = {
     "glioma": {
-        "source": 0.0,
-        "lower_bound": 0.0,
-        "random": 0.0,
-        "mmacts": 0.0,
-        "upper_bound": 0.0,
+        "source": 110.0,
+        "lower_bound": 2.0,
+        "random": 36.0,
+        "mmacts": 37.0,
+        "upper_bound": 38.0,
     },
 }
 #: the configuration the table was measured with (estimates are printed only for it)
