@@ -5,8 +5,8 @@ A training run owns its folder (``metrics.csv``, ``config.yaml``, ``hparams.yaml
 config would, left to Lightning, log into the same folder: the CSV logger deletes the existing
 ``metrics.csv`` and the config is overwritten. Here every evaluation gets a fresh folder instead::
 
-    <run>/<subcommand>/<YYYYmmdd-HHMMSS>[-<n>]/    metrics.csv, hparams.yaml, config.yaml,
-                                                    predictions/ (predict, unless --writer.output_dir)
+    <run>/<subcommand>/<YYYYmmdd-HHMMSS>[-<n>]/   metrics.csv, hparams.yaml, config.yaml,
+                                                  predictions/ (unless --writer.output_dir)
 
 where ``<run>`` is the run folder of ``--ckpt_path`` (the folder that holds its ``checkpoints/``)
 or, without a checkpoint, the log folder the config names. ``--eval_dir DIR`` chooses the folder
@@ -73,7 +73,8 @@ def configured_run_dir(trainer: Namespace) -> Path:
     logger = trainer.get("logger")
     if isinstance(logger, list):
         logger = logger[0] if logger else None
-    if isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith(_FOLDER_LOGGERS):
+    class_path = str(logger.get("class_path", "")) if isinstance(logger, Namespace) else ""
+    if isinstance(logger, Namespace) and class_path.endswith(_FOLDER_LOGGERS):
         args = logger.get("init_args") or Namespace()
         save_dir = args.get("save_dir") or root
         name, version = args.get("name"), args.get("version")
@@ -110,6 +111,21 @@ def _resolve_last(config: Namespace, run: Path) -> None:
         config.ckpt_path = str(max(found, key=lambda p: p.stat().st_mtime))
 
 
+def _keep_checkpoint_dir(trainer: Namespace, checkpoints: Path) -> None:
+    """Leave ``ModelCheckpoint`` callbacks pointed at the run's checkpoint folder (in place).
+
+    They save nothing outside ``fit``; with the folder unchanged, loading the checkpoint's
+    callback state does not make Lightning warn that the checkpoint folder moved.
+    """
+    callbacks = trainer.get("callbacks") or []
+    for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if isinstance(cb, Namespace) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+            if cb.get("init_args") is None:
+                cb.init_args = Namespace()
+            if not cb.init_args.get("dirpath"):
+                cb.init_args.dirpath = str(checkpoints)
+
+
 def _inherited_folder() -> str | None:
     """The folder chosen by the process that launched this DDP worker (None in the first one)."""
     value = os.environ.get(ENV_VAR, "")
@@ -135,6 +151,9 @@ def redirect_evaluation(config: Namespace, subcommand: str | None) -> Path | Non
     """
     if subcommand not in EVALUATION_SUBCOMMANDS or config is None:
         return None
+    if config.get("ckpt_path") == "last":
+        _resolve_last(config, configured_run_dir(config.trainer))
+    run = checkpoint_run_dir(config.get("ckpt_path")) or configured_run_dir(config.trainer)
     chosen, inherited = config.get("eval_dir"), _inherited_folder()
     if inherited:  # a process launched by the first one (DDP): the same folder
         folder = Path(inherited)
@@ -146,10 +165,10 @@ def redirect_evaluation(config: Namespace, subcommand: str | None) -> Path | Non
                 "(evaluations never write over existing results)"
             )
     else:
-        run = checkpoint_run_dir(config.get("ckpt_path")) or configured_run_dir(config.trainer)
         folder = evaluation_dir(run, subcommand)
-    if config.get("ckpt_path") == "last":
-        _resolve_last(config, configured_run_dir(config.trainer))
+    ckpt = config.get("ckpt_path")
+    ckpt_dir = Path(ckpt).parent if checkpoint_run_dir(ckpt) else run / "checkpoints"
+    _keep_checkpoint_dir(config.trainer, ckpt_dir)
     trainer = config.trainer
     trainer.default_root_dir = str(folder)
     logger = trainer.get("logger")

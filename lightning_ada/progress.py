@@ -89,5 +89,7 @@ def add_progress_bar(trainer: Namespace) -> None:
         name = cb.get("class_path", "") if isinstance(cb, Namespace) else type(cb).__name__
         if str(name).endswith(_PROGRESS_BARS):
             return
-    bar = Namespace(class_path=f"{__name__}.RunProgressBar", init_args=Namespace(refresh_rate=1, leave=False))
+    bar = Namespace(
+        class_path=f"{__name__}.RunProgressBar", init_args=Namespace(refresh_rate=1, leave=False)
+    )
     trainer.callbacks = [*callbacks, bar]

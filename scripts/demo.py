@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,13 +54,13 @@ def fmt(seconds: float) -> str:
 
 @dataclass
 class Stage:
-    """One step of the demo: a name, what it does, and its expected idle seconds (or None)."""
+    """One step of the demo: a name, what it does, its expected idle seconds (0: not measured)
+    and, once done, its wall seconds."""
 
     name: str
     title: str
-    expected: float | None
-    seconds: float | None = None
-    notes: list[str] = field(default_factory=list)
+    expected: float = 0.0
+    seconds: float = 0.0
 
 
 class Plan:
@@ -74,42 +74,46 @@ class Plan:
     def __init__(self, stages: list[Stage]) -> None:
         self.stages = stages
         self.t0 = time.perf_counter()
-        self.known = all(s.expected for s in stages)
+        self.known = all(s.expected > 0 for s in stages)
+        self.done = 0
 
     def pace(self) -> float:
-        done = [s for s in self.stages if s.seconds is not None and s.expected]
-        expected = sum(s.expected for s in done)  # type: ignore[misc]
-        return sum(s.seconds for s in done) / expected if expected else 1.0  # type: ignore[misc]
+        """Wall time / expected time of the finished stages (1.0 before the first ends)."""
+        done = self.stages[: self.done]
+        expected = sum(s.expected for s in done)
+        return sum(s.seconds for s in done) / expected if expected else 1.0
 
     def announce(self) -> None:
         if not self.known:
-            print("expected times: not measured for this setting (" + MEASURED_WITH + " only)")
+            print(f"expected times: not measured for this setting ({MEASURED_WITH} only)")
             return
-        total = sum(s.expected for s in self.stages)  # type: ignore[misc]
-        parts = ", ".join(f"{s.name} {fmt(s.expected)}" for s in self.stages)  # type: ignore[arg-type]
-        print(f"expected on an idle 2-core CPU: {fmt(total)} ({parts}); "
-              "a busy machine is slower, the estimate is updated after each stage", flush=True)
+        total = sum(s.expected for s in self.stages)
+        parts = ", ".join(f"{s.name} {fmt(s.expected)}" for s in self.stages)
+        print(f"expected on an idle 2-core CPU: {fmt(total)} ({parts}); a busy machine is "
+              "slower, the estimate is updated after each stage", flush=True)
 
     def start(self, i: int) -> float:
+        """Print the header of stage ``i``; returns its start time."""
         s = self.stages[i]
         head = f"== [{i + 1}/{len(self.stages)}] {s.title}"
-        elapsed = time.perf_counter() - self.t0
         if self.known:
             pace = self.pace()
-            left = pace * sum(t.expected for t in self.stages[i:])  # type: ignore[misc]
-            head += f"  (stage ~{fmt(pace * s.expected)}; demo {fmt(elapsed)} so far, ~{fmt(left)} left"  # type: ignore[operator]
+            left = pace * sum(t.expected for t in self.stages[i:])
+            elapsed = time.perf_counter() - self.t0
+            head += (f"  (stage ~{fmt(pace * s.expected)}; demo {fmt(elapsed)} so far, "
+                     f"~{fmt(left)} left")
             head += f", machine at {1 / pace:.2f}x the idle speed)" if i else ")"
         print(head, flush=True)
         return time.perf_counter()
 
     def finish(self, i: int, t0: float) -> None:
         self.stages[i].seconds = time.perf_counter() - t0
+        self.done = i + 1
 
     def table(self) -> str:
         rows = ["| stage | wall time | expected (idle) |", "|---|---|---|"]
         for s in self.stages:
-            exp = fmt(s.expected) if s.expected else "-"
-            rows.append(f"| {s.name} | {fmt(s.seconds or 0.0)} | {exp} |")
+            rows.append(f"| {s.name} | {fmt(s.seconds)} | {fmt(s.expected) if s.expected else '-'} |")
         return "\n".join(rows)
 
 
@@ -149,6 +153,15 @@ def strategy_run(cfg: Path, name: str) -> tuple[Path, list[str]]:
     return base, ["--active.strategy", name]
 
 
+def mask_drawn_on(q: dict, modalities: list[str]) -> str | None:
+    """The modality whose delineation the oracle returned (None: the reference mask).
+
+    The phantom stores the mask drawn on one modality as ``<case>_seg_<modality>.nii.gz``.
+    """
+    name = Path(str(q.get("label_path", ""))).name
+    return next((m for m in modalities if name.endswith(f"_seg_{m}.nii.gz")), None)
+
+
 def describe_query(q: dict, modalities: list[str]) -> str:
     """What the annotator was asked for one query and which mask the (simulated) oracle gave."""
     when = "before training" if q.get("epoch", -1) < 0 else f"after epoch {q['epoch'] + 1}"
@@ -159,13 +172,13 @@ def describe_query(q: dict, modalities: list[str]) -> str:
         asked = f"delineate on {m.upper()} (elected; Dice vs the all-modality prediction: {scores})"
     else:
         asked = "delineate the tumour (no modality elected)"
-    label = Path(str(q.get("label_path", "")))
-    drawn_on = [x for x in modalities if label.name.endswith(f"_seg_{x}.nii.gz")]
-    used = f"the mask drawn on {drawn_on[0].upper()}" if drawn_on else "the reference mask"
-    return f"  {q['case_id']} ({when}): asked to {asked}; mask used: {used} ({label.name})"
+    drawn_on = mask_drawn_on(q, modalities)
+    used = f"the mask drawn on {drawn_on.upper()}" if drawn_on else "the reference mask"
+    label = Path(str(q.get("label_path", ""))).name
+    return f"  {q['case_id']} ({when}): asked to {asked}; mask used: {used} ({label})"
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", default="glioma", choices=["glioma", "npc"])
     p.add_argument("--strategies", nargs="+", default=["random", "mmacts"],
@@ -181,7 +194,35 @@ def main() -> None:
                    help="run folder (default runs/demo_<task>, apart from the runs/phantom_<task> "
                         "folders of the README's commands, so neither overwrites the other)")
     p.add_argument("overrides", nargs="*", help="after --: extra --key value for every stage")
-    args = p.parse_args()
+    return p, p.parse_args()
+
+
+def make_plan(args: argparse.Namespace, reuse: bool) -> Plan:
+    """The demo's stages with their expected idle times (only for the measured setting)."""
+    measured = not (args.configs or args.overrides)
+    idle = {k: v for k, v in IDLE_STAGE_SECONDS.get(args.task, {}).items() if v and measured}
+
+    def expected(name: str) -> float:
+        """Idle seconds of a stage; a strategy without its own figure is assumed like mmacts."""
+        if name in ("source", "lower_bound", "upper_bound"):
+            return idle.get(name, 0.0)
+        return idle.get(name, idle.get("mmacts", 0.0))
+
+    source = (f"source model on centre A ({args.task} phantom): "
+              + ("reused, re-tested" if reuse else "generate the phantom, pre-train"))
+    return Plan([
+        # a re-test costs about what the lower bound (also a test) costs
+        Stage("source", source, expected("lower_bound" if reuse else "source")),
+        Stage("lower_bound", "target lower bound: the source model on the target test cases",
+              expected("lower_bound")),
+        *[Stage(s, f"active adaptation with {s}: 3 labels, one every stride", expected(s))
+          for s in args.strategies],
+        Stage("upper_bound", "upper bound: every pool case labeled", expected("upper_bound")),
+    ])
+
+
+def main() -> None:
+    p, args = parse_args()
     os.chdir(REPO)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     cfg = args.configs or Path("configs/phantom") / args.task
@@ -200,28 +241,7 @@ def main() -> None:
             p.error(f"stdr needs the source anchors, which {ckpt} lacks: drop --reuse-source")
     common = ["--seed_everything", str(args.seed), *args.overrides]
     from_source = ["--model.source_checkpoint", str(ckpt)]
-    idle = IDLE_STAGE_SECONDS.get(args.task, {}) if not (args.configs or args.overrides) else {}
-    idle = {k: v for k, v in idle.items() if v}
-
-    def expected(name: str) -> float | None:
-        """Idle seconds of a stage; a strategy without its own figure is assumed like mmacts."""
-        if name in ("source", "lower_bound", "upper_bound"):
-            return idle.get(name)
-        return idle.get(name, idle.get("mmacts"))
-
-    stages = [
-        Stage("source", f"source model on centre A ({args.task} phantom)"
-              + (": reused, re-tested" if reuse else ": generate the phantom, pre-train"),
-              None if reuse else expected("source")),
-        Stage("lower_bound", "target lower bound: the source model on the target test cases",
-              expected("lower_bound")),
-        *[Stage(s, f"active adaptation with {s}: 3 labels, one every stride", expected(s))
-          for s in args.strategies],
-        Stage("upper_bound", "upper bound: every pool case labeled", expected("upper_bound")),
-    ]
-    if reuse:  # a re-test is short; count it as the lower bound's
-        stages[0].expected = idle.get("lower_bound")
-    plan = Plan(stages)
+    plan = make_plan(args, reuse)
     plan.announce()
     rows: dict[str, dict[str, float]] = {}
     queried: dict[str, list[dict]] = {}
@@ -229,8 +249,8 @@ def main() -> None:
     t = plan.start(0)
     if reuse:
         where = evaluation_dir(out / "source", "test")
-        src = run_experiment([cfg / "source.yaml"], [*common, *from_source, *logger_overrides(where)],
-                             fit=False)
+        src = run_experiment([cfg / "source.yaml"],
+                             [*common, *from_source, *logger_overrides(where)], fit=False)
     else:
         src = run_experiment([cfg / "source.yaml"], [*common, *logger_overrides(out / "source")])
     rows["source domain (centre A)"] = src["test"]
@@ -246,19 +266,26 @@ def main() -> None:
     for i, strat in enumerate(args.strategies, start=2):
         t = plan.start(i)
         config, extra = strategy_run(cfg, strat)
-        res = run_experiment([config], [*common, *from_source, *extra, *logger_overrides(out / strat)])
+        res = run_experiment([config],
+                             [*common, *from_source, *extra, *logger_overrides(out / strat)])
         rows[f"target after 3 labels ({strat})"] = res["test"]
         queried[strat] = res["query_log"]
         plan.finish(i, t)
 
-    last = len(stages) - 1
+    last = len(plan.stages) - 1
     t = plan.start(last)
     up = run_experiment([cfg / "upper_bound.yaml"],
                         [*common, *from_source, *logger_overrides(out / "upper_bound")])
     rows["target upper bound (all pool labels)"] = up["test"]
     plan.finish(last, t)
+    report(args, out, plan, rows, queried)
 
-    regions = [k.removeprefix("dice_") for k in src["test"] if k.startswith("dice_") and k != "dice_mean"]
+
+def report(args: argparse.Namespace, out: Path, plan: Plan, rows: dict[str, dict[str, float]],
+           queried: dict[str, list[dict]]) -> None:
+    """Print the Dice table, the queries, the stage times; write demo_results.{json,md,png}."""
+    first = next(iter(rows.values()))
+    regions = [k.removeprefix("dice_") for k in first if k.startswith("dice_") and k != "dice_mean"]
     header = "| run | " + " | ".join(f"Dice {r}" for r in regions) + " | Dice mean |"
     lines = [header, "|" + "---|" * (len(regions) + 2)]
     for name, m in rows.items():
@@ -272,19 +299,22 @@ def main() -> None:
         print(f"\nqueried by {strat}:")
         for q in log:
             print(describe_query(q, modalities))
-        if any(q.get("modality") and describe_query(q, modalities).endswith("_seg.nii.gz)")
-               for q in log):
+        if any(q.get("modality") and not mask_drawn_on(q, modalities) for q in log):
             print("  (the simulated annotator returns the reference (ground-truth) mask, "
                   "not a delineation on the elected one: active.use_modality_masks is false)")
     print("\n" + plan.table())
-    print(f"\nwall time: {fmt(wall)}" + (f" (expected on an idle machine: "
-          f"{fmt(sum(s.expected for s in stages))})" if plan.known else ""))  # type: ignore[misc]
+    expected = sum(s.expected for s in plan.stages)
+    print(f"\nwall time: {fmt(wall)}"
+          + (f" (expected on an idle machine: {fmt(expected)})" if plan.known else ""))
     out.mkdir(parents=True, exist_ok=True)
     result = out / "demo_results.json"
-    stage_seconds = {s.name: s.seconds for s in stages}
-    result.write_text(json.dumps({"rows": rows, "queried": {k: [(q["case_id"], q.get("modality"))
-                      for q in v] for k, v in queried.items()}, "wall_seconds": wall,
-                      "stage_seconds": stage_seconds, "command": sys.argv}, indent=2))
+    result.write_text(json.dumps({
+        "rows": rows,
+        "queried": {k: [(q["case_id"], q.get("modality")) for q in v] for k, v in queried.items()},
+        "wall_seconds": wall,
+        "stage_seconds": {s.name: s.seconds for s in plan.stages},
+        "command": sys.argv,
+    }, indent=2))
     result.with_suffix(".md").write_text(table + "\n")
     plot(rows, regions, result.with_suffix(".png"), f"{args.task} phantom, seed {args.seed}")
     print(f"results: {result} (.md, .png)")

@@ -59,7 +59,8 @@ def test_fit_then_test_predict_query_leave_the_training_run_byte_identical(
     ckpt = run / "checkpoints" / "last.ckpt"
     before = snapshot(run)
     # the records the README promises are there, so the comparison below means something
-    for name in ("metrics.csv", "config.yaml", "hparams.yaml", "query_log.json", "checkpoints/last.ckpt"):
+    records = ("metrics.csv", "config.yaml", "hparams.yaml", "query_log.json", "checkpoints/last.ckpt")
+    for name in records:
         assert name in before, f"the training run has no {name}: {sorted(before)}"
 
     main(["test", *args, "--ckpt_path", str(ckpt)])
@@ -73,7 +74,8 @@ def test_fit_then_test_predict_query_leave_the_training_run_byte_identical(
     new = sorted(set(after) - set(before))
     # new files only in the evaluations' own folders (and query's ranking table)
     assert all(
-        k.split("/")[0] in ("test", "predict", "query") or k.startswith("query_ranking.") for k in new
+        k.split("/")[0] in ("test", "predict", "query") or k.startswith("query_ranking.")
+        for k in new
     ), new
 
     # the evaluation went somewhere findable: <run>/test/<timestamp>/metrics.csv
@@ -186,7 +188,8 @@ def test_demo_runs_any_registered_strategy_each_stage_in_its_own_folder(
         assert (out / stage / "metrics.csv").is_file(), stage
     assert "test/dice_mean" in (out / "lower_bound" / "metrics.csv").read_text()
     result = json.loads((out / "demo_results.json").read_text())
-    assert {"target after 3 labels (entropy)", "target after 3 labels (ugtst)"} <= set(result["rows"])
+    rows = set(result["rows"])
+    assert {"target after 3 labels (entropy)", "target after 3 labels (ugtst)"} <= rows
     assert [len(result["queried"][s]) for s in ("entropy", "ugtst")] == [3, 3]
     assert "[5/5] upper bound" in done.stdout
     assert done.stdout.count("mask used: the reference mask") == 6
@@ -201,4 +204,5 @@ def test_demo_runs_any_registered_strategy_each_stage_in_its_own_folder(
     assert {k: after[k] for k in source} == source
     assert all(k.startswith("test/") for k in set(after) - set(source))
     result = json.loads((out / "demo_results.json").read_text())
-    assert result["rows"]["source domain (centre A)"] == pytest.approx(trained_source)  # same weights
+    # the same (trained) weights as the first run, not a fresh initialisation
+    assert result["rows"]["source domain (centre A)"] == pytest.approx(trained_source)
