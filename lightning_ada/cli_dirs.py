@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,21 +112,6 @@ def _resolve_last(config: Namespace, run: Path) -> None:
         config.ckpt_path = str(max(found, key=lambda p: p.stat().st_mtime))
 
 
-def _keep_checkpoint_dir(trainer: Namespace, checkpoints: Path) -> None:
-    """Leave ``ModelCheckpoint`` callbacks pointed at the run's checkpoint folder (in place).
-
-    They save nothing outside ``fit``; with the folder unchanged, loading the checkpoint's
-    callback state does not make Lightning warn that the checkpoint folder moved.
-    """
-    callbacks = trainer.get("callbacks") or []
-    for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
-        if isinstance(cb, Namespace) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
-            if cb.get("init_args") is None:
-                cb.init_args = Namespace()
-            if not cb.init_args.get("dirpath"):
-                cb.init_args.dirpath = str(checkpoints)
-
-
 def _inherited_folder() -> str | None:
     """The folder chosen by the process that launched this DDP worker (None in the first one)."""
     value = os.environ.get(ENV_VAR, "")
@@ -166,9 +152,9 @@ def redirect_evaluation(config: Namespace, subcommand: str | None) -> Path | Non
             )
     else:
         folder = evaluation_dir(run, subcommand)
-    ckpt = config.get("ckpt_path")
-    ckpt_dir = Path(ckpt).parent if checkpoint_run_dir(ckpt) else run / "checkpoints"
-    _keep_checkpoint_dir(config.trainer, ckpt_dir)
+    # the checkpoint's ModelCheckpoint state names the training run's folder, not this one;
+    # nothing is saved outside fit, so Lightning's "dirpath has changed" note is only noise
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
     trainer = config.trainer
     trainer.default_root_dir = str(folder)
     logger = trainer.get("logger")
