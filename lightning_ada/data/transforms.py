@@ -194,12 +194,16 @@ def preprocessing(
     return T.Compose(chain)
 
 
-def training_augmentation(patch_size: Sequence[int], augment: bool = True) -> T.Compose:
+def training_augmentation(
+    patch_size: Sequence[int], augment: bool = True, tumour_contrast: T.Transform | None = None
+) -> T.Compose:
     """Random chain applied on top of the cached items for training.
 
     Samples one patch of ``patch_size`` voxels (1 in 3 centred on foreground, as nnU-Net's
     33 % oversampling), then flips and intensity augmentation (brightness, contrast, gamma,
-    noise) when ``augment``.
+    noise) when ``augment``. ``tumour_contrast`` (e.g. a
+    :class:`~lightning_ada.data.tumour_contrast.RandTumourContrastd`; off by default) first
+    alters the whole case.
     """
     keys = ["image", "label"]
     chain: list[T.Transform] = [
@@ -226,6 +230,8 @@ def training_augmentation(patch_size: Sequence[int], augment: bool = True) -> T.
             T.RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
             T.RandGaussianNoised(keys="image", std=0.05, prob=0.15),
         ]
+    if tumour_contrast is not None:  # on the whole case, before the patch is cut
+        chain.insert(0, tumour_contrast)
     return T.Compose(chain)
 
 
