@@ -63,7 +63,9 @@ def test_keep_largest_component_per_region() -> None:
     assert torch.equal(keep_largest_component(label2), label2)  # whole tumour: nothing removed
     per_class = keep_largest_component(label2, regions=[[1], [2]], connectivity=1)
     core = (per_class[0] == 1).numpy()
-    assert core.sum() == 9 and (label2[0] == 1).sum() == 18 and core[4:7, 4:7, 4].all()  # tie: first
+    assert (
+        core.sum() == 9 and (label2[0] == 1).sum() == 18 and core[4:7, 4:7, 4].all()
+    )  # tie: first
     with pytest.raises(ValueError, match="background"):
         keep_largest_component(label, regions=[[0, 1]])
 
@@ -82,7 +84,9 @@ def _probs(sharpness: float, seed: int = 0, size: int = 8) -> torch.Tensor:
     return torch.softmax(sharpness * logits, 0)
 
 
-@pytest.mark.parametrize("kind", ["foreground_max_prob", "mean_max_prob", "neg_entropy", "neg_gaua"])
+@pytest.mark.parametrize(
+    "kind", ["foreground_max_prob", "mean_max_prob", "neg_entropy", "neg_gaua"]
+)
 def test_sharper_predictions_are_more_confident(kind: str) -> None:
     scores = [case_confidence(_probs(s), kind) for s in (0.5, 1.0, 2.0, 4.0)]
     assert scores == sorted(scores) and scores[0] < scores[-1]
@@ -138,7 +142,9 @@ def test_flip_average_is_flip_symmetric_and_exact_for_equivariant_teachers() -> 
     assert not torch.allclose(avg, positional(image))
     for axes in ALL_FLIPS[1:]:
         dims = [a + 1 for a in axes]
-        torch.testing.assert_close(flip_averaged_probs(positional, torch.flip(image, dims)), torch.flip(avg, dims))
+        torch.testing.assert_close(
+            flip_averaged_probs(positional, torch.flip(image, dims)), torch.flip(avg, dims)
+        )
     torch.testing.assert_close(flip_averaged_probs(voxelwise, image), voxelwise(image))
     assert len(ALL_FLIPS) == 8 and ALL_FLIPS[0] == ()
     with pytest.raises(ValueError, match="spatial"):

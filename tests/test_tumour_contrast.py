@@ -21,7 +21,9 @@ def _case(size: tuple[int, int, int] = (20, 18, 16), channels: int = 3, seed: in
     """A z-scored-looking image with a two-class tumour ball (class 1 core, class 2 rim)."""
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(channels, *size, generator=g)
-    zz = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in size], indexing="ij"))
+    zz = torch.stack(
+        torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in size], indexing="ij")
+    )
     centre = torch.tensor([9.0, 8.0, 7.0]).view(3, 1, 1, 1)
     dist = ((zz - centre) ** 2).sum(0).sqrt()
     label = torch.zeros(1, *size, dtype=torch.int64)
@@ -32,13 +34,19 @@ def _case(size: tuple[int, int, int] = (20, 18, 16), channels: int = 3, seed: in
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.as_tensor().contiguous().view(torch.int32) if isinstance(t, MetaTensor) else t.contiguous().view(torch.int32)
+    return (
+        t.as_tensor().contiguous().view(torch.int32)
+        if isinstance(t, MetaTensor)
+        else t.contiguous().view(torch.int32)
+    )
 
 
 def _dilated_per_slice(mask: np.ndarray, radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     disk = (yy**2 + xx**2) <= radius**2
-    return np.stack([ndimage.binary_dilation(mask[:, :, k], structure=disk) for k in range(mask.shape[2])], -1)
+    return np.stack(
+        [ndimage.binary_dilation(mask[:, :, k], structure=disk) for k in range(mask.shape[2])], -1
+    )
 
 
 @pytest.mark.parametrize("cls", [RandTumourContrastd, RandBlendedTumourContrastd])
@@ -65,7 +73,9 @@ def test_changes_only_inside_the_dilated_mask(cls: type) -> None:
 def test_naive_rescales_around_the_modality_minimum() -> None:
     case = _case()
     img = case["image"].as_tensor()
-    out = RandTumourContrastd(prob=1.0, factors=[0.5], per_modality=False)(case)["image"].as_tensor()
+    out = RandTumourContrastd(prob=1.0, factors=[0.5], per_modality=False)(case)[
+        "image"
+    ].as_tensor()
     mask = torch.as_tensor(tumour_mask(case["label"]))
     for c in range(img.shape[0]):
         ref = img[c].min()
@@ -87,12 +97,16 @@ def test_fixed_reference_reproduces_the_minus_one_to_one_formula() -> None:
 def test_blended_change_is_the_weighted_naive_change() -> None:
     case = _case()
     naive = RandTumourContrastd(prob=1.0, factors=[2.0], per_modality=False)(dict(case))["image"]
-    blend_t = RandBlendedTumourContrastd(prob=1.0, factors=[2.0], per_modality=False, dilation_radius=1, sigma=3.0)
+    blend_t = RandBlendedTumourContrastd(
+        prob=1.0, factors=[2.0], per_modality=False, dilation_radius=1, sigma=3.0
+    )
     blended = blend_t(dict(case))["image"]
     x = case["image"].as_tensor()
     mask = tumour_mask(case["label"])
     w = torch.as_tensor(blend_weights(mask, 1, 3.0))
-    torch.testing.assert_close(blended.as_tensor(), x + w * (naive.as_tensor() - x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        blended.as_tensor(), x + w * (naive.as_tensor() - x), atol=1e-5, rtol=1e-5
+    )
     m = torch.as_tensor(mask)
     ratio = (blended.as_tensor() - x)[:, m] / (naive.as_tensor() - x)[:, m]
     assert ratio.min() < 0.9 and ratio.max() <= 1.0 + 1e-5  # tapers, never exceeds the naive change
@@ -142,7 +156,9 @@ def test_factors_drawn_from_the_set_and_per_modality() -> None:
 def test_case_without_tumour_or_selected_class_passes_through() -> None:
     case = _case()
     case["label"] = torch.zeros_like(case["label"])
-    assert torch.equal(RandBlendedTumourContrastd(prob=1.0, factors=[2.0])(case)["image"], case["image"])
+    assert torch.equal(
+        RandBlendedTumourContrastd(prob=1.0, factors=[2.0])(case)["image"], case["image"]
+    )
     case = _case()
     out = RandTumourContrastd(prob=1.0, factors=[2.0], classes=[1])(case)["image"]
     core = torch.as_tensor(tumour_mask(case["label"], [1])).expand_as(out)
@@ -163,7 +179,9 @@ def test_blend_weights_equal_whole_slice_computation(axis: int) -> None:
     disk = (yy**2 + xx**2) <= 9
     for k in range(m.shape[2]):
         if m[:, :, k].any():
-            s = ndimage.gaussian_filter(ndimage.binary_dilation(m[:, :, k], structure=disk).astype(float), 2.0)
+            s = ndimage.gaussian_filter(
+                ndimage.binary_dilation(m[:, :, k], structure=disk).astype(float), 2.0
+            )
             ref[:, :, k] = (s - s.min()) / (s.max() - s.min())
     np.testing.assert_allclose(got, np.moveaxis(ref, 2, axis), atol=1e-6)
     assert got.max() == pytest.approx(1.0) and got.min() == 0.0
@@ -175,7 +193,8 @@ def test_training_chain_option_off_by_default_and_seeded() -> None:
 
     def run() -> torch.Tensor:
         chain = training_augmentation(
-            [16, 16, 16], tumour_contrast=RandBlendedTumourContrastd(prob=1.0, factor_range=(0.5, 2.0))
+            [16, 16, 16],
+            tumour_contrast=RandBlendedTumourContrastd(prob=1.0, factor_range=(0.5, 2.0)),
         )
         assert isinstance(chain.transforms[0], RandBlendedTumourContrastd)
         chain.set_random_state(seed=3)

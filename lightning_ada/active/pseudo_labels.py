@@ -84,10 +84,14 @@ def pseudo_label(probs: Tensor, foreground_threshold: float | None = None) -> Te
     if not 0.0 < foreground_threshold <= 1.0:
         raise ValueError(f"foreground_threshold must be in (0, 1], got {foreground_threshold}")
     foreground = (1.0 - probs[0]) >= foreground_threshold
-    return torch.where(foreground, probs[1:].argmax(0) + 1, torch.zeros_like(foreground, dtype=torch.long)).long()
+    return torch.where(
+        foreground, probs[1:].argmax(0) + 1, torch.zeros_like(foreground, dtype=torch.long)
+    ).long()
 
 
-def largest_component(mask: np.ndarray | Tensor, connectivity: Literal[1, 2, 3] = 3) -> np.ndarray | Tensor:
+def largest_component(
+    mask: np.ndarray | Tensor, connectivity: Literal[1, 2, 3] = 3
+) -> np.ndarray | Tensor:
     """The largest connected component of a boolean mask ``(H, W, D)`` (same type as the input).
 
     Args:
@@ -228,11 +232,16 @@ def ugtst_fractions(ratio: float = 0.05, capacity: int = 4) -> tuple[float, floa
     """
     first = 1.0 - ratio * (capacity - 1)
     if not 0.0 < first <= 1.0:
-        raise ValueError(f"1 - ratio * (capacity - 1) must be in (0, 1], got {first} (ratio={ratio}, capacity={capacity})")
+        raise ValueError(
+            f"1 - ratio * (capacity - 1) must be in (0, 1], got {first} "
+            f"(ratio={ratio}, capacity={capacity})"
+        )
     return (first, 1.0)
 
 
-def tiered_order(confidence: Mapping[str, float], fractions: Sequence[float] = ugtst_fractions()) -> list[list[str]]:
+def tiered_order(
+    confidence: Mapping[str, float], fractions: Sequence[float] = ugtst_fractions()
+) -> list[list[str]]:
     """Cumulative tiers of pseudo-labelled cases, most certain first (UGTST, section 8).
 
     Args:

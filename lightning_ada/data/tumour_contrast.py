@@ -23,7 +23,7 @@ the label is never changed, and a factor of exactly 1 returns the input voxels u
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ from scipy import ndimage
 NOTEBOOK_FACTORS = (0.5, 0.8, 1.5)
 
 
-def tumour_mask(label: torch.Tensor | np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+def tumour_mask(
+    label: torch.Tensor | np.ndarray, classes: Sequence[int] | None = None
+) -> np.ndarray:
     """Boolean tumour mask ``(H, W, D)`` from a class-index label ``(1, H, W, D)`` or ``(H, W, D)``.
 
     Args:
@@ -57,7 +59,7 @@ def tumour_mask(label: torch.Tensor | np.ndarray, classes: Sequence[int] | None 
 def blend_weights(
     mask: np.ndarray, dilation_radius: int = 7, sigma: float = 5.0, axis: int = 2
 ) -> np.ndarray:
-    """The per-slice weighting mask ``W = normalise_[0,1](G_sigma * dilate_r(M))`` (ALGORITHMS 11.2).
+    """Weighting mask ``W = normalise_[0,1](G_sigma * dilate_r(M))`` per slice (ALGORITHMS 11.2).
 
     Each slice along ``axis`` (the axial one: ``D`` for RAS-oriented ``(H, W, D)`` volumes) that
     contains tumour is dilated by a disk of ``dilation_radius`` voxels, smoothed by a 2-D
@@ -93,7 +95,9 @@ def blend_weights(
     c0, c1 = max(0, cols[0] - reach), min(m.shape[1], cols[-1] + reach + 1)
     block = m[r0:r1, c0:c1][:, :, slices]
     if dilation_radius > 0:
-        yy, xx = np.mgrid[-dilation_radius : dilation_radius + 1, -dilation_radius : dilation_radius + 1]
+        yy, xx = np.mgrid[
+            -dilation_radius : dilation_radius + 1, -dilation_radius : dilation_radius + 1
+        ]
         disk = (yy**2 + xx**2) <= dilation_radius**2
         block = ndimage.binary_dilation(block, structure=disk[:, :, None])
     smooth = block.astype(np.float64)
@@ -135,7 +139,7 @@ class RandTumourContrastd(RandomizableTransform, MapTransform):
         allow_missing_keys: skip keys missing from the item.
     """
 
-    backend = ["torch"]
+    backend: ClassVar[list[str]] = ["torch"]
 
     def __init__(
         self,
@@ -158,13 +162,17 @@ class RandTumourContrastd(RandomizableTransform, MapTransform):
         if factor_range is not None:
             low, high = (float(v) for v in factor_range)
             if not 0.0 < low <= high:
-                raise ValueError(f"factor_range must be (low, high) with 0 < low <= high, got {factor_range}")
+                raise ValueError(
+                    f"factor_range must be (low, high) with 0 < low <= high, got {factor_range}"
+                )
             self.factor_range: tuple[float, float] | None = (low, high)
             self.factors: tuple[float, ...] = ()
         else:
             values = tuple(float(f) for f in (NOTEBOOK_FACTORS if factors is None else factors))
             if not values or min(values) <= 0.0:
-                raise ValueError(f"factors must be a non-empty set of positive numbers, got {factors}")
+                raise ValueError(
+                    f"factors must be a non-empty set of positive numbers, got {factors}"
+                )
             self.factor_range, self.factors = None, values
         if not (reference == "min" or isinstance(reference, (int, float))):
             raise ValueError(f"reference must be 'min' or a number, got {reference!r}")
@@ -208,7 +216,9 @@ class RandTumourContrastd(RandomizableTransform, MapTransform):
             )
         first = d[keys[0]]
         if first.ndim != 4:
-            raise ValueError(f"{type(self).__name__}: image must be (C, H, W, D), got shape {tuple(first.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: image must be (C, H, W, D), got shape {tuple(first.shape)}"
+            )
         self.randomize(None, channels=int(first.shape[0]))
         if not self._do_transform:
             return d
@@ -220,7 +230,9 @@ class RandTumourContrastd(RandomizableTransform, MapTransform):
             d[key] = self._rescale(d[key], mask_np, weights_np)
         return d
 
-    def _rescale(self, image: torch.Tensor, mask_np: np.ndarray, weights_np: np.ndarray | None) -> torch.Tensor:
+    def _rescale(
+        self, image: torch.Tensor, mask_np: np.ndarray, weights_np: np.ndarray | None
+    ) -> torch.Tensor:
         if tuple(image.shape[1:]) != mask_np.shape:
             raise ValueError(
                 f"{type(self).__name__}: image {tuple(image.shape)} and label {mask_np.shape} "
@@ -283,7 +295,14 @@ class RandBlendedTumourContrastd(RandTumourContrastd):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(
-            keys, label_key, prob, factors, factor_range, per_modality, classes, reference,
+            keys,
+            label_key,
+            prob,
+            factors,
+            factor_range,
+            per_modality,
+            classes,
+            reference,
             allow_missing_keys,
         )
         if dilation_radius < 0 or sigma < 0 or axial_axis not in (0, 1, 2):
@@ -291,7 +310,11 @@ class RandBlendedTumourContrastd(RandTumourContrastd):
                 f"need dilation_radius >= 0, sigma >= 0, axial_axis in (0, 1, 2); got "
                 f"{dilation_radius}, {sigma}, {axial_axis}"
             )
-        self.dilation_radius, self.sigma, self.axial_axis = int(dilation_radius), float(sigma), int(axial_axis)
+        self.dilation_radius, self.sigma, self.axial_axis = (
+            int(dilation_radius),
+            float(sigma),
+            int(axial_axis),
+        )
 
     def weights(self, mask: np.ndarray) -> np.ndarray:
         return blend_weights(mask, self.dilation_radius, self.sigma, self.axial_axis)

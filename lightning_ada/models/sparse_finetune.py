@@ -61,13 +61,18 @@ def top_k_per_filter(grad: torch.Tensor, k: int, filter_dim: int = 0) -> torch.T
 
 
 def default_head(module: nn.Module) -> list[str]:
-    """Names of the segmentation head: the last convolution / linear module (registration order),
-    plus DynUNet's deep-supervision heads (DynUNet ``net.output_block``, SegResNet ``net.conv_final``)."""
+    """Names of the segmentation head: the last convolution / linear module in registration order
+    (DynUNet ``net.output_block``, SegResNet ``net.conv_final``) and DynUNet's deep-supervision
+    heads."""
     convs = [name for name, m in module.named_modules() if isinstance(m, SPARSE_MODULES)]
     if not convs:
         return []
     heads = {convs[-1]}
-    heads.update(n for n, m in module.named_modules() if n.endswith("deep_supervision_heads") and any(True for _ in m.parameters()))
+    heads.update(
+        n
+        for n, m in module.named_modules()
+        if n.endswith("deep_supervision_heads") and any(True for _ in m.parameters())
+    )
     return sorted(heads)
 
 
@@ -122,7 +127,10 @@ class SparseFineTuning(Callback):
         self.head = None if head is None else [str(h) for h in head]
         self.train_head = bool(train_head)
         self._plans: dict[int, _Plan] = {}
-        self._pending: dict[int, list[tuple[nn.Parameter, torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]]] = {}
+        self._pending: dict[
+            int,
+            list[tuple[nn.Parameter, torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]],
+        ] = {}
         self._hooks: dict[int, RemovableHandle] = {}
         #: masks of the last step by parameter name (``None`` = frozen), for inspection and tests
         self.last_masks: dict[str, torch.Tensor | None] = {}
@@ -137,9 +145,16 @@ class SparseFineTuning(Callback):
         head = default_head(module) if self.head is None else list(self.head)
         unknown = [h for h in head if h not in names]
         if unknown:
-            raise ValueError(f"SparseFineTuning: head modules {unknown} not found in {type(module).__name__}")
+            raise ValueError(
+                f"SparseFineTuning: head modules {unknown} not found in {type(module).__name__}"
+            )
         head_prefixes = tuple(f"{h}." for h in head) if self.train_head else ()
-        norm_params = {id(p) for m in module.modules() if isinstance(m, NORM_MODULES) for p in m.parameters(recurse=False)}
+        norm_params = {
+            id(p)
+            for m in module.modules()
+            if isinstance(m, NORM_MODULES)
+            for p in m.parameters(recurse=False)
+        }
         sparse: list[tuple[nn.Parameter, int]] = []
         frozen: list[nn.Parameter] = []
         for mod_name, mod in names.items():
@@ -149,10 +164,16 @@ class SparseFineTuning(Callback):
             if f"{mod_name}.".startswith(head_prefixes):
                 continue  # the head (head_prefixes is empty when train_head is False)
             if self.mode == "dgst":
-                sparse.append((weight, 1 if isinstance(mod, nn.modules.conv._ConvTransposeNd) else 0))
+                sparse.append(
+                    (weight, 1 if isinstance(mod, nn.modules.conv._ConvTransposeNd) else 0)
+                )
         if self.mode == "norm_bias":
             for name, p in module.named_parameters():
-                trainable = id(p) in norm_params or name.endswith("bias") or (head_prefixes and name.startswith(head_prefixes))
+                trainable = (
+                    id(p) in norm_params
+                    or name.endswith("bias")
+                    or (head_prefixes and name.startswith(head_prefixes))
+                )
                 if not trainable:
                     frozen.append(p)
         names_by_id = {id(p): n for n, p in module.named_parameters()}
@@ -208,4 +229,6 @@ class SparseFineTuning(Callback):
 
 def _per_entry(value: Any, param: torch.Tensor) -> bool:
     """Is this optimiser state tensor one value per entry of ``param``?"""
-    return isinstance(value, torch.Tensor) and value.shape == param.shape and value.is_floating_point()
+    return (
+        isinstance(value, torch.Tensor) and value.shape == param.shape and value.is_floating_point()
+    )
