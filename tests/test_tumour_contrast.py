@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -219,3 +221,21 @@ def test_bad_inputs_are_named() -> None:
     case["label"] = case["label"][:, :10]
     with pytest.raises(ValueError, match="spatial shapes"):
         RandTumourContrastd(prob=1.0, factors=[2.0])(case)
+
+
+def test_on_a_cached_phantom_case_the_cache_is_not_modified(phantom_root: Path) -> None:
+    from lightning_ada.data.datamodule import ActiveDataModule
+
+    dm = ActiveDataModule(root=str(phantom_root), patch_size=[16, 16, 16], divisible_by=4)
+    dm.setup("fit")
+    cid = dm.split_ids["test"][0]
+    cached = dm.item(cid)
+    before = cached["image"].clone()
+    t = RandBlendedTumourContrastd(prob=1.0, factors=[0.5, 2.0], dilation_radius=2, sigma=1.5)
+    t.set_random_state(seed=1)
+    out = t(cached)
+    tumour = torch.as_tensor(tumour_mask(cached["label"])).expand_as(before)
+    changed = _bits(out["image"]) != _bits(before)
+    assert tumour.any() and changed.any() and not (changed & ~tumour).any()
+    assert torch.equal(_bits(dm.item(cid)["image"]), _bits(before))  # the cached item is intact
+    assert torch.equal(out["label"], cached["label"])

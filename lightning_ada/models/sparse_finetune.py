@@ -131,7 +131,8 @@ class SparseFineTuning(Callback):
             int,
             list[tuple[nn.Parameter, torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]],
         ] = {}
-        self._hooks: dict[int, RemovableHandle] = {}
+        #: hooked optimisers (held, so that their ids are not reused) and their step post-hooks
+        self._hooks: dict[int, tuple[torch.optim.Optimizer, RemovableHandle]] = {}
         #: masks of the last step by parameter name (``None`` = frozen), for inspection and tests
         self.last_masks: dict[str, torch.Tensor | None] = {}
 
@@ -203,7 +204,8 @@ class SparseFineTuning(Callback):
                 self.last_masks[plan.names.get(id(p), str(id(p)))] = keep
         self._pending[id(optimizer)] = pending
         if id(optimizer) not in self._hooks:
-            self._hooks[id(optimizer)] = optimizer.register_step_post_hook(self._restore)
+            handle = optimizer.register_step_post_hook(self._restore)
+            self._hooks[id(optimizer)] = (optimizer, handle)
 
     def _restore(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """After the step: put back every entry that was not picked (weight and optimiser state)."""
@@ -220,7 +222,7 @@ class SparseFineTuning(Callback):
                     v.copy_(before if keep is None else torch.where(keep, v, before))
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for handle in self._hooks.values():
+        for _, handle in self._hooks.values():
             handle.remove()
         self._hooks.clear()
         self._pending.clear()
