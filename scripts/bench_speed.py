@@ -78,21 +78,21 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     n_generated = max(args.pools + args.density_pools + args.export_pools)
     root = work / f"phantom_glioma_{args.size}_n{n_generated}"
     if part == "query":
-        from lightning_ada.benchmark.speed_query import scoring_round
+        from ada_bench.speed_query import scoring_round
 
         return scoring_round(root, pool, args.size, n_generated, args.ckpt)
     if part == "density":
-        from lightning_ada.benchmark.speed_query import density_w1
+        from ada_bench.speed_query import density_w1
 
         return density_w1(root, pool, args.size, n_generated)
     if part in ("export-streamed", "export-official"):
-        from lightning_ada.benchmark.speed_export import exported, streamed
+        from ada_bench.speed_export import exported, streamed
 
         if part == "export-streamed":
             return streamed(root, pool, args.size, n_generated)
         return exported(root, pool, args.size, n_generated, work / "npz_export")
     if part == "lightning":
-        from lightning_ada.benchmark.speed_lightning import compare
+        from ada_bench.speed_lightning import compare
 
         return compare(args.size, args.batch, args.steps, repeats=args.repeats)
     raise SystemExit(f"unknown part {part}")

@@ -2,39 +2,57 @@
 
 Protocol (ALGORITHMS.md section 13, on the phantom): for every task (glioma: ET, NCR, ED; npc:
 GTV) and seed, the phantom of that seed is generated and the source model trained once; then,
-per fold (lightning_ada/benchmark/folds.py: fold f tests on the f-th block of target cases and
-draws its pool from the next ones), the lower bound (source model tested), the upper bound
-(every pool case labelled), every registered strategy at every budget (``--active.budget B``,
-the config's stride), and the ablations at budget 3 (one-off vs sequential mmActS; mmActS
-trained on one modality, on the elected one, on all). One JSON line per finished run is
-appended to ``<out>/results.jsonl``; a restarted benchmark skips the finished runs.
+per fold (scripts/ada_bench/folds.py: fold f tests on the f-th block of target cases and draws
+its pool from the next ones), the lower bound (source model tested), the upper bound (every pool
+case labelled), every registered strategy at every budget (``active.budget``, the config's
+stride), and the ablations at budget 3 (one-off vs sequential mmActS; mmActS trained on one
+modality, on the elected one, on all). Every run is the task's YAML configs plus overrides,
+composed into one config dict and run through ``lightning_ada.main.main(args=<dict>)``
+(scripts/ada_bench/runner.py). One JSON line per finished run is appended to
+``<out>/results.jsonl``; a restarted benchmark skips the finished runs.
 
     # full protocol: 2 tasks x 5 folds x 3 seeds x (9 strategies x 4 budgets + 2 bounds + ablations)
     python scripts/benchmark.py --out runs/bench --threads 1   # 1 thread on a shared CPU
     # reduced protocol (1 fold x 2 seeds), or any subset
     python scripts/benchmark.py --quick --tasks glioma --strategies lower upper random mmacts \
         --budgets 3 --out runs/bench_quick
-    # the first benchmark's invocation still works (named runs at budget 3, fold 0)
-    python scripts/benchmark.py --task glioma --seeds 0 1 2 --runs lower upper random@0 mmacts \
-        --out runs/bench_glioma
-    # the real BraTS 2018 cases (configs/brats18, 3 folds, budgets 1 2 3), 2 workers
+    # named runs (repeated random draws, ablations) at budget 3 on fold 0
+    python scripts/benchmark.py --tasks glioma --seeds 0 1 2 --folds 0 --budgets 3 --ablations \
+        --strategies lower upper random@0 random@1 mmacts entropy_only --out runs/bench_glioma
+    # the power profile: >= 10 seeds, 50 test cases per seed, budgets 1 2 3 5, paired tables
+    python scripts/benchmark.py --power --strategies random mmacts ugtst stdr
+    # the real BraTS 2018 cases (configs/brats18, 3 folds, budgets 1 2 3), 2 parallel jobs
     python scripts/benchmark.py --tasks brats18 --seeds 0 --workers 2 --out runs/bench_brats18
+    # the same jobs on a Slurm cluster
+    python scripts/benchmark.py --quick --cluster slurm --workers 16 --slurm slurm_partition=cpu
     # tables, plots and figures only, from results.jsonl
     python scripts/benchmark.py --summary --out runs/bench
-    # extra overrides for every run go after "--"
+    # extra overrides (dotted config keys) for every run go after "--"
     python scripts/benchmark.py --quick --dry-run -- --trainer.max_epochs 8
 
 Outputs in ``--out``: results.jsonl (one row per run: task, run, strategy, budget, fold, seed,
-test metrics per region, per-case values, queried cases and elected modalities, timings),
-table1.md/.csv, table2.md/.csv, ablation_schedule.md/.csv, budget_curve.md/.csv,
-all_runs.md/.csv, budget_curve_<task>.png, boxplot_<task>_b3.png, queried_<task>_*.png,
-summary.md; errors.jsonl for failed runs; logs/ (one log per worker with --workers > 1).
+test metrics per region, per-case values, queried cases and elected modalities, timings, and
+with ``--power`` the budget curve of sequential runs), table1.md/.csv, table2.md/.csv,
+ablation_schedule.md/.csv, budget_curve.md/.csv, all_runs.md/.csv, budget_curve_<task>.png,
+boxplot_<task>_b3.png, queried_<task>_*.png, summary.md (``--power``: power.md/.csv,
+power_curve_<task>.png); errors.jsonl for failed runs; jobs/ (one log per parallel job).
 
 ``--quick`` is the reduced protocol that fits in an hour on 2 CPU cores: fold 0, seeds 0 and 1,
 phantoms at 24^3 with 20 pool / 10 test cases, source training 24 epochs, target runs 12 epochs
-with a query every 2 epochs (budget 5 fits), 2 worker processes of 1 thread each. With ``--wandb`` every run is tracked by W&B (offline
-unless ``--wandb-mode online``), grouped by the benchmark id and tagged by task, run, strategy,
-budget, fold and seed; the tables and figures go to one extra ``summary`` run.
+with a query every 2 epochs (budget 5 fits), 2 parallel jobs of 1 thread each.
+
+``--power`` is the headline comparison (scripts/ada_bench/power.py): seeds 0-9 (each a fresh
+phantom draw, ``data.phantom.seed``, and training seed), one fold with 50 target test cases,
+budgets 1 2 3 5, lower and upper bound, ``random`` and every strategy of ``--strategies``; the
+task configs come from configs/power/<task>/ (configs/phantom/<task>/ while that folder is
+missing), the phantom's draw parameters from their ``data.phantom``. A sequential strategy runs
+ONCE at the largest budget and is tested after each query's stride (its budget curve); a one-off
+strategy runs once per budget. Tables: every strategy vs random, per-seed paired differences of
+mean Dice at each budget and of the normalised AUBC, 95 % bootstrap CI, Wilcoxon p, MDD.
+
+With ``--wandb`` every run is tracked by W&B (offline unless ``--wandb-mode online``), grouped by
+the benchmark id and tagged by task, run, strategy, budget, fold and seed; the tables and figures
+go to one extra ``summary`` run.
 """
 
 from __future__ import annotations
@@ -45,14 +63,16 @@ import sys
 import time
 from pathlib import Path
 
-from lightning_ada.benchmark.datasets import BenchTask, ConfigTask, PhantomTask
-from lightning_ada.benchmark.folds import FoldScheme
-from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop
-from lightning_ada.benchmark.protocol import BUDGETS, HEADLINE_BUDGET, plan
-from lightning_ada.benchmark.publish import fill_readme, publish, record_end, record_start
-from lightning_ada.benchmark.report import write_report
-from lightning_ada.benchmark.results import read_rows
-from lightning_ada.benchmark.wandb_io import WandbSettings
+from ada_bench.folds import FoldScheme
+from ada_bench.jobs import Cluster, run_units, units_of
+from ada_bench.loop import BenchConfig, BenchmarkLoop
+from ada_bench.protocol import BUDGETS, plan
+from ada_bench.publish import fill_readme, publish, record_end, record_start
+from ada_bench.report import write_report
+from ada_bench.results import read_rows
+from ada_bench.runner import parse_overrides, read_config
+from ada_bench.tasks import BenchTask, ConfigTask, PhantomTask
+from ada_bench.wandb_io import WandbSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,8 +83,18 @@ QUICK = {
     "size": 24,
     "n_pool": 20,
     "n_test": 10,
-    "source": ("--trainer.max_epochs", "24"),
-    "target": ("--trainer.max_epochs", "12", "--active.stride", "2"),
+    "source": {"trainer.max_epochs": 24},
+    "target": {"trainer.max_epochs": 12, "active.stride": 2},
+    "workers": 2,
+}
+#: the power profile of ``--power`` (module doc)
+POWER = {
+    "seeds": list(range(10)),
+    "n_test": 50,
+    "budgets": [1, 2, 3, 5],
+    "config_dir": "configs/power/{task}",
+    "fallback_config_dir": "configs/phantom/{task}",
+    "out": "runs/bench_power",
     "workers": 2,
 }
 #: budgets of the real-data tasks (9-case target: pools of 6)
@@ -77,46 +107,60 @@ def parser() -> argparse.ArgumentParser:
         "--tasks",
         nargs="+",
         choices=TASKS,
-        help="tasks (default: the phantoms glioma npc; brats18 = the real cases of configs/brats18)",
+        help="tasks (default: the phantoms glioma npc; --power: those of configs/power/, else "
+        "glioma; brats18 = the real cases of configs/brats18)",
     )
-    p.add_argument("--task", choices=TASKS, help="one task (the first benchmark's option)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --quick: 0 1)")
-    p.add_argument("--folds", type=int, nargs="+", help="folds (default 0..n_folds-1; --quick: 0)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --quick: 0 1; "
+                   "--power: 0-9)")
+    p.add_argument("--folds", type=int, nargs="+", help="folds (default 0..n_folds-1; --quick, "
+                   "--power: 0)")
     p.add_argument(
         "--budgets",
         type=int,
         nargs="+",
-        help=f"query budgets (default {' '.join(map(str, BUDGETS))}; with --runs: 3)",
+        help=f"query budgets (default {' '.join(map(str, BUDGETS))}; brats18: 1 2 3)",
     )
     p.add_argument(
         "--strategies",
         nargs="+",
-        help="strategies plus lower / upper (default: every registered one and both bounds)",
+        help="strategies (or run names such as random@1, mmacts_one_off) plus lower / upper "
+        "(default: every registered one and both bounds; --power: random, both bounds and these)",
     )
     p.add_argument(
         "--ablations",
         nargs="*",
         default=None,
         help="ablation groups at budget 3: schedule modality factors masks "
-        "(default: schedule modality; none with --runs)",
+        "(default: schedule modality; --power: none; no value: none)",
     )
-    p.add_argument(
-        "--runs",
-        nargs="+",
-        help="explicit run names instead of the protocol (e.g. lower upper random@0 "
-        "mmacts mmacts_one_off mmacts_input_t1ce), each at every --budgets",
-    )
-    p.add_argument(
+    profile = p.add_mutually_exclusive_group()
+    profile.add_argument(
         "--quick", action="store_true", help="reduced protocol, under 1 h on 2 cores (module doc)"
+    )
+    profile.add_argument(
+        "--power", action="store_true",
+        help="the power profile: 10 seeds, 50 test cases, paired tables vs random (module doc)",
     )
     p.add_argument(
         "--workers",
         type=int,
-        help="parallel worker processes, 1 torch thread each (default 1; --quick: 2)",
+        help="parallel jobs, 1 torch thread each (default 1; --quick, --power: 2)",
     )
-    p.add_argument("--source-only", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--shard", help=argparse.SUPPRESS)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # run by --workers  # "k/n": the worker's share of a fold
+    p.add_argument(
+        "--cluster",
+        choices=["local", "slurm"],
+        default="local",
+        help="where parallel jobs run: local subprocesses (submitit LocalExecutor) or Slurm "
+        "(submitit AutoExecutor); slurm implies parallel jobs even with --workers 1",
+    )
+    p.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit of one job")
+    p.add_argument(
+        "--slurm",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="AutoExecutor parameters, e.g. slurm_partition=cpu slurm_mem_gb=8",
+    )
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots")
     p.add_argument(
         "--publish",
@@ -126,9 +170,7 @@ def parser() -> argparse.ArgumentParser:
         "--readme",
         help="with --publish: fill this README's <!-- results:<folder name>:start/end --> block",
     )
-    p.add_argument(
-        "--out", help="results folder (default runs/bench; runs/bench_glioma with --runs)"
-    )
+    p.add_argument("--out", help="results folder (default runs/bench; --power: runs/bench_power)")
     p.add_argument(
         "--summary", action="store_true", help="only write the tables and plots of --out"
     )
@@ -154,12 +196,14 @@ def parser() -> argparse.ArgumentParser:
         help="torch threads (default: torch's). Use 1 on a CPU shared with other jobs: with 2 "
         "threads on 2 busy cores a scoring round was measured 8x slower than with 1",
     )
-    g = p.add_argument_group("phantom fold scheme (lightning_ada/benchmark/folds.py)")
-    g.add_argument("--n-folds", type=int, default=5)
-    g.add_argument("--n-pool", type=int, help="default 30 (--quick: 20)")
-    g.add_argument("--n-test", type=int, help="default 12 (--quick: 10)")
-    g.add_argument("--size", type=int, help="phantom edge in voxels, default 32 (--quick: 24)")
-    g.add_argument("--config-dir", default="configs/phantom/{task}")
+    g = p.add_argument_group("phantom fold scheme (scripts/ada_bench/folds.py)")
+    g.add_argument("--n-folds", type=int, help="default 5 (--power: 1)")
+    g.add_argument("--n-pool", type=int, help="default 30 (--quick: 20; --power: the config's)")
+    g.add_argument("--n-test", type=int, help="default 12 (--quick: 10; --power: 50)")
+    g.add_argument("--size", type=int, help="phantom edge in voxels, default 32 (--quick: 24; "
+                   "--power: the config's)")
+    g.add_argument("--config-dir", help="default configs/phantom/{task} (--power: configs/power/"
+                   "{task})")
     g.add_argument("--data-base", default="data/phantom")
     r = p.add_argument_group("real-data tasks (brats18)")
     r.add_argument("--real-config-dir", default="configs/{task}")
@@ -173,54 +217,112 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args: argparse.Namespace, extra: list[str]) -> BenchConfig:
+def power_config_dir(task: str, given: str | None) -> str:
+    """Config folder of a power task: ``given``, else configs/power/<task> when it exists, else
+    configs/phantom/<task> (said on stdout)."""
+    if given:
+        return given
+    if Path(POWER["config_dir"].format(task=task)).is_dir():
+        return POWER["config_dir"]
+    print(
+        f"--power: {POWER['config_dir'].format(task=task)} missing, using "
+        f"{POWER['fallback_config_dir'].format(task=task)}",
+        flush=True,
+    )
+    return POWER["fallback_config_dir"]
+
+
+def power_tasks() -> list[str]:
+    """Tasks of the power profile: the phantom tasks with a configs/power/<task>/ folder."""
+    found = [t for t in PHANTOM_TASKS if Path(POWER["config_dir"].format(task=t)).is_dir()]
+    return found or ["glioma"]
+
+
+def power_scheme(args: argparse.Namespace, config_dir: str, task: str) -> FoldScheme:
+    """One fold of the power profile, sizes from the task's ``source.yaml`` ``data.phantom``."""
+    drawn = (read_config(Path(config_dir.format(task=task)) / "source.yaml").get("data") or {})
+    drawn = drawn.get("phantom") or {}
+    base = FoldScheme()
+    n_test = args.n_test or POWER["n_test"]
+    if n_test < POWER["n_test"]:
+        print(f"--power with {n_test} test cases per seed (the profile asks for >= 50)")
+    return FoldScheme(
+        n_folds=args.n_folds or 1,
+        n_pool=args.n_pool or int(drawn.get("n_pool", base.n_pool)),
+        n_test=n_test,
+        size=args.size or int(drawn.get("size", base.size)),
+        n_source=int(drawn.get("n_source", base.n_source)),
+        n_source_test=int(drawn.get("n_source_test", base.n_source_test)),
+    )
+
+
+def power_plan(strategies: list[str], budgets: list[int]) -> list[tuple[str, int | None]]:
+    """Bounds, then each strategy: sequential ones once at the largest budget (their curve gives
+    the others), one-off ones once per budget. ``random`` is always included."""
+    from ada_bench.protocol import run_spec
+
+    names = list(dict.fromkeys(["lower", "upper", "random", *strategies]))
+    out: list[tuple[str, int | None]] = [(n, None) for n in names if n in ("lower", "upper")]
+    for name in names:
+        if name in ("lower", "upper"):
+            continue
+        if run_spec(name, []).schedule == "sequential":
+            out.append((name, max(budgets)))
+        else:
+            out += [(name, b) for b in budgets]
+    return out
+
+
+def build_config(args: argparse.Namespace, extra: dict) -> BenchConfig:
     """The :class:`BenchConfig` of parsed arguments (defaults resolved as documented)."""
     from lightning_ada.active.strategies import REGISTRY
 
-    legacy = args.runs is not None
-    tasks = args.tasks or ([args.task] if args.task else (["glioma"] if legacy else list(PHANTOM_TASKS)))
-    quick = args.quick
+    quick, power = args.quick, args.power
+    tasks = args.tasks or (power_tasks() if power else list(PHANTOM_TASKS))
+    specs: dict[str, BenchTask] = {}
+    config_dir = args.config_dir or "configs/phantom/{task}"
     scheme = FoldScheme(
-        n_folds=args.n_folds,
+        n_folds=args.n_folds or 5,
         n_pool=args.n_pool or (QUICK["n_pool"] if quick else 30),
         n_test=args.n_test or (QUICK["n_test"] if quick else 12),
         size=args.size or (QUICK["size"] if quick else 32),
     )
-    specs: dict[str, BenchTask] = {}
     for task in tasks:
-        if task in PHANTOM_TASKS:
+        if task in PHANTOM_TASKS and power:
+            folder = power_config_dir(task, args.config_dir)
+            specs[task] = PhantomTask(
+                task, power_scheme(args, folder, task), args.data_base, folder
+            )
+        elif task in PHANTOM_TASKS:
             specs[task] = PhantomTask(
                 task,
                 scheme,
                 args.data_base,
-                args.config_dir,
-                source_overrides=QUICK["source"] if quick else (),
-                target_overrides=QUICK["target"] if quick else (),
+                config_dir,
+                source_overrides=QUICK["source"] if quick else {},
+                target_overrides=QUICK["target"] if quick else {},
             )
         else:
             specs[task] = ConfigTask(
                 task, args.real_config_dir, args.real_root, tuple(args.real_configs)
             )
-    seeds = args.seeds or ([0, 1] if quick else [0, 1, 2])
+    seeds = args.seeds or (POWER["seeds"] if power else [0, 1] if quick else [0, 1, 2])
     n_folds = min(specs[t].n_folds for t in tasks)
-    folds = args.folds or ([0] if quick or legacy else list(range(n_folds)))
-    ablations = (
-        args.ablations
-        if args.ablations is not None
-        else ([] if legacy else ["schedule", "modality"])
+    folds = args.folds or ([0] if quick or power else list(range(n_folds)))
+    ablations = args.ablations if args.ablations is not None else (
+        [] if power else ["schedule", "modality"]
     )
     runs = {}
     for task in tasks:
         mods = specs[task].modalities
+        if power:
+            runs[task] = power_plan(args.strategies or [], args.budgets or POWER["budgets"])
+            continue
         default = BUDGETS if task in PHANTOM_TASKS else REAL_BUDGETS
-        budgets = args.budgets or ([HEADLINE_BUDGET] if legacy else list(default))
-        if legacy:
-            runs[task] = [(name, b) for b in budgets for name in args.runs]
-            runs[task] += plan([], budgets, ablations, mods)
-        else:
-            strategies = args.strategies or ["lower", "upper", *REGISTRY]
-            runs[task] = plan(strategies, budgets, ablations, mods)
-    out = Path(args.out or ("runs/bench_glioma" if legacy else "runs/bench"))
+        budgets = args.budgets or list(default)
+        strategies = args.strategies or ["lower", "upper", *REGISTRY]
+        runs[task] = plan(strategies, budgets, ablations, mods)
+    out = Path(args.out or (POWER["out"] if power else "runs/bench"))
     wandb = None
     if args.wandb:
         mode = args.wandb_mode or os.environ.get("WANDB_MODE") or "offline"
@@ -234,51 +336,56 @@ def build_config(args: argparse.Namespace, extra: list[str]) -> BenchConfig:
         folds=folds,
         runs=runs,
         scheme=scheme,
-        config_dir=args.config_dir,
+        config_dir=config_dir,
         data_base=args.data_base,
         extra=extra,
         wandb=wandb,
         dry_run=args.dry_run,
         task_specs=specs,
-        source_only=args.source_only,
-        shard=tuple(int(x) for x in args.shard.split("/")) if args.shard else None,
+        curve=power,
     )
 
 
-def run_parallel(argv: list[str], extra: list[str], cfg: BenchConfig, workers: int) -> int:
-    """Run ``cfg``'s pending runs with ``workers`` processes (:mod:`.parallel`); failed count."""
-    from lightning_ada.benchmark.parallel import Unit, run_units, split_units
+def cluster_of(args: argparse.Namespace, workers: int) -> Cluster:
+    """Where parallel jobs run (``--cluster``, ``--workers``, ``--timeout-min``, ``--slurm``)."""
+    slurm = []
+    for item in args.slurm:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--slurm {item!r}: expected KEY=VALUE")
+        slurm.append((key, parse_overrides([f"--{key}", value])[key]))
+    return Cluster(args.cluster, workers, args.timeout_min, tuple(slurm))
 
-    loop = BenchmarkLoop(cfg)
-    loop.validate()
-    pending = loop.pending()
-    sources = [Unit(k[0], k[4]) for k in pending if k[1] == "source"]
-    targets = list(dict.fromkeys(Unit(k[0], k[4], k[3]) for k in pending if k[1] != "source"))
-    targets = split_units(targets, workers)
+
+def run_parallel(cfg: BenchConfig, cluster: Cluster) -> int:
+    """Run ``cfg``'s pending runs as jobs (:mod:`ada_bench.jobs`); the failed count."""
+    BenchmarkLoop(cfg).validate()
+    pending = BenchmarkLoop(cfg).pending()
+    sources, targets = units_of(cfg, cluster.workers)
     print(
         f"{len(pending)} runs to make ({len(sources)} source models, then {len(targets)} "
-        f"task x seed x fold units) with {workers} workers; logs in {cfg.out / 'logs'}",
+        f"task x seed x fold units) as {cluster.kind} jobs, {cluster.workers} at once; logs in "
+        f"{cfg.out / 'jobs'}",
         flush=True,
     )
-    return run_units(
-        Path(__file__).resolve(), argv, extra, [sources, targets], workers, cfg.out, len(pending)
-    )
+    return run_units(cfg, [sources, targets], cluster, len(pending))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
+    rest: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+        argv, rest = argv[:i], argv[i + 1 :]
     args = parser().parse_args(argv)
+    extra = parse_overrides(rest)
     os.chdir(REPO)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     cfg = build_config(args, extra)
-    workers = args.workers or (QUICK["workers"] if args.quick else 1)
+    workers = args.workers or (QUICK["workers"] if args.quick or args.power else 1)
     failed = 0
     if not args.summary:
         n = sum(len(r) for r in cfg.runs.values()) * len(cfg.seeds) * len(cfg.folds)
@@ -290,11 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         t0, start = time.perf_counter(), time.time()
         before = len(read_rows(cfg.out / "results.jsonl"))
         invocation = None
-        if not (args.worker or args.dry_run):  # a worker's runs are counted by its parent
+        if not args.dry_run:
             cfg.out.mkdir(parents=True, exist_ok=True)
-            invocation = record_start(cfg.out, [*argv, *(["--", *extra] if extra else [])], start)
-        if workers > 1 and not args.dry_run:
-            failed = run_parallel(argv, extra, cfg, workers)
+            invocation = record_start(cfg.out, [*argv, *(["--", *rest] if rest else [])], start)
+        if (workers > 1 or args.cluster != "local") and not args.dry_run:
+            failed = run_parallel(cfg, cluster_of(args, workers))
         else:
             report = BenchmarkLoop(cfg).run()
             print(

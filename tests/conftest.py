@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 CONF = Path(__file__).parent / "conf"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats18"
+# the benchmark harness (scripts/ada_bench) sits above the library; its tests import it from there
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")

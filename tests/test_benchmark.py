@@ -1,9 +1,10 @@
-"""Benchmark tooling: folds, results file, statistics, tables, plots, resume logic, W&B offline."""
+"""Benchmark harness (scripts/ada_bench): folds, results file, statistics, tables, plots, resume
+logic, W&B offline."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import json
 import math
 import shutil
 import sys
@@ -13,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lightning_ada.benchmark import stats, tables
-from lightning_ada.benchmark.folds import FoldScheme
-from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop, last_rows
-from lightning_ada.benchmark.plots import QueriedCase, box_plot, budget_curve, queried_cases
-from lightning_ada.benchmark.protocol import plan, run_spec
-from lightning_ada.benchmark.results import append_row, normalise, read_rows, run_key
-from lightning_ada.benchmark.wandb_io import WandbSettings, read_offline_run
+from ada_bench import stats, tables
+from ada_bench.folds import FoldScheme
+from ada_bench.loop import BenchConfig, BenchmarkLoop, last_rows
+from ada_bench.plots import QueriedCase, box_plot, budget_curve, curve_series, queried_cases
+from ada_bench.protocol import plan, run_spec
+from ada_bench.results import append_row, normalise, read_rows, run_key
+from ada_bench.wandb_io import WandbSettings
 
 CONF = Path(__file__).parent / "conf"
 REPO = Path(__file__).resolve().parents[1]
@@ -47,36 +48,51 @@ def make_rows() -> list[dict[str, Any]]:
         return {"task": "glioma", "run": run, "seed": seed, "test": {}, "per_case": per_case, **kw}
 
     for seed in (0, 1):
-        rows.append(row("lower", seed, [0.5] * 6))  # an old row: no budget, no fold
+        rows.append(row("lower", seed, [0.5] * 6, fold=0, budget=0))
         rows.append(row("upper", seed, [0.95] * 6, fold=0, labels=30))
         rows.append(row("mmacts", seed, [0.9] * 6, fold=0, budget=3))
         for draw in (0, 1):
             rows.append(
-                row(f"random@{draw}", seed, [0.9 - 0.01 * (k + 1 + 6 * seed) for k in range(6)])
+                row(
+                    f"random@{draw}", seed, [0.9 - 0.01 * (k + 1 + 6 * seed) for k in range(6)],
+                    fold=0, budget=3, strategy="random",
+                )
             )
         rows.append(row("mmacts", seed, [0.8] * 6, fold=0, budget=1))
         rows.append(
-            row("mmacts_input_t1ce", seed, [0.7] * 6, fold=0, budget=3, train_input="modality:t1ce")
+            row(
+                "mmacts_input_t1ce", seed, [0.7] * 6, fold=0, budget=3,
+                train_input="modality:t1ce", strategy="mmacts",
+            )
         )
-        rows.append(row("mmacts_one_off", seed, [0.85] * 6, fold=0, budget=3))
+        rows.append(row("mmacts_one_off", seed, [0.85] * 6, fold=0, budget=3, strategy="mmacts"))
     return rows
 
 
-def test_normalise_defaults_of_old_rows() -> None:
-    old = normalise({"task": "glioma", "run": "random@1", "seed": 2})
-    assert (old["method"], old["budget"], old["fold"], old["train_input"]) == (
-        "random",
-        3,
-        0,
-        "all",
+@pytest.fixture
+def named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Table names and order of random / mmacts set on their classes (as the classes declare)."""
+    from lightning_ada.active.strategies import REGISTRY
+
+    for name, shown, order in (("random", "Random", 10), ("mmacts", "mmActS", 90)):
+        monkeypatch.setattr(REGISTRY[name], "display_name", shown, raising=False)
+        monkeypatch.setattr(REGISTRY[name], "table_order", order, raising=False)
+
+
+def test_normalise_derives_fields_and_rejects_rows_without_fold_or_budget() -> None:
+    r = normalise({"task": "glioma", "run": "random@1", "seed": 2, "fold": 1, "budget": 2})
+    assert (r["method"], r["strategy"], r["budget"], r["fold"], r["train_input"], r["labels"]) == (
+        "random", "random", 2, 1, "all", 2
     )
-    assert normalise({"task": "g", "run": "lower", "seed": 0})["budget"] == 0
+    assert normalise({"task": "g", "run": "lower", "seed": 0, "fold": 0})["budget"] == 0
+    assert normalise({"task": "g", "run": "upper", "seed": 0, "fold": 0, "n_pool": 9})["labels"] == 9
     # bounds and source do not depend on the budget, the source not on the fold
-    assert run_key({"task": "g", "run": "upper", "seed": 0}) == ("g", "upper", None, 0, 0)
+    assert run_key({"task": "g", "run": "upper", "seed": 0, "fold": 0}) == ("g", "upper", None, 0, 0)
     assert run_key({"task": "g", "run": "source", "seed": 1}) == ("g", "source", None, None, 1)
-    assert run_key({"task": "g", "run": "mmacts", "seed": 0}) == run_key(
-        {"task": "g", "run": "mmacts", "seed": 0, "budget": 3, "fold": 0}
-    )
+    with pytest.raises(ValueError, match="run 'mmacts' .*no budget"):
+        normalise({"task": "g", "run": "mmacts", "seed": 0, "fold": 0})
+    with pytest.raises(ValueError, match="run 'mmacts' .*no fold"):
+        normalise({"task": "g", "run": "mmacts", "seed": 0, "budget": 3})
 
 
 def test_results_file_is_append_only_and_tolerates_a_cut_line(tmp_path: Path) -> None:
@@ -117,10 +133,9 @@ def test_aggregation_means_and_draws() -> None:
     cases = stats.per_case(rnd, "dice_ET", REGIONS)
     assert len(cases) == 12 and cases[(0, 1, "glioma_test_000")] == pytest.approx(0.9 - 0.07)
     assert stats.mean_std([1.0, 3.0]).fmt() == "2.00 ± 1.41"
-    assert stats.relative_gain({"a": 0.9, "b": 0.6}, {"a": 0.6, "b": 0.6}) == pytest.approx(0.25)
 
 
-def test_table1_means_bold_and_p_values(tmp_path: Path) -> None:
+def test_table1_means_bold_and_p_values(tmp_path: Path, named: None) -> None:
     t = tables.table1(make_rows())
     md = t.markdown()
     by_method = {r[0].strip("*"): r for r in t.rows}
@@ -146,7 +161,7 @@ def test_table1_means_bold_and_p_values(tmp_path: Path) -> None:
     assert "Bold" in md and "| mmActS |" not in md  # the reference row's name is bold too
 
 
-def test_table2_schedule_and_budget_tables() -> None:
+def test_table2_schedule_and_budget_tables(named: None) -> None:
     rows = make_rows()
     t2 = tables.table2(rows)
     labels = [r[0] for r in t2.rows]
@@ -163,12 +178,28 @@ def test_table2_schedule_and_budget_tables() -> None:
     assert len(everything.rows) == 7  # lower, upper, random, mmacts x2 budgets, t1ce, one-off
 
 
-def test_plots_write_pngs(tmp_path: Path) -> None:
+def _colour_fraction(png: Path, rgb: tuple[float, float, float], tol: float = 0.08) -> float:
+    """Fraction of the PNG's pixels within ``tol`` of ``rgb`` (0-1 floats)."""
+    import matplotlib.image
+
+    img = matplotlib.image.imread(png)[..., :3]
+    return float((np.abs(img - np.array(rgb)).max(axis=-1) < tol).mean())
+
+
+def test_plots_draw_the_aggregated_values(tmp_path: Path, named: None) -> None:
     rows = make_rows()
+    curves, lower, upper = curve_series(rows, "glioma")
+    assert list(curves) == ["random", "mmacts"]  # table order, bounds left out
+    mm = [(b, round(s.mean, 6), s.n) for b, s in curves["mmacts"]]
+    assert mm == [(0, 0.5, 2), (1, 0.8, 2), (3, 0.9, 2)]  # starts at the lower bound
+    assert (lower.mean, upper.mean) == (pytest.approx(0.5), pytest.approx(0.95))
     curve = budget_curve(rows, "glioma", tmp_path / "curve.png")
     box = box_plot(rows, "glioma", tmp_path / "box.png")
-    assert curve is not None and curve.stat().st_size > 1000
-    assert box is not None and box.stat().st_size > 1000
+    import matplotlib.image
+
+    assert curve is not None and matplotlib.image.imread(curve).shape[2] in (3, 4)
+    assert _colour_fraction(curve, (0.12, 0.47, 0.71)) > 1e-4  # C0: the first strategy's line
+    assert box is not None and _colour_fraction(box, (0xDD / 255,) * 3, 0.02) > 1e-3  # random's box
     assert budget_curve(rows, "npc", tmp_path / "none.png") is None
     rng = np.random.default_rng(0)
     mask = np.zeros((8, 8, 8), np.int64)
@@ -182,7 +213,12 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
         title="case 0",
     )
     fig = queried_cases(tmp_path / "q.png", [case, case], ["flair", "t1", "t1ce", "t2"], "t")
-    assert fig.stat().st_size > 1000
+    # the elected modality's gold frame, the source model's red and the adapted model's green
+    assert _colour_fraction(fig, (1.0, 0.84, 0.0)) > 1e-3
+    assert _colour_fraction(fig, (1.0, 0.0, 0.0), 0.15) > 1e-4
+    assert _colour_fraction(fig, (0.0, 1.0, 0.0), 0.15) > 1e-4
+    plain = queried_cases(tmp_path / "p.png", [QueriedCase(case.image, mask, mask)], ["a"] * 4)
+    assert _colour_fraction(plain, (1.0, 0.84, 0.0)) == 0.0  # no election, no frame
 
 
 def test_folds_partition_the_target_cases() -> None:
@@ -211,9 +247,12 @@ def test_protocol_plan_and_specs() -> None:
     assert p[2:5] == [("random", 3), ("mmacts", 3), ("mmacts_one_off", 3)]
     assert p[5:] == [("random", 1), ("mmacts", 1)]
     spec = run_spec("mmacts_input_t1ce", ["t1", "t1ce", "t2"])
-    assert spec.train_input == "modality:t1ce" and "--data.train_input" in spec.overrides
+    assert spec.train_input == "modality:t1ce"
+    assert spec.overrides["data.train_input"] == "modality:t1ce"
     assert run_spec("stdr", ["t1"]).schedule == "one_off"
-    assert json.loads(run_spec("cup", ["t1"]).overrides[-1]) == {"progress": False}
+    assert run_spec("cup", ["t1"]).overrides["active.strategy"] == "cup"
+    assert run_spec("random@2", ["t1"]).overrides == {"active.seed": 1002}
+    assert run_spec("lower", ["t1"]).fit is False
     with pytest.raises(ValueError, match="unknown run"):
         run_spec("mmacts_input_flair", ["t1", "t1ce", "t2"])
 
@@ -223,13 +262,11 @@ class FakeRunner:
     """Stands for ``run_experiment``: no training, writes a checkpoint, returns fixed numbers."""
 
     def __init__(self) -> None:
-        self.calls: list[list[str]] = []
+        self.calls: list[dict[str, Any]] = []
 
-    def __call__(
-        self, configs: list[str], overrides: list[str], fit: bool = True
-    ) -> dict[str, Any]:
-        self.calls.append(list(overrides))
-        root = Path(overrides[overrides.index("--trainer.default_root_dir") + 1])
+    def __call__(self, config: dict[str, Any], fit: bool = True, curve: bool = False) -> dict:
+        self.calls.append(config)
+        root = Path(config["trainer"]["default_root_dir"])
         if fit:
             (root / "checkpoints").mkdir(parents=True, exist_ok=True)
             (root / "checkpoints" / "last.ckpt").write_bytes(b"x")
@@ -244,13 +281,8 @@ class FakeRunner:
 
 def test_resume_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "bench"
-    # the first benchmark's files: a source row + checkpoint and an mmacts row (no budget, fold)
-    (out / "seed0" / "source" / "checkpoints").mkdir(parents=True)
-    (out / "seed0" / "source" / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    append_row(out / "results.jsonl", {"task": "glioma", "run": "source", "seed": 0, "test": {}})
-    append_row(out / "results.jsonl", {"task": "glioma", "run": "mmacts", "seed": 0, "test": {}})
     fake = FakeRunner()
-    monkeypatch.setattr("lightning_ada.runner.run_experiment", fake)
+    monkeypatch.setattr("ada_bench.runner.run_experiment", lambda config, fit, snapshots: fake(config, fit))
     cfg = BenchConfig(
         out=out,
         tasks=["glioma"],
@@ -259,16 +291,13 @@ def test_resume_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         runs={"glioma": [("lower", None), ("mmacts", 3), ("mmacts", 1)]},
     )
     first = BenchmarkLoop(cfg).run()
-    # seed 0: source reused, fold 0 mmacts@3 done; seed 1: a new source; 2 seeds x 2 folds x 3 runs
-    assert len(fake.calls) == 1 + 2 * 2 * 3 - 1
-    assert ("glioma", "mmacts", 3, 0, 0) in first.skipped and not first.failed
-    legacy_ckpt = str(out / "seed0" / "source" / "checkpoints" / "last.ckpt")
-    seed0 = [
-        c
-        for c in fake.calls
-        if "--seed_everything" in c and c[c.index("--seed_everything") + 1] == "0"
-    ]
-    assert all(c[c.index("--model.source_checkpoint") + 1] == legacy_ckpt for c in seed0)
+    # per seed one source model, then 2 folds x 3 runs
+    assert len(fake.calls) == 2 * (1 + 2 * 3) and not first.failed
+    seed1 = [c for c in fake.calls if c["seed_everything"] == 1]
+    sources = {c["model"].get("source_checkpoint") for c in seed1} - {None}
+    assert sources == {str(out / "glioma" / "seed1" / "source" / "checkpoints" / "last.ckpt")}
+    lower = next(c for c in seed1 if c["data"]["stage"] == "target" and c["active"]["budget"] == 0)
+    assert lower["data"]["splits"]["test"] == FoldScheme().splits("glioma", 0)["test"]
     rows = last_rows(out / "results.jsonl")
     mm1 = [
         r
@@ -282,19 +311,22 @@ def test_resume_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     second = BenchmarkLoop(cfg, runner=FakeRunner()).run()  # same arguments: nothing new
     assert second.ran == [] and len(second.skipped) == 2 * 2 * 3
     assert len((out / "results.jsonl").read_text().splitlines()) == n_lines
+    # a source checkpoint gone: its finished runs stay finished, the missing ones retrain it
+    cfg.runs["glioma"].append(("random", 2))
+    shutil.rmtree(out / "glioma" / "seed0" / "source")
+    third_runner = FakeRunner()
+    third = BenchmarkLoop(cfg, runner=third_runner).run()
+    assert [k[1] for k in third.ran] == ["source", "random", "random", "random", "random"]
 
 
 def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
     fake = FakeRunner()
 
-    def runner(configs: list[str], overrides: list[str], fit: bool = True) -> dict[str, Any]:
-        if (
-            "--active.budget" in overrides
-            and overrides[overrides.index("--active.budget") + 1] == "1"
-        ):
+    def runner(config: dict[str, Any], fit: bool = True, curve: bool = False) -> dict[str, Any]:
+        if config["active"].get("budget") == 1:
             print("error: Parser key data.train_input", file=sys.stderr)
             raise SystemExit(2)  # what the CLI does on an invalid argument
-        return fake(configs, overrides, fit)
+        return fake(config, fit)
 
     cfg = BenchConfig(
         out=tmp_path,
@@ -319,44 +351,84 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
         BenchmarkLoop(bad, runner=runner).run()
 
 
-def test_script_cli_stays_backward_compatible() -> None:
+def load_script() -> Any:
     spec = importlib.util.spec_from_file_location("bench_script", REPO / "scripts" / "benchmark.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = mod.parser().parse_args(
-        [
-            "--task",
-            "glioma",
-            "--seeds",
-            "0",
-            "1",
-            "--runs",
-            "lower",
-            "random@0",
-            "mmacts",
-            "--out",
-            "runs/x",
-        ]
+    return mod
+
+
+def test_script_options_resolve_to_the_documented_protocols() -> None:
+    mod = load_script()
+    named = mod.build_config(
+        mod.parser().parse_args(
+            ["--tasks", "glioma", "--seeds", "0", "1", "--folds", "0", "--budgets", "3",
+             "--ablations", "--strategies", "lower", "random@0", "mmacts", "--out", "runs/x"]
+        ),
+        {},
     )
-    cfg = mod.build_config(args, [])
-    assert (cfg.tasks, cfg.seeds, cfg.folds) == (["glioma"], [0, 1], [0])
-    assert cfg.runs["glioma"] == [("lower", 3), ("random@0", 3), ("mmacts", 3)]
-    quick = mod.build_config(mod.parser().parse_args(["--quick", "--budgets", "3"]), ["--x", "1"])
+    assert (named.tasks, named.seeds, named.folds) == (["glioma"], [0, 1], [0])
+    assert named.runs["glioma"] == [("lower", None), ("random@0", 3), ("mmacts", 3)]
+    quick = mod.build_config(
+        mod.parser().parse_args(["--quick", "--budgets", "3"]), {"trainer.max_epochs": 1}
+    )
     assert (quick.tasks, quick.seeds, quick.folds, quick.extra) == (
         ["glioma", "npc"],
         [0, 1],
         [0],
-        ["--x", "1"],
+        {"trainer.max_epochs": 1},
     )
     assert ("mmacts_input_flair", 3) in quick.runs["glioma"] and ("aada", 3) in quick.runs["npc"]
+    assert not quick.curve
+    with pytest.raises(SystemExit):  # one profile at a time
+        mod.parser().parse_args(["--quick", "--power"])
+
+
+def test_overrides_after_the_double_dash_are_read_like_the_cli() -> None:
+    from ada_bench.runner import parse_overrides
+
+    assert parse_overrides(["--trainer.max_epochs", "8", "--data.splits={pool: [a]}",
+                            "--model.lr", "1e-3", "--active.elect_modality", "false"]) == {
+        "trainer.max_epochs": 8,
+        "data.splits": {"pool": ["a"]},
+        "model.lr": 1e-3,
+        "active.elect_modality": False,
+    }
+    with pytest.raises(ValueError, match="no value"):
+        parse_overrides(["--trainer.max_epochs"])
+    with pytest.raises(ValueError, match="expected --key value"):
+        parse_overrides(["trainer.max_epochs", "8"])
 
 
 # ------------------------------------------------------------------ W&B offline, one tiny real fit
-def test_wandb_offline_run_holds_the_metrics(
+def test_wandb_offline_runs_receive_the_metrics_and_the_run_attributes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    inits: list[dict[str, Any]] = []
+    logged: list[dict[str, Any]] = []
+    real_init, real_log = wandb.init, Run.log
+
+    @functools.wraps(real_init)  # the CLI reads wandb.init's signature (WandbLogger's kwargs)
+    def init(*args: Any, **kwargs: Any) -> Any:
+        inits.append(dict(kwargs))
+        return real_init(*args, **kwargs)
+
+    def log(self: Any, data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        tables_as_rows = {  # as given (W&B may clear a table once written)
+            k: {"columns": list(v.columns), "data": [list(r) for r in v.data]}
+            for k, v in data.items()
+            if isinstance(v, wandb.Table)
+        }
+        logged.append({"run": self.id, **data, **tables_as_rows})
+        return real_log(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(Run, "log", log)
     conf = tmp_path / "conf" / "glioma"
     conf.mkdir(parents=True)
     shutil.copy(CONF / "source_tiny.yaml", conf / "source.yaml")
@@ -373,7 +445,7 @@ def test_wandb_offline_run_holds_the_metrics(
         scheme=scheme,
         config_dir=str(tmp_path / "conf" / "{task}"),
         data_base=str(tmp_path / "data"),
-        extra=["--trainer.max_epochs", "2"],
+        extra={"trainer.max_epochs": 2},
         wandb=WandbSettings(group="bench-test", mode="offline"),
     )
     report = BenchmarkLoop(cfg).run()
@@ -383,22 +455,27 @@ def test_wandb_offline_run_holds_the_metrics(
     assert run["fold"] == 1 and run["budget"] == 1 and len(run["queried_cases"]) == 1
     assert run["queried_cases"][0] in scheme.splits("glioma", 1)["pool"]
     assert {c["case_id"] for c in run["per_case"]} == set(scheme.splits("glioma", 1)["test"])
-    assert Path(run["checkpoint"]).is_file() and run["wandb"]["id"]
+    assert Path(run["checkpoint"]).is_file()
 
-    logged = read_offline_run(Path(run["run_dir"]) / "wandb")
-    assert logged.summary["test/dice_mean"] == pytest.approx(run["test"]["dice_mean"])
-    assert "active/n_labeled" in {k for h in logged.history for k in h}  # the callback logs too
-    assert logged.finished and logged.group == "bench-test" and logged.job_type == "adapt"
-    assert {"glioma", "random", "budget1", "fold1", "seed0"} <= set(logged.tags)
-    source = read_offline_run(Path(rows["source"]["run_dir"]) / "wandb")
-    assert source.job_type == "source" and source.name == "glioma/source/s0"
+    by_name = {i["name"]: i for i in inits}
+    adapt = by_name["glioma/random/b1/f1/s0"]
+    assert (adapt["group"], adapt["job_type"], adapt["mode"]) == ("bench-test", "adapt", "offline")
+    assert {"glioma", "random", "budget1", "fold1", "seed0"} <= set(adapt["tags"])
+    assert by_name["glioma/source/s0"]["job_type"] == "source"
+    mine = [d for d in logged if d["run"] == run["wandb"]["id"]]
+    tested = [d for d in mine if "test/dice_mean" in d]
+    assert tested and tested[-1]["test/dice_mean"] == pytest.approx(run["test"]["dice_mean"])
+    assert any("active/n_labeled" in d for d in mine)  # the callback logs to the same run
+    assert list(Path(run["run_dir"]).rglob(f"run-{run['wandb']['id']}.wandb"))  # offline file
 
-    from lightning_ada.benchmark.wandb_io import log_report
+    from ada_bench.wandb_io import log_report
 
     info = log_report(
-        cfg.wandb, out / "wandb_report", {"table1": tables.table1(read_rows(out / "results.jsonl"))}
+        cfg.wandb, out / "wandb_report",
+        {"table1": tables.table1(read_rows(out / "results.jsonl"), budget=1)},
     )
-    assert info is not None
-    report_run = read_offline_run(out / "wandb_report")
-    assert report_run.job_type == "summary" and report_run.finished
-    assert report_run.summary["tables/table1/_type"] == "table-file"  # a wandb.Table
+    assert info is not None and inits[-1]["job_type"] == "summary"
+    table = next(d for d in logged if d["run"] == info["id"])["tables/table1"]
+    assert table["columns"][:2] == ["method", "labels"]
+    assert [r[:2] for r in table["data"]] == [["random", "1"]]
+    assert table["data"][0][2] == pytest.approx(100 * run["test"]["dice_ET"], abs=1e-6)

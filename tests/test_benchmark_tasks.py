@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from lightning_ada.benchmark import tables
-from lightning_ada.benchmark.datasets import ConfigTask, PhantomTask
-from lightning_ada.benchmark.folds import FoldScheme
-from lightning_ada.benchmark.loop import BenchConfig, BenchmarkLoop
-from lightning_ada.benchmark.parallel import Unit, run_units, split_units
-from lightning_ada.benchmark.results import read_rows
+from ada_bench import tables
+from ada_bench.tasks import ConfigTask, PhantomTask
+from ada_bench.folds import FoldScheme
+from ada_bench.loop import BenchConfig, BenchmarkLoop
+from ada_bench.jobs import Unit, run_units, split_units
+from ada_bench.results import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,14 +190,14 @@ def test_fold_scheme_of_the_quick_profile_is_valid() -> None:
 
 
 def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> None:
-    from lightning_ada.benchmark.publish import (
+    from ada_bench.publish import (
         fill_readme,
         invocations,
         publish,
         record_end,
         record_start,
     )
-    from lightning_ada.benchmark.results import append_row
+    from ada_bench.results import append_row
 
     out, dest = tmp_path / "run", tmp_path / "benchmarks" / "quick"
     (out / "table1.md").parent.mkdir(parents=True)
@@ -231,7 +231,7 @@ def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> No
 
 
 def test_query_overhead_uses_the_saved_schedule(tmp_path: Path) -> None:
-    from lightning_ada.benchmark.overhead import overhead_table
+    from ada_bench.overhead import overhead_table
 
     (tmp_path / "config.yaml").write_text("trainer: {max_epochs: 10}\nactive: {stride: 2}\n")
     row = {"task": "npc", "run": "mmacts", "seed": 0, "fold": 0, "budget": 2,

@@ -4,7 +4,7 @@ Every cell of a metric is ``mean ± std`` over runs (one run = one fold x seed; 
 a method are averaged first), in % for Dice and IoU ("mIoU" = mean over test cases of the
 per-case IoU, as in the paper). p-values are paired Wilcoxon signed-rank tests over the same test
 cases (fold, seed, case) on the per-case Dice averaged over the task's regions, reference method
-versus the row (:mod:`lightning_ada.benchmark.stats`).
+versus the row (:mod:`ada_bench.stats`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_ada.benchmark.results import BUDGETLESS, normalise
-from lightning_ada.io import write_text_atomic
-from lightning_ada.benchmark.stats import (
+from ada_bench.markdown import markdown_table
+from ada_bench.results import BUDGETLESS, normalise
+from ada_bench.stats import (
     MeanStd,
     format_p,
     mean_std,
@@ -27,6 +27,7 @@ from lightning_ada.benchmark.stats import (
     per_run,
     wilcoxon_paired,
 )
+from lightning_ada.io import write_text_atomic
 
 #: regions in the order of the paper's tables
 TASK_REGIONS: dict[str, list[str]] = {
@@ -39,37 +40,38 @@ EXTRA_REGIONS: dict[str, list[str]] = {"brats18": ["WT", "TC"]}
 #: metrics where lower is better (distances, mm)
 LOWER_IS_BETTER = ("hd95", "assd")
 TASK_ORDER = ["glioma", "npc", "brats18"]
-#: Table 1 rows, in the paper's order (strategies not in the paper follow before mmActS)
-METHOD_ORDER = [
-    "lower",
-    "upper",
-    "random",
-    "aada",
-    "mhpl",
-    "cup",
-    "stdr",
-    "lamda",
-    "ugtst",
-    "entropy",
-    "mmacts",
-]
-DISPLAY = {
-    "lower": "Lower bound",
-    "upper": "Upper bound",
-    "random": "Random",
-    "entropy": "Entropy",
-    "aada": "AADA (WACV'20)",
-    "mhpl": "MHPL (CVPR'23)",
-    "cup": "CUP (MICCAI'24)",
-    "stdr": "STDR (TMI'24)",
-    "lamda": "LAMDA (ECCV'22)",
-    "ugtst": "UGTST (MICCAI'24)",
-    "mmacts": "mmActS",
-    "mmacts_one_off": "mmActS one-off",
-}
+#: the bounds: display name and table position (before every strategy)
+BOUND_DISPLAY = {"lower": "Lower bound", "upper": "Upper bound"}
+BOUND_ORDER = {"lower": -2, "upper": -1}
+#: names of the ablation runs of the tables (not strategies)
+ABLATION_DISPLAY = {"mmacts_one_off": "mmActS one-off"}
 MODALITY_DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1c", "t2": "T2"}
 REFERENCE = "mmacts"
 BOUNDS = ("lower", "upper")
+
+
+def display_name(method: str) -> str:
+    """Name of a method in the tables: the bound's, the strategy class's ``display_name``, the
+    ablation's, else the method itself."""
+    from lightning_ada.active.strategies import REGISTRY
+
+    if method in BOUND_DISPLAY:
+        return BOUND_DISPLAY[method]
+    if method in REGISTRY:
+        return getattr(REGISTRY[method], "display_name", "") or method
+    return ABLATION_DISPLAY.get(method, method)
+
+
+def table_order(method: str) -> tuple[int, int, str]:
+    """Sort key of a method: bounds first, then the strategy classes by ``table_order``, then
+    every name the registry does not know (alphabetically)."""
+    from lightning_ada.active.strategies import REGISTRY
+
+    if method in BOUND_ORDER:
+        return (0, BOUND_ORDER[method], method)
+    if method in REGISTRY:
+        return (1, int(getattr(REGISTRY[method], "table_order", 100)), method)
+    return (2, 0, method)
 
 
 @dataclass
@@ -94,15 +96,7 @@ class Table:
 
     def markdown(self) -> str:
         """The table as GitHub markdown, with its title and notes."""
-        lines = [
-            f"## {self.title}",
-            "",
-            "| " + " | ".join(self.header) + " |",
-            "|" + "---|" * len(self.header),
-        ]
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        if not self.rows:
-            lines.append("| " + " | ".join(["(no runs)"] + [""] * (len(self.header) - 1)) + " |")
+        lines = [f"## {self.title}", "", markdown_table(self.header, self.rows)]
         if self.notes:
             lines += [""] + self.notes
         return "\n".join(lines) + "\n"
@@ -317,15 +311,19 @@ def _labels(norm: Sequence[dict[str, Any]], e: Entry, budget: int) -> str:
 
 # ---------------------------------------------------------------------------------- the tables
 def present_methods(rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Methods of the rows (``train_input`` all), Table 1 order first."""
-    found = {normalise(r)["method"] for r in rows if normalise(r)["train_input"] == "all"}
-    found.discard("source")
-    return [m for m in METHOD_ORDER if m in found]
+    """The bounds and strategies with results (every input modality, not an ablation run of a
+    strategy: ``run`` is the strategy's name or a repeated draw of it), in table order."""
+    found = set()
+    for raw in rows:
+        r = normalise(raw)
+        if r["train_input"] == "all" and r["run"] != "source" and r["method"] == r["strategy"]:
+            found.add(r["method"])
+    return sorted(found, key=table_order)
 
 
 def method_entries(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
-    """One table row per method present (all modalities as input), Table 1 order."""
-    return [Entry(DISPLAY.get(m, m), (m,), "all", m) for m in present_methods(rows)]
+    """One table row per method present (all modalities as input), in table order."""
+    return [Entry(display_name(m), (m,), "all", m) for m in present_methods(rows)]
 
 
 def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
@@ -421,8 +419,8 @@ def schedule_table(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
     entries = [
         Entry("mmActS one-off", ("mmacts_one_off",), "all", "mmacts_one_off"),
         Entry("mmActS sequential", ("mmacts",), "all", "mmacts"),
-        Entry(DISPLAY["lamda"], ("lamda",), "all", "lamda"),
-        Entry(DISPLAY["stdr"], ("stdr",), "all", "stdr"),
+        Entry(display_name("lamda"), ("lamda",), "all", "lamda"),
+        Entry(display_name("stdr"), ("stdr",), "all", "stdr"),
     ]
     return comparison_table(
         rows,
@@ -473,7 +471,7 @@ def budget_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -
             if not any(v.n for v in vals):
                 continue
             md_rows.append(
-                [task, DISPLAY.get(m, m), lower.fmt(100)]
+                [task, display_name(m), lower.fmt(100)]
                 + [v.fmt(100) for v in vals]
                 + [upper.fmt(100)]
             )
@@ -499,9 +497,8 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
         key=lambda g: (
             TASK_ORDER.index(g[0]) if g[0] in TASK_ORDER else 9,
             g[0],
-            g[2],
-            METHOD_ORDER.index(g[1]) if g[1] in METHOD_ORDER else 99,
-            g[1],
+            -1 if g[2] is None else g[2],
+            table_order(g[1]),
             g[3],
         ),
     )

@@ -1,8 +1,10 @@
 """The benchmark loop: per task and seed one source model, then every planned run per fold.
 
-Resumable: a run whose key (:func:`lightning_ada.benchmark.results.run_key`) is already in
-``results.jsonl`` is skipped; finished runs are appended one line each. A failed run is recorded
-in ``errors.jsonl`` and the loop goes on (it is retried at the next invocation).
+Every run is a config dict (:func:`ada_bench.runner.compose`: the task's YAML files, then its
+overrides) made by :func:`ada_bench.runner.run_experiment` in this process. Resumable: a run
+whose key (:func:`ada_bench.results.run_key`) is already in ``results.jsonl`` is skipped;
+finished runs are appended one line each. A failed run is recorded in ``errors.jsonl`` and the
+loop goes on (it is retried at the next invocation).
 
 Folder layout under ``out``::
 
@@ -10,9 +12,6 @@ Folder layout under ``out``::
     <task>/seed<s>/source/                         source training (one per task and seed)
     <task>/seed<s>/fold<f>/<run>[_b<budget>]/      one folder per run (checkpoints/last.ckpt,
                                                    query_log.json, config.yaml, wandb/)
-
-Runs of the first benchmark (``<out>/seed<s>/<run>``, without task, fold and budget) stay
-readable; their source checkpoint is reused.
 """
 
 from __future__ import annotations
@@ -23,15 +22,14 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_ada.benchmark.datasets import BenchTask, PhantomTask
-from lightning_ada.benchmark.folds import FoldScheme
-from lightning_ada.benchmark.protocol import RunSpec, run_spec
-from lightning_ada.benchmark.results import (
+from ada_bench.folds import FoldScheme
+from ada_bench.protocol import RunSpec, run_spec
+from ada_bench.results import (
     BUDGETLESS,
     append_row,
     finished,
@@ -39,8 +37,11 @@ from lightning_ada.benchmark.results import (
     read_rows,
     run_key,
 )
-from lightning_ada.benchmark.wandb_io import WandbSettings, finish_run
+from ada_bench.runner import compose
+from ada_bench.tasks import BenchTask, PhantomTask
+from ada_bench.wandb_io import WandbSettings, finish_run
 
+#: ``runner(config, fit=..., curve=...)`` -> the results of one run (:func:`_default_runner`)
 Runner = Callable[..., dict[str, Any]]
 
 
@@ -50,21 +51,23 @@ class BenchConfig:
 
     Attributes:
         out: results folder.
-        tasks: tasks (``glioma``, ``npc``).
-        seeds: seeds (phantom, source model, training).
-        folds: folds (:mod:`lightning_ada.benchmark.folds`).
+        tasks: tasks (``glioma``, ``npc``, ``brats18``).
+        seeds: seeds (phantom draw, source model, training).
+        folds: folds (:mod:`ada_bench.folds`).
         runs: per task, the ``(run name, budget or None)`` list (:func:`protocol.plan`).
         scheme: fold and phantom sizes.
         config_dir: config folder, ``{task}`` is replaced by the task.
         data_base: folder of the generated phantoms.
-        extra: overrides appended to every run (e.g. ``--trainer.max_epochs 2``).
+        extra: overrides of every run (dotted keys, e.g. ``{"trainer.max_epochs": 2}``).
         wandb: W&B settings, None for no tracking.
-        dry_run: print the commands, run nothing.
-        task_specs: per task, what it runs on (:mod:`lightning_ada.benchmark.datasets`); a task
-            not in it is a :class:`PhantomTask` of ``scheme``, ``data_base`` and ``config_dir``.
-        source_only: train the missing source models, nothing else (parallel workers' first phase).
+        dry_run: print the runs, run nothing.
+        task_specs: per task, what it runs on (:mod:`ada_bench.tasks`); a task not in it is a
+            :class:`PhantomTask` of ``scheme``, ``data_base`` and ``config_dir``.
+        source_only: train the missing source models, nothing else (parallel jobs' first phase).
         shard: ``(k, n)``: only the planned runs at positions ``k, k + n, ...`` of each task,
-            seed and fold (a parallel worker's share).
+            seed and fold (a parallel job's share).
+        curve: sequential strategy runs also test the model after every query's stride
+            (:mod:`ada_bench.curve`): one run gives the whole budget curve.
     """
 
     out: Path
@@ -75,12 +78,13 @@ class BenchConfig:
     scheme: FoldScheme = field(default_factory=FoldScheme)
     config_dir: str = "configs/phantom/{task}"
     data_base: str = "data/phantom"
-    extra: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
     wandb: WandbSettings | None = None
     dry_run: bool = False
     task_specs: dict[str, BenchTask] = field(default_factory=dict)
     source_only: bool = False
     shard: tuple[int, int] | None = None
+    curve: bool = False
 
     def task(self, name: str) -> BenchTask:
         """What task ``name`` runs on."""
@@ -117,12 +121,11 @@ class _Tail(io.TextIOBase):
         return self.buf
 
 
-def _default_runner(
-    configs: Sequence[str], overrides: Sequence[str], fit: bool = True
-) -> dict[str, Any]:
-    from lightning_ada import runner
+def _default_runner(config: Mapping[str, Any], fit: bool = True, curve: bool = False) -> dict[str, Any]:
+    from ada_bench.curve import snapshot_factory
+    from ada_bench.runner import run_experiment
 
-    return runner.run_experiment(configs, overrides, fit=fit)
+    return run_experiment(config, fit=fit, snapshots=snapshot_factory if curve else None)
 
 
 def run_dir(
@@ -146,16 +149,13 @@ def find_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _source_checkpoint(out: Path, rows: list[dict[str, Any]], task: str, seed: int) -> Path | None:
-    """Checkpoint of a finished source run: recorded in its row, else the first benchmark's path."""
+def _source_checkpoint(rows: list[dict[str, Any]], task: str, seed: int) -> Path | None:
+    """Checkpoint of the finished source run of ``task`` and ``seed`` (as its row records it)."""
     for r in reversed(rows):
         if r["task"] == task and r["run"] == "source" and int(r["seed"]) == seed:
             ck = r.get("checkpoint")
             if ck and Path(ck).is_file():
                 return Path(ck)
-            legacy = out / f"seed{seed}" / "source" / "checkpoints" / "last.ckpt"
-            if legacy.is_file():
-                return legacy
     return None
 
 
@@ -193,6 +193,7 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         "seconds": res.get("seconds"),
         "scoring_seconds": sum(float(q.get("scoring_seconds") or 0.0) for q in queries),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **({"curve": res["curve"]} if res.get("curve") else {}),
     }
 
 
@@ -206,13 +207,6 @@ class BenchmarkLoop:
         self.report = LoopReport()
 
     # ------------------------------------------------------------------ overrides
-    def _data(self, task: str, seed: int) -> list[str]:
-        return [
-            *self.cfg.task(task).data_overrides(seed),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-
     def _logger(
         self,
         folder: Path,
@@ -223,9 +217,9 @@ class BenchmarkLoop:
         fold: int | None,
         seed: int,
         job_type: str,
-    ) -> list[str]:
+    ) -> dict[str, Any]:
         if self.cfg.wandb is None:
-            return ["--trainer.logger", "false"]
+            return {"trainer.logger": False}
         tags = [task, run, strategy, f"seed{seed}"]
         tags += [f"budget{budget}"] if budget is not None else []
         tags += [f"fold{fold}"] if fold is not None else []
@@ -237,24 +231,40 @@ class BenchmarkLoop:
         )
         return self.cfg.wandb.logger_override(folder, name, list(dict.fromkeys(tags)), job_type)
 
-    def _config(self, task: str, name: str) -> str:
-        return str(self.cfg.task(task).folder / name)
+    def _config(
+        self, task: str, seed: int, files: list[str], overrides: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The run's config: ``files`` merged, then the task's data overrides of ``seed``, no
+        progress bar, ``overrides`` and the invocation's ``extra`` (later keys win)."""
+        bench_task = self.cfg.task(task)
+        data = bench_task.data_overrides(seed, compose(files))
+        return compose(
+            files,
+            {**data, "trainer.enable_progress_bar": False, **overrides, **self.cfg.extra},
+        )
 
     # ------------------------------------------------------------------ one run
     def _execute(
         self,
         key: tuple[Any, ...],
-        configs: list[str],
-        overrides: list[str],
+        config: dict[str, Any],
         fit: bool,
         row_fields: dict[str, Any],
         folder: Path,
+        curve: bool = False,
     ) -> dict[str, Any] | None:
         task, run, _budget, _fold, seed = key
         if self.cfg.dry_run:
-            shown = [a if len(a) <= 100 else a[:60] + " ...}" for a in overrides]
-            cs = [a for c in configs for a in ("-c", c)]
-            print("would run:", " ".join([*cs, *shown]), "" if fit else "(test only)")
+            data = config.get("data", {})
+            active = config.get("active", {})
+            print(
+                "would run:", task, run, f"seed {seed}",
+                f"fold {key[3]}" if key[3] is not None else "",
+                f"budget {active.get('budget')}" if fit and key[2] is not None else "",
+                f"strategy {active.get('strategy')}" if key[2] is not None else "",
+                f"root {data.get('root')}", "" if fit else "(test only)",
+                "(budget curve)" if curve else "",
+            )
             self.report.ran.append(key)
             return None
         where = f"{task} seed {seed}" + (f" fold {key[3]}" if key[3] is not None else "")
@@ -265,7 +275,7 @@ class BenchmarkLoop:
         stderr = _Tail(sys.stderr)
         try:
             with contextlib.redirect_stderr(stderr):  # keeps the CLI's own error message
-                res = self.runner(configs, overrides, fit=fit)
+                res = self.runner(config, fit=fit, curve=curve)
         except KeyboardInterrupt:
             finish_run()
             raise
@@ -304,30 +314,27 @@ class BenchmarkLoop:
         self.report.ran.append(key)
         return row
 
+    def _files(self, task: str, name: str, *more: str) -> list[str]:
+        bench_task = self.cfg.task(task)
+        return [str(bench_task.folder / name), *bench_task.extra_configs, *more]
+
     def _source(
         self, task: str, seed: int, rows: list[dict[str, Any]], done: set[Any]
     ) -> Path | None:
         key = (task, "source", None, None, seed)
-        ckpt = _source_checkpoint(self.cfg.out, rows, task, seed)
+        ckpt = _source_checkpoint(rows, task, seed)
         if key in done and ckpt is not None:
             self.report.skipped.append(key)
             return ckpt
         folder = run_dir(self.cfg.out, task, seed, None, "source", None)
-        overrides = [
-            *self._data(task, seed),
-            *self.cfg.task(task).source_stage(),  # source cases only
-            "--trainer.default_root_dir",
-            str(folder),
-            *self._logger(folder, task, "source", "source", None, None, seed, "source"),
-            *self.cfg.extra,
-        ]
+        overrides = {
+            **self.cfg.task(task).source_stage(),  # source cases only
+            "trainer.default_root_dir": str(folder),
+            **self._logger(folder, task, "source", "source", None, None, seed, "source"),
+        }
+        config = self._config(task, seed, self._files(task, "source.yaml"), overrides)
         row = self._execute(
-            key,
-            [self._config(task, "source.yaml"), *self.cfg.task(task).extra_configs],
-            overrides,
-            True,
-            {"fold": None, "budget": None, "strategy": "source"},
-            folder,
+            key, config, True, {"fold": None, "budget": None, "strategy": "source"}, folder
         )
         if self.cfg.dry_run:
             return folder / "checkpoints" / "last.ckpt"
@@ -341,18 +348,15 @@ class BenchmarkLoop:
         budget = None if name in BUDGETLESS else budget
         folder = run_dir(self.cfg.out, task, seed, fold, name, budget)
         split = bench_task.fold(fold)
-        overrides = [
-            *self._data(task, seed),
-            *split.overrides,
-            "--active.seed",
-            str(seed + 1000 * fold),
-            *spec.overrides,
-            *(["--active.budget", str(budget)] if spec.budgeted and budget is not None else []),
-            "--model.source_checkpoint",
-            str(source),
-            "--trainer.default_root_dir",
-            str(folder),
-            *self._logger(
+        curve = self.cfg.curve and spec.schedule == "sequential" and spec.budgeted
+        overrides = {
+            **split.overrides,
+            "active.seed": seed + 1000 * fold,
+            **spec.overrides,
+            **({"active.budget": budget} if spec.budgeted and budget is not None else {}),
+            "model.source_checkpoint": str(source),
+            "trainer.default_root_dir": str(folder),
+            **self._logger(
                 folder,
                 task,
                 name,
@@ -362,8 +366,7 @@ class BenchmarkLoop:
                 seed,
                 "bound" if name in BUDGETLESS else "adapt",
             ),
-            *self.cfg.extra,
-        ]
+        }
         fields = {
             "fold": fold,
             "budget": budget if budget is not None else (0 if name == "lower" else None),
@@ -374,17 +377,15 @@ class BenchmarkLoop:
             "n_test": split.n_test,
             "labels": 0 if name == "lower" else split.n_pool if name == "upper" else budget,
             "config": spec.config,
-            "overrides": list(spec.overrides),
-            "extra": list(self.cfg.extra),
+            "overrides": dict(spec.overrides),
+            "extra": dict(self.cfg.extra),
             "source_checkpoint": str(source),
         }
+        config = self._config(
+            task, seed, self._files(task, spec.config, *split.configs), overrides
+        )
         self._execute(
-            (task, name, budget, fold, seed),
-            [self._config(task, spec.config), *bench_task.extra_configs, *split.configs],
-            overrides,
-            spec.fit,
-            fields,
-            folder,
+            (task, name, budget, fold, seed), config, spec.fit, fields, folder, curve=curve
         )
 
     # ------------------------------------------------------------------ the loop

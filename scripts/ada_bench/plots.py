@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from lightning_ada.benchmark.results import normalise
-from lightning_ada.benchmark.stats import mean_std, per_case, per_run
-from lightning_ada.benchmark.tables import (
+from ada_bench.results import normalise
+from ada_bench.stats import MeanStd, mean_std, per_case, per_run
+from ada_bench.tables import (
     BOUNDS,
-    DISPLAY,
-    METHOD_ORDER,
     MODALITY_DISPLAY,
+    REFERENCE,
+    display_name,
+    present_methods,
     regions_of,
 )
 from lightning_ada.io import atomic_path
@@ -44,33 +45,21 @@ def _save(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     return Path(path)
 
 
-def _methods(norm: Sequence[Mapping[str, Any]], others: bool = False) -> list[str]:
-    """Methods present: Table 1's in its order, then (``others``) every other run name."""
-    found = {r["method"] for r in norm if r["train_input"] == "all"}
-    extra = sorted(found - set(METHOD_ORDER) - {"source"}) if others else []
-    return [m for m in METHOD_ORDER if m in found] + extra
-
-
-def budget_curve(
+def curve_series(
     rows: Sequence[Mapping[str, Any]],
     task: str,
-    path: str | Path,
     metric: str = "dice_mean",
     methods: Sequence[str] | None = None,
-) -> Path | None:
-    """Mean ``metric`` (%) vs number of labels per strategy, band = ±1 std over runs.
-
-    Every curve starts at the lower bound (0 labels); the upper bound is a dashed line with its
-    band. ``methods`` defaults to Table 1's strategies (ablations are left to the tables).
-    Returns the PNG path, or None when ``task`` has no strategy rows.
-    """
+) -> tuple[dict[str, list[tuple[int, MeanStd]]], MeanStd, MeanStd]:
+    """What :func:`budget_curve` draws: per strategy ``[(labels, mean ± std over runs)]`` starting
+    at the lower bound (0 labels), and the lower and upper bound."""
     norm = [
         r for r in (normalise(x) for x in rows) if r["task"] == task and r["train_input"] == "all"
     ]
     regions = regions_of(norm, task)
-    methods = [m for m in (methods or _methods(norm)) if m not in BOUNDS]
+    methods = [m for m in (methods or present_methods(norm)) if m not in BOUNDS]
 
-    def stat(method: str, budget: int | None) -> Any:
+    def stat(method: str, budget: int | None) -> MeanStd:
         sel = [
             r for r in norm if r["method"] == method and (budget is None or r["budget"] == budget)
         ]
@@ -86,6 +75,23 @@ def budget_curve(
             pts = [(0, lower), *pts]
         if len(pts) > (1 if lower.n else 0):
             curves[m] = pts
+    return curves, lower, upper
+
+
+def budget_curve(
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    path: str | Path,
+    metric: str = "dice_mean",
+    methods: Sequence[str] | None = None,
+) -> Path | None:
+    """Mean ``metric`` (%) vs number of labels per strategy, band = ±1 std over runs.
+
+    Every curve starts at the lower bound (0 labels); the upper bound is a dashed line with its
+    band. ``methods`` defaults to Table 1's strategies (ablations are left to the tables).
+    Returns the PNG path, or None when ``task`` has no strategy rows.
+    """
+    curves, lower, upper = curve_series(rows, task, metric, methods)
     if not curves:
         return None
     plt = _pyplot()
@@ -94,9 +100,9 @@ def budget_curve(
         x = np.array([b for b, _ in pts], float)
         y = np.array([s.mean for _, s in pts]) * 100
         sd = np.nan_to_num(np.array([s.std for _, s in pts]) * 100)
-        style = {"lw": 2.5, "zorder": 5} if m == "mmacts" else {"lw": 1.3}
+        style = {"lw": 2.5, "zorder": 5} if m == REFERENCE else {"lw": 1.3}
         (line,) = ax.plot(
-            x, y, marker="o", ms=3.5, label=DISPLAY.get(m, m), color=f"C{i % 10}", **style
+            x, y, marker="o", ms=3.5, label=display_name(m), color=f"C{i % 10}", **style
         )
         ax.fill_between(x, y - sd, y + sd, color=line.get_color(), alpha=0.12, lw=0)
     if upper.n:
@@ -133,12 +139,12 @@ def box_plot(
     ]
     regions = regions_of(norm, task)
     data, labels = [], []
-    for m in _methods(norm):
+    for m in present_methods(norm):
         sel = [r for r in norm if r["method"] == m and (m in BOUNDS or r["budget"] == budget)]
         vals = [v * 100 for v in per_case(sel, metric, regions).values()]
         if vals:
             data.append(vals)
-            labels.append(DISPLAY.get(m, m).split(" (")[0])
+            labels.append(display_name(m).split(" (")[0])
     if not data:
         return None
     plt = _pyplot()
@@ -146,7 +152,7 @@ def box_plot(
     box = ax.boxplot(data, showmeans=True, patch_artist=True)
     ax.set_xticks(range(1, len(labels) + 1), labels)
     for patch, lab in zip(box["boxes"], labels):
-        patch.set_facecolor("#f4c542" if lab == "mmActS" else "#dddddd")
+        patch.set_facecolor("#f4c542" if lab == display_name(REFERENCE) else "#dddddd")
     ax.set_ylabel(f"per-case {metric.replace('_', ' ')} (%)")
     ax.set_title(f"{task}: budget {budget}, test cases of all runs")
     ax.tick_params(axis="x", rotation=30)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from lightning_ada.active.stats import compute_case_stats, stream_pool_stats
-from lightning_ada.benchmark.memory import RssSampler
-from lightning_ada.benchmark.speed_query import pool_datamodule, segmentation_model, warm_up
+from ada_bench.memory import RssSampler
+from ada_bench.speed_query import pool_datamodule, segmentation_model, warm_up
 
 
 def _predict(model: Any) -> Any:

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from lightning_ada.benchmark.results import normalise
-from lightning_ada.benchmark.tables import DISPLAY, METHOD_ORDER, Table, tasks_of
+from ada_bench.results import normalise
+from ada_bench.tables import Table, display_name, table_order, tasks_of
 
 
 def _schedule(row: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -48,14 +48,13 @@ def overhead_table(rows: Iterable[Mapping[str, Any]]) -> Table:
         acc[(r["task"], r["method"])].append((scoring / len(rounds), per_stride))
     header = ["Task", "Method", "Runs", "Scoring s / round", "Training s / stride", "Ratio %"]
     md, csv_rows = [], []
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
     for task in tasks_of([{"task": t} for t, _ in acc]):
-        for method in sorted({m for t, m in acc if t == task}, key=lambda m: order.get(m, 99)):
+        for method in sorted({m for t, m in acc if t == task}, key=table_order):
             vals = acc[(task, method)]
             s = statistics.median(v[0] for v in vals)
             t = statistics.median(v[1] for v in vals)
             ratio = 100.0 * s / t if t > 0 else float("nan")
-            md.append([task, DISPLAY.get(method, method), str(len(vals)), f"{s:.2f}", f"{t:.1f}",
+            md.append([task, display_name(method), str(len(vals)), f"{s:.2f}", f"{t:.1f}",
                        f"{ratio:.1f}"])
             csv_rows.append([task, method, len(vals), s, t, ratio])
     return Table(

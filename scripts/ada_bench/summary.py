@@ -1,4 +1,4 @@
-"""Plain-text summary of what the strategies picked (the first benchmark's "picks" section)."""
+"""Plain-text summary of what the strategies picked."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from lightning_ada.benchmark.results import normalise
+from ada_bench.results import normalise
 
 
 def picks_summary(rows: Iterable[Mapping[str, Any]]) -> str:

@@ -1,8 +1,8 @@
 """The results file: one JSON line per finished run, appended atomically, never rewritten.
 
-A row is a dict with at least ``task``, ``run``, ``seed``, ``test`` (metric -> value) and
-``per_case`` (one dict per test case). Rows written before folds and budgets existed lack
-``budget`` / ``fold``: they mean budget 3 and fold 0 (:func:`normalise`).
+A row is a dict with at least ``task``, ``run``, ``seed``, ``fold`` (None for the source run),
+``budget`` (None for the budget-independent runs), ``test`` (metric -> value) and ``per_case``
+(one dict per test case).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Any
 BUDGETLESS = frozenset({"source", "lower", "upper"})
 #: runs that do not depend on the fold (trained on the source split only)
 FOLDLESS = frozenset({"source"})
-LEGACY_BUDGET = 3
-LEGACY_FOLD = 0
 
 RunKey = tuple[str, str, int | None, int | None, int]
 
@@ -30,24 +28,33 @@ def method_of(run: str) -> str:
 
 
 def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``row`` with the defaults of old rows filled in.
+    """A copy of ``row`` with its derived fields.
 
-    Adds ``method``; ``budget`` (3 if absent; 0 for ``lower``), ``fold`` (0 if absent; None for
-    ``source``), ``train_input`` (``all`` if absent) and ``labels`` (number of labelled target
-    cases: the budget, 0 for the lower bound, the pool size for the upper bound when known).
+    Adds ``method``, ``strategy`` (the method if absent), ``budget`` (0 for ``lower``, None for
+    the source and upper bound), ``train_input`` (``all`` if absent) and ``labels`` (number of
+    labelled target cases: the budget, 0 for the lower bound, the pool size for the upper
+    bound when known).
+
+    Raises:
+        ValueError: a target run without ``fold``, or a budgeted run without ``budget``.
     """
     r = dict(row)
     run = str(r["run"])
     r["method"] = r.get("method") or method_of(run)
+    r["strategy"] = r.get("strategy") or r["method"]
     r["seed"] = int(r["seed"])
     if run in FOLDLESS:
         r["fold"] = None
+    elif r.get("fold") is None:
+        raise ValueError(f"result row of run {run!r} (seed {r['seed']}) has no fold")
     else:
-        r["fold"] = int(r["fold"]) if r.get("fold") is not None else LEGACY_FOLD
+        r["fold"] = int(r["fold"])
     if run == "lower":
         r["budget"] = 0
+    elif run in BUDGETLESS:
+        r["budget"] = None
     elif r.get("budget") is None:
-        r["budget"] = LEGACY_BUDGET
+        raise ValueError(f"result row of run {run!r} (seed {r['seed']}) has no budget")
     else:
         r["budget"] = int(r["budget"])
     r["train_input"] = r.get("train_input") or "all"
@@ -63,7 +70,7 @@ def run_key(row: Mapping[str, Any]) -> RunKey:
     """Identity of a run for the resume logic: ``(task, run, budget, fold, seed)``.
 
     Budget is None for budget-independent runs (source, lower and upper bound) and fold is None
-    for the source run, so an old row (no budget / fold) matches budget 3 / fold 0.
+    for the source run.
     """
     r = normalise(row)
     run = str(r["run"])
@@ -130,3 +137,37 @@ def _json_default(x: Any) -> Any:
         return float(x)
     except (TypeError, ValueError):
         return str(x)
+
+
+def expand_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with a budget curve (:mod:`ada_bench.curve`) replaced by one row per curve point.
+
+    A point with ``k`` labels becomes a row of budget ``k`` holding that point's test results
+    (``from_curve``: True, ``curve_epoch``: the epoch it was taken after, ``queries``: the first
+    ``k``); the run's final test is kept only when the curve has no point at the run's budget.
+    Other rows are returned unchanged.
+    """
+    out: list[dict[str, Any]] = []
+    for raw in rows:
+        row = dict(raw)
+        curve = row.pop("curve", None)
+        if not curve:
+            out.append(row)
+            continue
+        points = {int(p["labels"]): p for p in curve if int(p["labels"]) > 0}
+        for k, p in sorted(points.items()):
+            out.append(
+                {
+                    **row,
+                    "budget": k,
+                    "labels": k,
+                    "test": p.get("test", {}),
+                    "per_case": p.get("per_case", []),
+                    "queries": list(row.get("queries", []))[:k],
+                    "from_curve": True,
+                    "curve_epoch": p.get("epoch"),
+                }
+            )
+        if row.get("budget") is not None and int(row["budget"]) not in points:
+            out.append(row)
+    return out

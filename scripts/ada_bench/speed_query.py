@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_ada.benchmark.memory import RssSampler
+from ada_bench.memory import RssSampler
 
 
 def pool_datamodule(root: Path, n_pool: int, size: int, n_generated: int, seed: int = 7) -> Any:

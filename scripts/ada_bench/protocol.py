@@ -1,27 +1,28 @@
 """Which runs the benchmark makes: named run specifications and the protocol's run list.
 
-A *run* is a config of ``configs/phantom/<task>/`` plus command-line overrides, trained from the
-source checkpoint of its task and seed (except the lower bound, which only tests it). Names:
+A *run* is a config of the task's folder (``configs/phantom/<task>/``...) plus overrides (dotted
+config keys, :func:`ada_bench.runner.compose`), trained from the source checkpoint of its task and
+seed (except the lower bound, which only tests it). Names:
 
 * ``lower`` (source model tested, 0 labels), ``upper`` (every pool case labelled);
 * every registered strategy (``random``, ``entropy``, ``mmacts``, ``aada``, ...): the mmActS
-  config with ``--active.strategy <name>`` (same schedule, stride, training and modality election
-  for all; one-off strategies receive the budget from the callback);
-* ``random@<k>``: the random config with draw seed ``1000 + k`` (the first benchmark's runs);
+  config with ``active.strategy`` set to it (same schedule, stride, training and modality
+  election for all; one-off strategies receive the budget from the callback);
+* ``random@<k>``: the random config with draw seed ``1000 + k`` (repeated random draws);
 * ablations of mmActS: ``mmacts_one_off``, ``mmacts_modality_masks``, the factor ablations
   ``entropy_only``, ``volume_only``, ``density_only``, ``entropy_x_volume``, and the training
-  input ablation ``mmacts_input_<modality>`` (``--data.train_input modality:<modality>``) and
-  ``mmacts_dominant_only`` (``--data.train_input dominant_only``).
+  input ablation ``mmacts_input_<modality>`` (``data.train_input: modality:<modality>``) and
+  ``mmacts_dominant_only`` (``data.train_input: dominant_only``).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_ada.benchmark.results import BUDGETLESS
+from ada_bench.results import BUDGETLESS
 
 #: the paper's budgets and its headline budget
 BUDGETS = (1, 2, 3, 5)
@@ -48,17 +49,17 @@ class RunSpec:
     Attributes:
         name: run name (the ``run`` field of its result row).
         config: config file name inside the task's config folder.
-        overrides: extra command-line overrides.
+        overrides: dotted config keys set wholesale (``{"active.budget": 0}``).
         fit: train (False: only test the source model).
         strategy: registered strategy name, or ``lower`` / ``upper``.
-        budgeted: the query budget is passed as ``--active.budget``.
+        budgeted: the query budget is set as ``active.budget``.
         train_input: the datamodule's ``train_input``.
         schedule: ``sequential`` / ``one_off`` for strategies, None for the bounds.
     """
 
     name: str
     config: str
-    overrides: tuple[str, ...] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     fit: bool = True
     strategy: str = ""
     budgeted: bool = True
@@ -66,15 +67,15 @@ class RunSpec:
     schedule: str | None = None
 
 
-def strategy_args(strategy: str, **extra: Any) -> str:
-    """JSON ``strategy_args`` for ``strategy``: ``extra`` plus ``progress: false`` when accepted."""
+def strategy_overrides(strategy: str, **init_args: Any) -> dict[str, Any]:
+    """The overrides choosing ``strategy`` with ``init_args`` (no progress bars when accepted)."""
     from lightning_ada.active.strategies import REGISTRY
 
-    args = dict(extra)
+    args = dict(init_args)
     cls = REGISTRY.get(strategy)
     if cls is not None and "progress" in inspect.signature(cls.__init__).parameters:
         args.setdefault("progress", False)
-    return json.dumps(args)
+    return {"active.strategy": strategy, "active.strategy_args": args}
 
 
 def _schedule(strategy: str, args: dict[str, Any] | None = None) -> str:
@@ -93,12 +94,13 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
     """
     from lightning_ada.active.strategies import REGISTRY
 
-    def mm(*extra: str, args: dict[str, Any] | None = None, **kw: Any) -> RunSpec:
+    def mm(extra: Mapping[str, Any] | None = None, args: dict[str, Any] | None = None,
+           **kw: Any) -> RunSpec:
         a = dict(args or {})
         return RunSpec(
             name,
             "mmacts.yaml",
-            ("--active.strategy_args", strategy_args("mmacts", **a), *extra),
+            {**strategy_overrides("mmacts", **a), **(extra or {})},
             strategy="mmacts",
             schedule=_schedule("mmacts", a),
             **kw,
@@ -106,21 +108,16 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
 
     if name == "lower":
         return RunSpec(
-            name,
-            "random.yaml",
-            ("--active.budget", "0"),
-            fit=False,
-            strategy="lower",
-            budgeted=False,
+            name, "random.yaml", {"active.budget": 0}, fit=False, strategy="lower", budgeted=False
         )
     if name == "upper":
-        return RunSpec(name, "upper_bound.yaml", (), strategy="upper", budgeted=False)
+        return RunSpec(name, "upper_bound.yaml", {}, strategy="upper", budgeted=False)
     if name.startswith("random@"):
         draw = int(name.split("@", 1)[1])
         return RunSpec(
             name,
             "random.yaml",
-            ("--active.seed", str(1000 + draw)),
+            {"active.seed": 1000 + draw},
             strategy="random",
             schedule="sequential",
         )
@@ -130,23 +127,23 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
         return RunSpec(
             name,
             "mmacts.yaml",
-            ("--active.strategy", name, "--active.strategy_args", strategy_args(name)),
+            strategy_overrides(name),
             strategy=name,
             schedule=_schedule(name),
         )
     if name == "mmacts_one_off":
         return mm(args={"schedule": "one_off"})
     if name == "mmacts_modality_masks":
-        return mm("--active.use_modality_masks", "true")
+        return mm({"active.use_modality_masks": True})
     if name == "mmacts_modality_masks_perclass":
-        return mm("--active.use_modality_masks", "true", "--active.election_per_class", "true")
+        return mm({"active.use_modality_masks": True, "active.election_per_class": True})
     if name in FACTOR_ABLATIONS:
         return mm(args={"exponents": FACTOR_ABLATIONS[name]})
     if name == "mmacts_dominant_only":
-        return mm("--data.train_input", "dominant_only", train_input="dominant_only")
+        return mm({"data.train_input": "dominant_only"}, train_input="dominant_only")
     if name.startswith("mmacts_input_") and name.removeprefix("mmacts_input_") in modalities:
         value = "modality:" + name.removeprefix("mmacts_input_")
-        return mm("--data.train_input", value, train_input=value)
+        return mm({"data.train_input": value}, train_input=value)
     known = sorted(
         {
             "lower",

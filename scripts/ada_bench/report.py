@@ -6,20 +6,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_ada.benchmark.loop import last_rows
-from lightning_ada.benchmark.overhead import overhead_table
-from lightning_ada.benchmark.plots import box_plot, budget_curve, queried_cases
-from lightning_ada.benchmark.protocol import HEADLINE_BUDGET
-from lightning_ada.benchmark.summary import picks_summary
-from lightning_ada.benchmark.tables import DISPLAY, tasks_of, write_tables
-from lightning_ada.benchmark.wandb_io import WandbSettings, log_report
+from ada_bench.loop import last_rows
+from ada_bench.overhead import overhead_table
+from ada_bench.plots import box_plot, budget_curve, queried_cases
+from ada_bench.protocol import HEADLINE_BUDGET
+from ada_bench.results import expand_curves
+from ada_bench.summary import picks_summary
+from ada_bench.tables import display_name, tasks_of, write_tables
+from ada_bench.wandb_io import WandbSettings, log_report
 
 
 def queried_figures(
     rows: Sequence[dict[str, Any]], out: Path, methods: Sequence[str], budget: int = HEADLINE_BUDGET
 ) -> list[Path]:
     """One figure of the picks per task and method, from its first run (lowest fold, seed)."""
-    from lightning_ada.benchmark.queried import load_queried_cases
+    from ada_bench.queried import load_queried_cases
 
     paths = []
     for task in tasks_of(rows):
@@ -40,14 +41,14 @@ def queried_figures(
                 continue
             r = sel[0]
             try:
-                cases, mods = load_queried_cases(r, out)
+                cases, mods = load_queried_cases(r)
             except (OSError, ValueError, KeyError, RuntimeError) as e:
                 print(f"no figure of {task} {r['run']}: {type(e).__name__}: {e}")
                 continue
             run, fold, seed = r["run"].replace("@", "_"), r["fold"], r["seed"]
             path = out / f"queried_{task}_{run}_b{budget}_f{fold}_s{seed}.png"
             title = (
-                f"{task}: {DISPLAY.get(method, method)}, budget {budget}, fold {fold}, seed {seed}"
+                f"{task}: {display_name(method)}, budget {budget}, fold {fold}, seed {seed}"
             )
             paths.append(queried_cases(path, cases, mods, title))
     return paths
@@ -72,6 +73,8 @@ def write_report(
     """
     out = Path(out)
     rows = [r for r in last_rows(out / "results.jsonl") if r["run"] != "source"]
+    curves = any(r.get("curve") for r in rows)
+    rows = expand_curves(rows)  # a sequential run's curve: one row per budget
     tables = write_tables(rows, out)
     tables["query_overhead"] = overhead_table(rows)
     tables["query_overhead"].write(out, "query_overhead")
@@ -85,10 +88,18 @@ def write_report(
                 images.append(p)
     if figure_methods:
         images += queried_figures(rows, out, figure_methods, budget)
+    power = []
+    if curves:  # the power profile (sequential runs with a budget curve)
+        from ada_bench.power import write_power
+
+        tables["power"], figures = write_power(rows, out)
+        images += figures
+        power = [tables["power"].markdown()]
     text = "\n".join(
         [
             f"# Benchmark results ({len(rows)} runs)",
             "",
+            *power,
             tables["table1"].markdown(),
             tables["table1_distances"].markdown(),
             tables["table2"].markdown(),

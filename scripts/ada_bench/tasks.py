@@ -4,22 +4,23 @@ A task gives the benchmark loop its config folder, its modalities, its folds and
 that point every run at its data:
 
 * :class:`PhantomTask` (``glioma``, ``npc``): one phantom per seed, folds from
-  :class:`~lightning_ada.benchmark.folds.FoldScheme` passed as ``--data.splits``;
+  :class:`~ada_bench.folds.FoldScheme` passed as ``--data.splits``;
 * :class:`ConfigTask` (``brats18``): real scans named by the task's own configs; fold ``f`` is the
   overlay ``<config_dir>/folds/fold<f>.yaml`` (its splits), the data root a config value.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ada_bench.folds import FoldScheme
+from ada_bench.runner import read_config
 
-from lightning_ada.benchmark.folds import FoldScheme
+Overrides = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Fold:
     """One fold of a task: extra config files, overrides and its pool / test sizes."""
 
     configs: tuple[str, ...]
-    overrides: tuple[str, ...]
+    overrides: Mapping[str, Any]
     n_pool: int
     n_test: int
 
@@ -50,8 +51,8 @@ class PhantomTask:
     scheme: FoldScheme = field(default_factory=FoldScheme)
     data_base: str = "data/phantom"
     config_dir: str = "configs/phantom/{task}"
-    source_overrides: tuple[str, ...] = ()
-    target_overrides: tuple[str, ...] = ()
+    source_overrides: Mapping[str, Any] = field(default_factory=dict)
+    target_overrides: Mapping[str, Any] = field(default_factory=dict)
     extra_configs: tuple[str, ...] = ()
 
     @property
@@ -68,28 +69,32 @@ class PhantomTask:
     def n_folds(self) -> int:
         return self.scheme.n_folds
 
-    def data_overrides(self, seed: int) -> list[str]:
-        """Overrides of every run of ``seed``: seed, phantom root and generator arguments."""
-        s = self.scheme
-        return [
-            "--seed_everything",
-            str(seed),
-            "--data.root",
-            s.root(self.name, seed, self.data_base),
-            "--data.phantom",
-            json.dumps(s.phantom(self.name, seed)),
-        ]
+    def data_overrides(self, seed: int, config: Mapping[str, Any]) -> Overrides:
+        """Overrides of every run of ``seed``: training seed, phantom root and draw.
 
-    def source_stage(self) -> list[str]:
+        The draw is the config's ``data.phantom`` (e.g. the shift parameters of a calibrated
+        phantom) updated with the scheme's sizes and ``seed``: a fresh phantom per seed, the
+        same for every run of that seed.
+        """
+        s = self.scheme
+        drawn = dict((config.get("data") or {}).get("phantom") or {})
+        drawn.update(s.phantom(self.name, seed))
+        return {
+            "seed_everything": seed,
+            "data.root": s.root(self.name, seed, self.data_base),
+            "data.phantom": drawn,
+        }
+
+    def source_stage(self) -> Overrides:
         """Overrides of the source run (source cases only)."""
-        return ["--data.splits", json.dumps({"pool": [], "test": []}), *self.source_overrides]
+        return {"data.splits": {"pool": [], "test": []}, **self.source_overrides}
 
     def fold(self, fold: int) -> Fold:
         """Fold ``fold`` (raises ValueError outside the scheme)."""
         splits = self.scheme.splits(self.name, fold)
         return Fold(
             (),
-            ("--data.splits", json.dumps(splits), *self.target_overrides),
+            {"data.splits": splits, **self.target_overrides},
             len(splits["pool"]),
             len(splits["test"]),
         )
@@ -119,7 +124,7 @@ class ConfigTask:
     def _yaml(self, path: Path) -> dict[str, Any]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (task {self.name!r} needs it)")
-        return yaml.safe_load(path.read_text()) or {}
+        return read_config(path)
 
     @cached_property
     def modalities(self) -> list[str]:
@@ -134,12 +139,13 @@ class ConfigTask:
     def n_folds(self) -> int:
         return len(self._fold_files) or 1
 
-    def data_overrides(self, seed: int) -> list[str]:
-        root = ["--data.root", self.data_root] if self.data_root else []
-        return ["--seed_everything", str(seed), *root]
+    def data_overrides(self, seed: int, config: Mapping[str, Any]) -> Overrides:
+        """Overrides of every run of ``seed``: training seed and (if given) the data root."""
+        return {"seed_everything": seed, **({"data.root": self.data_root} if self.data_root else {})}
 
-    def source_stage(self) -> list[str]:
-        return []
+    def source_stage(self) -> Overrides:
+        """Overrides of the source run: none (the source split is in the configs)."""
+        return {}
 
     def fold(self, fold: int) -> Fold:
         files = self._fold_files
@@ -151,7 +157,7 @@ class ConfigTask:
         )["data"]["splits"]
         return Fold(
             (str(path),) if files else (),
-            (),
+            {},
             len(splits.get("pool", [])),
             len(splits.get("test", [])),
         )

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_ada.benchmark.results import append_row, read_rows
+from ada_bench.results import append_row, read_rows
 from lightning_ada.io import write_text_atomic
 
 #: the files of a results folder that are published
@@ -132,6 +132,7 @@ def publish(out: Path, dest: Path, title: str) -> str:
             "",
         ]
     for name in (
+        "power",
         "table1",
         "table1_distances",
         "table2",

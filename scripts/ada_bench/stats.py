@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_ada.benchmark.results import BUDGETLESS, normalise
+from ada_bench.results import BUDGETLESS, normalise
 
 RunId = tuple[int, int]  # (fold, seed)
 CaseId = tuple[int, int, str]  # (fold, seed, case_id)
@@ -160,16 +160,6 @@ def wilcoxon_paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedTes
         return PairedTest(1.0, len(d), math.nan, mean_d, med_d)
     res = wilcoxon([a[k] for k in keys], [b[k] for k in keys])
     return PairedTest(float(res.pvalue), len(d), float(res.statistic), mean_d, med_d)
-
-
-def relative_gain(ours: Mapping[str, float], other: Mapping[str, float]) -> float:
-    """Mean over regions of ``ours[r] / other[r] - 1`` (how the paper quotes gains, §13)."""
-    ratios = [
-        ours[r] / other[r] - 1
-        for r in ours
-        if other.get(r) and not math.isnan(other[r]) and not math.isnan(ours[r])
-    ]
-    return statistics.fmean(ratios) if ratios else math.nan
 
 
 def format_p(p: float) -> str:

@@ -13,31 +13,26 @@ from typing import Any
 
 import yaml
 
-from lightning_ada.benchmark.plots import QueriedCase
+from ada_bench.plots import QueriedCase
 
 
-def run_folder(row: dict[str, Any], out: Path) -> Path:
-    """The run's folder: recorded in the row, else the first benchmark's ``<out>/seed<s>/<run>``."""
-    if row.get("run_dir"):
-        return Path(row["run_dir"])
-    return out / f"seed{row['seed']}" / str(row["run"]).replace("@", "_")
-
-
-def load_queried_cases(row: dict[str, Any], out: Path) -> tuple[list[QueriedCase], list[str]]:
+def load_queried_cases(row: dict[str, Any]) -> tuple[list[QueriedCase], list[str]]:
     """The queried cases of a finished run (in query order) and the modality names.
 
     Raises:
         FileNotFoundError: the run folder, its ``config.yaml`` or a checkpoint is missing.
         ValueError: the run queried nothing.
     """
-    from lightning_ada.benchmark.loop import find_checkpoint
+    from ada_bench.loop import find_checkpoint
     from lightning_ada.data.datamodule import ActiveDataModule
     from lightning_ada.models.module import SegmentationModule
 
     queries = [q for q in row.get("queries", []) if q.get("case_id")]
     if not queries:
         raise ValueError(f"run {row['run']} queried nothing")
-    folder = run_folder(row, out)
+    if not row.get("run_dir"):
+        raise FileNotFoundError(f"run {row['run']} (seed {row['seed']}) records no run_dir")
+    folder = Path(row["run_dir"])
     cfg_path = folder / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: no saved config for this run")

@@ -1,0 +1,334 @@
+"""The power profile's tables: every strategy against ``random``, paired over seeds.
+
+Per seed (one phantom draw, one training seed, one fold), a method's value at a budget is its mean
+Dice (``dice_mean``: per case the mean over the task's regions, then the mean over the test
+cases). For every strategy and budget the per-seed paired difference ``d_s = strategy_s -
+random_s`` is summarised by
+
+* its mean and a 95 % bootstrap confidence interval over seeds (``scipy.stats.bootstrap``, BCa,
+  9,999 resamples, fixed seed; the percentile interval when BCa is undefined);
+* the two-sided Wilcoxon signed-rank p over seeds (``scipy.stats.wilcoxon``, exact for small n);
+* the minimum detectable difference ``MDD = (t_{0.975, n-1} + t_{0.80, n-1}) * sd(d) / sqrt(n)``:
+  the true mean difference a two-sided paired t-test at alpha = 0.05 would detect with 80 %
+  power, given the observed spread of the paired differences (t quantiles, not z: n is small).
+
+The same is done for the normalised area under the budget curve (AUBC): the trapezoid of the
+mean Dice over the measured budgets (1, 2, 3, 5) divided by the budget range (5 - 1), i.e. the
+average Dice over budgets 1 to 5. Budget curves of sequential strategies may come from one run
+tested after each query's stride (:mod:`ada_bench.curve`); the table says which.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ada_bench.results import BUDGETLESS, expand_curves, normalise
+from ada_bench.stats import per_run
+from ada_bench.tables import Table, display_name, present_methods, regions_of, tasks_of
+
+BASELINE = "random"
+CONFIDENCE = 0.95
+POWER = 0.80
+N_RESAMPLES = 9999
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Summary of per-seed paired differences.
+
+    Attributes:
+        n: number of seeds with both values.
+        mean: mean difference.
+        ci_low: lower end of the 95 % bootstrap CI of the mean.
+        ci_high: upper end.
+        p: two-sided Wilcoxon signed-rank p (1.0 when every difference is 0).
+        sd: sample standard deviation of the differences.
+        mdd: minimum detectable difference (module doc).
+    """
+
+    n: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    p: float
+    sd: float
+    mdd: float
+
+
+def mdd(sd: float, n: int, confidence: float = CONFIDENCE, power: float = POWER) -> float:
+    """``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)`` (NaN for n < 2)."""
+    from scipy.stats import t
+
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    alpha = 1 - confidence
+    return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap CI of the mean of ``values`` (BCa; percentile when BCa is undefined, e.g.
+    for identical values; NaN for fewer than 2 values)."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(values, float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    for method in ("BCa", "percentile"):
+        res = bootstrap(
+            (x,),
+            np.mean,
+            confidence_level=CONFIDENCE,
+            n_resamples=N_RESAMPLES,
+            method=method,
+            rng=np.random.default_rng(seed),
+        )
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if not (math.isnan(lo) or math.isnan(hi)):
+            return lo, hi
+    return math.nan, math.nan
+
+
+def paired(diffs: Sequence[float]) -> Paired:
+    """:class:`Paired` of per-seed differences."""
+    from scipy.stats import wilcoxon
+
+    d = [float(x) for x in diffs if not math.isnan(float(x))]
+    n = len(d)
+    if n == 0:
+        return Paired(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    mean = statistics.fmean(d)
+    sd = statistics.stdev(d) if n > 1 else math.nan
+    lo, hi = bootstrap_ci(d)
+    p = 1.0 if all(x == 0 for x in d) else float(wilcoxon(d).pvalue)
+    return Paired(n, mean, lo, hi, p, sd, mdd(sd, n))
+
+
+def aubc(curve: Mapping[int, float], budgets: Sequence[int]) -> float:
+    """Normalised area under the budget curve over ``budgets`` (trapezoid / budget range).
+
+    NaN when a budget is missing from ``curve`` or fewer than two budgets are given.
+    """
+    b = sorted(budgets)
+    if len(b) < 2 or any(k not in curve or math.isnan(curve[k]) for k in b):
+        return math.nan
+    y = [curve[k] for k in b]
+    area = sum((b[i + 1] - b[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(b) - 1))
+    return area / (b[-1] - b[0])
+
+
+def seed_values(
+    rows: Iterable[Mapping[str, Any]], task: str, method: str, metric: str = "dice_mean"
+) -> dict[int, dict[int | None, float]]:
+    """``{seed: {budget: value}}`` of ``method`` on ``task`` (folds of a seed averaged; the
+    bounds under budget None)."""
+    norm = [
+        r
+        for r in (normalise(x) for x in rows)
+        if r["task"] == task and r["method"] == method and r["train_input"] == "all"
+    ]
+    regions = regions_of(norm, task)
+    acc: dict[tuple[int, int | None], list[float]] = defaultdict(list)
+    budgets = {None if method in BUDGETLESS else r["budget"] for r in norm}
+    for b in budgets:
+        sel = [r for r in norm if b is None or r["budget"] == b]
+        for (_fold, seed), v in per_run(sel, metric, regions).items():
+            acc[(seed, b)].append(v)
+    out: dict[int, dict[int | None, float]] = defaultdict(dict)
+    for (seed, b), vals in acc.items():
+        out[seed][b] = statistics.fmean(vals)
+    return dict(out)
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "–"
+    return "<0.001" if p < 1e-3 else f"{p:.3g}"
+
+
+def _source(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str:
+    sel = [r for r in rows if r["task"] == task and r["method"] == method]
+    return "curve" if any(r.get("from_curve") for r in sel) else "per budget"
+
+
+def power_table(
+    rows: Iterable[Mapping[str, Any]],
+    budgets: Sequence[int] = (1, 2, 3, 5),
+    baseline: str = BASELINE,
+) -> Table:
+    """Every strategy vs ``baseline``: paired differences over seeds at each budget and of AUBC.
+
+    Rows with a budget curve are expanded first (:func:`ada_bench.results.expand_curves`).
+    Differences are in Dice points (%).
+    """
+    rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
+    header = [
+        "Task", "Strategy", "Measure", "Seeds", "Strategy %", f"{display_name(baseline)} %",
+        "Δ points", "95 % CI", "Wilcoxon p", "MDD points",
+    ]
+    csv_header = [
+        "task", "strategy", "measure", "n_seeds", "strategy_mean", "baseline_mean", "diff_mean",
+        "ci_low", "ci_high", "p", "sd", "mdd", "strategy_source", "baseline_source",
+    ]
+    md, csv_rows = [], []
+    for task in tasks_of(rows):
+        base = seed_values(rows, task, baseline)
+        if not base:
+            continue
+        base_src = _source(rows, task, baseline)
+        for method in present_methods([r for r in rows if r["task"] == task]):
+            if method in BUDGETLESS or method == baseline:
+                continue
+            mine = seed_values(rows, task, method)
+            src = _source(rows, task, method)
+            measures: list[tuple[str, dict[int, float], dict[int, float]]] = []
+            for b in budgets:
+                measures.append(
+                    (
+                        f"Dice at {b}",
+                        {s: v[b] for s, v in mine.items() if b in v},
+                        {s: v[b] for s, v in base.items() if b in v},
+                    )
+                )
+            measures.append(
+                (
+                    f"AUBC {min(budgets)}-{max(budgets)}",
+                    {s: aubc(v, budgets) for s, v in mine.items()},  # type: ignore[arg-type]
+                    {s: aubc(v, budgets) for s, v in base.items()},  # type: ignore[arg-type]
+                )
+            )
+            for label, a, b_ in measures:
+                seeds = sorted(
+                    s for s in a.keys() & b_.keys() if not (math.isnan(a[s]) or math.isnan(b_[s]))
+                )
+                res = paired([100 * (a[s] - b_[s]) for s in seeds])
+                ma = statistics.fmean(a[s] for s in seeds) * 100 if seeds else math.nan
+                mb = statistics.fmean(b_[s] for s in seeds) * 100 if seeds else math.nan
+                md.append(
+                    [
+                        task, display_name(method), label, str(res.n), _fmt(ma), _fmt(mb),
+                        _fmt(res.mean), f"[{_fmt(res.ci_low)}, {_fmt(res.ci_high)}]",
+                        _fmt_p(res.p), _fmt(res.mdd),
+                    ]
+                )
+                csv_rows.append(
+                    [
+                        task, method, label, res.n, ma, mb, res.mean, res.ci_low, res.ci_high,
+                        res.p, res.sd, res.mdd, src, base_src,
+                    ]
+                )
+    sources = sorted({(r["task"], r["method"]) for r in rows if r.get("from_curve")})
+    curve_note = (
+        "Budget curves from ONE sequential run tested after each query's stride (the model of "
+        "budget k trained k x stride epochs): "
+        + ", ".join(f"{t} {display_name(m)}" for t, m in sources)
+        + "; every other strategy ran once per budget (trained the full schedule)."
+        if sources
+        else "Every strategy ran once per budget."
+    )
+    return Table(
+        f"Power: every strategy vs {display_name(baseline)}, paired over seeds (Dice in %)",
+        header,
+        md,
+        csv_header,
+        csv_rows,
+        [
+            "Per seed: mean Dice over the test cases (per case the mean over the task's regions); "
+            f"Δ = strategy − {display_name(baseline)} of the same seed (same phantom draw, source "
+            "model and test cases), in Dice points.",
+            "95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over seeds. Wilcoxon p: "
+            "two-sided signed-rank test of the per-seed Δ.",
+            "MDD: (t_{0.975,n−1} + t_{0.80,n−1}) · sd(Δ) / √n, the mean difference a two-sided "
+            "paired test at α = 0.05 detects with 80 % power given the observed spread.",
+            f"AUBC: trapezoid of Dice over budgets {', '.join(map(str, budgets))} divided by "
+            f"{max(budgets)} − {min(budgets)} (the mean Dice over that budget range).",
+            curve_note,
+        ],
+    )
+
+
+def curve_points(
+    rows: Iterable[Mapping[str, Any]], task: str, method: str
+) -> list[tuple[int, float, float, float, int]]:
+    """``(budget, mean, ci_low, ci_high, n)`` over seeds of ``method`` (Dice, fraction)."""
+    vals = seed_values(expand_curves(rows), task, method)
+    budgets = sorted({b for v in vals.values() for b in v if b is not None})
+    out = []
+    for b in budgets:
+        x = [v[b] for v in vals.values() if b in v and not math.isnan(v[b])]
+        if x:
+            lo, hi = bootstrap_ci(x)
+            out.append((b, statistics.fmean(x), lo, hi, len(x)))
+    return out
+
+
+def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path) -> Path | None:
+    """Budget curves (mean Dice over seeds, %) with 95 % bootstrap bands; bounds as lines.
+
+    Returns None when ``task`` has no strategy rows.
+    """
+    from ada_bench.plots import _pyplot, _save
+
+    rows = [normalise(r) for r in expand_curves(rows) if r["task"] == task and r["run"] != "source"]
+    methods = [m for m in present_methods(rows) if m not in BUDGETLESS]
+    if not methods:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lower = seed_values(rows, task, "lower")
+    low = [v[None] for v in lower.values() if None in v]
+    for i, m in enumerate(methods):
+        pts = curve_points(rows, task, m)
+        if low:
+            lo, hi = bootstrap_ci(low)
+            pts = [(0, statistics.fmean(low), lo, hi, len(low)), *pts]
+        x = np.array([p[0] for p in pts], float)
+        y = np.array([p[1] for p in pts]) * 100
+        band_lo = np.array([p[2] for p in pts]) * 100
+        band_hi = np.array([p[3] for p in pts]) * 100
+        (line,) = ax.plot(
+            x, y, marker="o", ms=3.5, label=display_name(m), color=f"C{i % 10}",
+            lw=2.5 if m == BASELINE else 1.3,
+        )
+        ok = ~(np.isnan(band_lo) | np.isnan(band_hi))
+        ax.fill_between(x[ok], band_lo[ok], band_hi[ok], color=line.get_color(), alpha=0.15, lw=0)
+    upper = [v[None] for v in seed_values(rows, task, "upper").values() if None in v]
+    if upper:
+        mean = statistics.fmean(upper) * 100
+        ax.axhline(mean, color="k", ls="--", lw=1, label="Upper bound")
+        lo, hi = bootstrap_ci(upper)
+        if not math.isnan(lo):
+            ax.axhspan(lo * 100, hi * 100, color="k", alpha=0.06)
+    n = len({r["seed"] for r in rows})
+    ax.set_xlabel("number of labelled target cases (0 = lower bound)")
+    ax.set_ylabel("mean Dice (%)")
+    ax.set_title(f"{task}: mean over {n} seeds, 95 % bootstrap bands")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    return _save(fig, path)
+
+
+def write_power(rows: Sequence[Mapping[str, Any]], out: str | Path) -> tuple[Table, list[Path]]:
+    """Write ``power.md`` / ``power.csv`` and ``power_curve_<task>.png`` into ``out``."""
+    out = Path(out)
+    table = power_table(rows)
+    table.write(out, "power")
+    figures = [
+        p
+        for task in tasks_of(rows)
+        if (p := power_figure(rows, task, out / f"power_curve_{task}.png")) is not None
+    ]
+    return table, figures

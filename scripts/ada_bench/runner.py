@@ -1,0 +1,175 @@
+"""Run one experiment in-process through the library's Python API and collect its numbers.
+
+A run is a config *dict*, the one the command line builds from ``-c`` files and ``--key value``
+options: :func:`compose` merges YAML files the way several ``-c`` do and then sets dotted keys
+wholesale the way ``--key value`` does; :func:`run_experiment` hands the dict to
+``lightning_ada.main.main(args=<dict>, run=False)`` (LightningCLI parses and validates it like a
+config file) and calls ``trainer.fit`` / ``trainer.test`` itself. Used by the benchmark and the
+demo; the same configs run from the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Config = dict[str, Any]
+
+
+def read_config(path: str | Path) -> Config:
+    """The mapping of one YAML config file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file does not hold a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Config:
+    """``over`` merged into a copy of ``base`` as a later ``-c`` file is merged by the CLI.
+
+    Mappings merge key by key; a ``class_path`` mapping whose class differs from the base's
+    replaces it (its ``init_args`` belong to the other class); lists and scalars replace.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            other_class = "class_path" in value and value.get("class_path") != old.get("class_path")
+            out[key] = copy.deepcopy(dict(value)) if other_class else merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_key(config: Config, dotted: str, value: Any) -> None:
+    """Set ``config[a][b]... = value`` for ``dotted = "a.b..."`` wholesale (as ``--a.b value``)."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = node[p] = {}
+        node = child
+    node[leaf] = copy.deepcopy(value)
+
+
+def compose(files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> Config:
+    """The config of ``-c f1 -c f2 ... --k1 v1 --k2 v2``: files merged in order, then the dotted
+    ``overrides`` set wholesale (a dict value replaces the whole key, as on the command line)."""
+    config: Config = {}
+    for f in files:
+        config = merge(config, read_config(f))
+    for key, value in (overrides or {}).items():
+        set_key(config, key, value)
+    return config
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """``["--a.b", "1", "--c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values read as YAML, like the CLI).
+
+    Raises:
+        ValueError: an item that is not ``--key value`` / ``--key=value``.
+    """
+    out: dict[str, Any] = {}
+    items = list(args)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") or len(item) < 3:
+            raise ValueError(f"override {item!r}: expected --key value or --key=value")
+        if "=" in item:
+            key, text = item[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(items):
+            key, text = item[2:], items[i + 1]
+            i += 2
+        else:
+            raise ValueError(f"override {item!r} has no value")
+        out[key] = _value(text)
+    return out
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def _value(text: str) -> Any:
+    """A command-line value read as YAML; ``1e-3`` is a float (YAML 1.1 would keep a string)."""
+    value = yaml.safe_load(text)
+    return float(text) if isinstance(value, str) and _FLOAT.match(text) else value
+
+
+def run_experiment(
+    config: Mapping[str, Any],
+    fit: bool = True,
+    test: bool = True,
+    snapshots: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """Build the CLI objects of ``config`` (:func:`compose`), then fit and/or test.
+
+    Args:
+        config: the run's config dict (sections ``trainer``, ``model``, ``data``, ``active``...).
+        fit: train (``trainer.fit``); False only tests the model as configured.
+        test: test on the datamodule's test split after fitting.
+        snapshots: optional ``factory(config) -> callback`` added to the trainer; after the final
+            test, ``callback.evaluate(trainer, model, datamodule)`` returns extra results stored
+            under ``"curve"`` (:class:`ada_bench.curve.StrideSnapshots`).
+
+    Returns:
+        ``{"test": {metric: value}, "per_case": [...], "query_log": [...], "fit_seconds",
+        "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed like ``dice_ET``.
+    """
+    from lightning_ada.main import main
+
+    with warnings.catch_warnings():
+        # the process's own command line (e.g. the benchmark script's) is not the run's
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = main(args=copy.deepcopy(dict(config)), run=False)
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    snap = snapshots(config) if snapshots is not None else None
+    if snap is not None:
+        trainer.callbacks.append(snap)
+    t0 = time.perf_counter()
+    if fit:
+        trainer.fit(model, datamodule=dm)
+    fit_seconds = time.perf_counter() - t0
+    out: dict[str, Any] = {"fit_seconds": fit_seconds, "log_dir": trainer.log_dir}
+    if snap is not None and fit:
+        out["curve"] = snap.evaluate(trainer, model, dm)
+    if test:
+        out.update(test_model(trainer, model, dm))
+    log = Path(trainer.log_dir or trainer.default_root_dir) / "query_log.json"
+    out["query_log"] = json.loads(log.read_text()) if fit and log.exists() else []
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def test_model(trainer: Any, model: Any, dm: Any) -> dict[str, Any]:
+    """``trainer.test`` of ``model`` on ``dm``'s test split: summary metrics and per-case rows."""
+    trainer.test(model, datamodule=dm, verbose=False)
+    return {
+        "test": {
+            k.removeprefix("test/"): float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("test/")
+        },
+        "per_case": list(getattr(model, "last_test_per_case", [])),
+    }
+
+
+test_model.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
