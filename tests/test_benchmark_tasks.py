@@ -1,8 +1,11 @@
-"""Benchmark tasks on config folders (real data), distance tables, parallel workers, retries."""
+"""Benchmark tasks on config folders (real data), config composition, distance tables, parallel
+jobs (submitit), retries, publishing."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,11 +14,12 @@ from typing import Any
 import pytest
 
 from ada_bench import tables
-from ada_bench.tasks import ConfigTask, PhantomTask
 from ada_bench.folds import FoldScheme
+from ada_bench.jobs import Cluster, Unit, run_units, split_units, units_of
 from ada_bench.loop import BenchConfig, BenchmarkLoop
-from ada_bench.jobs import Unit, run_units, split_units
 from ada_bench.results import read_rows
+from ada_bench.runner import compose, merge
+from ada_bench.tasks import ConfigTask, PhantomTask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,15 +32,15 @@ def load_script() -> Any:
 
 
 class Recorder:
-    """A runner that records its calls, writes a checkpoint when it fits, returns no cases."""
+    """A runner that records its configs, writes a checkpoint when it fits, returns no cases."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[str], list[str], bool]] = []
+        self.calls: list[tuple[dict[str, Any], bool]] = []
 
-    def __call__(self, configs: list[str], overrides: list[str], fit: bool = True) -> dict:
-        self.calls.append((list(configs), list(overrides), fit))
+    def __call__(self, config: dict[str, Any], fit: bool = True, curve: bool = False) -> dict:
+        self.calls.append((config, fit))
         if fit:
-            ckpt = Path(overrides[overrides.index("--trainer.default_root_dir") + 1]) / "last.ckpt"
+            ckpt = Path(config["trainer"]["default_root_dir"]) / "last.ckpt"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             ckpt.write_bytes(b"x")
         return {"test": {"dice_mean": 0.5}, "per_case": [], "query_log": [], "seconds": 0.0}
@@ -47,15 +51,13 @@ def test_config_task_takes_folds_and_modalities_from_its_configs() -> None:
     assert task.n_folds == 3 and task.modalities == ["flair", "t1", "t1ce", "t2"]
     f1 = task.fold(1)
     assert f1.configs == (str(REPO / "configs/brats18/folds/fold1.yaml"),)
-    assert (f1.n_pool, f1.n_test, f1.overrides) == (6, 3, ())
+    assert (f1.n_pool, f1.n_test, dict(f1.overrides)) == (6, 3, {})
     with pytest.raises(ValueError, match="fold must be in 0..2"):
         task.fold(3)
-    assert ConfigTask("brats18", "x", data_root="/d").data_overrides(2) == [
-        "--seed_everything",
-        "2",
-        "--data.root",
-        "/d",
-    ]
+    assert ConfigTask("brats18", "x", data_root="/d").data_overrides(2, {}) == {
+        "seed_everything": 2,
+        "data.root": "/d",
+    }
     with pytest.raises(FileNotFoundError, match="mmacts.yaml"):
         _ = ConfigTask("nope", "/nonexistent/{task}").modalities
 
@@ -72,28 +74,126 @@ def test_real_task_runs_with_its_fold_overlay_and_no_phantom_overrides(tmp_path:
         task_specs={"brats18": task},
     )
     BenchmarkLoop(cfg, runner=rec).run()
-    (src_cfg, src_ov, _), (up_cfg, up_ov, _), (mm_cfg, mm_ov, _) = rec.calls
-    assert src_cfg == [str(REPO / "configs/brats18/source.yaml")]
-    assert up_cfg[-1].endswith("folds/fold2.yaml") and mm_cfg[0].endswith("brats18/mmacts.yaml")
-    for ov in (src_ov, up_ov, mm_ov):
-        assert "--data.phantom" not in ov and "--data.splits" not in ov
-        assert ov[ov.index("--data.root") + 1] == "/data/brats"
-    assert mm_ov[mm_ov.index("--active.budget") + 1] == "2"
+    (src, _), (up, _), (mm, _) = rec.calls
+    fold2 = compose([REPO / "configs/brats18/folds/fold2.yaml"])["data"]["splits"]
+    assert src["data"]["stage"] == "source" and "pool" not in src["data"]["splits"]
+    assert up["data"]["splits"] == fold2 and up["data"]["label_all"] is True  # the overlay wins
+    assert mm["data"]["splits"] == fold2 and mm["active"]["budget"] == 2
+    for c in (src, up, mm):
+        assert "phantom" not in c["data"] and c["data"]["root"] == "/data/brats"
+        assert c["trainer"]["enable_progress_bar"] is False and c["trainer"]["logger"] is False
     rows = {r["run"]: r for r in read_rows(tmp_path / "results.jsonl")}
     assert rows["upper"]["labels"] == 6 and rows["mmacts"]["n_test"] == 3
 
 
+def test_composition_gives_the_config_the_cli_builds_from_the_same_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``-c a -c b --k v`` on the command line and ``compose([a, b], {k: v})`` as a dict parse
+    to the same config (the benchmark's runs are the command line's runs)."""
+    from lightning_ada import main as cli
+
+    monkeypatch.setattr(cli.ADACLI, "instantiate_classes", lambda self: None)
+    files = [
+        REPO / "configs/brats18/upper_bound.yaml",
+        REPO / "configs/brats18/gpu_1mm.yaml",
+        REPO / "configs/brats18/folds/fold1.yaml",
+    ]
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}}
+    overrides = {"active.seed": 7, "trainer.logger": logger, "data.splits": {"pool": ["a"]}}
+    argv = [a for f in files for a in ("-c", str(f))]
+    argv += [x for k, v in overrides.items() for x in (f"--{k}", json.dumps(v))]
+    by_cli = cli.main(argv, run=False).config
+    by_dict = cli.main(compose(files, overrides), run=False).config
+    del by_cli["config"], by_dict["config"]
+    assert by_dict.as_dict() == by_cli.as_dict()
+    assert by_dict.data.splits == {"pool": ["a"]} and by_dict.trainer.precision == "bf16-mixed"
+    # the logger of the same class keeps the configs' other arguments, as on the command line
+    assert (by_dict.trainer.logger.init_args.name, by_dict.trainer.logger.init_args.save_dir) == (
+        "upper_bound", "x"
+    )
+
+
+def test_merge_follows_the_cli_rules_for_class_paths_and_lists() -> None:
+    base = {"t": {"logger": {"class_path": "A", "init_args": {"x": 1, "y": 2}}, "cb": [1, 2]}}
+    same = merge(base, {"t": {"logger": {"class_path": "A", "init_args": {"y": 3}}, "cb": [9]}})
+    assert same["t"] == {"logger": {"class_path": "A", "init_args": {"x": 1, "y": 3}}, "cb": [9]}
+    other = merge(base, {"t": {"logger": {"class_path": "B", "init_args": {"z": 0}}}})
+    assert other["t"]["logger"] == {"class_path": "B", "init_args": {"z": 0}}
+    assert base["t"]["logger"]["init_args"] == {"x": 1, "y": 2}  # inputs untouched
+    assert merge(base, {"t": {"logger": False}})["t"]["logger"] is False
+
+
+def test_the_library_imports_nothing_from_the_harness() -> None:
+    code = (
+        "import sys, lightning_ada, lightning_ada.main\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] == 'ada_bench'\n"
+        "             or n.startswith(('lightning_ada.benchmark', 'lightning_ada.runner'))))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REPO)  # the library only: the harness is not importable...
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]  # ...and the library does not need it
+    assert res.stdout.strip() == "[]"
+    sources = list((REPO / "lightning_ada").rglob("*.py"))
+    assert len(sources) > 20
+    assert [p for p in sources if "ada_bench" in p.read_text()] == []  # no module names it
+    assert not (REPO / "lightning_ada" / "benchmark").exists()
+
+
 def test_quick_profile_and_budgets_per_task() -> None:
     mod = load_script()
-    quick = mod.build_config(mod.parser().parse_args(["--quick", "--strategies", "mmacts"]), [])
+    quick = mod.build_config(mod.parser().parse_args(["--quick", "--strategies", "mmacts"]), {})
     glioma = quick.task("glioma")
     assert isinstance(glioma, PhantomTask) and glioma.scheme.size == 24
-    assert glioma.scheme.n_pool == 20 and "--trainer.max_epochs" in glioma.source_overrides
-    assert "--active.stride" in glioma.fold(0).overrides
+    assert glioma.scheme.n_pool == 20 and glioma.source_stage()["trainer.max_epochs"] == 24
+    assert glioma.fold(0).overrides["active.stride"] == 2
     assert {b for _, b in quick.runs["glioma"]} == {1, 2, 3, 5}
-    real = mod.build_config(mod.parser().parse_args(["--tasks", "brats18", "--ablations"]), [])
+    real = mod.build_config(mod.parser().parse_args(["--tasks", "brats18", "--ablations"]), {})
     assert isinstance(real.task("brats18"), ConfigTask) and real.folds == [0, 1, 2]
     assert {b for n, b in real.runs["brats18"] if n == "mmacts"} == {1, 2, 3}
+
+
+def test_phantom_draw_keeps_the_configs_parameters_and_takes_the_seed() -> None:
+    task = PhantomTask("glioma", FoldScheme(n_folds=1, n_pool=4, n_test=50, size=16))
+    config = {"data": {"phantom": {"task": "glioma", "size": 32, "seed": 0, "shift": 0.7}}}
+    drawn = task.data_overrides(3, config)
+    assert drawn["seed_everything"] == 3 and drawn["data.root"].endswith("glioma_16_seed3_t54")
+    assert drawn["data.phantom"] == {
+        "task": "glioma", "size": 16, "seed": 3, "shift": 0.7, "n_source": 20,
+        "n_source_test": 6, "n_pool": 4, "n_test": 50, "progress": False,
+    }
+    assert config["data"]["phantom"]["seed"] == 0  # the config itself is left alone
+
+
+def test_table_rows_come_from_the_strategy_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A strategy registered in one file shows up under its display name at its table order;
+    a strategy the registry does not know still shows, under its own name, last."""
+    from lightning_ada.active.strategies import REGISTRY
+
+    class Toy:
+        display_name = "Toy (one file)"
+        table_order = 5
+
+    monkeypatch.setitem(REGISTRY, "toy", Toy)
+    monkeypatch.setattr(REGISTRY["random"], "table_order", 10, raising=False)
+    monkeypatch.setattr(REGISTRY["random"], "display_name", "Random", raising=False)
+
+    def row(run: str, dice: float, **kw: Any) -> dict[str, Any]:
+        case = {"case_id": "c0", "dice_GTV": dice, "iou_GTV": dice}
+        return {"task": "npc", "run": run, "seed": 0, "fold": 0, "budget": 3, "per_case": [case],
+                **kw}
+
+    rows = [row("random", 0.6), row("toy", 0.7), row("gone", 0.2), row("lower", 0.5),
+            row("mmacts_one_off", 0.9, strategy="mmacts")]  # an ablation: not in Table 1
+    for build in (tables.table1, tables.table1_distances):
+        assert [r[0].strip("*") for r in build(rows).rows] == [
+            "Lower bound", "Toy (one file)", "Random", "gone"
+        ]
+    curve = tables.budget_table(rows)
+    assert [r[1] for r in curve.rows] == ["Toy (one file)", "Random", "gone"]
+    assert curve.rows[0][2:4] == ["50.00", "70.00"]  # lower bound, then the toy at budget 3
 
 
 def test_distance_table_bolds_the_lowest_and_shows_mm() -> None:
@@ -103,8 +203,9 @@ def test_distance_table_bolds_the_lowest_and_shows_mm() -> None:
                 "per_case": [{**case, "dice_GTV": 0.5, "hd95_GTV": hd, "assd_GTV": hd / 4}]}
 
     t = tables.table1_distances([row("mmacts", 8.0), row("random", 4.0), row("lower", 2.0)])
-    cells = {r[0]: r for r in t.rows}
-    assert cells["Random"][2] == "**4.00**" and cells["**mmActS**"][2] == "8.00"
+    cells = {r[0].strip("*"): r for r in t.rows}
+    rnd, mm = tables.display_name("random"), tables.display_name("mmacts")
+    assert cells[rnd][2] == "**4.00**" and cells[mm][2] == "8.00"
     assert cells["Lower bound"][2] == "2.00"  # bounds are never bold
     assert t.csv_rows[0][2] == pytest.approx(2.0)  # mm, not scaled to %
 
@@ -124,46 +225,52 @@ def test_interrupted_attempt_is_cleared_before_the_run_is_made_again(tmp_path: P
     assert BenchmarkLoop(cfg, runner=rec).pending() == []
 
 
-FAKE_WORKER = """
-import json, os, sys, time
-argv = sys.argv[1:]
-def value(flag):
-    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
-out, task, seed = value("--out"), value("--tasks"), int(value("--seeds"))
-assert value("--workers") == "1" and os.environ["OMP_NUM_THREADS"] == value("--threads")
-if "--source-only" in argv:
-    assert value("--threads") == "1"  # two source units for two workers: one core each
-if "--source-only" in argv:
-    row = {"task": task, "run": "source", "seed": seed}
-else:
-    fold = int(value("--folds"))
-    src = [json.loads(l) for l in open(os.path.join(out, "results.jsonl"))]
-    assert any(r["run"] == "source" and r["task"] == task and r["seed"] == seed for r in src)
-    row = {"task": task, "run": "mmacts", "seed": seed, "fold": fold, "budget": 1}
-time.sleep(0.2)
-with open(os.path.join(out, "results.jsonl"), "a") as f:
-    f.write(json.dumps(row) + "\\n")
-"""
+class JobRunner:
+    """A runner for submitit jobs (pickled by value): no training; the source model must exist
+    before a target run starts; the runs of fold 1 fail."""
+
+    def __call__(self, config: dict[str, Any], fit: bool = True, curve: bool = False) -> dict:
+        import os
+
+        root = Path(config["trainer"]["default_root_dir"])
+        if config["data"]["stage"] == "target":
+            assert Path(config["model"]["source_checkpoint"]).is_file()
+            if root.parent.name == "fold1":
+                raise RuntimeError("fold 1 fails")
+        if fit:
+            (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (root / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        return {"test": {"threads": float(os.environ["OMP_NUM_THREADS"]), "pid": os.getpid()},
+                "per_case": [], "query_log": []}
 
 
-def test_parallel_workers_run_sources_first_then_every_unit(tmp_path: Path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(FAKE_WORKER)
-    out = tmp_path / "bench"
-    sources = [Unit("glioma", 0), Unit("npc", 0)]
-    targets = [Unit("glioma", 0, 0), Unit("glioma", 0, 1), Unit("npc", 0, 0)]
-    failed = run_units(script, ["--out", str(out), "--workers", "2"], [], [sources, targets], 2,
-                       out, 5)
-    assert failed == 0
-    rows = read_rows(out / "results.jsonl")
-    assert len(rows) == 5 and [r["run"] for r in rows[:2]] == ["source", "source"]
-    assert {(r["task"], r.get("fold")) for r in rows[2:]} == {("glioma", 0), ("glioma", 1),
-                                                              ("npc", 0)}
-    assert (out / "logs" / "glioma_seed0_fold1.log").read_text().startswith("$ " + sys.executable)
+def test_parallel_jobs_run_sources_first_then_every_unit(tmp_path: Path) -> None:
+    """Three submitit jobs (subprocesses): the source model, then two folds at once."""
+    import os
 
-    bad = tmp_path / "bad.py"
-    bad.write_text("import sys; sys.exit(3)")
-    assert run_units(bad, [], [], [[Unit("npc", 1)]], 1, tmp_path / "b2", 1) == 1
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfg = BenchConfig(
+        out=tmp_path / "bench", tasks=["glioma"], seeds=[0], folds=[0, 1],
+        runs={"glioma": [("lower", None), ("mmacts", 1)]},
+        scheme=FoldScheme(n_folds=2, n_pool=3, n_test=2, size=16),
+    )
+    sources, targets = units_of(cfg, 2)
+    assert sources == [Unit("glioma", 0)] and targets == [Unit("glioma", 0, 0), Unit("glioma", 0, 1)]
+    failed = run_units(cfg, [sources, targets], Cluster("local", 2), 5, runner=JobRunner(),
+                       poll_seconds=0.2)
+    assert failed == 2  # both runs of fold 1, recorded in errors.jsonl
+    rows = read_rows(cfg.out / "results.jsonl")
+    assert [(r["run"], r["fold"]) for r in rows] == [("source", None), ("lower", 0), ("mmacts", 0)]
+    errors = read_rows(cfg.out / "errors.jsonl")
+    assert {(e["run"], e["fold"]) for e in errors} == {("lower", 1), ("mmacts", 1)}
+    assert "fold 1 fails" in errors[0]["error"]
+    assert rows[0]["test"]["threads"] == 2.0  # one unit alone: it gets both cores
+    assert {r["test"]["threads"] for r in rows[1:]} == {1.0}  # two at once: one each
+    assert os.getpid() not in {r["test"]["pid"] for r in rows}  # made in other processes
+    assert len(list((cfg.out / "jobs").glob("*_log.out"))) == 3  # one log per job
+    assert [k[3] for k in BenchmarkLoop(cfg).pending()] == [1, 1]  # only the failed are left
 
 
 def test_shards_partition_a_folds_runs() -> None:
@@ -171,14 +278,16 @@ def test_shards_partition_a_folds_runs() -> None:
     assert split_units(units[:2], 2) == units[:2]  # two units keep two workers busy
     shards = split_units(units, 2)
     assert len(shards) == 6 and shards[1] == Unit("brats18", 0, 0, (1, 2))
-    assert shards[1].args()[-2:] == ["--shard", "1/2"]
     runs = {"glioma": [("lower", None), ("upper", None), ("mmacts", 1), ("random", 1), ("x", 3)]}
+    whole = BenchConfig(out=Path("/nonexistent"), tasks=["glioma", "npc"], seeds=[0, 1],
+                        folds=[0, 1], runs=runs)
     seen = []
     for k in range(2):
-        cfg = BenchConfig(out=Path("/nonexistent"), tasks=["glioma"], seeds=[0], folds=[0],
-                          runs=runs, shard=(k, 2))
-        seen += [key[1] for key in BenchmarkLoop(cfg)._planned("glioma", 0)]
+        cfg = Unit("glioma", 1, 0, (k, 2)).restrict(whole)
+        assert (cfg.tasks, cfg.seeds, cfg.folds, cfg.shard) == (["glioma"], [1], [0], (k, 2))
+        seen += [key[1] for key in BenchmarkLoop(cfg)._planned("glioma", 1)]
     assert sorted(seen) == sorted(n for n, _ in runs["glioma"])
+    assert Unit("npc", 0).restrict(whole).source_only
 
 
 def test_fold_scheme_of_the_quick_profile_is_valid() -> None:

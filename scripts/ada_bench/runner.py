@@ -58,7 +58,9 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Config:
 
 
 def set_key(config: Config, dotted: str, value: Any) -> None:
-    """Set ``config[a][b]... = value`` for ``dotted = "a.b..."`` wholesale (as ``--a.b value``)."""
+    """Set ``config[a][b]... = value`` for ``dotted = "a.b..."`` as ``--a.b value`` does: the
+    value replaces the key's, except a ``class_path`` mapping of the class already there, whose
+    ``init_args`` are merged into the old ones."""
     *parents, leaf = dotted.split(".")
     node = config
     for p in parents:
@@ -66,12 +68,20 @@ def set_key(config: Config, dotted: str, value: Any) -> None:
         if not isinstance(child, dict):
             child = node[p] = {}
         node = child
-    node[leaf] = copy.deepcopy(value)
+    old = node.get(leaf)
+    same_class = (
+        isinstance(old, Mapping)
+        and isinstance(value, Mapping)
+        and "class_path" in value
+        and old.get("class_path") == value["class_path"]
+    )
+    node[leaf] = merge(old, value) if same_class else copy.deepcopy(value)
 
 
 def compose(files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None) -> Config:
     """The config of ``-c f1 -c f2 ... --k1 v1 --k2 v2``: files merged in order, then the dotted
-    ``overrides`` set wholesale (a dict value replaces the whole key, as on the command line)."""
+    ``overrides`` set in order (:func:`set_key`: a plain dict value replaces the whole key, as on
+    the command line)."""
     config: Config = {}
     for f in files:
         config = merge(config, read_config(f))
