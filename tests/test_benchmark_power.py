@@ -1,0 +1,222 @@
+"""The power profile: paired statistics over seeds on constructed results with known answers,
+budget curves from one sequential run, and a tiny ``--power`` run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ada_bench import power
+from ada_bench.curve import labels_at
+from ada_bench.results import expand_curves, read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = Path(__file__).parent / "conf"
+REGIONS = ["ET", "NCR", "ED"]
+#: Student t quantiles for 9 degrees of freedom (tables): 97.5 % and 80 %
+T975_9, T80_9 = 2.2621571628, 0.8834038597
+
+
+def cases(value: float) -> list[dict[str, Any]]:
+    """Two test cases whose mean Dice (every region) is ``value``."""
+    return [
+        {"case_id": f"glioma_test_{i:03d}", **{f"dice_{g}": value + d for g in REGIONS}}
+        for i, d in enumerate((-0.1, 0.1))
+    ]
+
+
+def constructed() -> list[dict[str, Any]]:
+    """10 seeds. random (a curve run): 0.5 + 0.02 b at budget b; mmacts (a curve run): random +
+    0.01 (s + 1) at every budget; stdr (one run per budget): random - 0.02; bounds 0.4 / 0.9."""
+    rows = []
+    for s in range(10):
+        base = {"task": "glioma", "seed": s, "fold": 0}
+        rows.append({**base, "run": "lower", "budget": 0, "per_case": cases(0.4)})
+        rows.append({**base, "run": "upper", "per_case": cases(0.9)})
+        for run, extra in (("random", 0.0), ("mmacts", 0.01 * (s + 1))):
+            curve = [
+                {"labels": b, "epoch": 2 * b - 1, "per_case": cases(0.5 + 0.02 * b + extra)}
+                for b in range(1, 6)
+            ]
+            rows.append({**base, "run": run, "budget": 5, "per_case": cases(0.0), "curve": curve})
+        for b in (1, 2, 3, 5):
+            rows.append({**base, "run": "stdr", "budget": b,
+                         "per_case": cases(0.5 + 0.02 * b - 0.02)})
+    return rows
+
+
+def test_curve_rows_expand_into_one_row_per_budget() -> None:
+    rows = expand_curves(constructed())
+    rnd = sorted(
+        (r["budget"], r["from_curve"], r["curve_epoch"])
+        for r in rows
+        if r["run"] == "random" and r["seed"] == 0
+    )
+    # the curve replaces the run's final test (its budget-5 point is the curve's)
+    assert rnd == [(b, True, 2 * b - 1) for b in range(1, 6)]
+    values = power.seed_values(rows, "glioma", "random")
+    assert values[3] == pytest.approx({b: 0.5 + 0.02 * b for b in range(1, 6)})
+    assert power.seed_values(rows, "glioma", "upper")[0] == {None: pytest.approx(0.9)}
+    # a run stopped before its last point keeps its final test for that budget
+    short = expand_curves([{**constructed()[2], "curve": [{"labels": 1, "per_case": []}]}])
+    assert [(r["budget"], r.get("from_curve", False)) for r in short] == [(1, True), (5, False)]
+
+
+def test_labels_a_model_trained_with() -> None:
+    queries = [-1, 1, 3]  # at fit start, after epochs 1 and 3 (stride 2)
+    assert [labels_at(queries, e) for e in range(6)] == [1, 1, 2, 2, 3, 3]
+
+
+def test_aubc_is_the_normalised_trapezoid() -> None:
+    assert power.aubc({1: 0.5, 2: 0.5, 3: 0.5, 5: 0.5}, [1, 2, 3, 5]) == pytest.approx(0.5)
+    # trapezoid: (0.1+0.2)/2 + (0.2+0.4)/2 + 2 * (0.4+0.6)/2 = 1.45, over a range of 4
+    assert power.aubc({1: 0.1, 2: 0.2, 3: 0.4, 5: 0.6}, [1, 2, 3, 5]) == pytest.approx(1.45 / 4)
+    assert math.isnan(power.aubc({1: 0.1, 2: 0.2}, [1, 2, 3]))
+
+
+def test_paired_summary_known_answers() -> None:
+    d = [float(k) for k in range(1, 11)]  # 1..10 points
+    res = power.paired(d)
+    sd = statistics.stdev(d)  # sqrt(55 / 6)
+    assert (res.n, res.mean, res.sd) == (10, pytest.approx(5.5), pytest.approx(math.sqrt(55 / 6)))
+    assert res.p == pytest.approx(2 / 2**10)  # exact: all ten differences positive
+    assert res.mdd == pytest.approx((T975_9 + T80_9) * sd / math.sqrt(10), rel=1e-6)
+    assert 1.0 <= res.ci_low < 5.5 < res.ci_high <= 10.0
+    assert res.ci_high - res.ci_low < 9.0  # narrower than the range
+    same = power.paired([-2.0] * 10)
+    assert (same.mean, same.ci_low, same.ci_high, same.sd, same.mdd) == (-2.0, -2.0, -2.0, 0.0, 0.0)
+    assert same.p == pytest.approx(2 / 2**10)
+    zero = power.paired([0.0] * 4)
+    assert zero.p == 1.0 and zero.mean == 0.0
+    one = power.paired([3.0])
+    assert one.n == 1 and math.isnan(one.ci_low) and math.isnan(one.mdd)
+
+
+@pytest.fixture
+def named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_ada.active.strategies import REGISTRY
+
+    for name, shown, order in (("random", "Random", 10), ("stdr", "STDR", 50),
+                               ("mmacts", "mmActS", 90)):
+        monkeypatch.setattr(REGISTRY[name], "display_name", shown, raising=False)
+        monkeypatch.setattr(REGISTRY[name], "table_order", order, raising=False)
+
+
+def test_power_table_on_constructed_results(named: None, tmp_path: Path) -> None:
+    table, figures = power.write_power(constructed(), tmp_path)
+    rows = {(r[1], r[2]): r for r in table.csv_rows}
+    assert [k for k in rows if k[0] == "stdr"] == [
+        ("stdr", "Dice at 1"), ("stdr", "Dice at 2"), ("stdr", "Dice at 3"),
+        ("stdr", "Dice at 5"), ("stdr", "AUBC 1-5"),
+    ]
+    header = table.csv_header
+    for measure in ("Dice at 1", "Dice at 5", "AUBC 1-5"):
+        mm = dict(zip(header, rows[("mmacts", measure)]))
+        assert (mm["n_seeds"], mm["diff_mean"]) == (10, pytest.approx(5.5))
+        assert mm["p"] == pytest.approx(2 / 2**10)
+        assert mm["mdd"] == pytest.approx((T975_9 + T80_9) * math.sqrt(55 / 6) / math.sqrt(10))
+        st = dict(zip(header, rows[("stdr", measure)]))
+        assert (st["diff_mean"], st["ci_low"], st["ci_high"]) == (
+            pytest.approx(-2.0), pytest.approx(-2.0), pytest.approx(-2.0)
+        )
+    assert dict(zip(header, rows[("mmacts", "AUBC 1-5")]))["baseline_mean"] == pytest.approx(56.0)
+    assert dict(zip(header, rows[("stdr", "Dice at 3")]))["strategy_mean"] == pytest.approx(54.0)
+    assert {r[-2] for r in table.csv_rows if r[1] == "stdr"} == {"per budget"}
+    assert {r[-1] for r in table.csv_rows} == {"curve"}
+    md = (tmp_path / "power.md").read_text()
+    assert "| glioma | STDR | Dice at 2 | 10 | 52.00 | 54.00 | -2.00 | [-2.00, -2.00] | 0.00195 |" in md
+    assert "ONE sequential run" in md and "glioma Random" in md and "(t_{0.975,n−1}" in md
+    # the figure: one band per strategy, drawn over 10 seeds
+    assert [p.name for p in figures] == ["power_curve_glioma.png"]
+    pts = power.curve_points(constructed(), "glioma", "mmacts")
+    assert [p[0] for p in pts] == [1, 2, 3, 4, 5] and pts[0][4] == 10
+    assert pts[0][1] == pytest.approx(0.52 + 0.055) and pts[0][2] < pts[0][1] < pts[0][3]
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_script", REPO / "scripts" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_power_profile_plan() -> None:
+    mod = load_script()
+    args = mod.parser().parse_args(["--power", "--strategies", "mmacts", "stdr", "--dry-run"])
+    cfg = mod.build_config(args, {})
+    assert cfg.seeds == list(range(10)) and cfg.folds == [0] and cfg.curve
+    task = cfg.task("glioma")
+    assert task.scheme.n_test == 50 and task.scheme.n_folds == 1
+    # sequential strategies once at the largest budget (their curve), one-off ones per budget
+    assert cfg.runs["glioma"] == [
+        ("lower", None), ("upper", None), ("random", 5), ("mmacts", 5),
+        ("stdr", 1), ("stdr", 2), ("stdr", 3), ("stdr", 5),
+    ]
+
+
+def power_configs(folder: Path) -> Path:
+    """configs/power/glioma/ in miniature: the tiny test configs, an upper bound made of them."""
+    task = folder / "glioma"
+    task.mkdir(parents=True)
+    shutil.copy(CONF / "source_tiny.yaml", task / "source.yaml")
+    shutil.copy(CONF / "random_tiny.yaml", task / "random.yaml")
+    shutil.copy(CONF / "random_tiny.yaml", task / "mmacts.yaml")
+    upper = yaml.safe_load((CONF / "random_tiny.yaml").read_text())
+    upper["data"]["label_all"] = True
+    upper["active"] = {"budget": 0}
+    (task / "upper_bound.yaml").write_text(yaml.safe_dump(upper))
+    return folder
+
+
+@pytest.mark.slow
+def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
+    """2 seeds x (source, bounds, random's curve, STDR per budget) on 16^3 phantoms."""
+    mod = load_script()
+    out = tmp_path / "power"
+    conf = power_configs(tmp_path / "conf")
+    code = mod.main(
+        ["--power", "--tasks", "glioma", "--seeds", "0", "1", "--strategies", "stdr",
+         "--budgets", "1", "2", "--n-test", "4", "--n-pool", "4", "--workers", "1",
+         "--config-dir", str(conf / "{task}"), "--data-base", str(tmp_path / "data"),
+         "--out", str(out), "--figures", "none"]
+    )
+    assert code == 0, read_rows(out / "errors.jsonl")
+    rows = read_rows(out / "results.jsonl")
+    made = sorted((r["run"], r["seed"], r["budget"] or 0) for r in rows if r["run"] != "source")
+    assert made == sorted(
+        (run, s, b) for run, b in (("lower", 0), ("random", 2), ("stdr", 1), ("stdr", 2),
+                                   ("upper", 0)) for s in (0, 1)
+    )
+    rnd = next(r for r in rows if r["run"] == "random" and r["seed"] == 1)
+    # stride 1, queries at fit start and after epoch 0: 1 label in epoch 0, 2 from epoch 1 on
+    assert [(p["labels"], p["epoch"]) for p in rnd["curve"]] == [(1, 0), (2, 1)]
+    test_ids = {c["case_id"] for c in rnd["per_case"]}
+    assert len(test_ids) == 4 and all({c["case_id"] for c in p["per_case"]} == test_ids
+                                      for p in rnd["curve"])
+    # a fresh phantom draw per seed (4 pool + 4 test target cases), shared by the seed's runs
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "glioma_16_seed0_t8", "glioma_16_seed1_t8"
+    ]
+
+    # the table's difference is the per-seed mean Dice difference, recomputed here
+    def mean_dice(per_case: list[dict[str, Any]]) -> float:
+        return statistics.fmean(statistics.fmean(c[f"dice_{g}"] for g in REGIONS) for c in per_case)
+
+    csv = (out / "power.csv").read_text().splitlines()
+    header = csv[0].split(",")
+    stdr2 = dict(zip(header, next(line for line in csv if ",stdr,Dice at 2," in line).split(",")))
+    diffs = []
+    for s in (0, 1):
+        st = next(r for r in rows if r["run"] == "stdr" and r["budget"] == 2 and r["seed"] == s)
+        rd = next(r for r in rows if r["run"] == "random" and r["seed"] == s)["curve"][1]
+        diffs.append(100 * (mean_dice(st["per_case"]) - mean_dice(rd["per_case"])))
+    assert float(stdr2["diff_mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-9)
+    assert int(stdr2["n_seeds"]) == 2 and stdr2["baseline_source"] == "curve"
+    assert (out / "power_curve_glioma.png").is_file() and "## Power" in (out / "summary.md").read_text()
