@@ -149,10 +149,9 @@ def machine() -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(r) + " |" for r in rows]
-    )
+    from ada_bench.markdown import markdown_table
+
+    return markdown_table(header, rows)
 
 
 def write(out: Path, name: str, title: str, body: str, command: str, context: str) -> Path:

@@ -27,8 +27,9 @@ composed into one config dict and run through ``lightning_ada.main.main(args=<di
     python scripts/benchmark.py --quick --cluster slurm --workers 16 --slurm slurm_partition=cpu
     # tables, plots and figures only, from results.jsonl
     python scripts/benchmark.py --summary --out runs/bench
-    # extra overrides (dotted config keys) for every run go after "--"
+    # extra overrides (dotted config keys) and config files for every run go after "--"
     python scripts/benchmark.py --quick --dry-run -- --trainer.max_epochs 8
+    python scripts/benchmark.py --quick -- -c configs/trainer/gpu.yaml
 
 Outputs in ``--out``: results.jsonl (one row per run: task, run, strategy, budget, fold, seed,
 test metrics per region, per-case values, queried cases and elected modalities, timings, and
@@ -70,7 +71,7 @@ from ada_bench.protocol import BUDGETS, plan
 from ada_bench.publish import fill_readme, publish, record_end, record_start
 from ada_bench.report import write_report
 from ada_bench.results import read_rows
-from ada_bench.runner import parse_overrides, read_config
+from ada_bench.runner import parse_overrides, read_config, split_command_line
 from ada_bench.tasks import BenchTask, ConfigTask, PhantomTask
 from ada_bench.wandb_io import WandbSettings
 
@@ -273,7 +274,9 @@ def power_plan(strategies: list[str], budgets: list[int]) -> list[tuple[str, int
     return out
 
 
-def build_config(args: argparse.Namespace, extra: dict) -> BenchConfig:
+def build_config(
+    args: argparse.Namespace, extra: dict, extra_configs: list[str] | None = None
+) -> BenchConfig:
     """The :class:`BenchConfig` of parsed arguments (defaults resolved as documented)."""
     from lightning_ada.active.strategies import REGISTRY
 
@@ -339,6 +342,7 @@ def build_config(args: argparse.Namespace, extra: dict) -> BenchConfig:
         config_dir=config_dir,
         data_base=args.data_base,
         extra=extra,
+        extra_configs=list(extra_configs or []),
         wandb=wandb,
         dry_run=args.dry_run,
         task_specs=specs,
@@ -378,13 +382,16 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, rest = argv[:i], argv[i + 1 :]
     args = parser().parse_args(argv)
-    extra = parse_overrides(rest)
+    try:
+        extra_configs, extra = split_command_line(rest)
+    except ValueError as e:
+        raise SystemExit(f"after --: {e}") from None
     os.chdir(REPO)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = build_config(args, extra)
+    cfg = build_config(args, extra, extra_configs)
     workers = args.workers or (QUICK["workers"] if args.quick or args.power else 1)
     failed = 0
     if not args.summary:

@@ -398,6 +398,11 @@ def test_overrides_after_the_double_dash_are_read_like_the_cli() -> None:
         parse_overrides(["--trainer.max_epochs"])
     with pytest.raises(ValueError, match="expected --key value"):
         parse_overrides(["trainer.max_epochs", "8"])
+    from ada_bench.runner import split_command_line
+
+    assert split_command_line(["-c", "a.yaml", "--x", "1", "--config", "b.yaml"]) == (
+        ["a.yaml", "b.yaml"], {"x": 1}
+    )
 
 
 # ------------------------------------------------------------------ W&B offline, one tiny real fit

@@ -110,6 +110,9 @@ def named(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_power_table_on_constructed_results(named: None, tmp_path: Path) -> None:
+    assert power.budgets_of(constructed()) == [1, 2, 3, 5]  # STDR's, made per budget
+    curves_only = [r for r in constructed() if r["run"] != "stdr"]
+    assert power.budgets_of(curves_only) == [1, 2, 3, 4, 5]
     table, figures = power.write_power(constructed(), tmp_path)
     rows = {(r[1], r[2]): r for r in table.csv_rows}
     assert [k for k in rows if k[0] == "stdr"] == [
@@ -219,4 +222,5 @@ def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
         diffs.append(100 * (mean_dice(st["per_case"]) - mean_dice(rd["per_case"])))
     assert float(stdr2["diff_mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-9)
     assert int(stdr2["n_seeds"]) == 2 and stdr2["baseline_source"] == "curve"
+    assert [line.split(",")[2] for line in csv[1:]] == ["Dice at 1", "Dice at 2", "AUBC 1-2"]
     assert (out / "power_curve_glioma.png").is_file() and "## Power" in (out / "summary.md").read_text()

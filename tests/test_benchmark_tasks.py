@@ -72,9 +72,11 @@ def test_real_task_runs_with_its_fold_overlay_and_no_phantom_overrides(tmp_path:
         folds=[2],
         runs={"brats18": [("upper", None), ("mmacts", 2)]},
         task_specs={"brats18": task},
+        extra_configs=[str(REPO / "configs/trainer/gpu.yaml")],  # `-- -c FILE` of the script
     )
     BenchmarkLoop(cfg, runner=rec).run()
     (src, _), (up, _), (mm, _) = rec.calls
+    assert {c["trainer"]["precision"] for c, _ in rec.calls} == {"16-mixed"}
     fold2 = compose([REPO / "configs/brats18/folds/fold2.yaml"])["data"]["splits"]
     assert src["data"]["stage"] == "source" and "pool" not in src["data"]["splits"]
     assert up["data"]["splits"] == fold2 and up["data"]["label_all"] is True  # the overlay wins

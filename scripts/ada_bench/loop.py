@@ -59,6 +59,8 @@ class BenchConfig:
         config_dir: config folder, ``{task}`` is replaced by the task.
         data_base: folder of the generated phantoms.
         extra: overrides of every run (dotted keys, e.g. ``{"trainer.max_epochs": 2}``).
+        extra_configs: config files merged into every run after its own (e.g.
+            ``configs/trainer/gpu.yaml``).
         wandb: W&B settings, None for no tracking.
         dry_run: print the runs, run nothing.
         task_specs: per task, what it runs on (:mod:`ada_bench.tasks`); a task not in it is a
@@ -79,6 +81,7 @@ class BenchConfig:
     config_dir: str = "configs/phantom/{task}"
     data_base: str = "data/phantom"
     extra: dict[str, Any] = field(default_factory=dict)
+    extra_configs: list[str] = field(default_factory=list)
     wandb: WandbSettings | None = None
     dry_run: bool = False
     task_specs: dict[str, BenchTask] = field(default_factory=dict)
@@ -316,7 +319,10 @@ class BenchmarkLoop:
 
     def _files(self, task: str, name: str, *more: str) -> list[str]:
         bench_task = self.cfg.task(task)
-        return [str(bench_task.folder / name), *bench_task.extra_configs, *more]
+        return [
+            str(bench_task.folder / name), *bench_task.extra_configs, *more,
+            *self.cfg.extra_configs,
+        ]
 
     def _source(
         self, task: str, seed: int, rows: list[dict[str, Any]], done: set[Any]

@@ -164,17 +164,26 @@ def _source(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str:
     return "curve" if any(r.get("from_curve") for r in sel) else "per budget"
 
 
+def budgets_of(rows: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The budgets a power run planned: those of the runs made per budget, else (only curves)
+    every budget of the curves."""
+    norm = [normalise(r) for r in expand_curves(rows) if r["run"] not in BUDGETLESS]
+    own = sorted({r["budget"] for r in norm if not r.get("from_curve")})
+    return own or sorted({r["budget"] for r in norm})
+
+
 def power_table(
     rows: Iterable[Mapping[str, Any]],
-    budgets: Sequence[int] = (1, 2, 3, 5),
+    budgets: Sequence[int] | None = None,
     baseline: str = BASELINE,
 ) -> Table:
     """Every strategy vs ``baseline``: paired differences over seeds at each budget and of AUBC.
 
     Rows with a budget curve are expanded first (:func:`ada_bench.results.expand_curves`).
-    Differences are in Dice points (%).
+    Differences are in Dice points (%). ``budgets`` defaults to :func:`budgets_of`.
     """
     rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
+    budgets = list(budgets or budgets_of(rows))
     header = [
         "Task", "Strategy", "Measure", "Seeds", "Strategy %", f"{display_name(baseline)} %",
         "Δ points", "95 % CI", "Wilcoxon p", "MDD points",
@@ -214,6 +223,8 @@ def power_table(
                 seeds = sorted(
                     s for s in a.keys() & b_.keys() if not (math.isnan(a[s]) or math.isnan(b_[s]))
                 )
+                if not seeds:
+                    continue
                 res = paired([100 * (a[s] - b_[s]) for s in seeds])
                 ma = statistics.fmean(a[s] for s in seeds) * 100 if seeds else math.nan
                 mb = statistics.fmean(b_[s] for s in seeds) * 100 if seeds else math.nan
@@ -313,6 +324,7 @@ def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path)
         if not math.isnan(lo):
             ax.axhspan(lo * 100, hi * 100, color="k", alpha=0.06)
     n = len({r["seed"] for r in rows})
+    ax.set_xticks(sorted({0, *(r["budget"] for r in rows if r["run"] not in BUDGETLESS)}))
     ax.set_xlabel("number of labelled target cases (0 = lower bound)")
     ax.set_ylabel("mean Dice (%)")
     ax.set_title(f"{task}: mean over {n} seeds, 95 % bootstrap bands")

@@ -96,11 +96,27 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     Raises:
         ValueError: an item that is not ``--key value`` / ``--key=value``.
     """
+    return split_command_line(args)[1]
+
+
+def split_command_line(args: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """CLI-style arguments -> (config files of ``-c FILE`` / ``--config FILE``, dotted overrides).
+
+    Raises:
+        ValueError: an item that is not ``-c FILE``, ``--key value`` or ``--key=value``.
+    """
+    files: list[str] = []
     out: dict[str, Any] = {}
     items = list(args)
     i = 0
     while i < len(items):
         item = items[i]
+        if item in ("-c", "--config"):
+            if i + 1 == len(items):
+                raise ValueError(f"{item} needs a config file")
+            files.append(items[i + 1])
+            i += 2
+            continue
         if not item.startswith("--") or len(item) < 3:
             raise ValueError(f"override {item!r}: expected --key value or --key=value")
         if "=" in item:
@@ -112,7 +128,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
         else:
             raise ValueError(f"override {item!r} has no value")
         out[key] = _value(text)
-    return out
+    return files, out
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
