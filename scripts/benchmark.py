@@ -46,7 +46,10 @@ with a query every 2 epochs (budget 5 fits), 2 parallel jobs of 1 thread each.
 phantom draw, ``data.phantom.seed``, and training seed), one fold with 50 target test cases,
 budgets 1 2 3 5, lower and upper bound, ``random`` and every strategy of ``--strategies``; the
 task configs come from configs/power/<task>/ (configs/phantom/<task>/ while that folder is
-missing), the phantom's draw parameters from their ``data.phantom``. A sequential strategy runs
+missing), the phantom's draw parameters from their ``data.phantom``; a folder with one
+``target.yaml`` recipe uses it for every target run (strategy, budget and bound set by the
+harness), else each run's own file (``mmacts.yaml``, ``random.yaml``, ``upper_bound.yaml``). A
+sequential strategy runs
 ONCE at the largest budget and is tested after each query's stride (its budget curve); a one-off
 strategy runs once per budget. Tables: every strategy vs random, per-seed paired differences of
 mean Dice at each budget and of the normalised AUBC, 95 % bootstrap CI, Wilcoxon p, MDD.
@@ -293,8 +296,10 @@ def build_config(
     for task in tasks:
         if task in PHANTOM_TASKS and power:
             folder = power_config_dir(task, args.config_dir)
+            single = Path(folder.format(task=task), "target.yaml").is_file()
             specs[task] = PhantomTask(
-                task, power_scheme(args, folder, task), args.data_base, folder
+                task, power_scheme(args, folder, task), args.data_base, folder,
+                target_config="target.yaml" if single else None,
             )
         elif task in PHANTOM_TASKS:
             specs[task] = PhantomTask(

@@ -275,6 +275,34 @@ def test_parallel_jobs_run_sources_first_then_every_unit(tmp_path: Path) -> None
     assert [k[3] for k in BenchmarkLoop(cfg).pending()] == [1, 1]  # only the failed are left
 
 
+def test_a_job_waits_for_the_job_of_a_killed_benchmark_on_the_same_unit(tmp_path: Path) -> None:
+    """A job left running by a killed benchmark holds its unit's lock: the restarted benchmark's
+    job for that unit waits, then finds the runs done and makes nothing twice."""
+    import fcntl
+    import threading
+
+    from ada_bench.jobs import run_unit
+
+    cfg = BenchConfig(out=tmp_path, tasks=["glioma"], seeds=[0], folds=[0],
+                      runs={"glioma": [("mmacts", 1)]})
+    unit = Unit("glioma", 0, 0)
+    lock_path = tmp_path / "locks" / f"{unit.name}.lock"
+    lock_path.parent.mkdir()
+    old_job = lock_path.open("a")
+    fcntl.flock(old_job, fcntl.LOCK_EX)
+    rec = Recorder()
+    result: dict[str, Any] = {}
+    job = threading.Thread(target=lambda: result.update(run_unit(cfg, unit, 1, rec)))
+    job.start()
+    time.sleep(1.0)
+    assert job.is_alive() and rec.calls == []  # waiting for the old job
+    BenchmarkLoop(cfg, runner=Recorder()).run()  # the old job finishes the unit...
+    fcntl.flock(old_job, fcntl.LOCK_UN)  # ...and exits
+    old_job.close()
+    job.join(timeout=30)
+    assert result == {"unit": unit.name, "ran": 0, "skipped": 1, "failed": 0} and rec.calls == []
+
+
 def test_shards_partition_a_folds_runs() -> None:
     units = [Unit("brats18", 0, f) for f in range(3)]
     assert split_units(units[:2], 2) == units[:2]  # two units keep two workers busy

@@ -320,7 +320,7 @@ class BenchmarkLoop:
     def _files(self, task: str, name: str, *more: str) -> list[str]:
         bench_task = self.cfg.task(task)
         return [
-            str(bench_task.folder / name), *bench_task.extra_configs, *more,
+            str(bench_task.config_file(name)), *bench_task.extra_configs, *more,
             *self.cfg.extra_configs,
         ]
 

@@ -111,7 +111,13 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             name, "random.yaml", {"active.budget": 0}, fit=False, strategy="lower", budgeted=False
         )
     if name == "upper":
-        return RunSpec(name, "upper_bound.yaml", {}, strategy="upper", budgeted=False)
+        return RunSpec(
+            name,
+            "upper_bound.yaml",
+            {"data.label_all": True, "active.budget": 0},
+            strategy="upper",
+            budgeted=False,
+        )
     if name.startswith("random@"):
         draw = int(name.split("@", 1)[1])
         return RunSpec(

@@ -45,6 +45,9 @@ class PhantomTask:
         source_overrides: extra overrides of the source run (e.g. fewer epochs in ``--quick``).
         target_overrides: extra overrides of every target run.
         extra_configs: config files added after the run's own.
+        target_config: one config file of the folder for every target run (a single adaptation
+            recipe, e.g. ``configs/power/<task>/target.yaml``: the run's strategy, budget and
+            bound are then set by overrides); None: each run's own file (``mmacts.yaml``...).
     """
 
     name: str
@@ -54,6 +57,13 @@ class PhantomTask:
     source_overrides: Mapping[str, Any] = field(default_factory=dict)
     target_overrides: Mapping[str, Any] = field(default_factory=dict)
     extra_configs: tuple[str, ...] = ()
+    target_config: str | None = None
+
+    def config_file(self, name: str) -> Path:
+        """The file of run config ``name`` (``source.yaml``, ``mmacts.yaml``...) in the folder."""
+        if self.target_config and name != "source.yaml":
+            return self.folder / self.target_config
+        return self.folder / name
 
     @property
     def modalities(self) -> list[str]:
@@ -79,9 +89,11 @@ class PhantomTask:
         s = self.scheme
         drawn = dict((config.get("data") or {}).get("phantom") or {})
         drawn.update(s.phantom(self.name, seed))
+        regime = drawn.get("regime")  # another generator regime: another folder
+        suffix = f"_{regime}" if regime not in (None, "phantom-1") else ""
         return {
             "seed_everything": seed,
-            "data.root": s.root(self.name, seed, self.data_base),
+            "data.root": s.root(self.name, seed, self.data_base) + suffix,
             "data.phantom": drawn,
         }
 
@@ -120,6 +132,10 @@ class ConfigTask:
     @property
     def folder(self) -> Path:
         return Path(self.config_dir.format(task=self.name))
+
+    def config_file(self, name: str) -> Path:
+        """The file of run config ``name`` in the folder."""
+        return self.folder / name
 
     def _yaml(self, path: Path) -> dict[str, Any]:
         if not path.is_file():
