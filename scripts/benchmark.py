@@ -74,7 +74,7 @@ from ada_bench.protocol import BUDGETS, plan
 from ada_bench.publish import fill_readme, publish, record_end, record_start
 from ada_bench.report import write_report
 from ada_bench.results import read_rows
-from ada_bench.runner import parse_overrides, read_config, split_command_line
+from ada_bench.runner import parse_overrides, split_command_line
 from ada_bench.tasks import BenchTask, ConfigTask, PhantomTask
 from ada_bench.wandb_io import WandbSettings
 
@@ -244,7 +244,11 @@ def power_tasks() -> list[str]:
 
 def power_scheme(args: argparse.Namespace, config_dir: str, task: str) -> FoldScheme:
     """One fold of the power profile, sizes from the task's ``source.yaml`` ``data.phantom``."""
-    drawn = (read_config(Path(config_dir.format(task=task)) / "source.yaml").get("data") or {})
+    from ada_bench.runner import compose
+    from ada_bench.tasks import base_files
+
+    folder = Path(config_dir.format(task=task))
+    drawn = (compose([*base_files(folder), folder / "source.yaml"]).get("data") or {})
     drawn = drawn.get("phantom") or {}
     base = FoldScheme()
     n_test = args.n_test or POWER["n_test"]

@@ -250,7 +250,11 @@ def test_protocol_plan_and_specs() -> None:
     assert spec.train_input == "modality:t1ce"
     assert spec.overrides["data.train_input"] == "modality:t1ce"
     assert run_spec("stdr", ["t1"]).schedule == "one_off"
-    assert run_spec("cup", ["t1"]).overrides["active.strategy"] == "cup"
+    chosen = run_spec("cup", ["t1"]).overrides["active.strategy"]  # a name or a class path
+    from lightning_ada.active.strategies import REGISTRY
+
+    cup = REGISTRY["cup"]
+    assert chosen in ("cup", {"class_path": f"{cup.__module__}.{cup.__qualname__}", "init_args": {}})
     assert run_spec("random@2", ["t1"]).overrides == {"active.seed": 1002}
     assert run_spec("lower", ["t1"]).fit is False
     with pytest.raises(ValueError, match="unknown run"):

@@ -38,7 +38,7 @@ from ada_bench.results import (
     run_key,
 )
 from ada_bench.runner import compose
-from ada_bench.tasks import BenchTask, PhantomTask
+from ada_bench.tasks import BenchTask, PhantomTask, base_files
 from ada_bench.wandb_io import WandbSettings, finish_run
 
 #: ``runner(config, fit=..., curve=...)`` -> the results of one run (:func:`_default_runner`)
@@ -320,8 +320,8 @@ class BenchmarkLoop:
     def _files(self, task: str, name: str, *more: str) -> list[str]:
         bench_task = self.cfg.task(task)
         return [
-            str(bench_task.config_file(name)), *bench_task.extra_configs, *more,
-            *self.cfg.extra_configs,
+            *map(str, base_files(bench_task.folder)), str(bench_task.config_file(name)),
+            *bench_task.extra_configs, *more, *self.cfg.extra_configs,
         ]
 
     def _source(

@@ -67,15 +67,36 @@ class RunSpec:
     schedule: str | None = None
 
 
+def _callback_parameters() -> set[str]:
+    from lightning_ada.active.callback import ActiveQueryCallback
+
+    return set(inspect.signature(ActiveQueryCallback.__init__).parameters)
+
+
 def strategy_overrides(strategy: str, **init_args: Any) -> dict[str, Any]:
-    """The overrides choosing ``strategy`` with ``init_args`` (no progress bars when accepted)."""
+    """The overrides choosing ``strategy`` with ``init_args``: its ``class_path`` / ``init_args``
+    (typed strategies), or name plus ``strategy_args`` (no progress bars) where the callback
+    still takes those (the library before typed strategies; drop once both have merged)."""
     from lightning_ada.active.strategies import REGISTRY
 
+    cls = REGISTRY[strategy]
+    if "strategy_args" not in _callback_parameters():
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        return {"active.strategy": {"class_path": path, "init_args": dict(init_args)}}
     args = dict(init_args)
-    cls = REGISTRY.get(strategy)
-    if cls is not None and "progress" in inspect.signature(cls.__init__).parameters:
+    if "progress" in inspect.signature(cls.__init__).parameters:
         args.setdefault("progress", False)
     return {"active.strategy": strategy, "active.strategy_args": args}
+
+
+def modality_masks_overrides() -> dict[str, Any]:
+    """The overrides making the simulated oracle deliver the elected modality's mask only."""
+    if "use_modality_masks" in _callback_parameters():
+        return {"active.use_modality_masks": True}
+    from lightning_ada.active.oracle import SimulatedOracle
+
+    path = f"{SimulatedOracle.__module__}.{SimulatedOracle.__qualname__}"
+    return {"active.oracle": {"class_path": path, "init_args": {"use_modality_masks": True}}}
 
 
 def _schedule(strategy: str, args: dict[str, Any] | None = None) -> str:
@@ -140,9 +161,9 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
     if name == "mmacts_one_off":
         return mm(args={"schedule": "one_off"})
     if name == "mmacts_modality_masks":
-        return mm({"active.use_modality_masks": True})
+        return mm(modality_masks_overrides())
     if name == "mmacts_modality_masks_perclass":
-        return mm({"active.use_modality_masks": True, "active.election_per_class": True})
+        return mm({**modality_masks_overrides(), "active.election_per_class": True})
     if name in FACTOR_ABLATIONS:
         return mm(args={"exponents": FACTOR_ABLATIONS[name]})
     if name == "mmacts_dominant_only":

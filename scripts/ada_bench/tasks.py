@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ada_bench.folds import FoldScheme
-from ada_bench.runner import read_config
+from ada_bench.runner import compose, read_config
 
 Overrides = dict[str, Any]
 
@@ -144,7 +144,9 @@ class ConfigTask:
 
     @cached_property
     def modalities(self) -> list[str]:
-        return list(self._yaml(self.folder / "mmacts.yaml")["data"]["modalities"])
+        self._yaml(self.folder / "mmacts.yaml")  # a clear error when it is missing
+        config = compose([*base_files(self.folder), self.folder / "mmacts.yaml"])
+        return list(config["data"]["modalities"])
 
     @cached_property
     def _fold_files(self) -> list[Path]:
@@ -177,6 +179,12 @@ class ConfigTask:
             len(splits.get("pool", [])),
             len(splits.get("test", [])),
         )
+
+
+def base_files(folder: Path) -> list[Path]:
+    """The base configs every run of ``folder`` starts from: ``<folder>/../base.yaml`` and
+    ``<folder>/base.yaml``, those that exist."""
+    return [p for p in (folder.parent / "base.yaml", folder / "base.yaml") if p.is_file()]
 
 
 BenchTask = PhantomTask | ConfigTask
