@@ -22,7 +22,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,10 @@ def data_args(config: Path, root: str, cache: Path) -> dict:
     """The datamodule arguments of ``config`` over every case of ``root`` (as one pool)."""
     from lightning_ada.data.readers import read_cases
 
-    data = dict(yaml.safe_load(config.read_text())["data"])
+    from ada_bench.runner import compose
+    from ada_bench.tasks import base_files
+
+    data = dict(compose([*base_files(config.parent), config])["data"])
     ids = [c.case_id for c in read_cases(root, data["layout"], modalities=data["modalities"])]
     data.update(root=root, cache_dir=str(cache), splits={"pool": ids, "test": ids[:1]})
     return data
@@ -66,7 +68,10 @@ def main() -> int:
 
             pred = work / "pred"
             fold = REPO / "configs" / "brats18" / "folds" / f"fold{args.fold}.yaml"
-            cli(["predict", "-c", args.config, "-c", str(fold), "--data.root", args.root,
+            from ada_bench.tasks import base_files
+
+            files = [*base_files(Path(args.config).parent), Path(args.config), fold]
+            cli(["predict", *(a for f in files for a in ("-c", str(f))), "--data.root", args.root,
                  "--data.cache_dir", str(work / "cache"), "--model.source_checkpoint", args.ckpt,
                  "--trainer.logger", "false", "--trainer.default_root_dir", str(work),
                  "--writer.output_dir", str(pred)])
