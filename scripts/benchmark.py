@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(len(r) for r in cfg.runs.values()) * len(cfg.seeds) * len(cfg.folds)
         print(
             f"benchmark: {len(cfg.tasks)} task(s) x {len(cfg.seeds)} seed(s) x {len(cfg.folds)} "
-            f"fold(s): {n} runs planned plus the source models (finished ones are skipped) -> {cfg.out}",
+            f"fold(s): {n} runs planned plus the source models (finished ones are skipped) "
+            f"-> {cfg.out}",
             flush=True,
         )
         t0, start = time.perf_counter(), time.time()

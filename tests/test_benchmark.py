@@ -85,9 +85,11 @@ def test_normalise_derives_fields_and_rejects_rows_without_fold_or_budget() -> N
         "random", "random", 2, 1, "all", 2
     )
     assert normalise({"task": "g", "run": "lower", "seed": 0, "fold": 0})["budget"] == 0
-    assert normalise({"task": "g", "run": "upper", "seed": 0, "fold": 0, "n_pool": 9})["labels"] == 9
+    upper = normalise({"task": "g", "run": "upper", "seed": 0, "fold": 0, "n_pool": 9})
+    assert upper["labels"] == 9
     # bounds and source do not depend on the budget, the source not on the fold
-    assert run_key({"task": "g", "run": "upper", "seed": 0, "fold": 0}) == ("g", "upper", None, 0, 0)
+    upper_key = run_key({"task": "g", "run": "upper", "seed": 0, "fold": 0})
+    assert upper_key == ("g", "upper", None, 0, 0)
     assert run_key({"task": "g", "run": "source", "seed": 1}) == ("g", "source", None, None, 1)
     with pytest.raises(ValueError, match="run 'mmacts' .*no budget"):
         normalise({"task": "g", "run": "mmacts", "seed": 0, "fold": 0})
@@ -254,7 +256,8 @@ def test_protocol_plan_and_specs() -> None:
     from lightning_ada.active.strategies import REGISTRY
 
     cup = REGISTRY["cup"]
-    assert chosen in ("cup", {"class_path": f"{cup.__module__}.{cup.__qualname__}", "init_args": {}})
+    path = f"{cup.__module__}.{cup.__qualname__}"
+    assert chosen in ("cup", {"class_path": path, "init_args": {}})
     assert run_spec("random@2", ["t1"]).overrides == {"active.seed": 1002}
     assert run_spec("lower", ["t1"]).fit is False
     with pytest.raises(ValueError, match="unknown run"):
@@ -286,7 +289,9 @@ class FakeRunner:
 def test_resume_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "bench"
     fake = FakeRunner()
-    monkeypatch.setattr("ada_bench.runner.run_experiment", lambda config, fit, snapshots: fake(config, fit))
+    monkeypatch.setattr(
+        "ada_bench.runner.run_experiment", lambda config, fit, snapshots: fake(config, fit)
+    )
     cfg = BenchConfig(
         out=out,
         tasks=["glioma"],

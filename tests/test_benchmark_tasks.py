@@ -259,7 +259,8 @@ def test_parallel_jobs_run_sources_first_then_every_unit(tmp_path: Path) -> None
         scheme=FoldScheme(n_folds=2, n_pool=3, n_test=2, size=16),
     )
     sources, targets = units_of(cfg, 2)
-    assert sources == [Unit("glioma", 0)] and targets == [Unit("glioma", 0, 0), Unit("glioma", 0, 1)]
+    assert sources == [Unit("glioma", 0)]
+    assert targets == [Unit("glioma", 0, 0), Unit("glioma", 0, 1)]
     failed = run_units(cfg, [sources, targets], Cluster("local", 2), 5, runner=JobRunner(),
                        poll_seconds=0.2)
     assert failed == 2  # both runs of fold 1, recorded in errors.jsonl

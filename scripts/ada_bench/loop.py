@@ -124,7 +124,9 @@ class _Tail(io.TextIOBase):
         return self.buf
 
 
-def _default_runner(config: Mapping[str, Any], fit: bool = True, curve: bool = False) -> dict[str, Any]:
+def _default_runner(
+    config: Mapping[str, Any], fit: bool = True, curve: bool = False
+) -> dict[str, Any]:
     from ada_bench.curve import snapshot_factory
     from ada_bench.runner import run_experiment
 

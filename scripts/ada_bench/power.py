@@ -258,11 +258,13 @@ def power_table(
         csv_rows,
         [
             "Per seed: mean Dice over the test cases (per case the mean over the task's regions); "
-            f"Δ = strategy − {display_name(baseline)} of the same seed (same phantom draw, source "
+            f"Δ = strategy − {display_name(baseline)} of the same seed (same phantom draw, "
+            "source "
             "model and test cases), in Dice points.",
             "95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over seeds. Wilcoxon p: "
             "two-sided signed-rank test of the per-seed Δ.",
-            "MDD: (t_{0.975,n−1} + t_{0.80,n−1}) · sd(Δ) / √n, the mean difference a two-sided "
+            "MDD: (t_{0.975,n−1} + t_{0.80,n−1}) · sd(Δ) / √n, the mean difference a "
+            "two-sided "
             "paired test at α = 0.05 detects with 80 % power given the observed spread.",
             f"AUBC: trapezoid of Dice over budgets {', '.join(map(str, budgets))} divided by "
             f"{max(budgets)} − {min(budgets)} (the mean Dice over that budget range).",

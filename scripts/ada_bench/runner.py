@@ -36,7 +36,8 @@ def read_config(path: str | Path) -> Config:
         raise FileNotFoundError(f"{path}: config file not found")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise ValueError(f"{path}: a config must be a mapping of sections, got {kind}")
     return data
 
 

@@ -159,7 +159,8 @@ class ConfigTask:
 
     def data_overrides(self, seed: int, config: Mapping[str, Any]) -> Overrides:
         """Overrides of every run of ``seed``: training seed and (if given) the data root."""
-        return {"seed_everything": seed, **({"data.root": self.data_root} if self.data_root else {})}
+        root = {"data.root": self.data_root} if self.data_root else {}
+        return {"seed_everything": seed, **root}
 
     def source_stage(self) -> Overrides:
         """Overrides of the source run: none (the source split is in the configs)."""
