@@ -230,7 +230,7 @@ def main() -> None:
     check_strategies(p, args, cfg)
 
     from lightning_ada.cli_dirs import evaluation_dir, logger_overrides
-    from lightning_ada.runner import run_experiment
+    from ada_bench.runner import run_configs as run_experiment  # the harness's runner
 
     ckpt = out / "source" / "checkpoints" / "last.ckpt"
     reuse = args.reuse_source and ckpt.is_file()

@@ -116,6 +116,25 @@ def test_composition_gives_the_config_the_cli_builds_from_the_same_files(
     )
 
 
+def test_short_strategy_names_reach_the_cli_as_it_takes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--active.strategy stdr`` given command-line style (demo, overrides after ``--``) parses
+    as the STDR strategy through the dict path too."""
+    from ada_bench.runner import split_command_line, typed_choices
+    from lightning_ada import main as cli
+    from lightning_ada.active.strategies import REGISTRY
+
+    monkeypatch.setattr(cli.ADACLI, "instantiate_classes", lambda self: None)
+    files, overrides = split_command_line(
+        ["-c", str(REPO / "tests/conf/random_tiny.yaml"), "--active.strategy", "stdr"]
+    )
+    parsed = cli.main(typed_choices(compose(files, overrides)), run=False).config.active
+    chosen = parsed.strategy if isinstance(parsed.strategy, str) else parsed.strategy.class_path
+    stdr = REGISTRY["stdr"]
+    assert chosen in ("stdr", f"{stdr.__module__}.{stdr.__qualname__}")
+
+
 def test_merge_follows_the_cli_rules_for_class_paths_and_lists() -> None:
     base = {"t": {"logger": {"class_path": "A", "init_args": {"x": 1, "y": 2}}, "cb": [1, 2]}}
     same = merge(base, {"t": {"logger": {"class_path": "A", "init_args": {"y": 3}}, "cb": [9]}})

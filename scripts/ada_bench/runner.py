@@ -141,6 +141,39 @@ def _value(text: str) -> Any:
     return float(text) if isinstance(value, str) and _FLOAT.match(text) else value
 
 
+def run_configs(
+    files: Sequence[str | Path], args: Sequence[str] = (), fit: bool = True, test: bool = True
+) -> dict[str, Any]:
+    """:func:`run_experiment` of ``-c files... args...`` given command-line style (``args``:
+    ``--key value`` items and more ``-c FILE``, e.g. from ``lightning_ada.cli_dirs``)."""
+    more, overrides = split_command_line(args)
+    return run_experiment(compose([*files, *more], overrides), fit=fit, test=test)
+
+
+def typed_choices(config: Config) -> Config:
+    """``active.strategy`` / ``active.oracle`` given by a registered short name (``mmacts``) as
+    the ``class_path`` the CLI makes of it on the command line; other values unchanged."""
+    active = config.get("active")
+    if not isinstance(active, dict):
+        return config
+    import inspect
+
+    from lightning_ada.active.callback import ActiveQueryCallback
+
+    params = inspect.signature(ActiveQueryCallback.__init__).parameters
+    if "strategy_args" in params:  # the callback still takes names (before typed strategies)
+        return config
+    from lightning_ada.active import oracle, strategies
+
+    choices = (("strategy", strategies.REGISTRY), ("oracle", getattr(oracle, "ORACLES", {})))
+    for key, names in choices:
+        value = active.get(key)
+        if isinstance(value, str) and value in names:
+            cls = names[value]
+            active[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+    return config
+
+
 def run_experiment(
     config: Mapping[str, Any],
     fit: bool = True,
@@ -166,7 +199,7 @@ def run_experiment(
     with warnings.catch_warnings():
         # the process's own command line (e.g. the benchmark script's) is not the run's
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        cli = main(args=copy.deepcopy(dict(config)), run=False)
+        cli = main(args=typed_choices(copy.deepcopy(dict(config))), run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     snap = snapshots(config) if snapshots is not None else None
     if snap is not None:
