@@ -42,8 +42,9 @@ power_curve_<task>.png); errors.jsonl for failed runs; jobs/ (one log per parall
 phantoms at 24^3 with 20 pool / 10 test cases, source training 24 epochs, target runs 12 epochs
 with a query every 2 epochs (budget 5 fits), 2 parallel jobs of 1 thread each.
 
-``--power`` is the headline comparison (scripts/ada_bench/power.py): seeds 0-9 (each a fresh
-phantom draw, ``data.phantom.seed``, and training seed), one fold with 50 target test cases,
+``--power`` is the headline comparison (scripts/ada_bench/power.py) on glioma (``--tasks glioma
+npc`` for both): seeds 0-9 (each a fresh phantom draw, ``data.phantom.seed``, and training
+seed), one fold with 50 target test cases,
 budgets 1 2 3 5, lower and upper bound, ``random`` and every strategy of ``--strategies``; the
 task configs come from configs/power/<task>/ (configs/phantom/<task>/ while that folder is
 missing), the phantom's draw parameters from their ``data.phantom``; a folder with one
@@ -111,8 +112,8 @@ def parser() -> argparse.ArgumentParser:
         "--tasks",
         nargs="+",
         choices=TASKS,
-        help="tasks (default: the phantoms glioma npc; --power: those of configs/power/, else "
-        "glioma; brats18 = the real cases of configs/brats18)",
+        help="tasks (default: the phantoms glioma npc; --power: glioma; brats18 = the real "
+        "cases of configs/brats18)",
     )
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --quick: 0 1; "
                    "--power: 0-9)")
@@ -236,12 +237,6 @@ def power_config_dir(task: str, given: str | None) -> str:
     return POWER["fallback_config_dir"]
 
 
-def power_tasks() -> list[str]:
-    """Tasks of the power profile: the phantom tasks with a configs/power/<task>/ folder."""
-    found = [t for t in PHANTOM_TASKS if Path(POWER["config_dir"].format(task=t)).is_dir()]
-    return found or ["glioma"]
-
-
 def power_scheme(args: argparse.Namespace, config_dir: str, task: str) -> FoldScheme:
     """One fold of the power profile, sizes from the task's ``source.yaml`` ``data.phantom``."""
     from ada_bench.runner import compose
@@ -288,7 +283,7 @@ def build_config(
     from lightning_ada.active.strategies import REGISTRY
 
     quick, power = args.quick, args.power
-    tasks = args.tasks or (power_tasks() if power else list(PHANTOM_TASKS))
+    tasks = args.tasks or (["glioma"] if power else list(PHANTOM_TASKS))
     specs: dict[str, BenchTask] = {}
     config_dir = args.config_dir or "configs/phantom/{task}"
     scheme = FoldScheme(
