@@ -226,6 +226,8 @@ def main() -> None:
     os.chdir(REPO)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     cfg = args.configs or Path("configs/phantom") / args.task
+    # the base config every run overlay of cfg composes with (configs/phantom/base.yaml)
+    shared = [f for f in (cfg / "base.yaml", cfg.parent / "base.yaml") if f.is_file()][:1]
     out = args.out or Path(f"runs/demo_{args.task}")
     check_strategies(p, args, cfg)
 
@@ -249,16 +251,16 @@ def main() -> None:
     t = plan.start(0)
     if reuse:
         where = evaluation_dir(out / "source", "test")
-        src = run_experiment([cfg / "source.yaml"],
+        src = run_experiment([*shared, cfg / "source.yaml"],
                              [*common, *from_source, *logger_overrides(where)], fit=False)
     else:
-        src = run_experiment([cfg / "source.yaml"], [*common, *logger_overrides(out / "source")])
+        src = run_experiment([*shared, cfg / "source.yaml"], [*common, *logger_overrides(out / "source")])
     rows["source domain (centre A)"] = src["test"]
     plan.finish(0, t)
 
     t = plan.start(1)
     base, _ = strategy_run(cfg, "random")
-    low = run_experiment([base], [*common, *from_source, "--active.budget", "0",
+    low = run_experiment([*shared, base], [*common, *from_source, "--active.budget", "0",
                                   *logger_overrides(out / "lower_bound")], fit=False)
     rows["target lower bound (0 labels)"] = low["test"]
     plan.finish(1, t)
@@ -266,7 +268,7 @@ def main() -> None:
     for i, strat in enumerate(args.strategies, start=2):
         t = plan.start(i)
         config, extra = strategy_run(cfg, strat)
-        res = run_experiment([config],
+        res = run_experiment([*shared, config],
                              [*common, *from_source, *extra, *logger_overrides(out / strat)])
         rows[f"target after 3 labels ({strat})"] = res["test"]
         queried[strat] = res["query_log"]
@@ -274,7 +276,7 @@ def main() -> None:
 
     last = len(plan.stages) - 1
     t = plan.start(last)
-    up = run_experiment([cfg / "upper_bound.yaml"],
+    up = run_experiment([*shared, cfg / "upper_bound.yaml"],
                         [*common, *from_source, *logger_overrides(out / "upper_bound")])
     rows["target upper bound (all pool labels)"] = up["test"]
     plan.finish(last, t)

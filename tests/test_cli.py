@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from lightning_ada.active.callback import ConfigError
 from lightning_ada.active.strategies import REGISTRY
 from lightning_ada.main import main
 
@@ -116,24 +121,127 @@ def test_predict_writes_nifti_with_input_affine(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (["--active.strategy", "nonsense"], "unknown strategy 'nonsense'"),
-        (["--active.budget", "99"], "exceeds the target pool"),
-        (["--active.stride", "0"], "stride must be >= 1"),
+        (["--active.strategy", "nonsense"],
+         "active.strategy: unknown strategy 'nonsense'; known: aada, cup, entropy"),
+        (["--active.stride", "0"], 'key "active.stride": Not of type PositiveInt: 0'),
+        (["--active.budget", "-1"], 'key "active.budget": Not of type NonNegativeInt: -1'),
+        (["--active.strategy", "mmacts", "--active.strategy.exponent", "[1,0,0]"],
+         "active.strategy: MMActSStrategy has no option 'exponent'; accepted: exponents, schedule"),
+        (["--active.oracle", "files", "--active.oracle.wiat", "false"],
+         "active.oracle: FileOracle has no option 'wiat'; accepted: wait, timeout, poll, allow_empty"),
+        (["--active.strategy", "cup", "--active.strategy.uncertainty_ratio", "2"],
+         "cup uncertainty_ratio must be in (0, 1], got 2.0"),
     ],
 )
-def test_bad_active_config_is_refused(
-    phantom_root: Path, tmp_path: Path, override: list[str], message: str
+def test_bad_active_option_is_one_line_error_and_exit_2(
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    override: list[str], message: str,
 ) -> None:
-    with pytest.raises((ValueError, SystemExit)) as err:
+    with pytest.raises(SystemExit) as err:
         main(
             [
                 "fit", "-c", str(CONF / "random_tiny.yaml"),
                 "--data.root", str(phantom_root),
-                "--trainer.default_root_dir", str(tmp_path), *override,
+                "--trainer.default_root_dir", str(tmp_path / "run"), *override,
             ]
         )
-    if err.type is ValueError:
-        assert message in str(err.value)
+    assert err.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert errors[-1].startswith("error: ") and message in errors[-1]
+    assert not any(line.startswith(("usage:", "tip:")) for line in errors)  # no usage dump
+    assert not (tmp_path / "run").exists()
+
+
+def test_budget_larger_than_the_pool_is_one_line_error_on_the_console(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "lightning_ada.main", "fit", "-c", str(CONF / "random_tiny.yaml"),
+            "--data.root", str(phantom_root),
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--active.budget", "99",
+        ],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: active.budget=99 exceeds the target pool (6 cases)"
+    )
+    assert "Traceback" not in run.stderr
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+PLUGIN = '''
+"""A strategy in one file, outside the package."""
+
+from lightning_ada.active.strategies import QueryContext, Scored, Strategy
+
+
+class SmallestIdFirst(Strategy):
+    """Query the unlabeled case with the smallest id first.
+
+    Args:
+        reverse: the largest id first instead.
+    """
+
+    name = "smallest_id"
+    display_name = "Smallest id (test)"
+    table_order = 5
+    per_case = False
+
+    def __init__(self, reverse: bool = False) -> None:
+        self.reverse = reverse
+
+    def score(self, ctx: QueryContext) -> list[Scored]:
+        ids = sorted(ctx.unlabeled, reverse=self.reverse)
+        return [Scored(c, float(len(ids) - i), {"position": float(i)}) for i, c in enumerate(ids)]
+'''
+
+
+def test_a_strategy_in_one_file_is_registered_shown_and_runs(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "plugin_strategy.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("plugin_strategy")
+    try:
+        cls = REGISTRY["smallest_id"]
+        assert cls is module.SmallestIdFirst
+        assert (cls.display_name, cls.table_order) == ("Smallest id (test)", 5)
+
+        with pytest.raises(SystemExit) as done:
+            main(["fit", "--help"])
+        assert done.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "plugin_strategy.SmallestIdFirst" in text
+        short = text[text.index("Short names:"):].split(".")[0]
+        assert "smallest_id" in short and all(name in short for name in REGISTRY)
+
+        with pytest.raises(SystemExit):
+            main(["fit", "--active.strategy.help", "smallest_id"])
+        assert "the largest id first instead" in " ".join(capsys.readouterr().out.split())
+
+        out = tmp_path / "run"
+        main(
+            [
+                "fit", "-c", str(CONF / "random_tiny.yaml"),
+                "--data.root", str(phantom_root),
+                "--model.source_checkpoint", str(source_ckpt),
+                "--trainer.default_root_dir", str(out),
+                "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+                "--active.budget", "1",
+                "--active.strategy", "smallest_id", "--active.strategy.reverse", "true",
+            ]
+        )
+        [query] = json.loads((out / "query_log.json").read_text())
+        assert query["strategy"] == "smallest_id"
+        assert query["case_id"] == "glioma_pool_005"  # the largest of glioma_pool_000..005
+        assert query["factors"] == {"position": 0.0}
+    finally:  # the plug-in leaves no trace for the other tests
+        sys.modules.pop("plugin_strategy", None)
+        REGISTRY.pop("smallest_id", None)
 
 
 def test_mmacts_round_elects_a_modality_and_logs_every_factor(
@@ -147,8 +255,8 @@ def test_mmacts_round_elects_a_modality_and_logs_every_factor(
             "--trainer.default_root_dir", str(tmp_path),
             "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0",
             "--active.budget", "2", "--active.stride", "1",
-            "--active.strategy", "mmacts", "--active.strategy_args", '{"progress": false}',
-            "--active.elect_modality", "true", "--active.use_modality_masks", "true",
+            "--active.strategy", "mmacts",
+            "--active.elect_modality", "true", "--active.oracle.use_modality_masks", "true",
         ]
     )
     log = json.loads((tmp_path / "query_log.json").read_text())
@@ -183,3 +291,66 @@ def test_every_strategy_runs_one_round_through_fit(
     log = json.loads((tmp_path / "query_log.json").read_text())
     assert len(log) == 1 and log[0]["strategy"] == strategy
     assert log[0]["case_id"].startswith("glioma_pool_")
+
+
+def test_default_root_dir_moves_everything_a_run_writes(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    common = ["--data.root", str(phantom_root), "--trainer.logger", "null",  # the default logger
+              "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+              "--trainer.log_every_n_steps", "1"]
+    source, target = tmp_path / "source", tmp_path / "target"
+    main(["fit", "-c", str(CONF / "source_tiny.yaml"), *common,
+          "--trainer.default_root_dir", str(source)])
+    main(["fit", "-c", str(CONF / "random_tiny.yaml"), *common, "--active.budget", "1",
+          "--model.source_checkpoint", str(source_ckpt), "--trainer.default_root_dir", str(target)])
+
+    def written(run: Path) -> set[str]:
+        return {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+
+    everything = {"config.yaml", "hparams.yaml", "metrics.csv", "checkpoints/last.ckpt"}
+    assert everything | {"anchors.npy"} <= written(source)
+    assert everything | {"query_log.json"} <= written(target)
+    assert not list(cwd.iterdir())  # nothing lands in the working directory
+
+
+def test_a_source_run_gets_the_source_callback_of_every_strategy(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    from lightning.pytorch.callbacks import Checkpoint
+
+    from lightning_ada.active.strategies.stdr import SourceAnchors
+
+    # a source config without STDR's callback: the run adds it, before the checkpoint callback
+    args = ["-c", str(CONF / "source_tiny.yaml"), "--data.root", str(phantom_root),
+            "--trainer.default_root_dir", str(tmp_path)]
+    plain = main([*args, "--trainer.callbacks", "[]"], run=False).trainer.callbacks
+    [added] = [c for c in plain if isinstance(c, SourceAnchors)]
+    assert added.k == 8  # its defaults
+    first_checkpoint = next(i for i, c in enumerate(plain) if isinstance(c, Checkpoint))
+    assert plain.index(added) < first_checkpoint
+    # the config's own one (k=4) is kept, not doubled; a target run gets none
+    own = [c for c in main(args, run=False).trainer.callbacks if isinstance(c, SourceAnchors)]
+    assert [c.k for c in own] == [4]
+    target = main(["-c", str(CONF / "random_tiny.yaml"), "--data.root", str(phantom_root),
+                   "--trainer.default_root_dir", str(tmp_path)], run=False).trainer.callbacks
+    assert not any(isinstance(c, SourceAnchors) for c in target)
+
+
+def test_a_strategy_needing_decoder_features_is_refused_for_a_net_without_them(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"strategy 'stdr' needs \['features'\].*net: dynunet"):
+        main(
+            [
+                "fit", "-c", str(CONF / "random_tiny.yaml"),
+                "--data.root", str(phantom_root),
+                "--model.net", "unet",
+                "--trainer.default_root_dir", str(tmp_path),
+                "--active.budget", "1", "--active.strategy", "stdr",
+            ]
+        )
+    assert not list(tmp_path.rglob("*.ckpt"))

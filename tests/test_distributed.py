@@ -34,6 +34,90 @@ SCRIPT = textwrap.dedent(
 )
 
 
+SHARDED = textwrap.dedent(
+    """
+    import json, sys
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from lightning_ada.active.density import DensityResult
+    from lightning_ada.active.query_round import sharded_rank
+    from lightning_ada.active.strategies import QueryContext, build_strategy
+
+    IDS = [f"c{i}" for i in range(8)]
+
+
+    def image(cid):
+        # channel 0 = p(foreground) on the first voxels: entropy and volume differ per case
+        i = int(cid[1:])
+        img = torch.zeros(2, 8, 8, 8)
+        img[0].view(-1)[: 40 + 10 * i] = 0.55 + 0.05 * i
+        return img
+
+
+    def predict(img):
+        p = img[0].clamp(0, 1)
+        return torch.stack([1 - p, p]), None
+
+
+    def strategy(isolated):
+        # shard 1 (c1, c3, c5, c7) holds only isolated cases (rho = 0); shard 0 does not,
+        # unless every case is isolated
+        rho = {c: 0.0 if (isolated == "all" or int(c[1:]) % 2) else 1.0 + int(c[1:]) for c in IDS}
+        s = build_strategy("mmacts")
+        s.density = DensityResult(rho, 0.0, None, "", sorted(IDS), np.zeros((8, 8)))
+        return s
+
+
+    def ctx():
+        return QueryContext(unlabeled=IDS, pool=IDS, labeled=[], image=image, predict=predict,
+                            modalities=["a", "b"], regions={"FG": [1]})
+
+
+    def dump(ranked):
+        return [[s.case_id, s.score, s.factors.get("fallback", 0.0)] for s in ranked]
+
+
+    def worker(rank, out):
+        dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
+        trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        result = {k: dump(sharded_rank(strategy(k), ctx(), trainer)) for k in ("mixed", "all")}
+        (open(f"{out}/rank{rank}.json", "w")).write(json.dumps(result))
+        dist.destroy_process_group()
+
+
+    if __name__ == "__main__":
+        out = sys.argv[1]
+        mp.spawn(worker, args=(out,), nprocs=2)
+        one = SimpleNamespace(world_size=1, global_rank=0)
+        result = {k: dump(sharded_rank(strategy(k), ctx(), one)) for k in ("mixed", "all")}
+        open(f"{out}/single.json", "w").write(json.dumps(result))
+    """
+)
+
+
+def test_sharded_ranking_equals_the_single_process_ranking(tmp_path: Path) -> None:
+    """2 gloo ranks each score half the pool; the gathered ranking is the one-process ranking,
+    including mmActS's isolated-case fallback, which is decided on the whole pool."""
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=300,
+                   capture_output=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    single = json.loads((tmp_path / "single.json").read_text())
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == single
+    # shard 1 alone is all isolated, the pool is not: no fallback, isolated cases score 0
+    assert not any(fallback for _, _, fallback in single["mixed"])
+    assert [cid for cid, score, _ in single["mixed"] if score == 0] == ["c1", "c3", "c5", "c7"]
+    # every case isolated: the fallback ranks the whole pool by informativeness
+    assert all(fallback for _, _, fallback in single["all"])
+    assert all(score > 0 for _, score, _ in single["all"])
+
+
 @pytest.mark.parametrize("strategy", ["mmacts", "random"])
 def test_ddp_two_cpu_processes_label_the_same_cases(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, strategy: str
@@ -52,7 +136,7 @@ def test_ddp_two_cpu_processes_label_the_same_cases(
             "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
             "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0",
             "--active.budget", "2", "--active.stride", "1",
-            "--active.strategy", strategy, "--active.strategy_args", "{}",
+            "--active.strategy", strategy,
         ],
         check=True, cwd=tmp_path, env=env, timeout=600, capture_output=True,
     )
@@ -73,7 +157,6 @@ def test_bf16_mixed_precision_on_cpu(phantom_root: Path, source_ckpt: Path, tmp_
             "--trainer.precision", "bf16-mixed",
             "--trainer.max_epochs", "2",
             "--active.budget", "2", "--active.stride", "1", "--active.strategy", "mmacts",
-            "--active.strategy_args", '{"progress": false}',
             "--data.val_split", "source_test",  # validation is off by default
         ]
     )

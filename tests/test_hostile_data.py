@@ -26,6 +26,21 @@ from lightning_ada.data.validation import validate_case
 from lightning_ada.io import UnsafePathError, atomic_path, safe_child, write_json_atomic
 from lightning_ada.main import cli_main
 
+
+def file_oracle(run: Path, case: Case | None = None, **options: object) -> FileOracle:
+    """A FileOracle configured as the callback does, with a pool view of ``case`` only."""
+    from types import SimpleNamespace
+
+    from lightning_ada.data.validation import validate_label_file
+
+    def validate(path: str, case_id: str, allow_empty: bool = False) -> None:
+        assert case is not None and case_id == case.case_id
+        validate_label_file(path, case.images[0], [1, 2, 4], allow_empty)
+
+    oracle = FileOracle(wait=False, **options)  # type: ignore[arg-type]
+    oracle.configure(run, SimpleNamespace(label_values=[1, 2, 4], validate_label=validate))  # type: ignore[arg-type]
+    return oracle
+
 CONF = Path(__file__).parent / "conf"
 CASE = "glioma_pool_002"
 
@@ -131,7 +146,7 @@ def test_files_named_after_cases_stay_in_their_folder(tmp_path: Path) -> None:
     (folder / "link.json").symlink_to(tmp_path / "outside.json")
     with pytest.raises(UnsafePathError, match="resolves outside"):
         safe_child(folder, "link.json")
-    oracle = FileOracle(tmp_path / "run", [1, 2, 4], wait=False)
+    oracle = file_oracle(tmp_path / "run")
     for bad in ["../../escaped_case", "/abs"]:
         with pytest.raises(UnsafePathError):
             oracle.label_path(bad)
@@ -241,13 +256,13 @@ def test_label_present_before_its_request_needs_confirmation(
     stale.parent.mkdir(parents=True)
     shutil.copy(case.label, stale)  # left over (another run, a colleague, a wrong case)
     request = {"round": 0, "case_id": CASE}
-    oracle = FileOracle(run, [1, 2, 4], wait=False)
+    oracle = file_oracle(run, case)
     with pytest.warns(UserWarning, match="already exists before its request"):
         oracle.write_request(case, "flair", request)
     recorded = json.loads(oracle.request_path(0, CASE).read_text())
     assert recorded["label_present_before_request"]["mtime_ns"] == stale.stat().st_mtime_ns
     assert oracle.annotate(case, "flair", request) is None  # not consumed silently
-    assert FileOracle(run, [1, 2, 4], wait=False, accept_existing_labels=True).annotate(
+    assert file_oracle(run, case, accept_existing_labels=True).annotate(
         case, "flair", request
     ) == str(stale)
     shutil.copy(case.label, stale)  # the annotator re-saves it (later): confirmed

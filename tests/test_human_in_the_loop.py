@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from lightning_ada.active.callback import AnnotationPending
-from lightning_ada.main import main, query
+from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"
 
@@ -24,7 +25,7 @@ def fit_args(root: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
         "--trainer.default_root_dir", str(out),
         "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0",
         "--active.budget", "1", "--active.oracle", "files",
-        "--active.oracle_args", '{"wait": false}',
+        "--active.oracle.wait", "false",
         "--active.elect_modality", "true",
         *extra,
     ]
@@ -68,19 +69,49 @@ def test_file_oracle_round_trip(phantom_root: Path, source_ckpt: Path, tmp_path:
 def test_query_subcommand_ranks_without_training(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rows = query(
+    run_dir = tmp_path / "run"
+    main(
         [
-            "-c", str(CONF / "random_tiny.yaml"),
+            "query", "-c", str(CONF / "random_tiny.yaml"),
             "--data.root", str(phantom_root),
+            "--trainer.default_root_dir", str(run_dir),
             "--ckpt_path", str(source_ckpt),
-            "--active.strategy", "mmacts", "--active.strategy_args", '{"progress": false}',
+            "--active.strategy", "mmacts",
             "--out", str(tmp_path / "ranking"),
         ]
     )
+    rows = json.loads((tmp_path / "ranking.json").read_text())
     assert len(rows) == 6  # every pool case, none labeled in a source checkpoint
     assert [r["rank"] for r in rows] == list(range(1, 7))
     assert all(rows[i]["score"] >= rows[i + 1]["score"] for i in range(5))
+    modalities = {"flair", "t1", "t1ce", "t2"}
     assert {"entropy", "volume", "density", "elected_modality"} <= set(rows[0])
-    assert json.loads((tmp_path / "ranking.json").read_text()) == rows
-    assert (tmp_path / "ranking.csv").read_text().startswith("rank,case_id,score")
-    assert rows[0]["case_id"] in capsys.readouterr().out
+    for r in rows:
+        dice = {m: r[f"dice_{m}"] for m in modalities}
+        assert r["elected_modality"] == max(dice, key=dice.get)
+        assert r["score"] == pytest.approx(r["entropy"] * r["volume"] * r["density"])
+    with open(tmp_path / "ranking.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["case_id"] for t in table] == [r["case_id"] for r in rows]
+    assert float(table[0]["dice_t2"]) == pytest.approx(rows[0]["dice_t2"])
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.lstrip().startswith("rank"))
+    assert all(k in header for k in ("entropy", "volume", "density", "elected", "dice_flair"))
+    assert rows[0]["case_id"] in printed
+    # no config.yaml, no logger or checkpoint files: the ranking, plus the strategy's caches
+    assert {p.name for p in run_dir.iterdir()} == {"cache"}
+
+
+def test_top_level_help_lists_query_and_query_help_documents_its_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert "query" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["query", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--ckpt_path CKPT_PATH" in text and "checkpoint of a ``fit`` run" in text
+    assert "--out OUT" in text and "query_ranking" in text

@@ -86,7 +86,7 @@ def run(
         "--trainer.default_root_dir", str(out),
         "--trainer.max_epochs", "4", "--trainer.limit_val_batches", "0",
         "--active.budget", "3", "--active.stride", "1",
-        "--active.strategy", "mmacts", "--active.strategy_args", '{"progress": false}',
+        "--active.strategy", "mmacts",
     ]
     return subprocess.run(args, env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
 

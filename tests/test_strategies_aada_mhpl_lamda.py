@@ -65,9 +65,9 @@ def ids(ranked: Sequence[object]) -> list[str]:
 
 def test_registered_with_their_schedules() -> None:
     assert {"aada", "mhpl", "lamda"} <= set(REGISTRY)
-    assert REGISTRY["aada"].schedule == "sequential" and REGISTRY["aada"].needs == {"source"}
-    assert REGISTRY["mhpl"].schedule == "one_off" and not REGISTRY["mhpl"].needs
-    assert REGISTRY["lamda"].schedule == "sequential" and not REGISTRY["lamda"].needs
+    assert REGISTRY["aada"].schedule == "sequential" and REGISTRY["aada"].needs == {"source", "embedding"}
+    assert REGISTRY["mhpl"].schedule == "one_off" and REGISTRY["mhpl"].needs == {"embedding"}
+    assert REGISTRY["lamda"].schedule == "sequential" and REGISTRY["lamda"].needs == {"embedding"}
 
 
 # ----------------------------------------------------------------------------------------- AADA

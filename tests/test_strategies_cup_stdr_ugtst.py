@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_ada.active.source_anchors import SourceAnchors
-from lightning_ada.active.anchors import (
+from lightning_ada.active.strategies import QueryContext, Strategy, build_strategy
+from lightning_ada.active.strategies.stdr import (
+    SourceAnchors,
     anchor_distances,
     body_slices,
     fit_anchors,
     load_anchors,
     slice_descriptors,
 )
-from lightning_ada.active.strategies import QueryContext, build_strategy
 from lightning_ada.active.strategies.ugtst import _first_peak, gaua
 
 SIDE = 8  # 8^3 = 512 voxels per toy case
@@ -93,7 +93,7 @@ def cup_pool() -> dict[str, torch.Tensor]:
 
 
 def test_cup_largest_volume_among_the_most_uncertain_ten_percent() -> None:
-    ranked = build_strategy("cup", budget=1, progress=False).rank(make_ctx(cup_pool()))
+    ranked = build_strategy("cup", budget=1).rank(make_ctx(cup_pool()))
     assert ranked[0].case_id == "unc_large"  # more volume than unc_small, both in the top 10 %
     assert ranked[1].case_id == "unc_small"
     f = {s.case_id: s.factors for s in ranked}
@@ -108,7 +108,7 @@ def test_cup_largest_volume_among_the_most_uncertain_ten_percent() -> None:
 
 
 def test_cup_step1_keeps_at_least_the_budget() -> None:
-    ranked = build_strategy("cup", budget=3, progress=False).rank(make_ctx(cup_pool()))
+    ranked = build_strategy("cup", budget=3).rank(make_ctx(cup_pool()))
     # C1 = top max(3, 2) by entropy = the two uncertain cases + the first filler (by id)
     assert ids(ranked[:3]) == ["unc_large", "unc_small", "filler_00"]
     assert "confident_huge" not in ids(ranked[:3])
@@ -120,6 +120,14 @@ def test_cup_step1_keeps_at_least_the_budget() -> None:
 ANCHORS = np.stack([np.full(256, 1.0), np.full(256, 5.0)])  # descriptors of v = 1 and v = 5
 
 
+def stdr(budget: int, artifacts: dict[str, Any] | None = None) -> Strategy:
+    """STDR for ``budget`` with the anchors of a (fake) source checkpoint ``artifacts``."""
+    strategy = build_strategy("stdr", budget=budget)
+    if artifacts is not None:
+        strategy.load_source_artifacts(artifacts, "source.ckpt")
+    return strategy
+
+
 def stdr_pool() -> dict[str, torch.Tensor]:
     # delta = min((v-1)^2, (v-5)^2): near 0, far 225, mid_a 4, mid_b 2.25
     return {"near": constant(1), "far": constant(20), "mid_a": constant(3), "mid_b": constant(2.5)}
@@ -127,12 +135,12 @@ def stdr_pool() -> dict[str, torch.Tensor]:
 
 def test_stdr_farthest_then_nearest_to_the_source_anchors() -> None:
     artifacts = {"stdr_anchors": torch.from_numpy(ANCHORS).float()}
-    ctx = make_ctx(stdr_pool(), source_artifacts=artifacts)
-    two = build_strategy("stdr", budget=2, progress=False).rank(ctx)
+    ctx = make_ctx(stdr_pool())
+    two = stdr(2, artifacts).rank(ctx)
     assert ids(two[:2]) == ["far", "near"]  # ceil(2/2) farthest + floor(2/2) nearest
     delta = {s.case_id: s.factors["delta"] for s in two}
     assert delta == pytest.approx({"near": 0.0, "far": 225.0, "mid_a": 4.0, "mid_b": 2.25})
-    three = build_strategy("stdr", budget=3, progress=False).rank(ctx)
+    three = stdr(3, artifacts).rank(ctx)
     assert ids(three) == ["far", "mid_a", "near", "mid_b"]  # 2 farthest + 1 nearest, then delta
     assert [s.factors["far"] for s in three[:3]] == [1.0, 1.0, 0.0]
     assert three[2].factors["near"] == 1.0
@@ -141,23 +149,24 @@ def test_stdr_farthest_then_nearest_to_the_source_anchors() -> None:
 def test_stdr_scores_body_slices_only() -> None:
     # 4 of 8 slices empty: their zero descriptors (delta 1 to anchor v=1) would halve the mean
     images = {"half": constant(20, zero_slices=4), "near": constant(1)}
-    ctx = make_ctx(images, source_artifacts={"stdr_anchors": ANCHORS})
-    top = build_strategy("stdr", budget=1, progress=False).rank(ctx)[0]
+    top = stdr(1, {"stdr_anchors": ANCHORS}).rank(make_ctx(images))[0]
     assert top.case_id == "half"
     assert top.factors["n_slices"] == 4 and top.factors["delta"] == pytest.approx(225.0)
 
 
 def test_stdr_without_anchors_is_an_error_not_a_fallback() -> None:
-    strat = build_strategy("stdr", budget=2, progress=False)
-    assert strat.needs == frozenset({"source_anchors"}) and strat.schedule == "one_off"
-    with pytest.raises(ValueError, match="stdr_anchors.*missing"):
+    strat = stdr(2)
+    assert strat.needs == frozenset({"features"}) and strat.schedule == "one_off"
+    assert strat.source_callback is SourceAnchors
+    with pytest.raises(ValueError, match="no source anchors"):
         strat.rank(make_ctx(stdr_pool()))
+    with pytest.raises(ValueError, match="source.ckpt has none.*SourceAnchors"):
+        strat.load_source_artifacts({}, "source.ckpt")
     with pytest.raises(ValueError, match="grid"):
-        strat.rank(make_ctx(stdr_pool(), source_artifacts={"stdr_anchors": np.zeros((2, 16))}))
+        strat.load_source_artifacts({"stdr_anchors": np.zeros((2, 16))}, "source.ckpt")
     meta = {"grid": 16, "weight": "foreground"}
     with pytest.raises(ValueError, match="weight"):
-        artifacts = {"stdr_anchors": ANCHORS, "stdr_anchors_meta": meta}
-        strat.rank(make_ctx(stdr_pool(), source_artifacts=artifacts))
+        strat.load_source_artifacts({"stdr_anchors": ANCHORS, "stdr_anchors_meta": meta}, "s.ckpt")
 
 
 # ------------------------------------------------------------------------------------ UGTST
@@ -196,7 +205,7 @@ def ugtst_pool() -> dict[str, torch.Tensor]:
 
 
 def test_ugtst_picks_one_representative_per_cluster_of_uncertain_cases() -> None:
-    ranked = build_strategy("ugtst", budget=2, progress=False).rank(make_ctx(ugtst_pool(), seed=1))
+    ranked = build_strategy("ugtst", budget=2).rank(make_ctx(ugtst_pool(), seed=1))
     f = {s.case_id: s.factors for s in ranked}
     assert set(ids(ranked[:2])) == {"hi_a0", "hi_b0"}
     assert f["hi_a0"]["cluster"] != f["hi_b0"]["cluster"]
@@ -210,7 +219,7 @@ def test_ugtst_picks_one_representative_per_cluster_of_uncertain_cases() -> None
 def test_ugtst_needs_embeddings() -> None:
     ctx = make_ctx(ugtst_pool(), predict=lambda img: (toy_predict(img)[0], None))
     with pytest.raises(ValueError, match="embeddings"):
-        build_strategy("ugtst", budget=2, progress=False).rank(ctx)
+        build_strategy("ugtst", budget=2).rank(ctx)
 
 
 # ------------------------------------------------------------------------------------ determinism
@@ -218,14 +227,15 @@ def test_ugtst_needs_embeddings() -> None:
     ("name", "pool", "extra"),
     [
         ("cup", cup_pool, {}),
-        ("stdr", stdr_pool, {"source_artifacts": {"stdr_anchors": ANCHORS}}),
+        ("stdr", stdr_pool, {}),
         ("ugtst", ugtst_pool, {"seed": 7}),
     ],
 )
 def test_same_context_same_ranking(name: str, pool: Any, extra: dict[str, Any]) -> None:
     ctx = make_ctx(pool(), **extra)
-    first = build_strategy(name, budget=2, progress=False).rank(ctx)
-    again = build_strategy(name, budget=2, progress=False).rank(ctx)
+    anchors = {"stdr_anchors": ANCHORS}
+    first = (stdr(2, anchors) if name == "stdr" else build_strategy(name, budget=2)).rank(ctx)
+    again = (stdr(2, anchors) if name == "stdr" else build_strategy(name, budget=2)).rank(ctx)
     assert [(s.case_id, s.score) for s in first] == [(s.case_id, s.score) for s in again]
 
 
@@ -276,10 +286,7 @@ def test_source_anchors_compute_write_checkpoint_roundtrip(tmp_path: Path) -> No
     assert loaded["stdr_anchors_meta"]["grid"] == 16
     np.testing.assert_array_equal(load_anchors(tmp_path / "source.ckpt"), load_anchors(path))
     # the strategy consumes what the callback made (v=20 far, v=1 near)
-    artifacts = {k: loaded[k] for k in ("stdr_anchors", "stdr_anchors_meta")}
-    ranked = build_strategy("stdr", budget=2, progress=False).rank(
-        make_ctx(stdr_pool(), source_artifacts=artifacts)
-    )
+    ranked = stdr(2, loaded).rank(make_ctx(stdr_pool()))
     assert ids(ranked[:2]) == ["far", "near"]
 
 
@@ -292,10 +299,10 @@ def test_source_anchors_hooks_with_a_fake_trainer(tmp_path: Path) -> None:
         return toy_features(image)
 
     def trainer(stage: str, epoch: int) -> Any:
-        dm = SimpleNamespace(
-            hparams=SimpleNamespace(stage=stage), split_ids={"source": sorted(images)},
-            image=images.__getitem__,
+        view = SimpleNamespace(
+            stage=stage, ids={"source": sorted(images)}.get, image=images.__getitem__
         )
+        dm = SimpleNamespace(pool_view=lambda: view)
         return SimpleNamespace(
             datamodule=dm, current_epoch=epoch, max_epochs=2, is_global_zero=True,
             log_dir=str(tmp_path / stage), default_root_dir=str(tmp_path),
@@ -321,9 +328,10 @@ def test_source_anchors_hooks_with_a_fake_trainer(tmp_path: Path) -> None:
     assert target.anchors is None and not (tmp_path / "target" / "anchors.npy").exists()
 
 
-def test_strategies_do_not_import_lightning() -> None:
+def test_strategies_know_neither_the_datamodule_nor_the_model() -> None:
     code = (
-        "import sys, lightning_ada.active.strategies, lightning_ada.active.anchors; "
-        "assert 'lightning' not in sys.modules and 'lightning.pytorch' not in sys.modules"
+        "import sys, lightning_ada.active.strategies; "
+        "bad = [m for m in sys.modules if m.startswith(('lightning_ada.data.datamodule', "
+        "'lightning_ada.models', 'lightning_ada.main'))]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -9,31 +9,50 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_ada.active.pool_view import PoolView
 from lightning_ada.data.cases import Case, DataError
 from lightning_ada.io import safe_child, write_json_atomic
 
+#: short name -> oracle class (``--active.oracle files``)
+ORACLES: dict[str, type[Oracle]] = {}
 
-class Oracle(Protocol):
-    """Something that delivers the mask of a queried case."""
+
+class Oracle:
+    """Something that delivers the mask of a queried case.
+
+    Subclasses set ``name`` (registers the short name) and implement :meth:`annotate`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            ORACLES[cls.name] = cls
+
+    def configure(self, run_dir: Path, pool: PoolView) -> None:
+        """Receive the run folder and the pool (called at setup, before any query)."""
 
     def annotate(self, case: Case, modality: str | None, request: dict[str, Any]) -> str | None:
         """Path of the mask delineated on ``modality``, or None if it is not available yet."""
-        ...
+        raise NotImplementedError
 
 
-class SimulatedOracle:
+class SimulatedOracle(Oracle):
     """Reveals stored masks: the delineation made on the elected modality when the dataset has
     per-modality masks (the phantom), else the reference mask.
 
     Args:
         use_modality_masks: return the mask drawn on the requested modality when one exists.
     """
+
+    name = "simulated"
 
     def __init__(self, use_modality_masks: bool = True) -> None:
         self.use_modality_masks = use_modality_masks
@@ -51,7 +70,7 @@ class SimulatedOracle:
         return case.label
 
 
-class FileOracle:
+class FileOracle(Oracle):
     """A human annotator working through files in the run folder.
 
     For a query it writes ``requests/round_<k>_<case>.json`` (what to annotate and why), the
@@ -62,9 +81,10 @@ class FileOracle:
     ``labels/`` when the request was written is not taken until the annotator re-saves it
     (confirming it is the answer to this request) or ``accept_existing_labels`` is set.
 
+    The run folder and the allowed label values come from :meth:`configure` (the callback's
+    run folder and the pool).
+
     Args:
-        run_dir: the run folder.
-        label_values: allowed on-disk foreground label values.
         wait: poll for the label (True) or return at once (the callback then checkpoints and exits).
         timeout: seconds to wait before giving up (then as with ``wait=False``).
         poll: seconds between two looks.
@@ -72,20 +92,28 @@ class FileOracle:
         accept_existing_labels: take a label file that predates its request without asking.
     """
 
+    name = "files"
+
     def __init__(
         self,
-        run_dir: str | Path,
-        label_values: Sequence[int],
         wait: bool = True,
         timeout: float = 3600.0,
         poll: float = 2.0,
         allow_empty: bool = False,
         accept_existing_labels: bool = False,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.label_values = list(label_values)
+        if timeout < 0 or poll <= 0:
+            raise ValueError(f"files oracle needs timeout >= 0 and poll > 0 seconds, got {timeout}, {poll}")
         self.wait, self.timeout, self.poll, self.allow_empty = wait, timeout, poll, allow_empty
         self.accept_existing_labels = accept_existing_labels
+        self.run_dir = Path(".")
+        self.label_values: list[int] = []
+        self._pool: PoolView | None = None
+
+    def configure(self, run_dir: Path, pool: PoolView) -> None:
+        self.run_dir = Path(run_dir)
+        self.label_values = list(pool.label_values)
+        self._pool = pool
 
     def label_path(self, case_id: str) -> Path:
         """Where the annotator puts the mask of ``case_id``."""
@@ -112,7 +140,7 @@ class FileOracle:
             files["label_present_before_request"] = {"mtime_ns": existing.stat().st_mtime_ns}
             rank_zero_warn(
                 f"[oracle] {existing} already exists before its request was written; it will be "
-                "used only once re-saved (or with oracle_args accept_existing_labels: true)"
+                "used only once re-saved (or with --active.oracle.accept_existing_labels true)"
             )
         if write_prediction is not None:
             files["prediction"] = str(stem) + "_prediction.nii.gz"
@@ -144,8 +172,8 @@ class FileOracle:
         A delivered file that fails validation is reported (rank-zero log) and ignored; the
         request stays open.
         """
-        from lightning_ada.data.validation import validate_label_file
-
+        if self._pool is None:
+            raise RuntimeError("FileOracle.annotate before configure()")
         target = self.label_path(case.case_id)
         deadline = time.monotonic() + (self.timeout if self.wait else 0.0)
         last_error: str | None = None
@@ -154,7 +182,7 @@ class FileOracle:
             if target.exists():
                 try:
                     self._check_not_stale(target, case.case_id, request)
-                    validate_label_file(target, case.images[0], self.label_values, self.allow_empty)
+                    self._pool.validate_label(str(target), case.case_id, self.allow_empty)
                     return str(target)
                 except DataError as e:
                     if str(e) != last_error:
@@ -181,6 +209,6 @@ class FileOracle:
         if before is not None and target.stat().st_mtime_ns == before.get("mtime_ns"):
             raise DataError(
                 f"{target} was already there before the request {path.name} was written; "
-                "re-save it to confirm it answers this request (or set oracle_args "
-                "accept_existing_labels: true)"
+                "re-save it to confirm it answers this request (or set "
+                "--active.oracle.accept_existing_labels true)"
             )

@@ -448,6 +448,12 @@ class ActiveDataModule(L.LightningDataModule):
                         f"({', '.join(self.cases[cid].images)}); is this the run's dataset?"
                     )
 
+    def pool_view(self) -> "DataModulePoolView":  # noqa: F821 - imported in the body
+        """The narrow view the active-learning side uses (:class:`~lightning_ada.active.pool_view.PoolView`)."""
+        from lightning_ada.data.pool_view import DataModulePoolView
+
+        return DataModulePoolView(self)
+
     def case(self, case_id: str) -> Case:
         """The :class:`Case` record of ``case_id``."""
         return self.cases[case_id]

@@ -53,16 +53,6 @@ def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-#: what a source checkpoint may carry besides weights, for source-free strategies
-SOURCE_ARTIFACTS = ("stdr_anchors", "stdr_anchors_meta")
-
-
-def load_source_artifacts(path: str | Path) -> dict[str, Any]:
-    """The extra entries (e.g. STDR anchors) saved with a source checkpoint; {} if none."""
-    ckpt = read_checkpoint(path)
-    return {k: ckpt[k] for k in SOURCE_ARTIFACTS if k in ckpt}
-
-
 class SegmentationModule(L.LightningModule):
     """Multi-modal 3-D tumour segmentation.
 
@@ -230,6 +220,19 @@ class SegmentationModule(L.LightningModule):
         if with_embedding:
             return probs, (emb.cpu() if emb is not None else None)
         return probs
+
+    def query_outputs(self) -> frozenset[str]:
+        """What this model gives query strategies (checked against a strategy's ``needs``).
+
+        ``embedding`` (``predict_case(..., with_embedding=True)``) for every net; ``features``
+        (:meth:`case_features`, the last decoder map) only for nets whose decoder is wired
+        (DynUNet).
+        """
+        try:
+            decoder_head_input(self.net)
+        except TypeError:
+            return frozenset({"embedding"})
+        return frozenset({"embedding", "features"})
 
     def case_features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything a feature-based strategy needs from one case, in one sliding-window pass.

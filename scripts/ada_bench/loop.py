@@ -248,6 +248,12 @@ class BenchmarkLoop:
             {**data, "trainer.enable_progress_bar": False, **overrides, **self.cfg.extra},
         )
 
+    def _bases(self, task: str) -> list[str]:
+        """The base config the run overlays compose with (task folder or its parent)."""
+        folder = self.cfg.task(task).folder
+        found = [f for f in (folder / "base.yaml", folder.parent / "base.yaml") if f.is_file()]
+        return [str(f) for f in found[:1]]
+
     # ------------------------------------------------------------------ one run
     def _execute(
         self,

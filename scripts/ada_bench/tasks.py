@@ -142,6 +142,16 @@ class ConfigTask:
             raise FileNotFoundError(f"{path}: missing (task {self.name!r} needs it)")
         return read_config(path)
 
+    def _run_yaml(self, name: str) -> dict[str, Any]:
+        """The sections of ``base.yaml`` (if any) updated by those of the run overlay ``name``."""
+        merged: dict[str, Any] = {}
+        base = self.folder / "base.yaml"
+        for part in ([self._yaml(base)] if base.is_file() else []) + [self._yaml(self.folder / name)]:
+            for key, value in part.items():
+                both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+                merged[key] = {**merged[key], **value} if both else value
+        return merged
+
     @cached_property
     def modalities(self) -> list[str]:
         self._yaml(self.folder / "mmacts.yaml")  # a clear error when it is missing
@@ -171,8 +181,8 @@ class ConfigTask:
         if not 0 <= fold < max(len(files), 1):
             raise ValueError(f"task {self.name!r}: fold must be in 0..{len(files) - 1}, got {fold}")
         path = files[fold] if files else self.folder / "mmacts.yaml"
-        splits = self._yaml(path).get("data", {}).get("splits") or self._yaml(
-            self.folder / "mmacts.yaml"
+        splits = self._yaml(path).get("data", {}).get("splits") or self._run_yaml(
+            "mmacts.yaml"
         )["data"]["splits"]
         return Fold(
             (str(path),) if files else (),

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from lightning_ada.active.stats import CaseStats, stream_pool_stats
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
 def _embeddings(stats: Sequence[CaseStats], who: str) -> np.ndarray:
@@ -26,7 +26,6 @@ def _embeddings(stats: Sequence[CaseStats], who: str) -> np.ndarray:
     return np.stack([np.asarray(s.embedding, dtype=np.float64) for s in stats])
 
 
-@register
 class AADAStrategy(Strategy):
     """AADA, ALGORITHMS.md section 3 (importance weight x entropy), sequential.
 
@@ -65,12 +64,13 @@ class AADAStrategy(Strategy):
         max_source: if set, at most this many source cases (a seeded draw per round) are embedded.
         threads: torch intra-op threads while training ``D`` (restored afterwards; a small MLP
             gains nothing from more and suffers on a shared CPU); None keeps torch's setting.
-        progress: show a progress bar while scoring.
     """
 
     name = "aada"
+    display_name = "AADA (WACV'20)"
+    table_order = 20
     schedule = "sequential"
-    needs = frozenset({"source"})
+    needs = frozenset({"source", "embedding"})
 
     def __init__(
         self,
@@ -83,7 +83,6 @@ class AADAStrategy(Strategy):
         folds: int = 5,
         max_source: int | None = None,
         threads: int | None = 1,
-        progress: bool = True,
     ) -> None:
         if not 0 < clip < 0.5:
             raise ValueError(f"aada clip must be in (0, 0.5), got {clip}")
@@ -96,7 +95,6 @@ class AADAStrategy(Strategy):
         self.folds = int(folds)
         self.max_source = max_source
         self.threads = threads
-        self.progress = progress
 
     def _discriminator(self, d: int) -> nn.Module:
         layers: list[nn.Module] = []

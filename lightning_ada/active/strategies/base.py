@@ -1,8 +1,17 @@
-"""The strategy protocol, what strategies receive, and the name -> class registry."""
+"""The strategy contract: what a strategy receives, what it declares, and the name -> class registry.
+
+A strategy is one file: a subclass of :class:`Strategy` with a ``name`` is registered when its
+module is imported (``__init_subclass__``), chosen on the command line by that name
+(``--active.strategy mmacts``) or in a config by ``class_path``/``init_args``, and shown in the
+benchmark tables under ``display_name`` at position ``table_order``. What it needs of the run
+comes through :meth:`Strategy.configure_run` (budget, progress) and
+:meth:`Strategy.load_source_artifacts` (what its ``source_callback`` saved with the source
+checkpoint); what it needs of the model is declared in ``needs`` and checked at setup.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -11,6 +20,11 @@ import numpy as np
 import torch
 
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+#: what a strategy may declare in ``needs``: ``embedding`` (``ctx.predict`` returns a case
+#: embedding), ``features`` (``ctx.features``: decoder features, DynUNet only), ``source`` (the
+#: ids of the source split, i.e. not source-free)
+NEEDS = frozenset({"embedding", "features", "source"})
 
 
 @dataclass
@@ -31,9 +45,8 @@ class QueryContext:
         run_dir: folder for caches.
         source: ids of source cases (only for strategies that declare ``needs = {"source"}``).
         features: image ``(C, H, W, D)`` -> ``{"probs": (K, H, W, D), "embedding": (d,),
-            "decoder": (F, H, W, D)}`` in one pass of the current model (None if unavailable).
-        source_artifacts: what was saved with the source checkpoint for source-free strategies
-            (e.g. STDR anchors), by name.
+            "decoder": (F, H, W, D)}`` in one pass of the current model (None if the net cannot
+            give them).
     """
 
     unlabeled: Sequence[str]
@@ -48,11 +61,23 @@ class QueryContext:
     run_dir: Path | None = None
     source: Sequence[str] = ()
     features: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
-    source_artifacts: dict[str, Any] = field(default_factory=dict)
 
     def rng(self) -> np.random.Generator:
         """A generator seeded by ``(seed, round)``: identical on every rank and on resume."""
         return np.random.default_rng([self.seed, self.round])
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a strategy is told about the run before its first query.
+
+    Attributes:
+        budget: cases the run will label (``one_off`` strategies select all of them at once).
+        progress: show progress bars while scoring (the trainer's own bar is enabled).
+    """
+
+    budget: int = 1
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,32 +89,95 @@ class Scored:
     factors: dict[str, float] = field(default_factory=dict)
 
 
+REGISTRY: dict[str, type[Strategy]] = {}
+
+
 class Strategy:
     """Base class: rank the unlabeled cases of a round.
 
-    Subclasses set ``name``, ``schedule`` (``sequential``: one case every stride epochs;
-    ``one_off``: the whole budget at epoch 0 with the source model), ``needs``
-    (e.g. ``{"source"}``) and ``per_case``, and implement :meth:`score`.
+    Subclasses set ``name`` (registers them), ``schedule`` (``sequential``: one case every
+    stride epochs; ``one_off``: the whole budget at epoch 0 with the source model), ``needs``
+    (a subset of :data:`NEEDS`), ``per_case``, optionally ``display_name``/``table_order`` (the
+    benchmark tables) and ``source_callback`` (the callback of the SOURCE training that saves
+    what :meth:`load_source_artifacts` reads), and implement :meth:`score`. Constructor
+    arguments are the strategy's options (typed: ``--help`` shows and validates them).
     """
 
     name: ClassVar[str] = ""
+    #: name in the benchmark tables (default: ``name``)
+    display_name: ClassVar[str] = ""
+    #: position in the benchmark tables (lower first; the bounds come before every strategy)
+    table_order: ClassVar[int] = 100
     schedule: ClassVar[Literal["sequential", "one_off"]] = "sequential"
     needs: ClassVar[frozenset[str]] = frozenset()
     #: a case's score does not depend on which other cases are scored with it, so DDP ranks
-    #: may each score a shard of the pool (pool-level inputs like density may still be used)
+    #: may each score a shard of the pool (pool-level inputs like density may still be used;
+    #: decisions over the whole pool go in :meth:`finalize`)
     per_case: ClassVar[bool] = False
+    #: Lightning callback class to add to the SOURCE training (None: the strategy needs nothing
+    #: from it); its output travels with the source checkpoint
+    source_callback: ClassVar[type | None] = None
 
     #: seconds spent in the last :meth:`score` call, by part (inference, statistics, density)
     timings: dict[str, float] = {}  # noqa: RUF012 - replaced per call, never mutated
+    #: set by :meth:`configure_run`
+    run: RunInfo = RunInfo()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ or not cls.name:
+            return  # an abstract helper or a subclass that keeps its parent's registration
+        unknown = set(cls.needs) - NEEDS
+        if unknown:
+            raise TypeError(f"strategy {cls.name!r} needs unknown {sorted(unknown)}; known: {sorted(NEEDS)}")
+        if "display_name" not in cls.__dict__:
+            cls.display_name = cls.name
+        old = REGISTRY.get(cls.name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(
+                f"strategy name {cls.name!r} of {cls.__module__}.{cls.__qualname__} is already "
+                f"taken by {old.__module__}.{old.__qualname__}"
+            )
+        REGISTRY[cls.name] = cls
+
+    # ------------------------------------------------------------------ run set-up
+    def configure_run(self, run: RunInfo) -> None:
+        """Receive the run's budget and progress setting (called once, before any query)."""
+        self.run = run
+
+    @property
+    def budget(self) -> int:
+        """Cases the run will label."""
+        return self.run.budget
+
+    @property
+    def progress(self) -> bool:
+        """Show progress bars while scoring."""
+        return self.run.progress
+
+    def load_source_artifacts(self, checkpoint: Mapping[str, Any], path: str) -> None:
+        """Read what ``source_callback`` saved in the source checkpoint ``path`` (default: no-op).
+
+        Raises:
+            ValueError: the checkpoint lacks them (name the callback to add to the source run).
+        """
+
+    # ------------------------------------------------------------------ ranking
     def score(self, ctx: QueryContext) -> list[Scored]:
         """Score every case of ``ctx.unlabeled``."""
         raise NotImplementedError
 
+    def finalize(self, scored: list[Scored]) -> list[Scored]:
+        """Decisions over the scores of the whole pool (after a DDP gather); default: none."""
+        return scored
+
     def rank(self, ctx: QueryContext) -> list[Scored]:
         """Scores sorted best first; ties broken by case id (deterministic across ranks)."""
-        scored = self.score(ctx)
-        if {s.case_id for s in scored} != set(ctx.unlabeled):
+        return self.sort(self.finalize(self.score(ctx)), ctx.unlabeled)
+
+    def sort(self, scored: list[Scored], unlabeled: Sequence[str]) -> list[Scored]:
+        """Check that ``scored`` covers exactly ``unlabeled``; sort best first, ties by case id."""
+        if sorted(s.case_id for s in scored) != sorted(unlabeled):
             raise RuntimeError(f"strategy {self.name!r} must score exactly the unlabeled cases")
         return sorted(scored, key=lambda s: (-s.score, s.case_id))
 
@@ -111,21 +199,30 @@ def in_order(order: Sequence[str], factors: Callable[[str], dict[str, float]]) -
     return [Scored(cid, float(n - i), factors(cid)) for i, cid in enumerate(order)]
 
 
-REGISTRY: dict[str, type[Strategy]] = {}
-
-
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator adding a strategy to the registry under ``cls.name``."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def build_strategy(name: str, **kwargs: Any) -> Strategy:
-    """Instantiate the strategy registered as ``name``.
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as ``name``.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown strategy {name!r}; known strategies: {sorted(REGISTRY)}")
-    return REGISTRY[name](**kwargs)
+    return REGISTRY[name]
+
+
+def build_strategy(
+    name: str, *, budget: int = 1, progress: bool = False, **init_args: Any
+) -> Strategy:
+    """Instantiate the strategy registered as ``name`` and configure it for a run.
+
+    Args:
+        name: registry name.
+        budget, progress: the :class:`RunInfo` handed to :meth:`Strategy.configure_run`.
+        init_args: the strategy's own options.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    strategy = strategy_class(name)(**init_args)
+    strategy.configure_run(RunInfo(budget=budget, progress=progress))
+    return strategy

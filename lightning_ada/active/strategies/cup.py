@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 from lightning_ada.active.stats import stream_pool_stats
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
-@register
 class CUPStrategy(Strategy):
     """Two-step lexicographic filter on the source model's posteriors (§5, case-level 3-D).
 
@@ -27,24 +26,18 @@ class CUPStrategy(Strategy):
     "Patch-level option") is not implemented yet; it is off in the seed-000 comparison.
 
     Args:
-        budget: B, the number of cases the one-off query takes (must equal ``active.budget``).
         uncertainty_ratio: r1, the fraction of the pool kept by step 1.
-        progress: show a progress bar while scoring the pool.
     """
 
     name = "cup"
+    display_name = "CUP (MICCAI'24)"
+    table_order = 40
     schedule = "one_off"
 
-    def __init__(
-        self, budget: int = 3, uncertainty_ratio: float = 0.10, progress: bool = True
-    ) -> None:
-        if budget < 1:
-            raise ValueError(f"cup budget must be >= 1, got {budget}")
+    def __init__(self, uncertainty_ratio: float = 0.10) -> None:
         if not 0.0 < uncertainty_ratio <= 1.0:
             raise ValueError(f"cup uncertainty_ratio must be in (0, 1], got {uncertainty_ratio}")
-        self.budget = int(budget)
         self.uncertainty_ratio = float(uncertainty_ratio)
-        self.progress = progress
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         self.timings = {}

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from lightning_ada.active.stats import stream_pool_stats
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
-@register
 class EntropyStrategy(Strategy):
     """``s_i = mean_v H(p_iv)``, sequential like mmActS (AADA without its domain weight)."""
 
     name = "entropy"
+    display_name = "Entropy"
+    table_order = 80
     per_case = True
-
-    def __init__(self, progress: bool = True) -> None:
-        self.progress = progress
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         stats = stream_pool_stats(

@@ -18,7 +18,7 @@ from sklearn.preprocessing import normalize as l2_normalize
 from torch import Tensor
 
 from lightning_ada.active.stats import stream_pool_stats
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
 def confidence_gap(probs: Tensor) -> float:
@@ -35,7 +35,6 @@ def confidence_gap(probs: Tensor) -> float:
     return float((top2[0] - top2[1])[fg].double().mean())
 
 
-@register
 class LAMDAStrategy(Strategy):
     """LAMDA selection, ALGORITHMS.md section 7, sequential (one case per stride).
 
@@ -68,11 +67,13 @@ class LAMDAStrategy(Strategy):
         gap_threshold: a case with a larger confidence gap may take a pseudo slot.
         pseudo_ratio: the cap factor (official 2).
         normalize: L2-normalise the embeddings before the kernel (off: the official raw features).
-        progress: show a progress bar while scoring.
     """
 
     name = "lamda"
+    display_name = "LAMDA (ECCV'22)"
+    table_order = 60
     schedule = "sequential"
+    needs = frozenset({"embedding"})
 
     def __init__(
         self,
@@ -80,7 +81,6 @@ class LAMDAStrategy(Strategy):
         gap_threshold: float = 0.8,
         pseudo_ratio: float = 2.0,
         normalize: bool = False,
-        progress: bool = True,
     ) -> None:
         if pseudo_ratio < 0:
             raise ValueError(f"lamda pseudo_ratio must be >= 0, got {pseudo_ratio}")
@@ -88,7 +88,6 @@ class LAMDAStrategy(Strategy):
         self.gap_threshold = float(gap_threshold)
         self.pseudo_ratio = float(pseudo_ratio)
         self.normalize = normalize
-        self.progress = progress
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         ids = sorted(set(ctx.pool) | set(ctx.unlabeled))
@@ -101,7 +100,8 @@ class LAMDAStrategy(Strategy):
 
         t0 = time.perf_counter()
         stats = stream_pool_stats(
-            ((cid, ctx.image(cid)) for cid in ids), predict, ctx.regions, self.progress, total=len(ids)
+            ((cid, ctx.image(cid)) for cid in ids), predict, ctx.regions, self.progress,
+            total=len(ids),
         )
         if any(s.embedding is None for s in stats):
             raise ValueError("lamda needs case embeddings (B4): predict gave None")

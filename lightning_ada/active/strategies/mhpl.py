@@ -19,7 +19,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.preprocessing import normalize
 
 from lightning_ada.active.stats import CaseStats, stream_pool_stats
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
 def _dominant_class(stats: CaseStats) -> tuple[int, int]:
@@ -31,7 +31,6 @@ def _dominant_class(stats: CaseStats) -> tuple[int, int]:
     return max(sorted(counts), key=lambda c: counts[c]), n_classes
 
 
-@register
 class MHPLStrategy(Strategy):
     """MHPL, ALGORITHMS.md section 4 (decision: neighbourhood-averaged uncertainty), one-off.
 
@@ -57,18 +56,19 @@ class MHPLStrategy(Strategy):
         n_diversity: ``e_n`` of the NDR, self included (5: four neighbours are checked); 1 turns
             the relaxation off.
         purity: ``uncertainty`` (the §4 decision) or ``label`` (histogram entropy, C > 2).
-        progress: show a progress bar while scoring.
     """
 
     name = "mhpl"
+    display_name = "MHPL (CVPR'23)"
+    table_order = 30
     schedule = "one_off"
+    needs = frozenset({"embedding"})
 
     def __init__(
         self,
         k: int = 10,
         n_diversity: int = 5,
         purity: Literal["uncertainty", "label"] = "uncertainty",
-        progress: bool = True,
     ) -> None:
         if k < 1 or n_diversity < 1:
             raise ValueError(f"mhpl needs k >= 1 and n_diversity >= 1, got {k}, {n_diversity}")
@@ -77,7 +77,6 @@ class MHPLStrategy(Strategy):
         self.k = int(k)
         self.n_diversity = int(n_diversity)
         self.purity = purity
-        self.progress = progress
 
     @staticmethod
     def _neighbours(sim: np.ndarray, n: int) -> np.ndarray:
@@ -107,7 +106,8 @@ class MHPLStrategy(Strategy):
         ids = sorted(set(ctx.pool) | set(ctx.unlabeled))
         t0 = time.perf_counter()
         stats = stream_pool_stats(
-            ((cid, ctx.image(cid)) for cid in ids), ctx.predict, ctx.regions, self.progress, total=len(ids)
+            ((cid, ctx.image(cid)) for cid in ids), ctx.predict, ctx.regions, self.progress,
+            total=len(ids),
         )
         if any(s.embedding is None for s in stats):
             raise ValueError("mhpl needs case embeddings (B4): predict gave None")

@@ -11,10 +11,9 @@ from typing import Any, Literal
 
 from lightning_ada.active.density import DensityResult, compute_density
 from lightning_ada.active.stats import stream_pool_stats
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
-@register
 class MMActSStrategy(Strategy):
     """The paper's criterion (eq. 1-6).
 
@@ -26,12 +25,12 @@ class MMActSStrategy(Strategy):
         density_delta: absolute radius (overrides the quantile).
         density_resize: cube side the images are resized to before PCA (None: native up to 64).
         n_quantiles: quantiles summarising each PCA score distribution.
-        progress: show a progress bar while scoring the pool.
     """
 
     name = "mmacts"
+    display_name = "mmActS"
+    table_order = 90
     per_case = True
-    needs = frozenset({"features"})
 
     def __init__(
         self,
@@ -41,7 +40,6 @@ class MMActSStrategy(Strategy):
         density_delta: float | None = None,
         density_resize: int | None = None,
         n_quantiles: int = 1024,
-        progress: bool = True,
     ) -> None:
         self.exponents = tuple(float(e) for e in exponents)
         if len(self.exponents) != 3 or min(self.exponents) < 0:
@@ -53,7 +51,6 @@ class MMActSStrategy(Strategy):
             "resize": density_resize,
             "n_quantiles": n_quantiles,
         }
-        self.progress = progress
         self.density: DensityResult | None = None
 
     def _density(self, ctx: QueryContext) -> DensityResult:
@@ -81,9 +78,16 @@ class MMActSStrategy(Strategy):
             factors = {"entropy": s.mean_entropy, "volume": float(s.volume), "density": density}
             score = (s.mean_entropy**a) * (float(s.volume) ** b) * (density**c)
             scored.append(Scored(s.case_id, score, factors | {"product": score}))
+        return scored
+
+    def finalize(self, scored: list[Scored]) -> list[Scored]:
+        """Every case of the WHOLE pool isolated (rho = 0): rank by informativeness (§1.3).
+
+        Decided on all the scores of a round (after the DDP gather), never on one shard.
+        """
+        a, b, c = self.exponents
         if c and scored and all(s.score == 0 for s in scored):
-            # every case isolated (rho = 0): fall back to informativeness (ALGORITHMS §1.3)
-            scored = [
+            return [
                 Scored(s.case_id, (s.factors["entropy"] ** a) * (s.factors["volume"] ** b),
                        s.factors | {"fallback": 1.0})
                 for s in scored

@@ -6,10 +6,9 @@ import zlib
 
 import numpy as np
 
-from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, register
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
-@register
 class RandomStrategy(Strategy):
     """Uniform draw without replacement, one case per stride; model-independent.
 
@@ -18,6 +17,8 @@ class RandomStrategy(Strategy):
     """
 
     name = "random"
+    display_name = "Random"
+    table_order = 10
     schedule = "sequential"
     per_case = True
 

@@ -17,7 +17,7 @@ from lightning_ada.active.strategies.base import (
     Scored,
     Strategy,
     in_order,
-    register,
+
 )
 
 
@@ -64,7 +64,6 @@ def _first_peak(hist: np.ndarray) -> int:
     return int(np.argmax(hist))
 
 
-@register
 class UGTSTStrategy(Strategy):
     """GAUA top ``C*B`` cases, k-means (k = B) on their embeddings, nearest to each centroid (§8).
 
@@ -82,25 +81,20 @@ class UGTSTStrategy(Strategy):
     in ``factors``.
 
     Args:
-        budget: B, the number of cases the one-off query takes (must equal ``active.budget``).
         capacity: C, candidates per budget unit.
         bins: bins of the entropy histogram.
-        progress: show a progress bar while scoring the pool.
     """
 
     name = "ugtst"
+    display_name = "UGTST (MICCAI'24)"
+    table_order = 70
     schedule = "one_off"
+    needs = frozenset({"embedding"})
 
-    def __init__(
-        self, budget: int = 3, capacity: int = 4, bins: int = 100, progress: bool = True
-    ) -> None:
-        if budget < 1 or capacity < 1 or bins < 2:
-            raise ValueError(
-                f"ugtst needs budget >= 1, capacity >= 1, bins >= 2; got {budget}, {capacity}, "
-                f"{bins}"
-            )
-        self.budget, self.capacity, self.bins = int(budget), int(capacity), int(bins)
-        self.progress = progress
+    def __init__(self, capacity: int = 4, bins: int = 100) -> None:
+        if capacity < 1 or bins < 2:
+            raise ValueError(f"ugtst needs capacity >= 1 and bins >= 2; got {capacity}, {bins}")
+        self.capacity, self.bins = int(capacity), int(bins)
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         inference, statistics = 0.0, 0.0

@@ -1,0 +1,205 @@
+"""One query round: rank the unlabeled pool, elect the modality of the picks, ask the oracle, record.
+
+:func:`query_round` is the round of :class:`~lightning_ada.active.callback.ActiveQueryCallback`
+(during ``fit``) and of ``lightning-ada query`` (ranking only, no oracle). Every rank of a DDP
+run calls it; the ranking and the elections are broadcast from rank 0, and only rank 0 asks the
+oracle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+
+from lightning_ada.active.election import elect_modality
+from lightning_ada.active.oracle import Oracle
+from lightning_ada.active.pool_view import PoolView
+from lightning_ada.active.strategies import QueryContext, Scored, Strategy
+
+#: why the annotator is asked for the elected modality (recorded with each query)
+ELECTION_WHY = (
+    "elected modality: best Dice of its single-modality prediction against the all-modality "
+    "pseudo-label"
+)
+
+
+def query_context(
+    pool: PoolView,
+    module: Any,
+    round: int = 0,
+    seed: int = 0,
+    run_dir: Any = None,
+    with_features: bool = True,
+) -> QueryContext:
+    """What a strategy sees of the pool and the current model for one query round.
+
+    Args:
+        pool: the pool view.
+        module: the model (``predict_case``, ``case_features``, ``regions``).
+        round: 0-based query round.
+        seed: the strategies' seed.
+        run_dir: folder for caches.
+        with_features: offer ``ctx.features`` (the net gives decoder features).
+    """
+    return QueryContext(
+        unlabeled=pool.unlabeled(),
+        pool=pool.ids("pool"),
+        labeled=pool.labeled(),
+        image=pool.image,
+        predict=lambda img: module.predict_case(img, with_embedding=True),
+        modalities=list(pool.modalities),
+        regions=module.regions,
+        round=round,
+        seed=seed,
+        run_dir=run_dir,
+        source=pool.ids("source"),
+        features=getattr(module, "case_features", None) if with_features else None,
+    )
+
+
+def sharded_rank(strategy: Strategy, ctx: QueryContext, trainer: L.Trainer) -> list[Scored]:
+    """Rank the pool; under DDP, per-case strategies score a shard per rank and gather.
+
+    Strategies whose score of a case does not depend on the other cases (``per_case``) split the
+    unlabeled ids over the ranks, each scores its shard, and every rank gathers all scores and
+    applies the strategy's pool-wide :meth:`~Strategy.finalize` to the whole gathered list; the
+    others are computed whole on every rank. Either way every rank ends with the ranking a single
+    process would make.
+    """
+    world = trainer.world_size
+    if world > 1 and strategy.per_case and torch.distributed.is_initialized():
+        shard = sorted(ctx.unlabeled)[trainer.global_rank :: world]
+        local = strategy.score(dataclasses.replace(ctx, unlabeled=shard))
+        gathered: list[list[Scored]] = [[] for _ in range(world)]
+        torch.distributed.all_gather_object(gathered, local)
+        scored = [s for part in gathered for s in part]
+        return strategy.sort(strategy.finalize(scored), ctx.unlabeled)
+    return strategy.rank(ctx)
+
+
+@dataclass
+class Election:
+    """How the modality of a queried case is elected (None in :func:`query_round`: not elected).
+
+    Attributes:
+        predict: image ``(C, H, W, D)`` -> probabilities ``(K, H, W, D)``.
+        per_class: compare by the mean Dice over foreground classes.
+    """
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    per_class: bool = False
+
+
+@dataclass
+class RoundResult:
+    """What one round did.
+
+    Attributes:
+        ranked: the whole ranking (best first).
+        delivered: entries the oracle answered (recorded in the pool), in rank order.
+        pending: entries still waiting for their label (the file oracle), in rank order.
+    """
+
+    ranked: list[Scored]
+    delivered: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+
+def query_round(
+    strategy: Strategy,
+    ctx: QueryContext,
+    n: int,
+    trainer: L.Trainer,
+    pool: PoolView,
+    *,
+    election: Election | None = None,
+    oracle: Oracle | None = None,
+    epoch: int = -1,
+    before_ask: Callable[[dict[str, Any]], None] | None = None,
+) -> RoundResult:
+    """Rank the unlabeled pool, elect a modality for the best ``n``, ask the oracle, record.
+
+    Args:
+        strategy: the configured strategy.
+        ctx: the round's context (:func:`query_context`).
+        n: cases to query (``len(ctx.unlabeled)``: every case, as ``lightning-ada query``).
+        trainer: the trainer (world size, rank, broadcast).
+        pool: the pool view (case records; labels are recorded in it).
+        election: elect the modality of each pick (None: no election).
+        oracle: who delivers the masks (None: rank and elect only, record nothing).
+        epoch: the epoch after which the round runs (-1: before training).
+        before_ask: called on rank 0 with each entry before the oracle is asked.
+
+    Returns:
+        The ranking and the entries (one per pick: round, epoch, case, rank, score, factors,
+        elected modality and its Dice, timings, pool size, case metadata).
+    """
+    t0 = time.perf_counter()
+    ranked = sharded_rank(strategy, ctx, trainer)
+    seconds = time.perf_counter() - t0
+    picks: list[Scored] = trainer.strategy.broadcast(ranked[:n], src=0)
+    entries = []
+    for rank, pick in enumerate(picks):
+        modality, dice = None, None
+        if election is not None:
+            result = elect_modality(
+                ctx.image(pick.case_id), election.predict, ctx.modalities, multiclass=election.per_class
+            )
+            modality, dice = trainer.strategy.broadcast((result.modality, dict(result.dice)), src=0)
+        entries.append(
+            {
+                "round": ctx.round,
+                "epoch": epoch,
+                "case_id": pick.case_id,
+                "rank": rank,
+                "score": pick.score,
+                "factors": pick.factors,
+                "modality": modality,
+                "election_dice": dice,
+                "why": ELECTION_WHY if dice else "",
+                "strategy": strategy.name or type(strategy).__name__,
+                "scoring_seconds": seconds,
+                "timings": dict(strategy.timings),
+                "pool_size": len(ranked),
+                "case_meta": dict(pool.case(pick.case_id).meta),
+            }
+        )
+    if oracle is None:
+        return RoundResult(ranked, pending=entries)
+    delivered, pending = ask_oracle(entries, oracle, trainer, pool, before_ask)
+    return RoundResult(ranked, delivered, pending)
+
+
+def ask_oracle(
+    entries: list[dict[str, Any]],
+    oracle: Oracle,
+    trainer: L.Trainer,
+    pool: PoolView,
+    before_ask: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ask the oracle for each entry in order, recording each delivered mask in the pool.
+
+    Stops at the first entry whose label is not there yet (the file oracle without waiting).
+
+    Returns:
+        ``(delivered, pending)``; a delivered entry gains ``label_path`` and ``n_labeled``.
+    """
+    delivered: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        label_path = None
+        if trainer.is_global_zero:
+            if before_ask is not None:
+                before_ask(entry)
+            label_path = oracle.annotate(pool.case(entry["case_id"]), entry["modality"], entry)
+        label_path = trainer.strategy.broadcast(label_path, src=0)
+        if label_path is None:
+            return delivered, list(entries[i:])
+        pool.label(entry["case_id"], label_path, entry["modality"], round=entry["round"], epoch=entry["epoch"])
+        delivered.append(entry | {"label_path": label_path, "n_labeled": len(pool.labeled())})
+    return delivered, []
