@@ -16,7 +16,7 @@ import pytest
 from jsonargparse import Namespace
 
 from lightning_ada.cli_dirs import configured_run_dir, evaluation_dir, redirect_evaluation
-from lightning_ada.main import main, query
+from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"
 
@@ -66,7 +66,8 @@ def test_fit_then_test_predict_query_leave_the_training_run_byte_identical(
     main(["test", *args, "--ckpt_path", str(ckpt)])
     preds = tmp_path / "preds"
     main(["predict", *args, "--ckpt_path", str(ckpt), "--writer.output_dir", str(preds)])
-    rows = query([*args, "--ckpt_path", str(ckpt)])  # as the README: no --out
+    main(["query", *args, "--ckpt_path", str(ckpt)])  # as the README: no --out
+    rows = json.loads((run / "query_ranking.json").read_text())
 
     after = snapshot(run)
     changed = sorted(k for k in before if after.get(k) != before[k])
