@@ -3,7 +3,7 @@ written back in the original geometry.
 
     python scripts/check_real_pipeline.py --ckpt runs/bench_brats18/brats18/seed0/fold0/mmacts_b3/checkpoints/last.ckpt
 
-1. Preprocesses every case of ``--root`` with the settings of ``configs/brats18/base.yaml``
+1. Preprocesses every case of ``--root`` with the settings of ``configs/brats18/mmacts.yaml``
    into a fresh cache folder and times it, then sets up again from the cache and times that.
 2. With ``--ckpt``: ``lightning-ada predict`` on the test cases of fold ``--fold``, then reloads
    each predicted mask with nibabel and compares its shape and affine with the case's FLAIR.
@@ -42,7 +42,7 @@ def data_args(config: Path, root: str, cache: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "brats18"))
-    p.add_argument("--config", default=str(REPO / "configs" / "brats18" / "base.yaml"))
+    p.add_argument("--config", default=str(REPO / "configs" / "brats18" / "mmacts.yaml"))
     p.add_argument("--ckpt", help="a brats18 checkpoint to predict with")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--out", help="JSON file of the measurements")
