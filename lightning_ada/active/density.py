@@ -9,7 +9,11 @@ ALGORITHMS §1.2 eq. (3)-(5) and §1.3:
   quantile-bin values so that the 1-D Wasserstein-1 distance becomes ``mean |q_a - q_b|``;
 * ``d(i, j) = sum_m W1(P_i^m, P_j^m)`` = L1 distance of the concatenated ``(M*Q)`` summaries / Q;
 * ``rho_i = #{j != i : d(i, j) < delta}`` with ``delta`` the 10 % quantile of the off-diagonal
-  distances unless given.
+  distances unless given (``rule="exclusive"``, the default). On a small pool this rule gates:
+  with 6 cases only 3 get ``rho >= 1`` and ``rho = 0`` zeroes mmActS' product (ALGORITHMS §16),
+  so two rules that never give 0 are offered: ``inclusive`` (a case counts itself,
+  ``rho_i = 1 + #{j != i : d(i, j) < delta}``) and ``kernel`` (``rho_i = sum_j
+  exp(-d(i, j)^2 / (2 sigma^2))``, self included, ``sigma`` the median off-diagonal distance).
 
 Caveats (kept visible on purpose): the PCA is fitted per image, so components of two cases are not
 aligned and the distance compares *value distributions* of scores, not images; the sign of a
@@ -58,6 +62,8 @@ DESCRIPTOR_VERSION = "pca-w1-v1"
 MAX_NATIVE_SIDE = 64
 
 QuantileMethod = Literal["mean", "midpoint"]
+#: how ``rho`` is counted from the distances (module doc)
+DensityRule = Literal["exclusive", "inclusive", "kernel"]
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -225,26 +231,39 @@ def pairwise_distances(desc: np.ndarray) -> np.ndarray:
 
 
 def neighbour_counts(
-    dist: np.ndarray, delta: float | None = None, quantile: float = 0.10
+    dist: np.ndarray, delta: float | None = None, quantile: float = 0.10, rule: DensityRule = "exclusive"
 ) -> tuple[np.ndarray, float]:
-    """Neighbour counts ``rho_i = #{j != i : d(i, j) < delta}`` (eq. 3).
+    """Density ``rho`` of every case from the case distances (eq. 3 and the small-pool rules).
 
     Args:
         dist: ``(N, N)`` symmetric distance matrix.
         delta: absolute radius; None -> the ``quantile`` quantile (NumPy linear interpolation) of
-            the ``N(N-1)/2`` off-diagonal distances.
+            the ``N(N-1)/2`` off-diagonal distances. For ``rule="kernel"`` it is the kernel width
+            ``sigma``; None -> the median off-diagonal distance (``quantile`` unused).
         quantile: see ``delta``.
+        rule: ``exclusive`` (the paper's count, ``rho_i = #{j != i : d(i, j) < delta}``; an
+            isolated case gets 0), ``inclusive`` (the case counts itself: ``1 + #{j != i :
+            d(i, j) < delta}``, so ``rho >= 1``) or ``kernel`` (``sum_j exp(-d(i, j)^2 /
+            (2 sigma^2))`` with self, so ``rho >= 1``, no hard radius).
 
     Returns:
-        ``(counts (N,) int64, delta_used)``. With N < 2 and no delta, delta_used is 0.0.
+        ``(rho (N,), delta_used)``: int64 counts for the radius rules, float64 for ``kernel``;
+        ``delta_used`` is the radius (or ``sigma``). With N < 2 and no delta it is 0.0.
     """
     dist = np.asarray(dist, dtype=np.float64)
     n = dist.shape[0]
+    off = dist[np.triu_indices(n, k=1)]
+    if rule == "kernel":
+        sigma = float(np.median(off)) if delta is None and off.size else float(delta or 0.0)
+        if sigma <= 0:  # all cases identical (or one case): every case is its own neighbourhood
+            return (dist == 0).sum(axis=1).astype(np.float64), sigma
+        return np.exp(-(dist**2) / (2.0 * sigma**2)).sum(axis=1), sigma
+    if rule not in ("exclusive", "inclusive"):
+        raise ValueError(f"unknown density rule {rule!r}; use exclusive, inclusive or kernel")
     if delta is None:
-        off = dist[np.triu_indices(n, k=1)]
         delta = float(np.quantile(off, quantile)) if off.size else 0.0
     close = dist < delta
-    np.fill_diagonal(close, False)
+    np.fill_diagonal(close, rule == "inclusive")
     return close.sum(axis=1).astype(np.int64), float(delta)
 
 
@@ -307,6 +326,7 @@ def compute_density(
     method: QuantileMethod = "mean",
     delta: float | None = None,
     quantile: float = 0.10,
+    rule: DensityRule = "exclusive",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> DensityResult:
@@ -326,7 +346,7 @@ def compute_density(
         images: iterable of ``(M, H, W, D)`` arrays/tensors (consumed lazily, at most once).
         resize, variance: PCA parameters (:func:`pca_scores`).
         n_quantiles, method: quantile summary (:func:`quantile_summary`).
-        delta, quantile: neighbourhood radius (:func:`neighbour_counts`).
+        delta, quantile, rule: neighbourhood radius and counting rule (:func:`neighbour_counts`).
         cache_dir: directory of the cache, or None (no caching).
         progress: tqdm progress bar over the cases.
 
@@ -372,7 +392,7 @@ def compute_density(
         raise ValueError(f"compute_density: {len(descs)} images for {len(ids)} case ids")
     desc = np.stack(descs) if descs else np.zeros((0, 0, int(n_quantiles)))
     dist = pairwise_distances(desc) if len(descs) else np.zeros((0, 0))
-    counts, d_used = neighbour_counts(dist, delta, quantile)
+    counts, d_used = neighbour_counts(dist, delta, quantile, rule)
     return DensityResult(
         density={c: float(n) for c, n in zip(ids, counts)},
         delta=d_used,

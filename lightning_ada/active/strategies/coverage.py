@@ -1,0 +1,234 @@
+"""Coverage selection: ProbCover greedy maximum coverage and its soft version, MaxHerding.
+
+ALGORITHMS.md section 17. Sources:
+
+* ProbCover: O. Yehuda, A. Dekel, G. Hacohen, D. Weinshall, "Active Learning Through a Covering
+  Lens", NeurIPS 2022 (arXiv 2205.11320; reference code ``avihu111/TypiClust``,
+  ``deep-al/pycls/al/prob_cover.py``, read for understanding only). Graph with an edge
+  ``i -> j`` when ``||z_i - z_j|| <= delta``; edges into a case already covered by a labelled
+  case are removed; repeatedly take the case with the most remaining out-edges and remove the
+  edges into its ball. Their ``delta`` is the largest radius keeping k-means cluster purity
+  >= 0.95; here (ALGORITHMS §17 decision) ``delta = radius_scale x`` the median
+  nearest-neighbour distance of the pool (default 2), or an absolute ``radius``.
+* MaxHerding: W. Bae, J. Noh, D. J. Sutherland, "Generalized Coverage for More Robust
+  Low-Budget Active Learning", ECCV 2024 (arXiv 2407.12212). Kernel
+  ``k(i, j) = exp(-||z_i - z_j||^2 / (2 sigma^2))``, ``sigma`` = the median pairwise distance;
+  gain of x = ``sum_j max(0, k(x, j) - max_{l in L} k(l, j))``; take the argmax, add it to L,
+  repeat. No hard radius, so the gain is never zero for every case.
+
+Both rank the whole unlabelled pool greedily (the first ``B`` of the order are the batch), so
+``sequential`` (one pick per stride, the default) and ``one_off`` give the same picks whenever
+the descriptor is static (``density``, or the source model's embedding as kept here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from lightning_ada.active.descriptors import DescriptorKind, PoolDescriptors, distance_matrix, median_offdiagonal
+from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, in_order
+
+__all__ = ["CoverageStrategy", "MaxHerdingStrategy", "herding_gains", "herding_order", "probcover_order"]
+
+
+def median_nn_distance(dist: np.ndarray) -> float:
+    """Median over cases of the distance to the nearest other case (0.0 when N < 2)."""
+    if len(dist) < 2:
+        return 0.0
+    d = np.array(dist, dtype=np.float64)
+    np.fill_diagonal(d, np.inf)
+    return float(np.median(d.min(axis=1)))
+
+
+def probcover_order(
+    dist: np.ndarray, labelled: np.ndarray, delta: float, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
+    """Greedy maximum coverage over the ``delta``-balls (ProbCover).
+
+    Args:
+        dist: ``(N, N)`` case distances.
+        labelled: ``(N,)`` bool, the labelled cases (their balls are covered from the start).
+        delta: ball radius (``d <= delta``; a case is in its own ball).
+        rng: draws the order of the cases left once nothing uncovered remains.
+
+    Returns:
+        ``(order, gains)``: every unlabelled index, best first, and the number of newly covered
+        cases each one added when it was taken (0 for the random tail).
+    """
+    ball = np.asarray(dist) <= delta  # ball[i, j]: i covers j
+    covered = ball[labelled].any(axis=0)
+    left = [i for i in range(len(ball)) if not labelled[i]]
+    order, gains = [], []
+    while left:
+        gain = ball[left][:, ~covered].sum(axis=1)
+        best = int(np.argmax(gain))  # first of the ties: indices are in case-id order
+        if gain[best] == 0:
+            break
+        i = left.pop(best)
+        order.append(i)
+        gains.append(int(gain[best]))
+        covered |= ball[i]
+    tail = [left[k] for k in rng.permutation(len(left))]
+    return order + tail, gains + [0] * len(tail)
+
+
+def kernel_matrix(dist: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian kernel ``exp(-d^2 / (2 sigma^2))``; ``sigma <= 0`` gives the identity."""
+    d = np.asarray(dist, dtype=np.float64)
+    if sigma <= 0:
+        return (d == 0).astype(np.float64)
+    return np.exp(-(d**2) / (2.0 * sigma**2))
+
+
+def herding_gains(kernel: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """Soft-coverage gain of every case: ``sum_j max(0, k(x, j) - coverage_j)``.
+
+    Args:
+        kernel: ``(N, N)`` kernel matrix.
+        coverage: ``(N,)`` current coverage ``max_{l in L} k(l, j)`` (0 with no labelled case).
+    """
+    return np.clip(kernel - coverage[None, :], 0.0, None).sum(axis=1)
+
+
+def herding_order(kernel: np.ndarray, labelled: np.ndarray) -> tuple[list[int], list[float]]:
+    """Greedy MaxHerding over the whole unlabelled pool.
+
+    Returns:
+        ``(order, gains)``: every unlabelled index, best first, and its gain when taken.
+    """
+    k = np.asarray(kernel, dtype=np.float64)
+    coverage = k[labelled].max(axis=0) if labelled.any() else np.zeros(len(k))
+    left = [i for i in range(len(k)) if not labelled[i]]
+    order, gains = [], []
+    while left:
+        gain = herding_gains(k[left], coverage)
+        best = int(np.argmax(gain))
+        i = left.pop(best)
+        order.append(i)
+        gains.append(float(gain[best]))
+        coverage = np.maximum(coverage, k[i])
+    return order, gains
+
+
+class _CoverageBase(Strategy):
+    """Shared plumbing: descriptors of the whole pool, labelled mask, greedy order -> scores."""
+
+    per_case = False
+
+    def __init__(
+        self,
+        descriptor: DescriptorKind,
+        schedule: Literal["sequential", "one_off"],
+        density_resize: int | None,
+        n_quantiles: int,
+    ) -> None:
+        self.schedule = schedule
+        self.descriptors = PoolDescriptors(
+            descriptor, {"resize": density_resize, "n_quantiles": n_quantiles}
+        )
+        self.needs = frozenset({"embedding"}) if self.descriptors.needs_embedding else frozenset()
+
+    def _pool(self, ctx: QueryContext) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(ids sorted, (N, N) distances, (N,) labelled mask)`` over the whole pool."""
+        ids = sorted(set(ctx.pool) | set(ctx.unlabeled))
+        cache = ctx.run_dir / "cache" if ctx.run_dir is not None else None
+        t0 = time.perf_counter()
+        self.descriptors.ensure(ids, ctx.image, ctx.predict, cache, self.progress)
+        self.timings = {"descriptors": time.perf_counter() - t0}
+        return ids, distance_matrix(self.descriptors.matrix(ids)), labelled_mask(ids, ctx.unlabeled)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"descriptors": self.descriptors.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "descriptors" in state:
+            self.descriptors.load_state_dict(state["descriptors"])
+
+
+class CoverageStrategy(_CoverageBase):
+    """ProbCover: greedy maximum coverage of ``delta``-balls on the case graph (module doc).
+
+    Args:
+        descriptor: case descriptor: ``density`` (image-only, sees scanner intensity),
+            ``embedding`` (source model's pooled bottleneck) or ``both``.
+        radius: absolute ball radius ``delta`` (in descriptor units); None: the scale rule.
+        radius_scale: ``delta = radius_scale x`` median nearest-neighbour distance of the pool.
+        schedule: ``sequential`` (one pick per stride) or ``one_off`` (the budget at epoch 0).
+        density_resize, n_quantiles: density descriptor options (see ``mmacts``).
+    """
+
+    name = "coverage"
+    display_name = "ProbCover (coverage)"
+    table_order = 30
+
+    def __init__(
+        self,
+        descriptor: DescriptorKind = "density",
+        radius: float | None = None,
+        radius_scale: float = 2.0,
+        schedule: Literal["sequential", "one_off"] = "sequential",
+        density_resize: int | None = None,
+        n_quantiles: int = 1024,
+    ) -> None:
+        if (radius is not None and radius < 0) or radius_scale <= 0:
+            raise ValueError(f"coverage needs radius >= 0 and radius_scale > 0; got {radius}, {radius_scale}")
+        super().__init__(descriptor, schedule, density_resize, n_quantiles)
+        self.radius, self.radius_scale = radius, float(radius_scale)
+
+    def score(self, ctx: QueryContext) -> list[Scored]:
+        ids, dist, labelled = self._pool(ctx)
+        delta = self.radius if self.radius is not None else self.radius_scale * median_nn_distance(dist)
+        order, gains = probcover_order(dist, labelled, delta, ctx.rng())
+        info = {ids[i]: {"coverage_gain": float(g), "radius": float(delta)} for i, g in zip(order, gains)}
+        return in_order([ids[i] for i in order], info.__getitem__)
+
+
+class MaxHerdingStrategy(_CoverageBase):
+    """MaxHerding: greedy soft coverage with a Gaussian kernel, no hard radius (module doc).
+
+    Args:
+        descriptor: ``density``, ``embedding`` or ``both`` (see ``coverage``).
+        bandwidth: absolute kernel width ``sigma``; None: ``bandwidth_scale x`` the median
+            pairwise distance of the pool.
+        bandwidth_scale: see ``bandwidth``.
+        schedule, density_resize, n_quantiles: see ``coverage``.
+    """
+
+    name = "maxherding"
+    display_name = "MaxHerding (soft coverage)"
+    table_order = 31
+
+    def __init__(
+        self,
+        descriptor: DescriptorKind = "density",
+        bandwidth: float | None = None,
+        bandwidth_scale: float = 1.0,
+        schedule: Literal["sequential", "one_off"] = "sequential",
+        density_resize: int | None = None,
+        n_quantiles: int = 1024,
+    ) -> None:
+        if (bandwidth is not None and bandwidth <= 0) or bandwidth_scale <= 0:
+            raise ValueError(f"maxherding needs a positive bandwidth; got {bandwidth}, {bandwidth_scale}")
+        super().__init__(descriptor, schedule, density_resize, n_quantiles)
+        self.bandwidth, self.bandwidth_scale = bandwidth, float(bandwidth_scale)
+
+    def sigma(self, dist: np.ndarray) -> float:
+        """The kernel width used for ``dist``."""
+        return self.bandwidth if self.bandwidth is not None else self.bandwidth_scale * median_offdiagonal(dist)
+
+    def score(self, ctx: QueryContext) -> list[Scored]:
+        ids, dist, labelled = self._pool(ctx)
+        sigma = self.sigma(dist)
+        order, gains = herding_order(kernel_matrix(dist, sigma), labelled)
+        info = {ids[i]: {"coverage_gain": g, "bandwidth": sigma} for i, g in zip(order, gains)}
+        return in_order([ids[i] for i in order], info.__getitem__)
+
+
+def labelled_mask(ids: Sequence[str], unlabeled: Sequence[str]) -> np.ndarray:
+    """``(N,)`` bool: the cases of ``ids`` that are not in ``unlabeled``."""
+    unl = set(unlabeled)
+    return np.array([c not in unl for c in ids])

@@ -1,0 +1,123 @@
+"""TypiClust: the most typical case of the largest cluster that holds no labelled case.
+
+ALGORITHMS.md section 17. Source: G. Hacohen, A. Dekel, D. Weinshall, "Active Learning on a
+Budget: Opposite Strategies Suit High and Low Budgets", ICML 2022 (arXiv 2202.02794; reference
+code ``avihu111/TypiClust``, read for understanding only).
+
+Rule: k-means of the pool descriptors into ``|L| + B`` clusters (``B`` = the cases this round
+selects: the whole budget for ``one_off``, 1 for ``sequential``); then, B times, take the
+cluster with the fewest labelled (or already picked) cases, the largest among those, and in it
+the case of highest typicality ``1 / mean distance to its K nearest cluster members``,
+``K = min(20, |cluster| // 2)`` (at least 1; a cluster of one case is its own most typical).
+After the B picks, the other unlabelled cases follow by pool typicality (K over the whole pool)
+so that every case is ranked.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from lightning_ada.active.descriptors import DescriptorKind, distance_matrix
+from lightning_ada.active.strategies.base import QueryContext, Scored, in_order
+from lightning_ada.active.strategies.coverage import _CoverageBase
+
+__all__ = ["TypiClustStrategy", "typicality", "typiclust_picks"]
+
+
+def typicality(dist: np.ndarray, k_max: int = 20) -> np.ndarray:
+    """Typicality of every row of a ``(n, n)`` distance matrix (module doc).
+
+    Returns:
+        ``(n,)`` values ``1 / mean distance to the K nearest others`` (``inf`` for a zero
+        mean distance, ``1.0`` for a single case).
+    """
+    n = len(dist)
+    if n == 1:
+        return np.ones(1)
+    k = max(1, min(k_max, n // 2))
+    d = np.sort(np.asarray(dist, dtype=np.float64), axis=1)[:, 1 : k + 1]  # skip self
+    mean = d.mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return np.where(mean > 0, 1.0 / mean, np.inf)
+
+
+def typiclust_picks(
+    z: np.ndarray, labelled: np.ndarray, n_picks: int, seed: int, k_max: int = 20
+) -> tuple[list[int], dict[int, dict[str, float]]]:
+    """The TypiClust picks.
+
+    Args:
+        z: ``(N, d)`` descriptors.
+        labelled: ``(N,)`` bool.
+        n_picks: ``B``.
+        seed: k-means seed.
+        k_max: cap of ``K``.
+
+    Returns:
+        ``(picks, info)``: indices in pick order and, per pick, its cluster size and typicality.
+    """
+    n = len(z)
+    n_clusters = min(n, int(labelled.sum()) + n_picks)
+    km = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(z)
+    cluster = km.labels_
+    taken = labelled.copy()
+    picks: list[int] = []
+    info: dict[int, dict[str, float]] = {}
+    for _ in range(min(n_picks, int((~labelled).sum()))):
+        cands = []
+        for c in range(n_clusters):
+            members = np.flatnonzero(cluster == c)
+            if (~taken[members]).any():
+                cands.append((int(taken[members].sum()), -len(members), c))
+        _, neg_size, c = min(cands)
+        members = np.flatnonzero(cluster == c)
+        typ = typicality(distance_matrix(z[members]), k_max)
+        typ[taken[members]] = -np.inf
+        best = int(members[int(np.argmax(typ))])
+        picks.append(best)
+        info[best] = {"cluster_size": float(-neg_size), "typicality": float(typ.max())}
+        taken[best] = True
+    return picks, info
+
+
+class TypiClustStrategy(_CoverageBase):
+    """TypiClust (module doc).
+
+    Args:
+        descriptor: ``density``, ``embedding`` or ``both`` (see ``coverage``).
+        k_max: cap of the typicality neighbourhood ``K`` (paper: 20).
+        schedule: ``sequential`` (one pick per stride, ``k = |L| + 1``) or ``one_off``
+            (``k = B``, the whole budget at epoch 0).
+        density_resize, n_quantiles: density descriptor options (see ``mmacts``).
+    """
+
+    name = "typiclust"
+    display_name = "TypiClust"
+    table_order = 32
+
+    def __init__(
+        self,
+        descriptor: DescriptorKind = "density",
+        k_max: int = 20,
+        schedule: Literal["sequential", "one_off"] = "sequential",
+        density_resize: int | None = None,
+        n_quantiles: int = 1024,
+    ) -> None:
+        if k_max < 1:
+            raise ValueError(f"typiclust needs k_max >= 1, got {k_max}")
+        super().__init__(descriptor, schedule, density_resize, n_quantiles)
+        self.k_max = int(k_max)
+
+    def score(self, ctx: QueryContext) -> list[Scored]:
+        ids, dist, labelled = self._pool(ctx)
+        z = self.descriptors.matrix(ids)
+        n_picks = self.budget if self.schedule == "one_off" else 1
+        picks, info = typiclust_picks(z, labelled, n_picks, ctx.seed, self.k_max)
+        pool_typ = typicality(dist, self.k_max)
+        rest = sorted((i for i in np.flatnonzero(~labelled) if i not in picks), key=lambda i: (-pool_typ[i], ids[i]))
+        order = picks + [int(i) for i in rest]
+        factors = {ids[i]: info.get(i, {}) | {"pool_typicality": float(pool_typ[i])} for i in order}
+        return in_order([ids[i] for i in order], factors.__getitem__)
