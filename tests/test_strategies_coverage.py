@@ -1,4 +1,4 @@
-"""Coverage, typicality, foreground-aware random and the mmActS fidelity options (ALGORITHMS §16-17).
+"""Coverage, typicality, foreground-aware random, mmActS fidelity options (ALGORITHMS §16-17).
 
 Constructed pools: descriptors are injected through ``PoolDescriptors.vectors`` (no network);
 the mmActS tests hand a constructed posterior through ``ctx.predict``.
@@ -38,7 +38,11 @@ def _ctx(pool: list[str], labeled: list[str] = (), round: int = 0, predict=None,
 def _three_clusters() -> dict[str, np.ndarray]:
     """Clusters of 4, 3 and 2 cases (unit spacing inside, 20 apart); ids interleave clusters."""
     centres = {"a": (0.0, 0.0), "b": (20.0, 0.0), "c": (10.0, 17.3)}
-    offsets = {"a": [(0, 0), (1, 0), (0, 1), (1, 1)], "b": [(0, 0), (1, 0), (0.5, 0.87)], "c": [(0, 0), (0, 1)]}
+    offsets = {
+        "a": [(0, 0), (1, 0), (0, 1), (1, 1)],
+        "b": [(0, 0), (1, 0), (0.5, 0.87)],
+        "c": [(0, 0), (0, 1)],
+    }
     return {f"{k}{i}": np.add(centres[k], o) for k in centres for i, o in enumerate(offsets[k])}
 
 
@@ -62,8 +66,11 @@ def test_coverage_takes_one_case_per_cluster_before_a_second_from_any(name: str)
 
 def test_probcover_with_jittered_clusters_and_an_absolute_radius() -> None:
     rng = np.random.default_rng(0)
-    vectors = {f"{k}{i}": rng.normal(centre, 0.3, size=4) for k, centre in (("x", 0), ("y", 8), ("z", -8))
-               for i in range(3 + len(k))}
+    vectors = {
+        f"{k}{i}": rng.normal(centre, 0.3, size=4)
+        for k, centre in (("x", 0), ("y", 8), ("z", -8))
+        for i in range(4)
+    }
     pool = sorted(vectors)
     strategy = _with_vectors("coverage", vectors, radius=3.0)
     ranked = strategy.rank(_ctx(pool))
@@ -76,15 +83,20 @@ def test_typiclust_picks_the_densest_case_of_the_largest_unlabelled_cluster() ->
     # cluster L (6 cases, one labelled) is the largest but holds a labelled case; cluster U (5
     # cases) is not labelled: its centre u4 is the most typical (closest to its neighbours)
     vectors = {f"l{i}": np.array([30.0 + i, 0.0]) for i in range(6)}
-    vectors |= {"u0": np.array([-1.0, 0.0]), "u1": np.array([1.0, 0.0]), "u2": np.array([0.0, -1.0]),
-                "u3": np.array([0.0, 1.2]), "u4": np.array([0.05, 0.05])}
+    vectors |= {
+        "u0": np.array([-1.0, 0.0]),
+        "u1": np.array([1.0, 0.0]),
+        "u2": np.array([0.0, -1.0]),
+        "u3": np.array([0.0, 1.2]),
+        "u4": np.array([0.05, 0.05]),
+    }
     pool = sorted(vectors)
     strategy = _with_vectors("typiclust", vectors)
     ranked = strategy.rank(_ctx(pool, labeled=["l2"], round=1))  # sequential: k = |L| + 1 = 2
     assert ranked[0].case_id == "u4"
     assert ranked[0].factors["cluster_size"] == 5
     # nothing labelled, one cluster (k = 1): the most typical case of the whole pool
-    assert strategy.rank(_ctx(pool))[0].case_id == "l2" or strategy.rank(_ctx(pool))[0].case_id == "l3"
+    assert strategy.rank(_ctx(pool))[0].case_id in {"l2", "l3"}  # the middle of the 6-case line
     # one-off: k = B = 3 clusters, one pick from each of the two groups first
     one_off = _with_vectors("typiclust", vectors, schedule="one_off")
     first = [s.case_id[0] for s in one_off.rank(_ctx(pool))[:3]]
@@ -93,7 +105,10 @@ def test_typiclust_picks_the_densest_case_of_the_largest_unlabelled_cluster() ->
 
 def test_density_rules_give_every_case_of_a_six_case_pool_rho_at_least_one() -> None:
     rng = np.random.default_rng(1)
-    images = [torch.from_numpy(rng.normal(i % 3, 1.0 + i, size=(2, 8, 8, 8)).astype(np.float32)) for i in range(6)]
+    images = [
+        torch.from_numpy(rng.normal(i % 3, 1.0 + i, size=(2, 8, 8, 8)).astype(np.float32))
+        for i in range(6)
+    ]
     ids = [f"c{i}" for i in range(6)]
     exclusive = compute_density(ids, images)
     assert min(exclusive.density.values()) == 0  # today's rule gates the small pool
@@ -109,7 +124,7 @@ def test_density_rules_give_every_case_of_a_six_case_pool_rho_at_least_one() -> 
 
 
 def _posterior(ed: int, et: int, side: int = 12) -> torch.Tensor:
-    """``(4, side^3)`` softmax: 0.9 on the labelled class, ED voxels then ET voxels, rest background."""
+    """``(4, side, side, side)`` softmax, 0.9 on each voxel's class (ED, ET, background)."""
     label = torch.zeros(side**3, dtype=torch.long)
     label[:ed] = 2
     label[ed : ed + et] = 3
@@ -132,7 +147,8 @@ def test_per_region_ranking_picks_large_et_where_whole_tumour_volume_does_not() 
     per_region = build_strategy("mmacts", exponents=(1, 1, 0), ranking="per_region",
                                 ranking_regions=["ET", "WT"])
     first = per_region.rank(ctx(0))
-    assert first[0].case_id == "big_et" and first[0].factors["volume"] == 200 and "region:ET" in first[0].factors
+    assert first[0].case_id == "big_et" and first[0].factors["volume"] == 200
+    assert "region:ET" in first[0].factors
     assert per_region.rank(ctx(1))[0].case_id == "big_wt"  # the next round ranks WT
     with pytest.raises(ValueError, match="not among the model's regions"):
         build_strategy("mmacts", ranking="per_region", ranking_regions=["XX"]).rank(ctx())
@@ -176,6 +192,25 @@ def test_fg_random_is_random_among_cases_with_foreground() -> None:
     assert [s.case_id for s in ranked[3:]] == [c for c in plain if c not in fg]
 
 
+def test_raw_case_image_reads_per_modality_and_4d_files(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from lightning_ada.active.density import raw_case_image
+    from lightning_ada.data.cases import Case
+
+    vols = [np.arange(24, dtype=np.float32).reshape(2, 3, 4) * (m + 1) for m in range(2)]
+    for m, v in enumerate(vols):
+        nib.save(nib.Nifti1Image(v, np.eye(4)), tmp_path / f"m{m}.nii.gz")
+    nib.save(nib.Nifti1Image(np.stack(vols, -1), np.eye(4)), tmp_path / "all.nii.gz")
+    per_mod = Case("c", (str(tmp_path / "m0.nii.gz"), str(tmp_path / "m1.nii.gz")), ("a", "b"))
+    np.testing.assert_array_equal(raw_case_image(per_mod), np.stack(vols))
+    single = Case("c", (str(tmp_path / "all.nii.gz"),), ("a", "b"))
+    np.testing.assert_array_equal(raw_case_image(single), np.stack(vols))
+    bad = Case("c", (str(tmp_path / "all.nii.gz"), str(tmp_path / "m0.nii.gz")), ("a", "b"))
+    with pytest.raises(ValueError, match="all.nii.gz: expected a 3-D modality image"):
+        raw_case_image(bad)
+
+
 @pytest.mark.parametrize(
     "strategy, options",
     [
@@ -184,8 +219,11 @@ def test_fg_random_is_random_among_cases_with_foreground() -> None:
         ("typiclust", ["--active.strategy.descriptor", "embedding"]),
         ("fg_random", []),
         ("mmacts_coverage", ["--active.strategy.budget_weighting", "true"]),
-        ("mmacts", ["--active.strategy.density_rule", "kernel", "--active.strategy.ranking", "per_region",
+        ("mmacts", ["--active.strategy.density_rule", "kernel",
+                    "--active.strategy.ranking", "per_region",
                     "--active.strategy.entropy_roi", "boundary"]),
+        ("mmacts", ["--active.strategy.density_input", "raw",
+                    "--active.strategy.density_rule", "inclusive"]),
     ],
 )
 def test_new_strategies_and_options_run_one_round_through_fit(
@@ -204,3 +242,9 @@ def test_new_strategies_and_options_run_one_round_through_fit(
     log = json.loads((tmp_path / "query_log.json").read_text())
     assert len(log) == 1 and log[0]["strategy"] == strategy
     assert log[0]["case_id"].startswith("glioma_pool_")
+    factors = log[0]["factors"]
+    expected = {"coverage": "coverage_gain", "maxherding": "coverage_gain", "fg_random": "foreground",
+                "typiclust": "cluster_size", "mmacts_coverage": "coverage_gain", "mmacts": "density"}
+    assert expected[strategy] in factors
+    if strategy == "mmacts":  # both rules count the case itself: never the gate of a small pool
+        assert factors["density"] >= 1.0

@@ -21,8 +21,9 @@ principal component is an SVD convention, fixed here by making the largest-|load
 component positive.
 
 Intensities are used as given: the ``mmacts`` strategy passes the network-input images
-(z-scored per modality inside the brain, ALGORITHMS §1.3); raw NIfTI values, as in the authors'
-ICA code, are not offered as an option.
+(z-scored per modality inside the brain, ALGORITHMS §1.3) by default, or, with
+``density_input: raw``, the images as stored on disk (:func:`raw_case_image`: raw values, full
+field of view), as the authors' ICA code did (with ``density_resize: 128`` for their grid).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "case_descriptor",
     "compute_density",
     "content_hash",
+    "raw_case_image",
     "neighbour_counts",
     "pairwise_distances",
     "pca_scores",
@@ -231,7 +233,10 @@ def pairwise_distances(desc: np.ndarray) -> np.ndarray:
 
 
 def neighbour_counts(
-    dist: np.ndarray, delta: float | None = None, quantile: float = 0.10, rule: DensityRule = "exclusive"
+    dist: np.ndarray,
+    delta: float | None = None,
+    quantile: float = 0.10,
+    rule: DensityRule = "exclusive",
 ) -> tuple[np.ndarray, float]:
     """Density ``rho`` of every case from the case distances (eq. 3 and the small-pool rules).
 
@@ -265,6 +270,43 @@ def neighbour_counts(
     close = dist < delta
     np.fill_diagonal(close, rule == "inclusive")
     return close.sum(axis=1).astype(np.int64), float(delta)
+
+
+def raw_case_image(case: Any) -> np.ndarray:
+    """A case's image as stored on disk: raw intensities, full field of view, no reorientation.
+
+    Args:
+        case: a :class:`~lightning_ada.data.cases.Case` (``images``: one NIfTI per modality, or
+            one 4-D NIfTI with the modalities on the last axis).
+
+    Returns:
+        ``(M, X, Y, Z)`` float32 array (voxel axes as stored).
+
+    Raises:
+        ValueError: a file is not 3-D (per-modality files) or 4-D (single file); names the file.
+    """
+    import nibabel as nib
+
+    paths = list(case.images)
+    if len(paths) == 1:
+        data = np.asarray(nib.load(paths[0]).get_fdata(dtype=np.float32))
+        if data.ndim == 3:
+            return data[None]
+        if data.ndim != 4:
+            raise ValueError(f"{paths[0]}: expected a 3-D or 4-D image, got shape {data.shape}")
+        return np.moveaxis(data, -1, 0)
+    vols = []
+    for path in paths:
+        v = np.asarray(nib.load(path).get_fdata(dtype=np.float32))
+        if v.ndim == 4 and v.shape[-1] == 1:
+            v = v[..., 0]
+        if v.ndim != 3:
+            raise ValueError(f"{path}: expected a 3-D modality image, got shape {v.shape}")
+        vols.append(v)
+    shapes = {v.shape for v in vols}
+    if len(shapes) != 1:
+        raise ValueError(f"case {case.case_id!r}: modality images differ in shape {sorted(shapes)}")
+    return np.stack(vols)
 
 
 def content_hash(image: np.ndarray | torch.Tensor) -> str:

@@ -1,4 +1,4 @@
-"""Case descriptors for the coverage rules: density descriptor, pooled bottleneck embedding, or both.
+"""Case descriptors for the coverage rules: density descriptor, bottleneck embedding, or both.
 
 ALGORITHMS.md section 17. A descriptor ``z_i`` is a vector per pool case; distances between
 cases are Euclidean distances between descriptors:
@@ -70,7 +70,9 @@ class PoolDescriptors:
         vectors: case id -> ``(d,)`` descriptor (the test seam: fill it to skip computing).
     """
 
-    def __init__(self, kind: DescriptorKind = "density", density_args: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, kind: DescriptorKind = "density", density_args: dict[str, Any] | None = None
+    ) -> None:
         if kind not in ("density", "embedding", "both"):
             raise ValueError(f"descriptor must be one of density, embedding, both; got {kind!r}")
         self.kind = kind
@@ -143,4 +145,5 @@ class PoolDescriptors:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (ignored if it was made for another descriptor kind)."""
         if state.get("kind") == self.kind:
-            self.vectors = {c: np.asarray(v, dtype=np.float64) for c, v in state.get("vectors", {}).items()}
+            vectors = state.get("vectors", {})
+            self.vectors = {c: np.asarray(v, dtype=np.float64) for c, v in vectors.items()}

@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
+from lightning_ada.active.density import raw_case_image
 from lightning_ada.active.election import elect_modality
 from lightning_ada.active.oracle import Oracle
 from lightning_ada.active.pool_view import PoolView
@@ -60,6 +61,7 @@ def query_context(
         run_dir=run_dir,
         source=pool.ids("source"),
         features=getattr(module, "case_features", None) if with_features else None,
+        raw_image=lambda case_id: raw_case_image(pool.case(case_id)),
     )
 
 

@@ -47,6 +47,8 @@ class QueryContext:
         features: image ``(C, H, W, D)`` -> ``{"probs": (K, H, W, D), "embedding": (d,),
             "decoder": (F, H, W, D)}`` in one pass of the current model (None if the net cannot
             give them).
+        raw_image: case id -> the case's image as stored on disk ``(M, X, Y, Z)``: raw
+            intensities, full field of view, no preprocessing (None if the pool cannot read it).
     """
 
     unlabeled: Sequence[str]
@@ -61,6 +63,7 @@ class QueryContext:
     run_dir: Path | None = None
     source: Sequence[str] = ()
     features: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
+    raw_image: Callable[[str], np.ndarray] | None = None
 
     def rng(self) -> np.random.Generator:
         """A generator seeded by ``(seed, round)``: identical on every rank and on resume."""

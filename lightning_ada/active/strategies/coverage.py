@@ -29,10 +29,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lightning_ada.active.descriptors import DescriptorKind, PoolDescriptors, distance_matrix, median_offdiagonal
+from lightning_ada.active.descriptors import (
+    DescriptorKind,
+    PoolDescriptors,
+    distance_matrix,
+    median_offdiagonal,
+)
 from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy, in_order
 
-__all__ = ["CoverageStrategy", "MaxHerdingStrategy", "herding_gains", "herding_order", "probcover_order"]
+__all__ = [
+    "CoverageStrategy",
+    "MaxHerdingStrategy",
+    "herding_gains",
+    "herding_order",
+    "probcover_order",
+]
 
 
 def median_nn_distance(dist: np.ndarray) -> float:
@@ -175,15 +186,20 @@ class CoverageStrategy(_CoverageBase):
         n_quantiles: int = 1024,
     ) -> None:
         if (radius is not None and radius < 0) or radius_scale <= 0:
-            raise ValueError(f"coverage needs radius >= 0 and radius_scale > 0; got {radius}, {radius_scale}")
+            raise ValueError(
+                f"coverage needs radius >= 0 and radius_scale > 0; got {radius}, {radius_scale}"
+            )
         super().__init__(descriptor, schedule, density_resize, n_quantiles)
         self.radius, self.radius_scale = radius, float(radius_scale)
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         ids, dist, labelled = self._pool(ctx)
-        delta = self.radius if self.radius is not None else self.radius_scale * median_nn_distance(dist)
+        delta = self.radius
+        if delta is None:
+            delta = self.radius_scale * median_nn_distance(dist)
         order, gains = probcover_order(dist, labelled, delta, ctx.rng())
-        info = {ids[i]: {"coverage_gain": float(g), "radius": float(delta)} for i, g in zip(order, gains)}
+        info = {ids[i]: {"coverage_gain": float(g), "radius": float(delta)}
+                for i, g in zip(order, gains)}
         return in_order([ids[i] for i in order], info.__getitem__)
 
 
@@ -212,13 +228,17 @@ class MaxHerdingStrategy(_CoverageBase):
         n_quantiles: int = 1024,
     ) -> None:
         if (bandwidth is not None and bandwidth <= 0) or bandwidth_scale <= 0:
-            raise ValueError(f"maxherding needs a positive bandwidth; got {bandwidth}, {bandwidth_scale}")
+            raise ValueError(
+                f"maxherding needs a positive bandwidth; got {bandwidth}, {bandwidth_scale}"
+            )
         super().__init__(descriptor, schedule, density_resize, n_quantiles)
         self.bandwidth, self.bandwidth_scale = bandwidth, float(bandwidth_scale)
 
     def sigma(self, dist: np.ndarray) -> float:
         """The kernel width used for ``dist``."""
-        return self.bandwidth if self.bandwidth is not None else self.bandwidth_scale * median_offdiagonal(dist)
+        if self.bandwidth is not None:
+            return self.bandwidth
+        return self.bandwidth_scale * median_offdiagonal(dist)
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         ids, dist, labelled = self._pool(ctx)

@@ -51,9 +51,10 @@ class ForegroundRandomStrategy(Strategy):
                 n_vox = int(np.prod(probs.shape[1:]))
                 fraction = foreground_volume(probs)["total"] / max(n_vox, 1)
                 del probs
-                u = float(np.random.default_rng([ctx.seed, ctx.round, zlib.crc32(cid.encode())]).random())
+                draw = np.random.default_rng([ctx.seed, ctx.round, zlib.crc32(cid.encode())])
+                u = float(draw.random())  # the same draw as ``random``
                 fg = fraction > self.min_fraction
-                out.append(Scored(cid, u + (1.0 if fg else 0.0),
-                                  {"uniform": u, "foreground_fraction": fraction, "foreground": float(fg)}))
+                factors = {"uniform": u, "foreground_fraction": fraction, "foreground": float(fg)}
+                out.append(Scored(cid, u + (1.0 if fg else 0.0), factors))
         self.timings = {"inference": inference}
         return out

@@ -13,7 +13,13 @@ published results were made with):
   ``p_r = sum_{c in r} p_c`` and volume = the region's predicted voxels; a run with one
   multi-class model and one budget cycles the regions ``ranking_regions`` round by round);
 * ``entropy_roi``: mean entropy over the ``volume`` (official), the predicted ``foreground``, or
-  a ``boundary`` band of +- ``boundary_width`` voxels around the predicted foreground's surface.
+  a ``boundary`` band of +- ``boundary_width`` voxels around the predicted foreground's surface;
+* ``density_input``: density on the ``network`` input (z-scored, cropped) or on the ``raw``
+  images as stored (the authors' ICA code; with ``density_resize: 128``, their grid).
+
+The paper-faithful set: ``density_input: raw, density_resize: 128, ranking: per_region``
+(``ranking_regions`` the binary tasks, e.g. ``[ET, NCR, ED]``), ``entropy_roi: volume``; the
+radius rule of the paper is unknown (``exclusive`` is ours; ``inclusive`` counts the case).
 """
 
 from __future__ import annotations
@@ -103,6 +109,8 @@ class MMActSStrategy(Strategy):
             region of the model, in its order).
         entropy_roi: ``volume`` (default, official), ``foreground`` or ``boundary``.
         boundary_width: half-width in voxels of the ``boundary`` band.
+        density_input: ``network`` (default: the z-scored network input) or ``raw`` (the images
+            as stored on disk, full field of view, as the authors did).
     """
 
     name = "mmacts"
@@ -123,20 +131,25 @@ class MMActSStrategy(Strategy):
         ranking_regions: list[str] | None = None,
         entropy_roi: EntropyROI = "volume",
         boundary_width: int = 2,
+        density_input: Literal["network", "raw"] = "network",
     ) -> None:
         self.exponents = tuple(float(e) for e in exponents)
         if len(self.exponents) != 3 or min(self.exponents) < 0:
             raise ValueError(f"mmacts exponents must be 3 non-negative numbers, got {exponents}")
         if density_rule not in ("exclusive", "inclusive", "kernel"):
-            raise ValueError(f"mmacts density_rule must be exclusive, inclusive or kernel; got {density_rule!r}")
+            raise ValueError(
+                f"mmacts density_rule must be exclusive, inclusive or kernel; got {density_rule!r}"
+            )
         if ranking not in ("multiclass", "per_region"):
             raise ValueError(f"mmacts ranking must be multiclass or per_region; got {ranking!r}")
         if entropy_roi not in ("volume", "foreground", "boundary") or boundary_width < 1:
             raise ValueError(
-                f"mmacts entropy_roi must be volume, foreground or boundary and boundary_width >= 1; "
-                f"got {entropy_roi!r}, {boundary_width}"
+                "mmacts entropy_roi must be volume, foreground or boundary and "
+                f"boundary_width >= 1; got {entropy_roi!r}, {boundary_width}"
             )
-        self.schedule = schedule
+        if density_input not in ("network", "raw"):
+            raise ValueError(f"mmacts density_input must be network or raw; got {density_input!r}")
+        self.schedule, self.density_input = schedule, density_input
         self.density_args: dict[str, Any] = {
             "quantile": density_quantile,
             "delta": density_delta,
@@ -153,8 +166,13 @@ class MMActSStrategy(Strategy):
         if self.density is None or self.density.case_ids != sorted(ctx.pool):
             ids = sorted(ctx.pool)
             cache = ctx.run_dir / "cache" if ctx.run_dir is not None else None
+            image = ctx.image
+            if self.density_input == "raw":
+                if ctx.raw_image is None:
+                    raise ValueError("mmacts density_input: raw needs a pool that reads raw images")
+                image = ctx.raw_image
             self.density = compute_density(
-                ids, (ctx.image(c) for c in ids), cache_dir=cache, **self.density_args
+                ids, (image(c) for c in ids), cache_dir=cache, **self.density_args
             )
         return self.density
 
@@ -169,7 +187,10 @@ class MMActSStrategy(Strategy):
         names = list(self.ranking_regions or ctx.regions)
         unknown = [r for r in names if r not in ctx.regions]
         if unknown or not names:
-            raise ValueError(f"mmacts ranking_regions {unknown or names} not among the model's regions {list(ctx.regions)}")
+            raise ValueError(
+                f"mmacts ranking_regions {unknown or names} not among the model's regions "
+                f"{list(ctx.regions)}"
+            )
         return names[ctx.round % len(names)]
 
     def _informativeness(self, ctx: QueryContext) -> list[tuple[str, float, float]]:

@@ -24,7 +24,11 @@ import numpy as np
 from lightning_ada.active.descriptors import DescriptorKind
 from lightning_ada.active.stats import stream_pool_stats
 from lightning_ada.active.strategies.base import QueryContext, Scored
-from lightning_ada.active.strategies.coverage import MaxHerdingStrategy, herding_gains, kernel_matrix
+from lightning_ada.active.strategies.coverage import (
+    MaxHerdingStrategy,
+    herding_gains,
+    kernel_matrix,
+)
 
 
 class MMActSCoverageStrategy(MaxHerdingStrategy):
@@ -57,8 +61,12 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
     ) -> None:
         self.exponents = tuple(float(e) for e in exponents)
         if len(self.exponents) != 3 or min(self.exponents) < 0:
-            raise ValueError(f"mmacts_coverage exponents must be 3 non-negative numbers, got {exponents}")
-        super().__init__(descriptor, bandwidth, bandwidth_scale, schedule, density_resize, n_quantiles)
+            raise ValueError(
+                f"mmacts_coverage exponents must be 3 non-negative numbers, got {exponents}"
+            )
+        super().__init__(
+            descriptor, bandwidth, bandwidth_scale, schedule, density_resize, n_quantiles
+        )
         self.budget_weighting = bool(budget_weighting)
 
     def round_exponents(self, round: int) -> tuple[float, float, float]:
@@ -85,7 +93,9 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
         for s in stats:
             g, vol = gain[s.case_id], float(s.volume)
             score = (s.mean_entropy**a) * (vol**b) * (g**c)
-            factors = {"entropy": s.mean_entropy, "volume": vol, "coverage_gain": g, "product": score}
+            factors = {
+                "entropy": s.mean_entropy, "volume": vol, "coverage_gain": g, "product": score
+            }
             scored.append(Scored(s.case_id, score, factors))
         return scored
 

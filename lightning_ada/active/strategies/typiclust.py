@@ -117,7 +117,10 @@ class TypiClustStrategy(_CoverageBase):
         n_picks = self.budget if self.schedule == "one_off" else 1
         picks, info = typiclust_picks(z, labelled, n_picks, ctx.seed, self.k_max)
         pool_typ = typicality(dist, self.k_max)
-        rest = sorted((i for i in np.flatnonzero(~labelled) if i not in picks), key=lambda i: (-pool_typ[i], ids[i]))
+        rest = sorted(
+            (i for i in np.flatnonzero(~labelled) if i not in picks),
+            key=lambda i: (-pool_typ[i], ids[i]),
+        )
         order = picks + [int(i) for i in rest]
         factors = {ids[i]: info.get(i, {}) | {"pool_typicality": float(pool_typ[i])} for i in order}
         return in_order([ids[i] for i in order], factors.__getitem__)
