@@ -9,8 +9,10 @@ selects: the whole budget for ``one_off``, 1 for ``sequential``); then, B times,
 cluster with the fewest labelled (or already picked) cases, the largest among those, and in it
 the case of highest typicality ``1 / mean distance to its K nearest cluster members``,
 ``K = min(20, |cluster| // 2)`` (at least 1; a cluster of one case is its own most typical).
-After the B picks, the other unlabelled cases follow by pool typicality (K over the whole pool)
-so that every case is ranked.
+Clusters smaller than ``min_cluster_size`` come after every larger one (the reference code
+uses 5 on pools of thousands; default 1 here, where pools hold 6-80 cases). After the B picks,
+the other unlabelled cases follow by pool typicality (K over the whole pool) so that every case
+is ranked.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ def typicality(dist: np.ndarray, k_max: int = 20) -> np.ndarray:
 
 
 def typiclust_picks(
-    z: np.ndarray, labelled: np.ndarray, n_picks: int, seed: int, k_max: int = 20
+    z: np.ndarray,
+    labelled: np.ndarray,
+    n_picks: int,
+    seed: int,
+    k_max: int = 20,
+    min_cluster_size: int = 1,
 ) -> tuple[list[int], dict[int, dict[str, float]]]:
     """The TypiClust picks.
 
@@ -55,6 +62,7 @@ def typiclust_picks(
         n_picks: ``B``.
         seed: k-means seed.
         k_max: cap of ``K``.
+        min_cluster_size: smaller clusters are taken only when no larger one is left.
 
     Returns:
         ``(picks, info)``: indices in pick order and, per pick, its cluster size and typicality.
@@ -71,8 +79,9 @@ def typiclust_picks(
         for c in range(n_clusters):
             members = np.flatnonzero(cluster == c)
             if (~taken[members]).any():
-                cands.append((int(taken[members].sum()), -len(members), c))
-        _, neg_size, c = min(cands)
+                small = len(members) < min_cluster_size
+                cands.append((small, int(taken[members].sum()), -len(members), c))
+        _, _, neg_size, c = min(cands)
         members = np.flatnonzero(cluster == c)
         typ = typicality(distance_matrix(z[members]), k_max)
         typ[taken[members]] = -np.inf
@@ -89,6 +98,7 @@ class TypiClustStrategy(_CoverageBase):
     Args:
         descriptor: ``density``, ``embedding`` or ``both`` (see ``coverage``).
         k_max: cap of the typicality neighbourhood ``K`` (paper: 20).
+        min_cluster_size: clusters smaller than this are taken last (reference code: 5).
         schedule: ``sequential`` (one pick per stride, ``k = |L| + 1``) or ``one_off``
             (``k = B``, the whole budget at epoch 0).
         density_resize, n_quantiles: density descriptor options (see ``mmacts``).
@@ -102,6 +112,7 @@ class TypiClustStrategy(_CoverageBase):
         self,
         descriptor: DescriptorKind = "density",
         k_max: int = 20,
+        min_cluster_size: int = 1,
         schedule: Literal["sequential", "one_off"] = "sequential",
         density_resize: int | None = None,
         n_quantiles: int = 1024,
@@ -109,13 +120,15 @@ class TypiClustStrategy(_CoverageBase):
         if k_max < 1:
             raise ValueError(f"typiclust needs k_max >= 1, got {k_max}")
         super().__init__(descriptor, schedule, density_resize, n_quantiles)
-        self.k_max = int(k_max)
+        self.k_max, self.min_cluster_size = int(k_max), int(min_cluster_size)
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         ids, dist, labelled = self._pool(ctx)
         z = self.descriptors.matrix(ids)
         n_picks = self.budget if self.schedule == "one_off" else 1
-        picks, info = typiclust_picks(z, labelled, n_picks, ctx.seed, self.k_max)
+        picks, info = typiclust_picks(
+            z, labelled, n_picks, ctx.seed, self.k_max, self.min_cluster_size
+        )
         pool_typ = typicality(dist, self.k_max)
         rest = sorted(
             (i for i in np.flatnonzero(~labelled) if i not in picks),
