@@ -192,6 +192,35 @@ def test_fg_random_is_random_among_cases_with_foreground() -> None:
     assert [s.case_id for s in ranked[3:]] == [c for c in plain if c not in fg]
 
 
+def test_descriptors_read_raw_images_or_the_network_input_and_scale_both_blocks() -> None:
+    from lightning_ada.active.descriptors import (
+        PoolDescriptors,
+        distance_matrix,
+        median_offdiagonal,
+    )
+
+    rng = np.random.default_rng(2)
+    imgs = {f"c{i}": rng.normal(i, 1.0, size=(1, 8, 8, 8)).astype(np.float32) for i in range(4)}
+    embs = {f"c{i}": torch.tensor([100.0 * i, 0.0]) for i in range(4)}
+    ids = sorted(imgs)
+    fail = lambda *_: pytest.fail("read the wrong source")  # noqa: E731
+    raw = PoolDescriptors("density", density_input="raw")
+    raw.ensure(ids, fail, fail, raw_image=imgs.__getitem__)
+    net = PoolDescriptors("density")
+    net.ensure(ids, lambda c: torch.from_numpy(imgs[c]), fail)
+    np.testing.assert_allclose(raw.matrix(ids), net.matrix(ids))
+    with pytest.raises(ValueError, match="raw needs a pool that reads raw images"):
+        PoolDescriptors("density", density_input="raw").ensure(ids, fail, fail)
+    both = PoolDescriptors("both")
+    by_mean = lambda x: (None, embs[ids[int(x.mean().round())]])  # noqa: E731 - case i has mean ~i
+    both.ensure(ids, lambda c: torch.from_numpy(imgs[c]), by_mean)
+    z = both.matrix(ids)
+    d = net.matrix(ids).shape[1]
+    # each block has median pairwise distance 1: the huge embedding does not swamp the density
+    assert median_offdiagonal(distance_matrix(z[:, :d])) == pytest.approx(1.0)
+    assert median_offdiagonal(distance_matrix(z[:, d:])) == pytest.approx(1.0)
+
+
 def test_raw_case_image_reads_per_modality_and_4d_files(tmp_path: Path) -> None:
     import nibabel as nib
 
@@ -215,7 +244,7 @@ def test_raw_case_image_reads_per_modality_and_4d_files(tmp_path: Path) -> None:
     "strategy, options",
     [
         ("coverage", ["--active.strategy.descriptor", "both"]),
-        ("maxherding", []),
+        ("maxherding", ["--active.strategy.density_input", "raw"]),
         ("typiclust", ["--active.strategy.descriptor", "embedding"]),
         ("fg_random", []),
         ("mmacts_coverage", ["--active.strategy.budget_weighting", "true"]),
@@ -243,8 +272,9 @@ def test_new_strategies_and_options_run_one_round_through_fit(
     assert len(log) == 1 and log[0]["strategy"] == strategy
     assert log[0]["case_id"].startswith("glioma_pool_")
     factors = log[0]["factors"]
-    expected = {"coverage": "coverage_gain", "maxherding": "coverage_gain", "fg_random": "foreground",
-                "typiclust": "cluster_size", "mmacts_coverage": "coverage_gain", "mmacts": "density"}
+    expected = {"coverage": "coverage_gain", "maxherding": "coverage_gain", "mmacts": "density",
+                "fg_random": "foreground", "typiclust": "cluster_size",
+                "mmacts_coverage": "coverage_gain"}
     assert expected[strategy] in factors
     if strategy == "mmacts":  # both rules count the case itself: never the gate of a small pool
         assert factors["density"] >= 1.0

@@ -5,8 +5,10 @@ cases are Euclidean distances between descriptors:
 
 * ``density``: the per-modality quantile summaries of the PCA scores (:mod:`.density`,
   ``(M, Q)`` per case) flattened and divided by ``sqrt(Q)``, so that the Euclidean distance is
-  ``sqrt(sum_m W2(P_i^m, P_j^m)^2)`` (quantile form of the 2-Wasserstein distance). It sees the
-  scanner's intensity distribution and never changes (images only; cached like mmActS' density).
+  ``sqrt(sum_m W2(P_i^m, P_j^m)^2)`` (quantile form of the 2-Wasserstein distance). It never
+  changes (images only; cached like mmActS' density). On the ``network`` input (z-scored per
+  modality) much of a scanner's intensity shift is gone; ``density_input: raw`` computes it on
+  the images as stored.
 * ``embedding``: the source model's pooled bottleneck embedding (ALGORITHMS B4), read once, at
   the strategy's first round (the model that scores round 0 is the source model), and kept
   (also across a resume via the strategy's ``state_dict``).
@@ -65,17 +67,23 @@ class PoolDescriptors:
         kind: ``density``, ``embedding`` or ``both`` (module doc).
         density_args: options of :func:`~lightning_ada.active.density.compute_density`
             (``resize``, ``n_quantiles``, ...) for the density block.
+        density_input: the density block reads the ``network`` input or the ``raw`` images.
 
     Attributes:
         vectors: case id -> ``(d,)`` descriptor (the test seam: fill it to skip computing).
     """
 
     def __init__(
-        self, kind: DescriptorKind = "density", density_args: dict[str, Any] | None = None
+        self,
+        kind: DescriptorKind = "density",
+        density_args: dict[str, Any] | None = None,
+        density_input: Literal["network", "raw"] = "network",
     ) -> None:
         if kind not in ("density", "embedding", "both"):
             raise ValueError(f"descriptor must be one of density, embedding, both; got {kind!r}")
-        self.kind = kind
+        if density_input not in ("network", "raw"):
+            raise ValueError(f"density_input must be network or raw; got {density_input!r}")
+        self.kind, self.density_input = kind, density_input
         self.density_args = dict(density_args or {})
         self.vectors: dict[str, np.ndarray] = {}
 
@@ -91,6 +99,7 @@ class PoolDescriptors:
         predict: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
         cache_dir: Any = None,
         progress: bool = False,
+        raw_image: Callable[[str], Any] | None = None,
     ) -> None:
         """Compute the descriptors of the pool cases that have none yet.
 
@@ -100,17 +109,24 @@ class PoolDescriptors:
             predict: the current model (``(probs, embedding)``); used only for the embedding.
             cache_dir: where the density descriptors are cached (None: no cache).
             progress: progress bars.
+            raw_image: case id -> the image as stored (``density_input: raw``).
 
         Raises:
-            ValueError: an embedding is needed and ``predict`` returns none.
+            ValueError: an embedding is needed and ``predict`` returns none, or raw images are
+                needed and ``raw_image`` is None.
         """
         missing = sorted(c for c in pool if c not in self.vectors)
         if not missing:
             return
         blocks: list[np.ndarray] = []
         if self.kind in ("density", "both"):
+            read = image
+            if self.density_input == "raw":
+                if raw_image is None:
+                    raise ValueError("density_input: raw needs a pool that reads raw images")
+                read = raw_image
             res = compute_density(
-                missing, (image(c) for c in missing), cache_dir=cache_dir, progress=progress,
+                missing, (read(c) for c in missing), cache_dir=cache_dir, progress=progress,
                 **self.density_args,
             )
             desc = res.descriptors

@@ -136,10 +136,11 @@ class _CoverageBase(Strategy):
         schedule: Literal["sequential", "one_off"],
         density_resize: int | None,
         n_quantiles: int,
+        density_input: Literal["network", "raw"] = "network",
     ) -> None:
         self.schedule = schedule
         self.descriptors = PoolDescriptors(
-            descriptor, {"resize": density_resize, "n_quantiles": n_quantiles}
+            descriptor, {"resize": density_resize, "n_quantiles": n_quantiles}, density_input
         )
         self.needs = frozenset({"embedding"}) if self.descriptors.needs_embedding else frozenset()
 
@@ -148,7 +149,7 @@ class _CoverageBase(Strategy):
         ids = sorted(set(ctx.pool) | set(ctx.unlabeled))
         cache = ctx.run_dir / "cache" if ctx.run_dir is not None else None
         t0 = time.perf_counter()
-        self.descriptors.ensure(ids, ctx.image, ctx.predict, cache, self.progress)
+        self.descriptors.ensure(ids, ctx.image, ctx.predict, cache, self.progress, ctx.raw_image)
         self.timings = {"descriptors": time.perf_counter() - t0}
         return ids, distance_matrix(self.descriptors.matrix(ids)), labelled_mask(ids, ctx.unlabeled)
 
@@ -169,12 +170,12 @@ class CoverageStrategy(_CoverageBase):
         radius: absolute ball radius ``delta`` (in descriptor units); None: the scale rule.
         radius_scale: ``delta = radius_scale x`` median nearest-neighbour distance of the pool.
         schedule: ``sequential`` (one pick per stride) or ``one_off`` (the budget at epoch 0).
-        density_resize, n_quantiles: density descriptor options (see ``mmacts``).
+        density_resize, n_quantiles, density_input: density descriptor options (see ``mmacts``).
     """
 
     name = "coverage"
     display_name = "ProbCover (coverage)"
-    table_order = 30
+    table_order = 95
 
     def __init__(
         self,
@@ -184,12 +185,13 @@ class CoverageStrategy(_CoverageBase):
         schedule: Literal["sequential", "one_off"] = "sequential",
         density_resize: int | None = None,
         n_quantiles: int = 1024,
+        density_input: Literal["network", "raw"] = "network",
     ) -> None:
         if (radius is not None and radius < 0) or radius_scale <= 0:
             raise ValueError(
                 f"coverage needs radius >= 0 and radius_scale > 0; got {radius}, {radius_scale}"
             )
-        super().__init__(descriptor, schedule, density_resize, n_quantiles)
+        super().__init__(descriptor, schedule, density_resize, n_quantiles, density_input)
         self.radius, self.radius_scale = radius, float(radius_scale)
 
     def score(self, ctx: QueryContext) -> list[Scored]:
@@ -211,12 +213,12 @@ class MaxHerdingStrategy(_CoverageBase):
         bandwidth: absolute kernel width ``sigma``; None: ``bandwidth_scale x`` the median
             pairwise distance of the pool.
         bandwidth_scale: see ``bandwidth``.
-        schedule, density_resize, n_quantiles: see ``coverage``.
+        schedule, density_resize, n_quantiles, density_input: see ``coverage``.
     """
 
     name = "maxherding"
     display_name = "MaxHerding (soft coverage)"
-    table_order = 31
+    table_order = 96
 
     def __init__(
         self,
@@ -226,12 +228,13 @@ class MaxHerdingStrategy(_CoverageBase):
         schedule: Literal["sequential", "one_off"] = "sequential",
         density_resize: int | None = None,
         n_quantiles: int = 1024,
+        density_input: Literal["network", "raw"] = "network",
     ) -> None:
         if (bandwidth is not None and bandwidth <= 0) or bandwidth_scale <= 0:
             raise ValueError(
                 f"maxherding needs a positive bandwidth; got {bandwidth}, {bandwidth_scale}"
             )
-        super().__init__(descriptor, schedule, density_resize, n_quantiles)
+        super().__init__(descriptor, schedule, density_resize, n_quantiles, density_input)
         self.bandwidth, self.bandwidth_scale = bandwidth, float(bandwidth_scale)
 
     def sigma(self, dist: np.ndarray) -> float:

@@ -41,7 +41,7 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
         bandwidth, bandwidth_scale: kernel width (see ``maxherding``).
         schedule: ``sequential`` (default) or ``one_off`` (the one-off ranking uses the gain
             given the labelled set at epoch 0 only).
-        density_resize, n_quantiles: density descriptor options.
+        density_resize, n_quantiles, density_input: density descriptor options.
     """
 
     name = "mmacts_coverage"
@@ -58,6 +58,7 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
         schedule: Literal["sequential", "one_off"] = "sequential",
         density_resize: int | None = None,
         n_quantiles: int = 1024,
+        density_input: Literal["network", "raw"] = "network",
     ) -> None:
         self.exponents = tuple(float(e) for e in exponents)
         if len(self.exponents) != 3 or min(self.exponents) < 0:
@@ -65,7 +66,8 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
                 f"mmacts_coverage exponents must be 3 non-negative numbers, got {exponents}"
             )
         super().__init__(
-            descriptor, bandwidth, bandwidth_scale, schedule, density_resize, n_quantiles
+            descriptor, bandwidth, bandwidth_scale, schedule, density_resize, n_quantiles,
+            density_input,
         )
         self.budget_weighting = bool(budget_weighting)
 

@@ -101,12 +101,12 @@ class TypiClustStrategy(_CoverageBase):
         min_cluster_size: clusters smaller than this are taken last (reference code: 5).
         schedule: ``sequential`` (one pick per stride, ``k = |L| + 1``) or ``one_off``
             (``k = B``, the whole budget at epoch 0).
-        density_resize, n_quantiles: density descriptor options (see ``mmacts``).
+        density_resize, n_quantiles, density_input: density descriptor options (see ``mmacts``).
     """
 
     name = "typiclust"
     display_name = "TypiClust"
-    table_order = 32
+    table_order = 97
 
     def __init__(
         self,
@@ -116,10 +116,11 @@ class TypiClustStrategy(_CoverageBase):
         schedule: Literal["sequential", "one_off"] = "sequential",
         density_resize: int | None = None,
         n_quantiles: int = 1024,
+        density_input: Literal["network", "raw"] = "network",
     ) -> None:
         if k_max < 1:
             raise ValueError(f"typiclust needs k_max >= 1, got {k_max}")
-        super().__init__(descriptor, schedule, density_resize, n_quantiles)
+        super().__init__(descriptor, schedule, density_resize, n_quantiles, density_input)
         self.k_max, self.min_cluster_size = int(k_max), int(min_cluster_size)
 
     def score(self, ctx: QueryContext) -> list[Scored]:
