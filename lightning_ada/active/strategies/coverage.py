@@ -170,7 +170,11 @@ class CoverageStrategy(_CoverageBase):
         radius: absolute ball radius ``delta`` (in descriptor units); None: the scale rule.
         radius_scale: ``delta = radius_scale x`` median nearest-neighbour distance of the pool.
         schedule: ``sequential`` (one pick per stride) or ``one_off`` (the budget at epoch 0).
-        density_resize, n_quantiles, density_input: density descriptor options (see ``mmacts``).
+        density_resize: cube side images are resized to for the density descriptor (None:
+            native up to 64).
+        n_quantiles: quantiles summarising each PCA score distribution (density descriptor).
+        density_input: the density descriptor reads the ``network`` input (z-scored) or the
+            ``raw`` images as stored (sees scanner intensity shifts).
     """
 
     name = "coverage"
@@ -209,11 +213,17 @@ class MaxHerdingStrategy(_CoverageBase):
     """MaxHerding: greedy soft coverage with a Gaussian kernel, no hard radius (module doc).
 
     Args:
-        descriptor: ``density``, ``embedding`` or ``both`` (see ``coverage``).
+        descriptor: case descriptor: ``density`` (image-only), ``embedding`` (the source
+            model's pooled bottleneck) or ``both`` (blocks scaled to median distance 1).
         bandwidth: absolute kernel width ``sigma``; None: ``bandwidth_scale x`` the median
             pairwise distance of the pool.
         bandwidth_scale: see ``bandwidth``.
-        schedule, density_resize, n_quantiles, density_input: see ``coverage``.
+        schedule: ``sequential`` (one pick per stride) or ``one_off`` (the budget at epoch 0).
+        density_resize: cube side images are resized to for the density descriptor (None:
+            native up to 64).
+        n_quantiles: quantiles summarising each PCA score distribution (density descriptor).
+        density_input: the density descriptor reads the ``network`` input (z-scored) or the
+            ``raw`` images as stored (sees scanner intensity shifts).
     """
 
     name = "maxherding"

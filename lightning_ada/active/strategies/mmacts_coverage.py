@@ -37,11 +37,18 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
     Args:
         exponents: ``(a, b, c)`` of entropy, predicted volume and coverage gain.
         budget_weighting: move the weight from coverage (first round) to informativeness (last).
-        descriptor: ``density``, ``embedding`` or ``both`` (see ``coverage``).
-        bandwidth, bandwidth_scale: kernel width (see ``maxherding``).
+        descriptor: case descriptor: ``density`` (image-only), ``embedding`` (the source
+            model's pooled bottleneck) or ``both`` (blocks scaled to median distance 1).
+        bandwidth: absolute kernel width ``sigma``; None: ``bandwidth_scale x`` the median
+            pairwise distance of the pool.
+        bandwidth_scale: see ``bandwidth``.
         schedule: ``sequential`` (default) or ``one_off`` (the one-off ranking uses the gain
             given the labelled set at epoch 0 only).
-        density_resize, n_quantiles, density_input: density descriptor options.
+        density_resize: cube side images are resized to for the density descriptor (None:
+            native up to 64).
+        n_quantiles: quantiles summarising each PCA score distribution (density descriptor).
+        density_input: the density descriptor reads the ``network`` input (z-scored) or the
+            ``raw`` images as stored (sees scanner intensity shifts).
     """
 
     name = "mmacts_coverage"

@@ -96,12 +96,17 @@ class TypiClustStrategy(_CoverageBase):
     """TypiClust (module doc).
 
     Args:
-        descriptor: ``density``, ``embedding`` or ``both`` (see ``coverage``).
+        descriptor: case descriptor: ``density`` (image-only), ``embedding`` (the source
+            model's pooled bottleneck) or ``both`` (blocks scaled to median distance 1).
         k_max: cap of the typicality neighbourhood ``K`` (paper: 20).
         min_cluster_size: clusters smaller than this are taken last (reference code: 5).
         schedule: ``sequential`` (one pick per stride, ``k = |L| + 1``) or ``one_off``
             (``k = B``, the whole budget at epoch 0).
-        density_resize, n_quantiles, density_input: density descriptor options (see ``mmacts``).
+        density_resize: cube side images are resized to for the density descriptor (None:
+            native up to 64).
+        n_quantiles: quantiles summarising each PCA score distribution (density descriptor).
+        density_input: the density descriptor reads the ``network`` input (z-scored) or the
+            ``raw`` images as stored (sees scanner intensity shifts).
     """
 
     name = "typiclust"
