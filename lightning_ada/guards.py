@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import lightning.pytorch as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 
 class RunError(Exception):
@@ -122,6 +123,12 @@ def check_schedule(trainer: L.Trainer, budget: int, stride: int, schedule: str) 
     )
 
 
+@rank_zero_only
+def _say(line: str) -> None:
+    """Print one line on stderr (rank 0 only)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def shortfall_notes(trainer: L.Trainer, budget: int, n_queried: int) -> list[dict[str, Any]]:
     """At the end of ``fit``: if fewer than ``budget`` cases were labeled, warn and return the
     query-log entry that records it (else ``[]``)."""
@@ -136,8 +143,10 @@ def shortfall_notes(trainer: L.Trainer, budget: int, n_queried: int) -> list[dic
         "global_step": trainer.global_step,
         "reason": reason,
     }
-    rank_zero_warn(
-        f"the run ended with {n_queried} of active.budget={budget} labels: {reason} after "
+    # a plain line on stderr, not a Python warning: warnings are shown once per place and can be
+    # filtered away, and a user must see every run that ended short of its budget
+    _say(
+        f"warning: the run ended with {n_queried} of active.budget={budget} labels: {reason} after "
         f"{trainer.current_epoch} epochs ({trainer.global_step} steps); recorded in the query log "
         "(resume with --ckpt_path last and more epochs to spend the rest)"
     )

@@ -122,7 +122,8 @@ def test_predict_writes_nifti_with_input_affine(
     ("override", "message"),
     [
         (["--active.strategy", "nonsense"],
-         "active.strategy: unknown strategy 'nonsense'; known: aada, cup, entropy"),
+         "active.strategy: unknown strategy 'nonsense'; known: "
+         + ", ".join(sorted(REGISTRY)) + " (or a class path)"),
         (["--active.stride", "0"], 'key "active.stride": Not of type PositiveInt: 0'),
         (["--active.budget", "-1"], 'key "active.budget": Not of type NonNegativeInt: -1'),
         (["--active.strategy", "mmacts", "--active.strategy.exponent", "[1,0,0]"],
