@@ -28,6 +28,7 @@ from lightning_ada.models.module import SegmentationModule
 from lightning_ada.predict import NiftiPredictionWriter
 from lightning_ada.progress import add_progress_bar
 from lightning_ada.run_folder import SaveConfigWhenAccepted
+from lightning_ada.runtime import apply_thread_defaults
 
 #: options whose value may be a registered short name instead of a class path
 SHORT_NAMES: dict[str, tuple[type, dict[str, type]]] = {
@@ -278,6 +279,7 @@ class ADACLI(LightningCLI):
 def main(args: list[str] | None = None, run: bool = True) -> ADACLI:
     """Run the CLI (``args`` for programmatic use, as in the tests; ``run=False`` only builds)."""
     quiet()
+    args = apply_thread_defaults(args)  # 1 torch thread unless asked (lightning_ada/runtime.py)
     return ADACLI(
         SegmentationModule,
         ActiveDataModule,

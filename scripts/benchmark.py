@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"after --: {e}") from None
     os.chdir(REPO)
     if args.threads:
+        os.environ["LIGHTNING_ADA_THREADS"] = str(args.threads)  # else each run's CLI picks 1
         import torch
 
         torch.set_num_threads(args.threads)
