@@ -195,3 +195,50 @@ def test_interrupted_and_bad_args(tmp_path: Path) -> None:
         generate_phantom(tmp_path, task="liver", progress=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         generate_phantom(tmp_path, n_pool=-1, progress=False)
+
+
+def test_power_regime(tmp_path: Path) -> None:
+    """The ``power`` regime: its own draw, recorded in dataset.json, larger tumours, same seed
+    same arrays; the original regime's files and generator record are unchanged by it."""
+    from lightning_ada.data.phantom import REGIMES
+
+    params = {**GLIOMA, "n_source": 6, "n_source_test": 0, "n_pool": 10, "n_test": 0}
+    old = generate_phantom(tmp_path / "old", progress=False, **params)
+    assert "regime" not in json.loads(old.read_text())["generator"]  # published phantoms reuse
+    new = generate_phantom(tmp_path / "new", progress=False, regime="power", **params)
+    again = generate_phantom(tmp_path / "again", progress=False, regime="power", **params)
+    gen = json.loads(new.read_text())["generator"]
+    assert gen["regime"]["name"] == "power"
+    assert gen["regime"]["radius"] == list(REGIMES["power"]["glioma"].radius)
+    a, b, o = load_phantom(new), load_phantom(again), load_phantom(old)
+    for x, y in zip(a, b):
+        assert np.array_equal(_arr(x.images[0]), _arr(y.images[0]))
+        assert np.array_equal(_arr(x.label), _arr(y.label))
+    assert [c.meta["centre"] for c in a] == [c.meta["centre"] for c in o]
+    big = [c.meta["tumour_voxels"]["total"] for c in a]
+    small = [c.meta["tumour_voxels"]["total"] for c in o]
+    assert np.median(big) > 1.5 * np.median(small), (big, small)
+    with pytest.raises(FileExistsError):  # another regime in the same folder is not reused
+        generate_phantom(tmp_path / "old", progress=False, regime="power", **params)
+    with pytest.raises(ValueError, match="regime"):
+        generate_phantom(tmp_path / "x", progress=False, regime="strong", **params)
+
+
+@pytest.mark.parametrize("task", ["glioma", "npc"])
+def test_power_shift_is_shared_by_every_target_scanner(task: str) -> None:
+    """Every power target scanner carries the common contrast change (one label teaches it);
+    C adds its own on top; each tumour region still differs from the tissues around it."""
+    from lightning_ada.data.phantom import _scanners
+
+    a, b, c, d = _scanners(task, "power")
+    changed = a.table != b.table
+    assert changed.sum() >= 4
+    for sc in (c, d):
+        assert np.array_equal(sc.table[changed], b.table[changed])
+    assert (c.table != b.table).any() and np.array_equal(d.table, b.table)
+    tissues = TASKS[task]["tissues"]
+    for t in tissues[3:] if task == "glioma" else ("tumour",):
+        i = tissues.index(t)
+        for sc in (b, c):
+            gap = np.abs(sc.table[i] - np.delete(sc.table, i, 0)).max(1)  # best modality
+            assert gap.min() >= 0.1, (task, sc.name, t, gap)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from scipy import ndimage
 from lightning_ada.data.cases import Case, DataError
 from lightning_ada.io import write_json_atomic
 
-__all__ = ["TASKS", "generate_phantom", "load_phantom"]
+__all__ = ["REGIMES", "TASKS", "Regime", "generate_phantom", "load_phantom"]
 
 VERSION = "phantom-1"
 Task = Literal["glioma", "npc"]
@@ -64,8 +64,6 @@ TASKS: dict[str, dict[str, Any]] = {
 _SPLITS = {  # split -> (case id tag, seed code)
     "source": ("src", 0), "source_test": ("srctest", 1), "pool": ("pool", 2), "test": ("test", 3),
 }
-_TARGET_FREQ = np.array([0.60, 0.25, 0.15])  # scanners B, C, D in the target population
-_DEGRADED_FREQ = 0.20
 _LO, _HI, _EXC = 1.5, 3.0, 6.0  # contrast-to-noise thresholds: seen / clear / exact boundary
 _BALL = ndimage.generate_binary_structure(3, 1)
 
@@ -101,7 +99,77 @@ def _with(table: np.ndarray, task: str, changes: dict[tuple[str, str], float]) -
     return out
 
 
-def _scanners(task: str) -> list[Scanner]:
+@dataclass(frozen=True)
+class Regime:
+    """How a phantom is drawn: tumour sizes, the target scanners and their mixture.
+
+    ``phantom-1`` is the original draw (every published table used it); ``power`` is the regime
+    calibrated so that target labels matter (``benchmarks/calibration.md`` gives each value and
+    why). Same seed and regime, same arrays.
+
+    Attributes:
+        name: regime name (``regime`` argument of :func:`generate_phantom`).
+        radius: tumour radius range, fraction of the head half-width (log-uniform).
+        core: glioma core radius range, fraction of the tumour radius.
+        rim: glioma enhancing-rim thickness range in voxels.
+        target_freq: share of target scanners ``B``, ``C``, ``D``.
+        degraded_freq: share of target cases with one degraded modality.
+        shift: which target scanner set :func:`_scanners` builds (``phantom-1``, ``power``).
+    """
+
+    name: str
+    radius: tuple[float, float] = (0.2, 0.6)
+    core: tuple[float, float] = (0.35, 0.7)
+    rim: tuple[float, float] = (0.8, 1.6)
+    target_freq: tuple[float, float, float] = (0.60, 0.25, 0.15)
+    degraded_freq: float = 0.20
+    shift: str = "phantom-1"
+
+
+REGIMES: dict[str, dict[str, Regime]] = {
+    "phantom-1": {t: Regime("phantom-1") for t in ("glioma", "npc")},
+    # labels matter: tumours large enough to segment at 24^3, a contrast change shared by every
+    # target scanner (one label teaches it) plus per-scanner extras (more labels cover them),
+    # fewer degraded cases (benchmarks/calibration.md)
+    "power": {
+        "glioma": Regime("power", radius=(0.4, 0.7), core=(0.55, 0.8), rim=(0.8, 1.3),
+                         degraded_freq=0.10, shift="power"),
+        "npc": Regime("power", radius=(0.3, 0.6), degraded_freq=0.10, shift="power"),
+    },
+}
+
+
+def _regime(task: str, name: str) -> Regime:
+    if name not in REGIMES:
+        raise ValueError(f"regime must be one of {list(REGIMES)}, got {name!r}")
+    return REGIMES[name][task]
+
+
+def _power_targets(task: str, a: np.ndarray) -> list[Scanner]:
+    """Target scanners of the ``power`` regime: a shared protocol change plus per-scanner extras.
+
+    The shared change alters tissue contrasts non-monotonically (no global intensity
+    augmentation undoes it) but leaves every tumour region distinguishable from its neighbours
+    in at least one modality, so labels can teach it.
+    """
+    if task == "glioma":
+        common = {("ed", "flair"): 0.62, ("csf", "flair"): 0.40, ("et", "t1ce"): 0.92,
+                  ("ncr", "t2"): 0.72, ("ncr", "flair"): 0.50, ("wm", "t2"): 0.50}
+        c_extra = {("gm", "t1"): 0.75, ("wm", "t1"): 0.55}  # grey/white reversed on T1
+    else:
+        common = {("fat", "t1ce"): 0.20, ("fat", "t2"): 0.25, ("tumour", "t1ce"): 0.62,
+                  ("mucosa", "t1ce"): 0.78, ("tumour", "t2"): 0.75, ("muscle", "t2"): 0.35}
+        c_extra = {("fat", "t1"): 0.75, ("tumour", "t1"): 0.45}  # T1-isointense tumour
+    b = _with(a, task, common)
+    c = _with(b, task, c_extra)
+    return [
+        Scanner("B", b, noise=0.04, bias=0.15, blur=0.6, gamma=1.0, scale=350.0),
+        Scanner("C", c, noise=0.03, bias=0.10, blur=0.8, gamma=1.0, scale=60.0),
+        Scanner("D", b, noise=0.06, bias=0.25, blur=0.5, gamma=0.7, scale=1200.0),
+    ]
+
+
+def _scanners(task: str, shift: str = "phantom-1") -> list[Scanner]:
     """The four centres of ``task``: source ``A`` then targets ``B`` (60 %), ``C`` (25 %), ``D``."""
     if task == "glioma":
         #                  flair   t1  t1ce    t2
@@ -127,8 +195,11 @@ def _scanners(task: str) -> list[Scanner]:
                             ("mucosa", "t1ce"): 0.70, ("tumour", "t2"): 0.72,
                             ("muscle", "t2"): 0.35})
         c = _with(a, task, {("fat", "t1"): 0.75, ("tumour", "t1"): 0.45})  # T1-isointense tumour
+    source = Scanner("A", a, noise=0.03, bias=0.10, blur=0.5, gamma=1.0, scale=100.0)
+    if shift == "power":
+        return [source, *_power_targets(task, a)]
     return [
-        Scanner("A", a, noise=0.03, bias=0.10, blur=0.5, gamma=1.0, scale=100.0),
+        source,
         Scanner("B", b, noise=0.04, bias=0.15, blur=0.6, gamma=1.0, scale=350.0),
         Scanner("C", c, noise=0.03, bias=0.10, blur=1.0, gamma=1.0, scale=60.0),
         Scanner("D", a, noise=0.07, bias=0.30, blur=0.5, gamma=0.6, scale=1200.0),
@@ -185,9 +256,9 @@ def _blob(rng: np.random.Generator, xyz: np.ndarray, centre: np.ndarray, radii: 
     return d * (1.0 + wobble * np.tanh(_smooth(rng, xyz.shape[1])))
 
 
-def _log_radius(rng: np.random.Generator) -> float:
-    """Tumour radius as a fraction of the head half-width, log-uniform in 0.2-0.6."""
-    return float(np.exp(rng.uniform(np.log(0.2), np.log(0.6))))
+def _log_radius(rng: np.random.Generator, lo: float = 0.2, hi: float = 0.6) -> float:
+    """Tumour radius as a fraction of the head half-width, log-uniform in ``lo``-``hi``."""
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
 def _tumour_geometry(
@@ -210,7 +281,9 @@ def _tumour_geometry(
     return d, region, float(r * size / 2)
 
 
-def _glioma_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _glioma_anatomy(
+    rng: np.random.Generator, size: int, regime: Regime
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Tissue map (H, W, D) int8 (-1 background, else a row of the glioma table), GT, radius."""
     xyz = _grid(size)
     axes = np.array([0.86, 0.72, 0.80]) * (1.0 + 0.04 * rng.standard_normal(3))
@@ -227,18 +300,18 @@ def _glioma_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
         tissue[((v / vr[:, None, None, None]) ** 2).sum(0) <= 1.0] = 0
     # tumour: oedema blob, offset core of 35-70 % its size, enhancing rim 0.8-1.6 voxels thick
     # (at most half the core radius, so small cores keep some necrosis)
-    frac = _log_radius(rng)
+    frac = _log_radius(rng, *regime.radius)
     p = rng.standard_normal(3)
     p = p / np.linalg.norm(p) * rng.uniform() ** (1 / 3) * max(0.15, 0.78 - 0.5 * frac)
     centre = c0 + p * axes
     d, region, r_vox = _tumour_geometry(rng, xyz, centre, frac, float(axes.mean()), r <= 0.93)
-    core_frac = rng.uniform(0.35, 0.7)
+    core_frac = rng.uniform(*regime.core)
     core_c = centre + 0.15 * (r_vox * 2 / size) * rng.standard_normal(3)
     rot = _rotation(rng)
     core_r = core_frac * (r_vox * 2 / size) * (1.0 + rng.uniform(-0.2, 0.2, 3))
     dc = _blob(rng, xyz, core_c, core_r, rot, wobble=0.15)
     core = (dc <= 1.0) & region
-    rim = min(rng.uniform(0.8, 1.6) / max(core_frac * r_vox, 1e-3), 0.5)  # fraction of core
+    rim = min(rng.uniform(*regime.rim) / max(core_frac * r_vox, 1e-3), 0.5)  # fraction of core
     et = core & (dc > 1.0 - rim)
     kind = rng.uniform()
     partial = _smooth(rng, size) > 0
@@ -256,7 +329,9 @@ def _glioma_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np
     return tissue, seg, r_vox
 
 
-def _npc_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _npc_anatomy(
+    rng: np.random.Generator, size: int, regime: Regime
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Tissue map (H, W, D) int8 (-1 background, else a row of the npc table), GT, radius."""
     x, y, z = _grid(size)
     jit = 1.0 + 0.04 * rng.standard_normal(3)
@@ -281,7 +356,7 @@ def _npc_anatomy(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     airway &= body & ~bone
     tissue[ndimage.binary_dilation(airway, _BALL) & body & ~bone] = 2  # mucosa
     tissue[airway] = 4
-    side, frac = rng.choice([-1.0, 1.0]), _log_radius(rng)
+    side, frac = rng.choice([-1.0, 1.0]), _log_radius(rng, *regime.radius)
     centre = npx + np.array([side * rng.uniform(0, 0.18), 0.16 + rng.uniform(-0.05, 0.1),
                              rng.uniform(-0.12, 0.12)])
     half_width = float((0.80 * jit[0] + 0.76 * jit[1]) / 2)
@@ -435,14 +510,15 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int,
-               degraded: bool, size: int, seed: int) -> Case:
+               degraded: bool, size: int, seed: int, regime: Regime) -> Case:
     """Synthesise, write and describe one case (paths relative to ``root``)."""
-    spec, scanners = TASKS[task], _scanners(task)
+    spec, scanners = TASKS[task], _scanners(task, regime.shift)
     tag, split_code = _SPLITS[split]
     case_id = f"{task}_{tag}_{index:03d}"
     ss = np.random.SeedSequence([seed, list(TASKS).index(task), split_code, index])
     rng_anat, rng_acq, rng_ann = (np.random.default_rng(s) for s in ss.spawn(3))
-    tissue, seg, r_vox = (_glioma_anatomy if task == "glioma" else _npc_anatomy)(rng_anat, size)
+    anatomy = _glioma_anatomy if task == "glioma" else _npc_anatomy
+    tissue, seg, r_vox = anatomy(rng_anat, size, regime)
     sc = scanners[scanner_index]
     table = sc.table * (1.0 + 0.02 * rng_acq.standard_normal(sc.table.shape))  # per-case jitter
     mods = spec["modalities"]
@@ -478,7 +554,8 @@ def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int
 
 def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_source: int = 20,
                      n_source_test: int = 6, n_pool: int = 30, n_test: int = 12, seed: int = 0,
-                     overwrite: bool = False, progress: bool = True) -> Path:
+                     overwrite: bool = False, progress: bool = True,
+                     regime: str = "phantom-1") -> Path:
     """Generate (or reuse) a synthetic multi-centre phantom under ``root``.
 
     Images are (H, W, D) = (size, size, size) float32 volumes, one NIfTI per modality, in
@@ -504,6 +581,9 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
         seed: non-negative integer seed.
         overwrite: regenerate when ``root/dataset.json`` exists with different parameters.
         progress: show a tqdm progress bar.
+        regime: ``phantom-1`` (the original draw) or ``power`` (calibrated so that target
+            labels matter: larger tumours, a shared learnable target shift; see
+            :class:`Regime` and ``benchmarks/calibration.md``).
 
     Returns:
         The path of ``root/dataset.json`` (a datalist: ``{"name", "task", "modalities",
@@ -516,6 +596,7 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    reg = _regime(task, regime)
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
     counts = {"source": n_source, "source_test": n_source_test, "pool": n_pool, "test": n_test}
@@ -525,6 +606,8 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
     out = root / "dataset.json"
     params = {"task": task, "size": size, "n_source": n_source, "n_source_test": n_source_test,
               "n_pool": n_pool, "n_test": n_test, "seed": seed, "version": VERSION}
+    if regime != "phantom-1":  # absent for the original regime: its phantoms stay valid
+        params["regime"] = json.loads(json.dumps(asdict(reg)))  # its values: edits miss the cache
     if out.exists():
         try:
             old = json.loads(out.read_text())
@@ -549,8 +632,9 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
         if split in ("source", "source_test"):
             scan, degr = [0] * n, [False] * n
         else:
-            scan = [1 + j for j in _assign(n, _TARGET_FREQ, [seed, task_code, split_code, 1])]
-            freq = np.array([1 - _DEGRADED_FREQ, _DEGRADED_FREQ])
+            target_freq = np.array(reg.target_freq)
+            scan = [1 + j for j in _assign(n, target_freq, [seed, task_code, split_code, 1])]
+            freq = np.array([1 - reg.degraded_freq, reg.degraded_freq])
             degr = [j == 1 for j in _assign(n, freq, [seed, task_code, split_code, 2])]
         jobs += [(split, i, scan[i], degr[i]) for i in range(n)]
     it = jobs
@@ -558,7 +642,7 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
         from tqdm.auto import tqdm
 
         it = tqdm(jobs, desc=f"phantom {task} {size}^3", unit="case")
-    cases = [_make_case(root, task, sp, i, s, d, size, seed) for sp, i, s, d in it]
+    cases = [_make_case(root, task, sp, i, s, d, size, seed, reg) for sp, i, s, d in it]
     spec = TASKS[task]
     write_json_atomic(out, {
         "name": f"phantom_{task}", "task": task, "modalities": list(spec["modalities"]),
