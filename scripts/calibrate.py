@@ -58,12 +58,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _tag(configs: list[Path], overrides: list[str]) -> str:
-    """Short hash of the config files' text and the overrides: what a run's result depends on."""
+def _tag(configs: list[Path], overrides: list[str], task: str, target: bool) -> str:
+    """Short hash of what a run's result depends on: the configs' text, the overrides and the
+    ``power`` regime (anatomy ranges; for target runs also the scanners' tables and qualities)."""
+    from dataclasses import asdict
+
+    from lightning_ada.data.phantom import REGIMES, _scanners
+
     h = hashlib.sha256()
     for c in configs:
         h.update(c.read_bytes())
     h.update(json.dumps(overrides).encode())
+    regime = asdict(REGIMES["power"][task])
+    if target:
+        regime["scanners"] = [[s.table.round(4).tolist(), s.noise, s.bias, s.blur, s.gamma]
+                              for s in _scanners(task, "power")]
+    else:
+        regime = {k: regime[k] for k in ("radius", "core", "rim")}  # the source cases' anatomy
+    h.update(json.dumps(regime).encode())
     return h.hexdigest()[:10]
 
 
@@ -104,8 +116,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
         folder = Path(args.config_dir.format(task=task))
         source_cfg, target_cfg = folder / "source.yaml", folder / "target.yaml"
         src_extra = [] if args.target else extra
-        src_tag = _tag([source_cfg], src_extra)
-        tgt_tag = _tag([source_cfg, target_cfg], extra)
+        src_tag = _tag([source_cfg], src_extra, task, target=False)
+        tgt_tag = _tag([source_cfg, target_cfg], extra, task, target=True)
         for seed in args.seeds:
             data = _data_overrides(source_cfg, task, seed, args.data_base)
             done = {(r["task"], r["seed"], r["run"], r["tag"]): r for r in _rows(results)}
@@ -154,8 +166,8 @@ def summary(args: argparse.Namespace, extra: list[str]) -> str:
     lines: list[str] = []
     for task in args.tasks:
         folder = Path(args.config_dir.format(task=task))
-        src_tag = _tag([folder / "source.yaml"], [] if args.target else extra)
-        tgt_tag = _tag([folder / "source.yaml", folder / "target.yaml"], extra)
+        src_tag = _tag([folder / "source.yaml"], [] if args.target else extra, task, False)
+        tgt_tag = _tag([folder / "source.yaml", folder / "target.yaml"], extra, task, True)
         want = {"source": src_tag, **{r: tgt_tag for r in RUNS}}
         table: dict[int, dict[str, float]] = {}
         for r in rows:

@@ -226,19 +226,17 @@ def test_power_regime(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("task", ["glioma", "npc"])
 def test_power_shift_is_shared_by_every_target_scanner(task: str) -> None:
-    """Every power target scanner carries the common contrast change (one label teaches it);
-    C adds its own on top; each tumour region still differs from the tissues around it."""
+    """Every power target scanner has the same contrast change from the source (one label of
+    any scanner teaches it), they differ in image quality; each tumour region still differs
+    from every other tissue in some modality (labels can teach it)."""
     from lightning_ada.data.phantom import _scanners
 
     a, b, c, d = _scanners(task, "power")
-    changed = a.table != b.table
-    assert changed.sum() >= 4
-    for sc in (c, d):
-        assert np.array_equal(sc.table[changed], b.table[changed])
-    assert (c.table != b.table).any() and np.array_equal(d.table, b.table)
+    assert (a.table != b.table).sum() >= 4
+    assert np.array_equal(c.table, b.table) and np.array_equal(d.table, b.table)
+    assert len({(s.noise, s.blur, s.gamma) for s in (b, c, d)}) == 3
     tissues = TASKS[task]["tissues"]
     for t in tissues[3:] if task == "glioma" else ("tumour",):
         i = tissues.index(t)
-        for sc in (b, c):
-            gap = np.abs(sc.table[i] - np.delete(sc.table, i, 0)).max(1)  # best modality
-            assert gap.min() >= 0.1, (task, sc.name, t, gap)
+        gap = np.abs(b.table[i] - np.delete(b.table, i, 0)).max(1)  # best modality
+        assert gap.min() >= 0.1, (task, t, gap)
