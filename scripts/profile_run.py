@@ -85,6 +85,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
     },
 }
+# the power run with the on-disk cache of preprocessed cases (run it twice: cold, then warm)
+PRESETS["power_cached"] = {
+    **PRESETS["power"],
+    "target_overrides": [*PRESETS["power"]["target_overrides"],
+                         "--data.cache_dir", "data/cache/profile_power"],
+}
 
 
 class Clock:
@@ -254,6 +260,57 @@ def report(res: dict[str, Any], total: float, bare: dict[str, dict[str, float]])
     }
 
 
+ORDER = (
+    "process start and imports",
+    "build CLI objects (config, net, source weights)",
+    "data set-up: phantom generation",
+    "data set-up: read, validate, cache",
+    "train: data loading",
+    "train: augmentation",
+    "train: forward-backward-optimiser",
+    "validation",
+    "checkpoint writes",
+    "scoring rounds (rank, elect, label)",
+    "fit: other (Lightning loop, hooks, logging)",
+    "final test",
+)
+
+
+def render(paths: list[str]) -> str:
+    """Markdown table comparing the breakdowns of profile JSON files (one column each)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    names = [Path(p).stem for p in paths]
+    lines = ["| part | " + " | ".join(f"{n} s | {n} %" for n in names) + " |",
+             "|---" * (1 + 2 * len(runs)) + "|"]
+    for part in ORDER:
+        cells = []
+        for r in runs:
+            v = r["parts"].get(part)
+            cells += ["–", "–"] if v is None else [f"{v:.2f}", f"{100 * v / r['wall_seconds']:.1f}"]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines.append("| **wall time** | " + " | ".join(
+        f"**{r['wall_seconds']:.1f}** | 100" for r in runs) + " |")
+    lines += ["", "| measure | " + " | ".join(names) + " |", "|---" * (1 + len(runs)) + "|"]
+    rows = {
+        "training steps": lambda r: str(r["steps"]),
+        "compute fraction (forward-backward-optimiser / wall)": lambda r: f"{r['compute_fraction']:.2f}",
+        "step in the run (s)": lambda r: f"{r['lightning_step_seconds']:.3f}",
+        "bare PyTorch step, same batch (s)": lambda r: f"{r['bare_loop']['contiguous']['step_seconds']:.3f}",
+        "bare step, channels_last_3d (s)": lambda r: f"{r['bare_loop']['channels_last_3d']['step_seconds']:.3f}",
+        "bare step, torch.compile (s)": lambda r: (
+            f"{r['bare_loop']['compile']['step_seconds']:.3f} (compile + warm-up "
+            f"{r['bare_loop']['compile']['warmup_seconds']:.0f} s)"
+            if "step_seconds" in r["bare_loop"].get("compile", {})
+            else r["bare_loop"].get("compile", {}).get("error", "not measured")),
+        "test Dice (mean)": lambda r: f"{r['test'].get('test/dice_mean', float('nan')):.3f}",
+        "torch threads / OMP_WAIT_POLICY": lambda r: f"{r['torch_threads']} / {r['omp_wait_policy']}",
+        "load average at the end": lambda r: " / ".join(f"{x:.1f}" for x in r["load_average"]),
+    }
+    for name, fn in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fn(r) for r in runs) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -265,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the breakdown as JSON here")
     p.add_argument("--bare-steps", type=int, default=20)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    p.add_argument("--render", nargs="+", metavar="JSON",
+                   help="print the markdown table of these profile files and exit")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return 0
     os.chdir(REPO)
     preset = PRESETS[args.preset]
     if extra:
