@@ -14,6 +14,11 @@ and ``source_test`` splits; the target population (scanners ``B`` / ``C`` / ``D`
 15 %, one modality degraded in 20 % of cases) makes ``pool`` and ``test``. See
 ``CALIBRATION.md`` for why these numbers give a usable domain gap at 32^3.
 
+A :class:`Regime` sets tumour sizes, the target scanners and their mixture: ``phantom-1`` (the
+default, the draw of every published table) or ``power`` (larger tumours for 24^3 volumes, one
+contrast change shared by every target scanner, 10 % degraded cases: calibrated so that target
+labels matter, ``benchmarks/calibration.md``).
+
 Besides the reference label, every case has one mask per modality: what an annotator would draw
 looking at that modality alone. Each tumour boundary is judged by its contrast-to-noise ratio on
 that modality for that case; a boundary below ``_LO`` is not seen (the two regions merge, or the
