@@ -48,7 +48,10 @@ def revision_binary(
     """
     p, g = torch.as_tensor(pred).bool(), torch.as_tensor(reference).bool()
     if p.shape != g.shape or p.ndim != 3:
-        raise ValueError(f"pred and reference must be (H, W, D) of one shape, got {tuple(p.shape)} and {tuple(g.shape)}")
+        raise ValueError(
+            f"pred and reference must be (H, W, D) of one shape, got {tuple(p.shape)} "
+            f"and {tuple(g.shape)}"
+        )
     if not math.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise ValueError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm}")
     n_ref, n_pred = int(g.sum()), int(p.sum())
@@ -58,8 +61,11 @@ def revision_binary(
     if n_ref == 0 or n_pred == 0:
         return {"volume": volume, "surface": 1.0}
     nsd = compute_surface_dice(
-        p[None, None].float(), g[None, None].float(), class_thresholds=[float(tolerance_mm)],
-        include_background=True, spacing=[float(s) for s in spacing],
+        p[None, None].float(),
+        g[None, None].float(),
+        class_thresholds=[float(tolerance_mm)],
+        include_background=True,
+        spacing=[float(s) for s in spacing],
     )
     return {"volume": volume, "surface": 1.0 - float(nsd[0, 0])}
 
@@ -71,7 +77,7 @@ def revision(
     tolerance_mm: float = 1.0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> dict[str, dict[str, float]]:
-    """Per-region revision of one case (class-index volumes, regions as in :mod:`lightning_ada.metrics`).
+    """Per-region revision of one case (class-index volumes; regions as in ``metrics``).
 
     Args:
         pred: ``(H, W, D)`` integer class indices predicted.
@@ -84,4 +90,6 @@ def revision(
         region -> ``{"volume": ..., "surface": ...}`` (see :func:`revision_binary`).
     """
     p, g = region_masks(pred, regions)[0], region_masks(target, regions)[0]
-    return {name: revision_binary(p[r], g[r], tolerance_mm, spacing) for r, name in enumerate(regions)}
+    return {
+        name: revision_binary(p[r], g[r], tolerance_mm, spacing) for r, name in enumerate(regions)
+    }

@@ -135,8 +135,10 @@ def test_corrupted_scans_keep_the_label_and_break_the_image(kind):
         assert b - a == round(0.4 * N) and not case.image[tuple(sl)].any()
         keep = np.ones(N, bool)
         keep[a:b] = False
-        np.testing.assert_array_equal(np.compress(keep, case.image, detail["axis"] + 1),
-                                      np.compress(keep, image, detail["axis"] + 1))
+        np.testing.assert_array_equal(
+            np.compress(keep, case.image, detail["axis"] + 1),
+            np.compress(keep, image, detail["axis"] + 1),
+        )
     else:
         body = (image != 0).any(0)
         for c in range(4):

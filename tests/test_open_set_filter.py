@@ -1,4 +1,4 @@
-"""OpenPath prototype pre-filter (issue 15): drops constructed outliers, keeps constructed inliers."""
+"""OpenPath prototype pre-filter (issue 15): drops constructed outliers, keeps inliers."""
 
 from __future__ import annotations
 
@@ -29,12 +29,16 @@ def _pool(n_in: int = 15, n_out: int = 5, seed: int = 0):
         base = np.eye(D)[0] + (0.6 * np.eye(D)[1] if i % 2 else 0.0)
         emb[f"in{i:02d}"], fg[f"in{i:02d}"] = base + 0.1 * rng.standard_normal(D), 30
     for i in range(n_out):
-        emb[f"out{i:02d}"], fg[f"out{i:02d}"] = np.eye(D)[3 + i % 3] + 0.1 * rng.standard_normal(D), 0
+        emb[f"out{i:02d}"], fg[f"out{i:02d}"] = (
+            np.eye(D)[3 + i % 3] + 0.1 * rng.standard_normal(D),
+            0,
+        )
     return emb, fg
 
 
 def _ctx(emb, fg, labeled):
     """A QueryContext whose 'model' reads the embedding and the tumour size off the image."""
+
     def image(cid):
         img = torch.zeros((D, 6, 6, 6))
         img[:] = torch.as_tensor(emb[cid], dtype=torch.float32)[:, None, None, None]
@@ -52,9 +56,17 @@ def _ctx(emb, fg, labeled):
         return p, e
 
     pool = sorted(emb)
-    return QueryContext(unlabeled=[c for c in pool if c not in labeled], pool=pool, labeled=list(labeled),
-                        image=image, predict=predict, modalities=[f"m{i}" for i in range(D)],
-                        regions={"fg": [1]}, round=1 if labeled else 0, seed=3)
+    return QueryContext(
+        unlabeled=[c for c in pool if c not in labeled],
+        pool=pool,
+        labeled=list(labeled),
+        image=image,
+        predict=predict,
+        modalities=[f"m{i}" for i in range(D)],
+        regions={"fg": [1]},
+        round=1 if labeled else 0,
+        seed=3,
+    )
 
 
 @pytest.mark.parametrize("prototypes", ["each", "mean"])
@@ -65,7 +77,9 @@ def test_labelled_prototypes_keep_the_inliers_and_drop_the_outliers(prototypes):
     inliers = {c for c in unl if c.startswith("in")}
     f = PrototypeFilter(id_ratio=len(inliers) / len(unl), prototypes=prototypes)
     res = f.candidates(ctx, n=1)
-    assert res.prototype_source == "labelled" and res.n_prototypes == (2 if prototypes == "each" else 1)
+    assert res.prototype_source == "labelled" and res.n_prototypes == (
+        2 if prototypes == "each" else 1
+    )
     assert set(res.candidates) == inliers
     assert max(res.distances[c] for c in inliers) < min(res.distances[c] for c in unl - inliers)
     half = PrototypeFilter(id_ratio=0.25).candidates(ctx, n=1).candidates
@@ -78,7 +92,9 @@ def test_round_zero_prototype_comes_from_cases_with_predicted_tumour():
     res = PrototypeFilter(id_ratio=0.75).candidates(ctx, n=1)
     assert res.prototype_source == "predicted_tumour" and res.n_prototypes == 1
     assert set(res.candidates) == {c for c in emb if c.startswith("in")}
-    assert res.signals["out00"].foreground_voxels == 0 and res.signals["in03"].foreground_voxels == 30
+    assert (
+        res.signals["out00"].foreground_voxels == 0 and res.signals["in03"].foreground_voxels == 30
+    )
     # no case with predicted tumour: nothing to build a prototype from, nothing is filtered
     none = PrototypeFilter().candidates(_ctx(emb, dict.fromkeys(emb, 0), labeled=[]), n=1)
     assert none.prototype_source == "none" and set(none.candidates) == set(emb)
@@ -91,8 +107,10 @@ def test_the_candidates_are_at_least_the_query_size_and_ties_break_by_id():
     assert keep_nearest(d, 1.0) == ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match="id_ratio"):
         keep_nearest(d, 0.0)
-    np.testing.assert_allclose(prototype_distances(np.array([[1.0, 0], [0, 2.0], [-1, 0]]),
-                                                   np.array([[2.0, 0]])), [0.0, 1.0, 2.0])
+    np.testing.assert_allclose(
+        prototype_distances(np.array([[1.0, 0], [0, 2.0], [-1, 0]]), np.array([[2.0, 0]])),
+        [0.0, 1.0, 2.0],
+    )
 
 
 def test_sampling_modes_pick_only_candidates():
@@ -101,7 +119,9 @@ def test_sampling_modes_pick_only_candidates():
     for sampling in ("strategy", "egss", "kmeans"):
         f = PrototypeFilter(id_ratio=0.5, sampling=sampling)
         res = f.candidates(ctx, n=3)
-        ranked = sorted(ctx.unlabeled, reverse=True)  # a strategy that prefers outliers ('out' > 'in')
+        ranked = sorted(
+            ctx.unlabeled, reverse=True
+        )  # a strategy that prefers outliers ('out' > 'in')
         picks = f.pick(res, ranked, 3, ctx.rng(), seed=0)
         assert len(set(picks)) == 3 and set(picks) <= set(res.candidates)
         if sampling == "strategy":
@@ -115,7 +135,9 @@ def test_egss_prefers_high_entropy_and_is_seeded():
     draws = [egss_sample(ent, 1, np.random.default_rng(s), temperature=0.3)[0] for s in range(400)]
     top, bottom = draws.count("c9"), draws.count("c0")
     assert top > 3 * bottom  # P(c9)/P(c0) = exp(0.9 / 0.3) ~ 20 with relative entropies
-    assert egss_sample(ent, 4, np.random.default_rng(5)) == egss_sample(ent, 4, np.random.default_rng(5))
+    assert egss_sample(ent, 4, np.random.default_rng(5)) == egss_sample(
+        ent, 4, np.random.default_rng(5)
+    )
     assert len(set(egss_sample(ent, 20, np.random.default_rng(1)))) == 10
 
 

@@ -44,8 +44,9 @@ def test_euclidean_margin_adds_the_faces_only_and_erosion_peels_one_layer():
     assert (out > 0).sum() == 6**3 + 6 * 6**2  # six faces, no edges or corners
     assert out[4, 4, 5] == 0 and out[4, 5, 5] == 1  # an edge voxel out, a face voxel in
     for metric in ("euclidean", "chessboard"):
-        np.testing.assert_array_equal(apply_style(cube, RaterStyle("t", margin=-1, metric=metric)),
-                                      _cube(4, at=6))
+        np.testing.assert_array_equal(
+            apply_style(cube, RaterStyle("t", margin=-1, metric=metric)), _cube(4, at=6)
+        )
     # the volume border counts as background when eroding
     full = np.ones((6, 6, 6), np.uint8)
     assert (apply_style(full, RaterStyle("t", margin=-1)) > 0).sum() == 4**3
@@ -84,7 +85,9 @@ def test_smoothing_removes_a_thin_spike_and_keeps_a_smooth_body():
     assert not out[8, 8, 13:17].any()  # the spike is gone
     assert (out[5:11, 5:11, 5:11] == 1).all()  # the cube's interior stays
     np.testing.assert_array_equal(apply_style(lab, RaterStyle("s0", smoothing=0.0)), lab)
-    changed = [int((apply_style(lab, RaterStyle("s", smoothing=s)) != lab).sum()) for s in (0.5, 1.0, 2.0)]
+    changed = [
+        int((apply_style(lab, RaterStyle("s", smoothing=s)) != lab).sum()) for s in (0.5, 1.0, 2.0)
+    ]
     assert changed[0] <= changed[1] <= changed[2] and changed[2] > changed[0]
 
 

@@ -1,4 +1,4 @@
-"""Revision measure (issue 15): symmetric difference over the reference, surface beyond tolerance."""
+"""Revision measure (issue 15): symmetric difference over reference, surface beyond tolerance."""
 
 from __future__ import annotations
 

@@ -87,7 +87,9 @@ def prototype_distances(embeddings: np.ndarray, prototypes: np.ndarray) -> np.nd
     z = np.asarray(embeddings, np.float64)
     c = np.asarray(prototypes, np.float64)
     if z.ndim != 2 or c.ndim != 2 or z.shape[1] != c.shape[1] or len(c) == 0:
-        raise ValueError(f"embeddings (N, d) and prototypes (P>=1, d) needed, got {z.shape} and {c.shape}")
+        raise ValueError(
+            f"embeddings (N, d) and prototypes (P>=1, d) needed, got {z.shape} and {c.shape}"
+        )
     zn = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     cn = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
     return (1.0 - zn @ cn.T).min(axis=1)
@@ -210,10 +212,13 @@ class PrototypeFilter:
         if not 0.0 < id_ratio <= 1.0:
             raise ValueError(f"open_set_filter.id_ratio must be in (0, 1], got {id_ratio}")
         if prototypes not in ("each", "mean"):
-            raise ValueError(f"open_set_filter.prototypes must be 'each' or 'mean', got {prototypes!r}")
+            raise ValueError(
+                f"open_set_filter.prototypes must be 'each' or 'mean', got {prototypes!r}"
+            )
         if sampling not in ("strategy", "egss", "kmeans"):
             raise ValueError(
-                f"open_set_filter.sampling must be 'strategy', 'egss' or 'kmeans', got {sampling!r}")
+                f"open_set_filter.sampling must be 'strategy', 'egss' or 'kmeans', got {sampling!r}"
+            )
         if temperature <= 0:
             raise ValueError(f"open_set_filter.temperature must be > 0, got {temperature}")
         self.id_ratio, self.prototypes, self.sampling = id_ratio, prototypes, sampling
@@ -245,8 +250,11 @@ class PrototypeFilter:
                 protos = protos.mean(0, keepdims=True)
             source = "labelled"
         else:
-            tumour = [c for c in sorted(unlabelled)
-                      if unlabelled[c].foreground_voxels >= self.min_tumour_voxels]
+            tumour = [
+                c
+                for c in sorted(unlabelled)
+                if unlabelled[c].foreground_voxels >= self.min_tumour_voxels
+            ]
             if not tumour:
                 return FilterResult(sorted(unlabelled), {}, dict(unlabelled), "none", 0)
             protos = np.stack([unlabelled[c].embedding for c in tumour]).mean(0, keepdims=True)
@@ -266,16 +274,24 @@ class PrototypeFilter:
             ctx: needs ``unlabeled``, ``labeled``, ``image`` and ``predict`` (with embedding).
             n: cases the round will query (the candidates are at least that many).
         """
-        return self.filter_signals(self.signals(ctx, ctx.unlabeled), self.signals(ctx, ctx.labeled), n)
+        return self.filter_signals(
+            self.signals(ctx, ctx.unlabeled), self.signals(ctx, ctx.labeled), n
+        )
 
     # --------------------------------------------------------------------------- sampling
-    def pick(self, result: FilterResult, ranked_ids: Sequence[str], n: int,
-             rng: np.random.Generator, seed: int = 0) -> list[str]:
+    def pick(
+        self,
+        result: FilterResult,
+        ranked_ids: Sequence[str],
+        n: int,
+        rng: np.random.Generator,
+        seed: int = 0,
+    ) -> list[str]:
         """The ``n`` cases to query among ``result.candidates``.
 
         Args:
             result: this round's :meth:`candidates`.
-            ranked_ids: the strategy's ranking of the candidates, best first (``sampling=strategy``).
+            ranked_ids: the strategy's ranking, best first (used by ``sampling=strategy``).
             n: cases to query.
             rng: the round's generator (``egss``).
             seed: k-means seed (``kmeans``).

@@ -56,7 +56,13 @@ __all__ = [
 ]
 
 OODKind = Literal["other_anatomy", "field_of_view", "no_tumour", "corrupted", "channel_order"]
-OOD_KINDS: tuple[str, ...] = ("other_anatomy", "field_of_view", "no_tumour", "corrupted", "channel_order")
+OOD_KINDS: tuple[str, ...] = (
+    "other_anatomy",
+    "field_of_view",
+    "no_tumour",
+    "corrupted",
+    "channel_order",
+)
 Corruption = Literal["spike", "dropout", "noise"]
 
 
@@ -191,16 +197,22 @@ def field_of_view(
     centre = (size - 1) / 2
     matrix = np.eye(3) / scale
     offset = centre - (centre + shift) / scale
-    out = np.stack([
-        ndimage.affine_transform(ch, matrix, offset, order=1, mode="constant", cval=0.0)
-        for ch in image.astype(np.float32)
-    ])
+    out = np.stack(
+        [
+            ndimage.affine_transform(ch, matrix, offset, order=1, mode="constant", cval=0.0)
+            for ch in image.astype(np.float32)
+        ]
+    )
     lab = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant", cval=0)
     detail = {"scale": round(float(scale), 4), "shift": [round(float(s), 3) for s in shift]}
-    return OODCase(out.astype(np.float32), lab.astype(label.dtype), _flag("field_of_view", **detail))
+    return OODCase(
+        out.astype(np.float32), lab.astype(label.dtype), _flag("field_of_view", **detail)
+    )
 
 
-def no_tumour(image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None) -> OODCase:
+def no_tumour(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
+) -> OODCase:
     """Remove the tumour: each tumour voxel takes the values of its nearest healthy body voxel.
 
     Args:
@@ -241,8 +253,9 @@ def corrupted(
         label: ``(H, W, D)``.
         rng: draws the corruption, its place and (if not given) its strength.
         corruption: ``spike``: every channel gains a k-space spike at one non-central frequency
-            (and its Hermitian twin, so the image stays real), of magnitude ``strength`` x the channel's largest k-space magnitude (stripes across
-            the whole volume; default strength 0.5); ``dropout``: a slab of ``strength`` x the
+            (and its Hermitian twin, so the image stays real), of magnitude ``strength`` x the
+            channel's largest k-space magnitude (stripes across the whole volume; default
+            strength 0.5); ``dropout``: a slab of ``strength`` x the
             side (default 0.4) consecutive slices along one axis is set to 0 in every channel;
             ``noise``: Gaussian noise of ``strength`` (default 1.0) x each channel's in-body
             median is added inside the body.
@@ -332,8 +345,9 @@ _GENERATORS = {
 }
 
 
-def make_ood(kind: str, image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-             **options: Any) -> OODCase:
+def make_ood(
+    kind: str, image: np.ndarray, label: np.ndarray, rng: np.random.Generator, **options: Any
+) -> OODCase:
     """Apply the generator of ``kind`` (one of :data:`OOD_KINDS`) with its ``options``.
 
     Raises:
@@ -344,7 +358,9 @@ def make_ood(kind: str, image: np.ndarray, label: np.ndarray, rng: np.random.Gen
     return _GENERATORS[kind](image, label, rng, **options)
 
 
-def plan_ood(n: int, fraction: float, seed: int | Sequence[int], kinds: Sequence[str] = OOD_KINDS) -> list[str | None]:
+def plan_ood(
+    n: int, fraction: float, seed: int | Sequence[int], kinds: Sequence[str] = OOD_KINDS
+) -> list[str | None]:
     """Which of ``n`` pool cases become out-of-distribution, and of which kind.
 
     Exactly ``round(fraction * n)`` cases are chosen by a permutation seeded by ``seed``; kinds
@@ -363,7 +379,9 @@ def plan_ood(n: int, fraction: float, seed: int | Sequence[int], kinds: Sequence
         raise ValueError(f"ood fraction must be in [0, 1), got {fraction}")
     unknown = [k for k in kinds if k not in _GENERATORS]
     if unknown or not kinds:
-        raise ValueError(f"ood kinds must be a non-empty subset of {list(OOD_KINDS)}, got {list(kinds)}")
+        raise ValueError(
+            f"ood kinds must be a non-empty subset of {list(OOD_KINDS)}, got {list(kinds)}"
+        )
     chosen = np.random.default_rng(seed).permutation(n)[: round(fraction * n)]
     plan: list[str | None] = [None] * n
     for j, i in enumerate(chosen):

@@ -56,9 +56,14 @@ class RaterStyle:
 
     def __post_init__(self) -> None:
         if self.metric not in ("euclidean", "chessboard"):
-            raise ValueError(f"rater {self.name!r}: metric must be 'euclidean' or 'chessboard', got {self.metric!r}")
+            raise ValueError(
+                f"rater {self.name!r}: metric must be 'euclidean' or 'chessboard', "
+                f"got {self.metric!r}"
+            )
         if self.smoothing < 0 or self.min_component_voxels < 0:
-            raise ValueError(f"rater {self.name!r}: smoothing and min_component_voxels must be >= 0")
+            raise ValueError(
+                f"rater {self.name!r}: smoothing and min_component_voxels must be >= 0"
+            )
         if not self.name or not all(ch.isalnum() or ch in "-_" for ch in self.name):
             raise ValueError(f"rater name {self.name!r}: use letters, digits, '-' or '_'")
 
@@ -110,8 +115,12 @@ def _margin(label: np.ndarray, margin: int, metric: str) -> np.ndarray:
 
 def _smooth(label: np.ndarray, sigma: float) -> np.ndarray:
     values = np.unique(np.concatenate([[0], np.unique(label)]))
-    scores = np.stack([ndimage.gaussian_filter((label == v).astype(np.float32), sigma, mode="nearest")
-                       for v in values])
+    scores = np.stack(
+        [
+            ndimage.gaussian_filter((label == v).astype(np.float32), sigma, mode="nearest")
+            for v in values
+        ]
+    )
     own = np.searchsorted(values, label)[None]
     np.put_along_axis(scores, own, np.take_along_axis(scores, own, 0) + 1e-4, 0)  # ties: keep
     return values[scores.argmax(0)].astype(label.dtype)
@@ -149,7 +158,9 @@ def apply_style(label: np.ndarray, style: RaterStyle) -> np.ndarray:
     return _margin(out, style.margin, style.metric)
 
 
-def rater_masks(label: np.ndarray, styles: Sequence[RaterStyle] = DEFAULT_RATERS) -> dict[str, np.ndarray]:
+def rater_masks(
+    label: np.ndarray, styles: Sequence[RaterStyle] = DEFAULT_RATERS
+) -> dict[str, np.ndarray]:
     """One mask per rater for the same scan: rater name -> ``(H, W, D)``.
 
     Raises:
@@ -169,7 +180,7 @@ def inter_rater_dice(masks: Mapping[str, np.ndarray]) -> dict[str, float]:
     names = sorted(masks)
     out: dict[str, float] = {}
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             pa, pb = masks[a] > 0, masks[b] > 0
             denom = int(pa.sum() + pb.sum())
             out[f"{a}|{b}"] = 1.0 if denom == 0 else 2.0 * float((pa & pb).sum()) / denom
