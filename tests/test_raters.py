@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lightning_ada.data.raters import (
     DEFAULT_RATERS,
@@ -105,3 +106,26 @@ def test_rater_masks_of_the_same_scan_differ_by_style_and_serialise():
         rater_masks(lab, [RaterStyle("a"), RaterStyle("a", margin=1)])
     with pytest.raises(ValueError, match="rater name"):
         RaterStyle("a/b")
+
+
+def test_a_partial_margin_moves_exactly_its_share_of_the_boundary_in_one_stretch():
+    cube = _cube(6)
+    full = 8**3 - 6**3
+    out = apply_style(
+        cube,
+        RaterStyle("g", margin=1, metric="chessboard", margin_fraction=0.5),
+        np.random.default_rng(0),
+    )
+    added = (out > 0) & (cube == 0)
+    assert added.sum() == round(0.5 * full) and ((out > 0) >= (cube > 0)).all()
+    _, n_parts = ndimage.label(added)
+    assert n_parts <= 4  # contiguous stretches, not salt and pepper
+    tight = apply_style(
+        cube, RaterStyle("t", margin=-1, margin_fraction=0.25), np.random.default_rng(0)
+    )
+    assert (cube > 0).sum() - (tight > 0).sum() == round(0.25 * (6**3 - 4**3))
+    with pytest.raises(ValueError, match="needs an rng"):
+        apply_style(cube, RaterStyle("g", margin=1, margin_fraction=0.5))
+    a = rater_masks(cube, seed=[0, 1])
+    np.testing.assert_array_equal(a["generous"], rater_masks(cube, seed=[0, 1])["generous"])
+    assert (a["generous"] != rater_masks(cube, seed=[0, 2])["generous"]).any()
