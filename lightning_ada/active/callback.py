@@ -10,12 +10,14 @@ from jsonargparse import lazy_instance
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_ada.active.open_set_filter import PrototypeFilter
 from lightning_ada.active.oracle import FileOracle, Oracle, SimulatedOracle
 from lightning_ada.active.pool_view import PoolView
 from lightning_ada.active.query_round import Election, ask_oracle, query_context, query_round
 from lightning_ada.active.strategies import RunInfo, Strategy
 from lightning_ada.active.strategies.random import RandomStrategy
 from lightning_ada.checkpoint_io import write_errors_named
+from lightning_ada.data.open_set import ood_kind, purity
 from lightning_ada.guards import check_schedule, epochs_in_run, resume_notes, shortfall_notes
 from lightning_ada.io import write_json_atomic
 
@@ -75,6 +77,9 @@ class ActiveQueryCallback(L.Callback):
         restart_schedule_each_round: restart the learning-rate decay after each query (default:
             one schedule over the whole run, ALGORITHMS.md 1.6).
         run_dir: where the query log, requests and caches go (default: the trainer's log dir).
+        open_set_filter: OpenPath's prototype pre-filter in front of the strategy (open-set
+            pools; ``--active.open_set_filter PrototypeFilter``, options
+            ``--active.open_set_filter.id_ratio`` ...); None: rank the whole pool.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class ActiveQueryCallback(L.Callback):
         seed: int = 0,
         restart_schedule_each_round: bool = False,
         run_dir: str | None = None,
+        open_set_filter: PrototypeFilter | None = None,
     ) -> None:
         if budget < 0:
             raise ValueError(f"active.budget must be >= 0, got {budget}")
@@ -98,6 +104,8 @@ class ActiveQueryCallback(L.Callback):
         self.elect, self.election_per_class = elect_modality, election_per_class
         self.oracle = oracle
         self.run_dir = run_dir
+        self.open_set_filter = open_set_filter
+        self.refused: list[str] = []
         self.restart_schedule = restart_schedule_each_round
         self.n_queried = 0
         self.round = 0
@@ -202,14 +210,18 @@ class ActiveQueryCallback(L.Callback):
     # ------------------------------------------------------------------ one query
     def _query(self, trainer: L.Trainer, pl_module: L.LightningModule, n: int, epoch: int) -> None:
         pool = self._pool()
-        n = min(n, self.budget - self.n_queried, len(pool.unlabeled()))
+        n = min(n, self.budget - self.n_queried, len(pool.unlabeled()) - len(self.refused))
         if n <= 0:
             return
         ctx = query_context(
-            pool, pl_module, self.round, self.seed, self._run_dir(trainer), self._with_features
+            pool, pl_module, self.round, self.seed, self._run_dir(trainer), self._with_features,
+            exclude=self.refused,
         )
         election = Election(pl_module.predict_case, self.election_per_class) if self.elect else None
-        result = query_round(self.strategy, ctx, n, trainer, pool, election=election, epoch=epoch)
+        result = query_round(
+            self.strategy, ctx, n, trainer, pool, election=election, epoch=epoch,
+            prefilter=self.open_set_filter,
+        )
         self.pending.extend(result.pending)
         self.last_query_epoch = epoch
         self._drain(trainer, pl_module)
@@ -225,7 +237,11 @@ class ActiveQueryCallback(L.Callback):
         delivered, pending = ask_oracle(self.pending, self.oracle, trainer, pool, before_ask)
         for entry in delivered:
             self.n_queried += 1
+            if entry.get("refused"):
+                self.refused.append(entry["case_id"])
+            entry["ood"] = ood_kind(entry.get("case_meta") or {})
             self.history.append(entry)
+            entry["purity"] = purity([e.get("case_meta") or {} for e in self.history])
             rank_zero_info(
                 f"[active] round {entry['round']} (after epoch {entry['epoch']}): queried "
                 f"{entry['case_id']} score={entry['score']:.4g} modality={entry['modality']} "
@@ -244,6 +260,9 @@ class ActiveQueryCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"active/n_labeled": len(pool.labeled())}, step=trainer.global_step)
         self._write_log(trainer)
+        refused = [e for e in delivered if e.get("refused")]
+        if refused:  # each refused case is replaced at once from the remaining budget
+            self._query(trainer, pl_module, len(refused), epoch=refused[-1]["epoch"])
 
     def _write_request(self, trainer: L.Trainer, pl_module: Any, entry: dict[str, Any]) -> None:
         """The request JSON, the current prediction in the original geometry and a preview."""
@@ -285,6 +304,7 @@ class ActiveQueryCallback(L.Callback):
             "last_query_epoch": self.last_query_epoch,
             "history": self.history,
             "pending": self.pending,
+            "refused": self.refused,
             "strategy": self.strategy.state_dict(),
         }
 
@@ -294,4 +314,5 @@ class ActiveQueryCallback(L.Callback):
         self.last_query_epoch = state_dict["last_query_epoch"]
         self.history = list(state_dict["history"])
         self.pending = list(state_dict.get("pending", []))
+        self.refused = list(state_dict.get("refused", []))
         self.strategy.load_state_dict(state_dict.get("strategy", {}))

@@ -17,7 +17,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_ada.active.pool_view import PoolView
 from lightning_ada.data.cases import Case, DataError
+from lightning_ada.data.open_set import ood_kind
 from lightning_ada.io import safe_child, write_json_atomic
+
+#: what :meth:`Oracle.annotate` returns for a case refused as out of distribution: the label
+#: is spent, nothing is added to training
+REFUSED = "refused:out-of-distribution"
 
 #: short name -> oracle class (``--active.oracle files``)
 ORACLES: dict[str, type[Oracle]] = {}
@@ -50,12 +55,15 @@ class SimulatedOracle(Oracle):
 
     Args:
         use_modality_masks: return the mask drawn on the requested modality when one exists.
+        refuse_ood: refuse a case flagged out of distribution (``meta["ood"]``, open-set
+            phantom): the label is spent and nothing is trained on.
     """
 
     name = "simulated"
 
-    def __init__(self, use_modality_masks: bool = True) -> None:
+    def __init__(self, use_modality_masks: bool = True, refuse_ood: bool = True) -> None:
         self.use_modality_masks = use_modality_masks
+        self.refuse_ood = refuse_ood
 
     def annotate(self, case: Case, modality: str | None, request: dict[str, Any] | None = None) -> str:
         """Path of the mask for ``case``.
@@ -63,6 +71,8 @@ class SimulatedOracle(Oracle):
         Raises:
             DataError: if the case has no mask at all.
         """
+        if self.refuse_ood and ood_kind(case.meta) is not None:
+            return REFUSED
         if self.use_modality_masks and modality is not None and modality in case.modality_labels:
             return case.modality_labels[modality]
         if case.label is None:
@@ -79,7 +89,10 @@ class FileOracle(Oracle):
     A delivered file is validated (shape and affine of the image, label values, not empty unless
     allowed); a bad one is reported and the request stays open. A file that was already in
     ``labels/`` when the request was written is not taken until the annotator re-saves it
-    (confirming it is the answer to this request) or ``accept_existing_labels`` is set.
+    (confirming it is the answer to this request) or ``accept_existing_labels`` is set. A case
+    the annotator will not delineate (out of distribution: wrong anatomy, no tumour, corrupt)
+    is refused by creating ``labels/<case>.ood`` (any content, e.g. the reason) instead; the
+    label is spent and nothing is trained on.
 
     The run folder and the allowed label values come from :meth:`configure` (the callback's
     run folder and the pool).
@@ -118,6 +131,10 @@ class FileOracle(Oracle):
     def label_path(self, case_id: str) -> Path:
         """Where the annotator puts the mask of ``case_id``."""
         return safe_child(self.run_dir / "labels", f"{case_id}.nii.gz")
+
+    def refusal_path(self, case_id: str) -> Path:
+        """The file the annotator creates to refuse ``case_id`` as out of distribution."""
+        return safe_child(self.run_dir / "labels", f"{case_id}.ood")
 
     def request_path(self, round: int, case_id: str) -> Path:
         """The request file of a query."""
@@ -160,6 +177,7 @@ class FileOracle(Oracle):
                 "round": request["round"],
                 "images": dict(zip(case.modalities, case.images)),
                 "deliver_label_to": str(self.label_path(case.case_id)),
+                "or_refuse_by_creating": str(self.refusal_path(case.case_id)),
                 "label_values": self.label_values,
                 **files,
             },
@@ -179,6 +197,8 @@ class FileOracle(Oracle):
         last_error: str | None = None
         announced = False
         while True:
+            if self.refusal_path(case.case_id).exists():
+                return REFUSED
             if target.exists():
                 try:
                     self._check_not_stale(target, case.case_id, request)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,8 @@ import torch
 
 from lightning_ada.active.density import raw_case_image
 from lightning_ada.active.election import elect_modality
-from lightning_ada.active.oracle import Oracle
+from lightning_ada.active.open_set_filter import PrototypeFilter
+from lightning_ada.active.oracle import REFUSED, Oracle
 from lightning_ada.active.pool_view import PoolView
 from lightning_ada.active.strategies import QueryContext, Scored, Strategy
 
@@ -37,6 +38,7 @@ def query_context(
     seed: int = 0,
     run_dir: Any = None,
     with_features: bool = True,
+    exclude: Sequence[str] = (),
 ) -> QueryContext:
     """What a strategy sees of the pool and the current model for one query round.
 
@@ -47,9 +49,10 @@ def query_context(
         seed: the strategies' seed.
         run_dir: folder for caches.
         with_features: offer ``ctx.features`` (the net gives decoder features).
+        exclude: unlabeled ids never to rank again (cases the oracle refused).
     """
     return QueryContext(
-        unlabeled=pool.unlabeled(),
+        unlabeled=[c for c in pool.unlabeled() if c not in set(exclude)],
         pool=pool.ids("pool"),
         labeled=pool.labeled(),
         image=pool.image,
@@ -124,6 +127,7 @@ def query_round(
     oracle: Oracle | None = None,
     epoch: int = -1,
     before_ask: Callable[[dict[str, Any]], None] | None = None,
+    prefilter: PrototypeFilter | None = None,
 ) -> RoundResult:
     """Rank the unlabeled pool, elect a modality for the best ``n``, ask the oracle, record.
 
@@ -137,15 +141,26 @@ def query_round(
         oracle: who delivers the masks (None: rank and elect only, record nothing).
         epoch: the epoch after which the round runs (-1: before training).
         before_ask: called on rank 0 with each entry before the oracle is asked.
+        prefilter: OpenPath's open-set pre-filter: the strategy ranks only its candidates
+            (and picks among them unless its ``sampling`` is ``egss`` or ``kmeans``).
 
     Returns:
         The ranking and the entries (one per pick: round, epoch, case, rank, score, factors,
         elected modality and its Dice, timings, pool size, case metadata).
     """
     t0 = time.perf_counter()
+    n_pool, filtered = len(ctx.unlabeled), None
+    if prefilter is not None:
+        filtered = prefilter.candidates(ctx, n)
+        ctx = dataclasses.replace(ctx, unlabeled=filtered.candidates)
     ranked = sharded_rank(strategy, ctx, trainer)
+    top = ranked[:n]
+    if filtered is not None and prefilter.sampling != "strategy":
+        by_id = {s.case_id: s for s in ranked}
+        ids = prefilter.pick(filtered, list(by_id), n, ctx.rng(), ctx.seed)
+        top = [by_id[c] for c in ids]
     seconds = time.perf_counter() - t0
-    picks: list[Scored] = trainer.strategy.broadcast(ranked[:n], src=0)
+    picks: list[Scored] = trainer.strategy.broadcast(top, src=0)
     entries = []
     for rank, pick in enumerate(picks):
         modality, dice = None, None
@@ -161,14 +176,15 @@ def query_round(
                 "case_id": pick.case_id,
                 "rank": rank,
                 "score": pick.score,
-                "factors": pick.factors,
+                "factors": pick.factors | (filtered.factors(pick.case_id) if filtered else {}),
                 "modality": modality,
                 "election_dice": dice,
                 "why": ELECTION_WHY if dice else "",
                 "strategy": strategy.name or type(strategy).__name__,
                 "scoring_seconds": seconds,
                 "timings": dict(strategy.timings),
-                "pool_size": len(ranked),
+                "pool_size": n_pool,
+                "candidates": len(ranked),
                 "case_meta": dict(pool.case(pick.case_id).meta),
             }
         )
@@ -202,6 +218,10 @@ def ask_oracle(
         label_path = trainer.strategy.broadcast(label_path, src=0)
         if label_path is None:
             return delivered, list(entries[i:])
+        if label_path == REFUSED:  # spent, not trained on
+            spent = {"label_path": None, "refused": True, "n_labeled": len(pool.labeled())}
+            delivered.append(entry | spent)
+            continue
         pool.label(entry["case_id"], label_path, entry["modality"], round=entry["round"], epoch=entry["epoch"])
         delivered.append(entry | {"label_path": label_path, "n_labeled": len(pool.labeled())})
     return delivered, []
