@@ -27,18 +27,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 #: Wall seconds of each stage of the default demo (glioma, configs/phantom/glioma, no overrides)
-#: on an idle 2-core CPU, used for the printed expectations. PROVISIONAL: the idle total of
-#: 3.7 min measured before this table existed, split by the stage shares of one run on a loaded
-#: machine (2026-11-30: 34.6 min; source 49.6 %, lower bound 0.5 %, random 16.1 %, mmacts
-#: 16.7 %, upper bound 17.1 %). Replace them with ``stage_seconds`` of ``demo_results.json``
-#: from an idle run. A strategy without its own entry is expected to take as long as ``mmacts``.
+#: on an idle 2-core CPU with the library's default of one torch thread per process, used for the
+#: printed expectations: ``stage_seconds`` of ``demo_results.json`` from ``make demo`` on
+#: 2026-11-30 (total 9:41 incl. set-up). A strategy without its own entry is expected to take as
+#: long as ``mmacts``.
 IDLE_STAGE_SECONDS: dict[str, dict[str, float]] = {
     "glioma": {
-        "source": 110.0,
-        "lower_bound": 2.0,
-        "random": 36.0,
-        "mmacts": 37.0,
-        "upper_bound": 38.0,
+        "source": 282.0,
+        "lower_bound": 3.0,
+        "random": 96.0,
+        "mmacts": 105.0,
+        "upper_bound": 95.0,
     },
 }
 #: the configuration the table was measured with (estimates are printed only for it)
@@ -303,7 +302,7 @@ def report(args: argparse.Namespace, out: Path, plan: Plan, rows: dict[str, dict
             print(describe_query(q, modalities))
         if any(q.get("modality") and not mask_drawn_on(q, modalities) for q in log):
             print("  (the simulated annotator returns the reference (ground-truth) mask, "
-                  "not a delineation on the elected one: active.use_modality_masks is false)")
+                  "not a delineation on the elected one: active.oracle.use_modality_masks is false)")
     print("\n" + plan.table())
     expected = sum(s.expected for s in plan.stages)
     print(f"\nwall time: {fmt(wall)}"
