@@ -194,12 +194,14 @@ def run_experiment(
         ``{"test": {metric: value}, "per_case": [...], "query_log": [...], "fit_seconds",
         "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed like ``dice_ET``.
     """
+    from lightning_ada.console import quiet
     from lightning_ada.main import main
 
     with warnings.catch_warnings():
         # the process's own command line (e.g. the benchmark script's) is not the run's
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         cli = main(args=typed_choices(copy.deepcopy(dict(config))), run=False)
+    quiet()  # the CLI's filters again: the block above restored the filters as they were before it
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     snap = snapshots(config) if snapshots is not None else None
     if snap is not None:
