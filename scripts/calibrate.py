@@ -107,7 +107,7 @@ def _data_overrides(cfg: Path, task: str, seed: int, data_base: str) -> list[str
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> None:
-    from lightning_ada.runner import run_experiment
+    from ada_bench.runner import run_configs as run_experiment
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,8 @@ def _process_age() -> float:
 
 import torch  # noqa: E402
 
-import lightning_ada.runner  # noqa: E402,F401  (the library's imports: lightning, monai, ...)
+import ada_bench.runner  # noqa: E402,F401  (the harness and the library's imports: lightning, monai, ...)
+import lightning_ada.main  # noqa: E402,F401
 
 IMPORTED_AT = _process_age()
 
@@ -227,7 +228,7 @@ def ensure_source(preset: dict[str, Any]) -> None:
     ckpt = Path(preset["target_overrides"][i + 1])
     if ckpt.is_file():
         return
-    from lightning_ada.runner import run_experiment
+    from ada_bench.runner import run_configs as run_experiment
 
     print(f"training a 2-epoch source model first ({ckpt}; its quality does not change the "
           "timings)", flush=True)
