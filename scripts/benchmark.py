@@ -380,11 +380,9 @@ def run_parallel(cfg: BenchConfig, cluster: Cluster) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, rest = argv[:i], argv[i + 1 :]
+    from ada_bench.runner import split_passthrough
+
+    argv, rest = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     try:
         extra_configs, extra = split_command_line(rest)

@@ -199,11 +199,9 @@ def summary(args: argparse.Namespace, extra: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+    from ada_bench.runner import split_passthrough
+
+    argv, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     os.chdir(REPO)
     os.environ["LIGHTNING_ADA_THREADS"] = str(args.threads)

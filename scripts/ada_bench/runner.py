@@ -100,6 +100,15 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     return split_command_line(args)[1]
 
 
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A script's arguments -> (its own, the ones after ``--`` that go to every run)."""
+    items = list(argv)
+    if "--" not in items:
+        return items, []
+    i = items.index("--")
+    return items[:i], items[i + 1 :]
+
+
 def split_command_line(args: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     """CLI-style arguments -> (config files of ``-c FILE`` / ``--config FILE``, dotted overrides).
 
