@@ -51,8 +51,9 @@ def query_context(
         with_features: offer ``ctx.features`` (the net gives decoder features).
         exclude: unlabeled ids never to rank again (cases the oracle refused).
     """
+    refused = set(exclude)
     return QueryContext(
-        unlabeled=[c for c in pool.unlabeled() if c not in set(exclude)],
+        unlabeled=[c for c in pool.unlabeled() if c not in refused],
         pool=pool.ids("pool"),
         labeled=pool.labeled(),
         image=pool.image,
