@@ -70,7 +70,7 @@ from pathlib import Path
 
 from ada_bench.folds import FoldScheme
 from ada_bench.jobs import Cluster, run_units, units_of
-from ada_bench.loop import BenchConfig, BenchmarkLoop
+from ada_bench.loop import BenchConfig, BenchmarkLoop, stop_on_signals
 from ada_bench.protocol import BUDGETS, plan
 from ada_bench.publish import fill_readme, publish, record_end, record_start
 from ada_bench.report import write_report
@@ -261,10 +261,17 @@ def power_scheme(args: argparse.Namespace, config_dir: str, task: str) -> FoldSc
 
 def power_plan(strategies: list[str], budgets: list[int]) -> list[tuple[str, int | None]]:
     """Bounds, then each strategy: sequential ones once at the largest budget (their curve gives
-    the others), one-off ones once per budget. ``random`` is always included."""
+    the others), one-off ones once per budget. ``random`` is always included, and
+    ``random_one_off`` (once per budget) when a one-off strategy is: the baseline trained on
+    the same schedule as they are."""
     from ada_bench.protocol import run_spec
 
     names = list(dict.fromkeys(["lower", "upper", "random", *strategies]))
+    if any(
+        n not in ("lower", "upper") and run_spec(n, []).schedule == "one_off" for n in names
+    ):
+        names.insert(names.index("random") + 1, "random_one_off")
+        names = list(dict.fromkeys(names))
     out: list[tuple[str, int | None]] = [(n, None) for n in names if n in ("lower", "upper")]
     for name in names:
         if name in ("lower", "upper"):
@@ -389,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"after --: {e}") from None
     os.chdir(REPO)
+    stop_on_signals()  # Ctrl-C and `kill` stop the runs (and the parallel jobs) after a clean shutdown
     if args.threads:
         os.environ["LIGHTNING_ADA_THREADS"] = str(args.threads)  # else each run's CLI picks 1
         import torch

@@ -54,14 +54,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the benchmark's default target run before issue 12: 32^3, 24 epochs x 10 steps, validation
     # every 8 epochs, a checkpoint every epoch, random strategy at budget 3 (stride 4)
     "phantom": {
-        "source": ["configs/phantom/glioma/source.yaml"],
+        "source": ["configs/phantom/base.yaml", "configs/phantom/glioma/source.yaml"],
         "source_overrides": [
             "--data.root", "data/phantom/profile_glioma_32",
             "--data.phantom", '{"task": "glioma", "size": 32, "seed": 0, "progress": false}',
             "--trainer.default_root_dir", "runs/profile/phantom_source",
             "--trainer.logger", "false",
         ],
-        "target": ["configs/phantom/glioma/random.yaml"],
+        "target": ["configs/phantom/base.yaml", "configs/phantom/glioma/random.yaml"],
         "target_overrides": [
             "--data.root", "data/phantom/profile_glioma_32",
             "--data.phantom", '{"task": "glioma", "size": 32, "seed": 0, "progress": false}',

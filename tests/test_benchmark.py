@@ -3,11 +3,14 @@ logic, W&B offline."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import math
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 
 from ada_bench import stats, tables
 from ada_bench.folds import FoldScheme
-from ada_bench.loop import BenchConfig, BenchmarkLoop, last_rows
+from ada_bench.loop import INTERRUPTED, BenchConfig, BenchmarkLoop, last_rows, run_lock
 from ada_bench.plots import QueriedCase, box_plot, budget_curve, curve_series, queried_cases
 from ada_bench.protocol import plan, run_spec
 from ada_bench.results import append_row, normalise, read_rows, run_key
@@ -358,6 +361,67 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="unknown run"):  # checked before anything runs
         BenchmarkLoop(bad, runner=runner).run()
+
+
+def test_a_run_another_job_finishes_while_this_one_waits_is_not_made_twice(
+    tmp_path: Path,
+) -> None:
+    """A job of a killed benchmark still making a run, and a restarted benchmark's job given the
+    same run (in another unit or shard): the second waits on the run's lock, then skips it."""
+    fake = FakeRunner()
+    cfg = BenchConfig(
+        out=tmp_path, tasks=["glioma"], seeds=[0], folds=[0], runs={"glioma": [("mmacts", 3)]}
+    )
+    BenchmarkLoop(dataclasses.replace(cfg, source_only=True), runner=fake).run()  # source only
+    key = ("glioma", "mmacts", 3, 0, 0)
+    held, release = threading.Event(), threading.Event()
+
+    def other_job() -> None:
+        with run_lock(tmp_path, key):
+            held.set()
+            release.wait(5)
+            append_row(tmp_path / "results.jsonl", {**read_rows(tmp_path / "results.jsonl")[0],
+                       "run": "mmacts", "strategy": "mmacts", "budget": 3, "fold": 0})
+
+    thread = threading.Thread(target=other_job)
+    thread.start()
+    held.wait(5)
+    threading.Timer(0.3, release.set).start()
+    calls = len(fake.calls)
+    report = BenchmarkLoop(cfg, runner=fake).run()
+    thread.join()
+    assert len(fake.calls) == calls  # the runner was not called again
+    assert key in report.skipped and report.ran == [] and not report.failed
+    rows = [r for r in read_rows(tmp_path / "results.jsonl") if r["run"] == "mmacts"]
+    assert len(rows) == 1
+
+
+def test_an_interrupted_run_stops_the_loop_instead_of_counting_as_failed(tmp_path: Path) -> None:
+    """Lightning ends a run it stopped on a signal with ``SystemExit(1)``: with the interrupt
+    flag set, the loop passes it on (no error row, no next run)."""
+    fake = FakeRunner()
+
+    def runner(config: dict[str, Any], fit: bool = True, curve: bool = False) -> dict[str, Any]:
+        if config["active"].get("budget") == 1:
+            INTERRUPTED.set()  # what the SIGINT/SIGTERM handler does before raising
+            raise SystemExit(1)
+        return fake(config, fit)
+
+    cfg = BenchConfig(
+        out=tmp_path,
+        tasks=["glioma"],
+        seeds=[0],
+        folds=[0],
+        runs={"glioma": [("mmacts", 1), ("mmacts", 3)]},
+    )
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            BenchmarkLoop(cfg, runner=runner).run()
+    finally:
+        INTERRUPTED.clear()
+    assert not (tmp_path / "errors.jsonl").exists()
+    assert len(fake.calls) == 1  # the source model; the budget-3 run was not started
+    assert all(r["run"] == "source" for r in read_rows(tmp_path / "results.jsonl"))
 
 
 def load_script() -> Any:

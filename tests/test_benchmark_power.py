@@ -114,7 +114,7 @@ def test_power_table_on_constructed_results(named: None, tmp_path: Path) -> None
     curves_only = [r for r in constructed() if r["run"] != "stdr"]
     assert power.budgets_of(curves_only) == [1, 2, 3, 4, 5]
     table, figures = power.write_power(constructed(), tmp_path)
-    rows = {(r[1], r[2]): r for r in table.csv_rows}
+    rows = {(r[1], r[3]): r for r in table.csv_rows}
     assert [k for k in rows if k[0] == "stdr"] == [
         ("stdr", "Dice at 1"), ("stdr", "Dice at 2"), ("stdr", "Dice at 3"),
         ("stdr", "Dice at 5"), ("stdr", "AUBC 1-5"),
@@ -134,7 +134,10 @@ def test_power_table_on_constructed_results(named: None, tmp_path: Path) -> None
     assert {r[-2] for r in table.csv_rows if r[1] == "stdr"} == {"per budget"}
     assert {r[-1] for r in table.csv_rows} == {"curve"}
     md = (tmp_path / "power.md").read_text()
-    row = "| glioma | STDR | Dice at 2 | 10 | 52.00 | 54.00 | -2.00 | [-2.00, -2.00] | 0.00195 |"
+    row = (
+        "| glioma | STDR | Random | Dice at 2 | 10 | 52.00 | 54.00 | -2.00 | [-2.00, -2.00] "
+        "| 0.00195 |"
+    )
     assert row in md
     assert "ONE sequential run" in md and "glioma Random" in md and "(t_{0.975,n−1}" in md
     # the figure: one band per strategy, drawn over 10 seeds
@@ -142,6 +145,31 @@ def test_power_table_on_constructed_results(named: None, tmp_path: Path) -> None
     pts = power.curve_points(constructed(), "glioma", "mmacts")
     assert [p[0] for p in pts] == [1, 2, 3, 4, 5] and pts[0][4] == 10
     assert pts[0][1] == pytest.approx(0.52 + 0.055) and pts[0][2] < pts[0][1] < pts[0][3]
+
+
+def test_one_off_strategies_are_paired_with_the_one_off_random(
+    named: None, tmp_path: Path
+) -> None:
+    """With ``random_one_off`` rows (random picks, whole budget at epoch 0, the full schedule),
+    a strategy run once per budget is compared with them, a curve strategy still with random's
+    curve; random_one_off itself against random (the size of the schedule effect)."""
+    rows = constructed()
+    for s in range(10):  # the one-off random: 0.03 above the curve random at every budget
+        rows += [
+            {"task": "glioma", "seed": s, "fold": 0, "run": "random_one_off", "budget": b,
+             "per_case": cases(0.5 + 0.02 * b + 0.03)}
+            for b in (1, 2, 3, 5)
+        ]
+    table = power.power_table(rows)
+    by = {(r[1], r[3]): dict(zip(table.csv_header, r)) for r in table.csv_rows}
+    stdr = by[("stdr", "Dice at 2")]
+    assert stdr["baseline"] == "random_one_off" and stdr["baseline_source"] == "per budget"
+    assert stdr["diff_mean"] == pytest.approx(-5.0)  # -2 vs random, -5 vs the one-off random
+    mm = by[("mmacts", "Dice at 2")]
+    assert mm["baseline"] == "random" and mm["diff_mean"] == pytest.approx(0.01 * 5.5 * 100)
+    own = by[("random_one_off", "Dice at 3")]
+    assert own["baseline"] == "random" and own["diff_mean"] == pytest.approx(3.0)
+    assert "Random (one-off)" in "\n".join(table.notes)
 
 
 def load_script() -> Any:
@@ -159,9 +187,16 @@ def test_power_profile_plan() -> None:
     task = cfg.task("glioma")
     assert task.scheme.n_test == 50 and task.scheme.n_folds == 1
     # sequential strategies once at the largest budget (their curve), one-off ones per budget
+    # a one-off strategy brings the one-off random (its baseline), run per budget as well
     assert cfg.runs["glioma"] == [
-        ("lower", None), ("upper", None), ("random", 5), ("mmacts", 5),
+        ("lower", None), ("upper", None), ("random", 5),
+        ("random_one_off", 1), ("random_one_off", 2), ("random_one_off", 3),
+        ("random_one_off", 5), ("mmacts", 5),
         ("stdr", 1), ("stdr", 2), ("stdr", 3), ("stdr", 5),
+    ]
+    args = mod.parser().parse_args(["--power", "--strategies", "mmacts", "--dry-run"])
+    assert [n for n, _ in mod.build_config(args, {}).runs["glioma"]] == [
+        "lower", "upper", "random", "mmacts"
     ]
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ada_bench.loop import BenchConfig, BenchmarkLoop
+from ada_bench.loop import BenchConfig, BenchmarkLoop, stop_on_signals
 from ada_bench.results import read_rows
 
 #: folder holding the ``ada_bench`` package; jobs need it on their ``PYTHONPATH``
@@ -91,6 +92,7 @@ def run_unit(
     import torch
 
     torch.set_num_threads(threads)
+    stop_on_signals()  # submitit's own handler would ignore the SIGTERM of a cancelled job
     lock_path = cfg.out / "locks" / f"{unit.name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a") as lock:
@@ -212,6 +214,17 @@ def run_units(
                     bar.refresh()
     finally:
         bar.close()
-        for job in running:  # interrupted (e.g. Ctrl-C): stop the jobs
-            job.cancel(check=False)
+        for job in running:  # interrupted (e.g. Ctrl-C, kill): stop the jobs
+            _cancel(job)
     return failed
+
+
+def _cancel(job: Any) -> None:
+    """Stop ``job``: SIGTERM to a local job's controller (which forwards it to the job; its
+    ``job.cancel`` sends SIGINT, which a controller started in the background ignores), else
+    the cluster's cancel."""
+    process = getattr(job, "_process", None)  # submitit.local.local.LocalJob
+    if process is not None:
+        process.send_signal(signal.SIGTERM)
+    else:
+        job.cancel(check=False)

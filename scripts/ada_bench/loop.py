@@ -17,9 +17,13 @@ Folder layout under ``out``::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -40,6 +44,47 @@ from ada_bench.results import (
 from ada_bench.runner import compose
 from ada_bench.tasks import BenchTask, PhantomTask, base_files
 from ada_bench.wandb_io import WandbSettings, finish_run
+
+#: set when the benchmark (or one of its jobs) was told to stop (Ctrl-C, ``kill``): a run that
+#: ends with Lightning's ``SystemExit`` after its graceful shutdown is then an interruption to
+#: pass on, not a failed run to record before going on with the next one
+INTERRUPTED = threading.Event()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the benchmark loop of this process after the current run's
+    graceful shutdown (a background process starts with SIGINT ignored; submitit's jobs ignore
+    SIGTERM: both would keep running)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, key: tuple[Any, ...]):
+    """Exclusive lock on one run of ``out`` (``<out>/locks/runs/<key>.lock``), held while it runs.
+
+    Two jobs never make the same run at once, whatever units or shards they were given (e.g. a
+    job of a killed benchmark still running, and a restarted benchmark that cut its units
+    differently): the second waits, then finds the run finished in ``results.jsonl``.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.@+=-]+", "_", "_".join(str(k) for k in key))
+    path = out / "locks" / "runs" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"  waiting for another job making this run ({path})", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 #: ``runner(config, fit=..., curve=...)`` -> the results of one run (:func:`_default_runner`)
 Runner = Callable[..., dict[str, Any]]
@@ -278,6 +323,23 @@ class BenchmarkLoop:
             )
             self.report.ran.append(key)
             return None
+        with run_lock(self.cfg.out, key):
+            for row in read_rows(self.results):  # finished by another job while we waited
+                if run_key(row) == key:
+                    self.report.skipped.append(key)
+                    return row
+            return self._execute_unlocked(key, config, fit, row_fields, folder, curve)
+
+    def _execute_unlocked(
+        self,
+        key: tuple[Any, ...],
+        config: dict[str, Any],
+        fit: bool,
+        row_fields: dict[str, Any],
+        folder: Path,
+        curve: bool,
+    ) -> dict[str, Any] | None:
+        task, run, _budget, _fold, seed = key
         where = f"{task} seed {seed}" + (f" fold {key[3]}" if key[3] is not None else "")
         print(f"[{where}] {run}" + (f" budget {key[2]}" if key[2] is not None else ""), flush=True)
         if folder.exists():  # an interrupted attempt: its files would be mistaken for this run's
@@ -291,6 +353,9 @@ class BenchmarkLoop:
             finish_run()
             raise
         except BaseException as e:  # noqa: BLE001 - includes the CLI's SystemExit on bad arguments
+            if INTERRUPTED.is_set():  # Lightning's exit after a graceful shutdown on a signal
+                finish_run()
+                raise KeyboardInterrupt("interrupted") from e
             info = finish_run() if self.cfg.wandb is not None else None
             append_row(
                 self.cfg.out / "errors.jsonl",

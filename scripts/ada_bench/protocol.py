@@ -148,6 +148,14 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             strategy="random",
             schedule="sequential",
         )
+    if name == "random_one_off":  # the baseline of one-off strategies (same steps, same labels)
+        return RunSpec(
+            name,
+            "random.yaml",
+            strategy_overrides("random", schedule="one_off"),
+            strategy="random",
+            schedule="one_off",
+        )
     if name == "mmacts":
         return mm()
     if name in REGISTRY:
@@ -176,6 +184,7 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             "lower",
             "upper",
             "mmacts_one_off",
+            "random_one_off",
             "mmacts_modality_masks",
             "mmacts_modality_masks_perclass",
             "mmacts_dominant_only",

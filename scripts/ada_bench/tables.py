@@ -44,7 +44,7 @@ TASK_ORDER = ["glioma", "npc", "brats18"]
 BOUND_DISPLAY = {"lower": "Lower bound", "upper": "Upper bound"}
 BOUND_ORDER = {"lower": -2, "upper": -1}
 #: names of the ablation runs of the tables (not strategies)
-ABLATION_DISPLAY = {"mmacts_one_off": "mmActS one-off"}
+ABLATION_DISPLAY = {"mmacts_one_off": "mmActS one-off", "random_one_off": "Random (one-off)"}
 MODALITY_DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1c", "t2": "T2"}
 REFERENCE = "mmacts"
 BOUNDS = ("lower", "upper")
