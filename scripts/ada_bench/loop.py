@@ -59,7 +59,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def stop_on_signals() -> None:
     """SIGINT and SIGTERM stop the benchmark loop of this process after the current run's
     graceful shutdown (a background process starts with SIGINT ignored; submitit's jobs ignore
-    SIGTERM: both would keep running)."""
+    SIGTERM: both would keep running). Only the main thread can install handlers: elsewhere
+    (a job run in a thread, as in the tests) nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
 
@@ -323,12 +326,17 @@ class BenchmarkLoop:
             )
             self.report.ran.append(key)
             return None
+        before = self._rows_of(key)
         with run_lock(self.cfg.out, key):
-            for row in read_rows(self.results):  # finished by another job while we waited
-                if run_key(row) == key:
-                    self.report.skipped.append(key)
-                    return row
+            after = self._rows_of(key)
+            if len(after) > len(before):  # another job finished it while we waited
+                self.report.skipped.append(key)
+                return after[-1]
             return self._execute_unlocked(key, config, fit, row_fields, folder, curve)
+
+    def _rows_of(self, key: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """The rows of ``results.jsonl`` with this run key (a re-made run adds one)."""
+        return [row for row in read_rows(self.results) if run_key(row) == key]
 
     def _execute_unlocked(
         self,
