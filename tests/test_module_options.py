@@ -152,3 +152,25 @@ def test_no_query_fires_after_the_last_epoch(
     assert [q["epoch"] for q in log if "case_id" in q] == epochs
     assert cli.trainer.current_epoch == 3  # epochs 0, 1, 2 ran (the last one partly with max_steps)
     assert log[-1]["event"] == "ended_short" and log[-1]["n_queried"] == 3
+
+
+def test_channels_last_keeps_the_weights_channels_last_and_the_outputs() -> None:
+    """``channels_last=True``: every 5-D weight is channels_last_3d-contiguous, a training step
+    runs, and the logits equal those of the default layout with the same weights (round-off)."""
+    torch.manual_seed(0)
+    plain = SegmentationModule(filters=[4, 8, 16, 32], roi_size=[16, 16, 16])
+    fast = SegmentationModule(filters=[4, 8, 16, 32], roi_size=[16, 16, 16], channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    conv = [p for p in fast.net.parameters() if p.dim() == 5]
+    assert conv and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in conv)
+    assert not all(
+        p.is_contiguous(memory_format=torch.channels_last_3d)
+        for p in plain.net.parameters() if p.dim() == 5
+    )
+    x = torch.randn(2, 4, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), fast(x), atol=1e-4)
+    label = torch.randint(0, 4, (2, 1, 16, 16, 16))
+    loss = fast.training_step({"image": x, "label": label}, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in conv)
