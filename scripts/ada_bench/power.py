@@ -176,6 +176,18 @@ def budgets_of(rows: Iterable[Mapping[str, Any]]) -> list[int]:
     return own or sorted({r["budget"] for r in norm})
 
 
+def power_methods(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
+    """The bounds and strategies of ``task`` in table order, plus :data:`ONE_OFF_BASELINE` (a run
+    of ``random`` that :func:`present_methods` counts as a variant, not a strategy) after
+    ``random`` when it has rows."""
+    mine = [r for r in rows if r["task"] == task]
+    methods = present_methods(mine)
+    if any(r["method"] == ONE_OFF_BASELINE for r in mine) and ONE_OFF_BASELINE not in methods:
+        at = methods.index(BASELINE) + 1 if BASELINE in methods else len(methods)
+        methods.insert(at, ONE_OFF_BASELINE)
+    return methods
+
+
 def power_table(
     rows: Iterable[Mapping[str, Any]],
     budgets: Sequence[int] | None = None,
@@ -198,7 +210,7 @@ def power_table(
     ]
     md, csv_rows = [], []
     for task in tasks_of(rows):
-        methods = present_methods([r for r in rows if r["task"] == task])
+        methods = power_methods(rows, task)
         if not seed_values(rows, task, baseline):
             continue
         for method in methods:
@@ -313,7 +325,7 @@ def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path)
     from ada_bench.plots import _pyplot, _save
 
     rows = [normalise(r) for r in expand_curves(rows) if r["task"] == task and r["run"] != "source"]
-    methods = [m for m in present_methods(rows) if m not in BUDGETLESS]
+    methods = [m for m in power_methods(rows, task) if m not in BUDGETLESS]
     if not methods:
         return None
     plt = _pyplot()
