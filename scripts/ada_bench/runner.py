@@ -200,8 +200,9 @@ def run_experiment(
             under ``"curve"`` (:class:`ada_bench.curve.StrideSnapshots`).
 
     Returns:
-        ``{"test": {metric: value}, "per_case": [...], "query_log": [...], "fit_seconds",
-        "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed like ``dice_ET``.
+        ``{"test": {metric: value}, "per_case": [...], "extra": {split: {...}}, "query_log":
+        [...], "fit_seconds", "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed
+        like ``dice_ET``; ``extra`` holds the extra test splits (:func:`test_model`).
     """
     from lightning_ada.console import quiet
     from lightning_ada.main import main
@@ -231,15 +232,31 @@ def run_experiment(
 
 
 def test_model(trainer: Any, model: Any, dm: Any) -> dict[str, Any]:
-    """``trainer.test`` of ``model`` on ``dm``'s test split: summary metrics and per-case rows."""
+    """``trainer.test`` of ``model`` on ``dm``'s test split: summary metrics and per-case rows.
+
+    The datamodule's extra test splits (``data.extra_test_splits``: e.g. the source test cases
+    or other institutions, to measure forgetting) come under ``"extra"``:
+    ``{split: {"test": {metric: value}, "per_case": [...]}}`` (empty without extras).
+    """
     trainer.test(model, datamodule=dm, verbose=False)
+    metrics = trainer.callback_metrics
+    names = dm.test_split_names()[1:] if hasattr(dm, "test_split_names") else []
+    per_split = getattr(model, "last_extra_per_case", {}) or {}
+    extra = {
+        name: {
+            "test": {
+                k.removeprefix(f"{name}/"): float(v)
+                for k, v in metrics.items()
+                if k.startswith(f"{name}/")
+            },
+            "per_case": list(per_split.get(name, [])),
+        }
+        for name in names
+    }
     return {
-        "test": {
-            k.removeprefix("test/"): float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("test/")
-        },
+        "test": {k.removeprefix("test/"): float(v) for k, v in metrics.items() if k.startswith("test/")},
         "per_case": list(getattr(model, "last_test_per_case", [])),
+        "extra": extra,
     }
 
 
