@@ -35,6 +35,8 @@ composed into one config dict and run through ``lightning_ada.main.main(args=<di
     # extra overrides (dotted config keys) and config files for every run go after "--"
     python scripts/benchmark.py --quick --dry-run -- --trainer.max_epochs 8
     python scripts/benchmark.py --quick -- -c configs/trainer/gpu.yaml
+    # a query every 20 optimiser steps instead of every stride epochs (the configs' stride cleared)
+    python scripts/benchmark.py --power --strategies mmacts -- --active.stride_steps 20
 
 Run names (``--strategies``; scripts/ada_bench/names.py, protocol.py):
 

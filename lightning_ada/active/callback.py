@@ -57,9 +57,10 @@ class ActiveQueryCallback(L.Callback):
     Queries happen before epoch 0 (the source model scores the pool) and then after every
     ``stride`` epochs (or every ``stride_steps`` optimiser steps), one case at a time for
     ``sequential`` strategies; ``one_off`` strategies spend the whole budget before epoch 0.
-    Each query: rank the unlabeled cases with the strategy, take the best, optionally elect the modality to annotate, ask the oracle, and
-    move the case to the labeled pool; the datamodule's training epochs draw from the labeled
-    set as it is at fetch time, so the next epoch trains on it.
+    Each query: rank the unlabeled cases with the strategy, take the best, optionally elect the
+    modality to annotate, ask the oracle, and move the case to the labeled pool; the
+    datamodule's training epochs draw from the labeled set as it is at fetch time, so the next
+    epoch (with ``stride_steps``: the batches fetched after the query) trains on it.
 
     With the ``files`` oracle a query writes an annotation request into the run folder and
     either waits for the label file or (``--active.oracle.wait false``, or on timeout) saves

@@ -100,7 +100,7 @@ class StrideSnapshots(L.Callback):
         """Test the first snapshot of every label count; restore the final weights after.
 
         Returns:
-            ``[{"labels", "epoch" (or "step"), "test", "per_case", "extra"}, ...]`` by
+            ``[{"labels", "epoch" (or "step"), "test", "per_case", "extra_splits"}, ...]`` by
             increasing label count.
         """
         from ada_bench.runner import test_model

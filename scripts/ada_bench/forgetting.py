@@ -2,7 +2,7 @@
 
 A run whose config lists ``data.extra_test_splits`` (e.g. ``source_test``: the source domain's
 test cases; ``other_institutions``: cases of institutions outside the target pool) records, next
-to its target test results, each extra split's metrics and per-case values under ``extra``
+to its target test results, each extra split's metrics and per-case values under ``extra_splits``
 (:func:`ada_bench.runner.test_model`). For every method and budget this table gives the mean Dice
 on each extra split (per case the mean over the task's regions, per run the mean over the split's
 cases, then mean ± std over runs) and its change vs the lower bound (the source model) of the same
@@ -27,7 +27,7 @@ def extra_splits(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """The extra test splits the rows hold (known ones first, then by first appearance)."""
     found: dict[str, None] = {}
     for r in rows:
-        for name in r.get("extra") or {}:
+        for name in r.get("extra_splits") or {}:
             found[name] = None
     return [s for s in SPLIT_ORDER if s in found] + [s for s in found if s not in SPLIT_ORDER]
 
@@ -36,7 +36,7 @@ def on_split(rows: Iterable[Mapping[str, Any]], split: str) -> list[dict[str, An
     """The rows that scored ``split``, with ``test`` / ``per_case`` replaced by that split's."""
     out = []
     for r in rows:
-        part = (r.get("extra") or {}).get(split)
+        part = (r.get("extra_splits") or {}).get(split)
         if part:
             out.append({**r, "test": part.get("test", {}), "per_case": part.get("per_case", [])})
     return out

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ada_bench.folds import FoldScheme
+from ada_bench.label_check import annotate_queries
 from ada_bench.names import bound_of, budgetless, folder_name, parse_run_name
 from ada_bench.protocol import RunSpec, own_method, run_spec
 from ada_bench.results import (
@@ -180,7 +181,9 @@ def _default_runner(
     from ada_bench.curve import snapshot_factory
     from ada_bench.runner import run_experiment
 
-    return run_experiment(config, fit=fit, snapshots=snapshot_factory if curve else None)
+    return run_experiment(
+        config, fit=fit, snapshots=snapshot_factory if curve else None, label_check=True
+    )
 
 
 def run_dir(
@@ -235,6 +238,9 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         }
         for q in res.get("query_log", [])
     ]
+    label_fit = res.get("label_fit")
+    if label_fit:  # each labelled case's loss under the final model, suspect labels flagged
+        queries = annotate_queries(queries, label_fit)
     return {
         "task": task,
         "run": run,
@@ -243,7 +249,7 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         "test": res.get("test", {}),
         "per_case": res.get("per_case", []),
         # the extra test splits (source test cases, other institutions): forgetting
-        **({"extra": res["extra"]} if res.get("extra") else {}),
+        **({"extra_splits": res["extra_splits"]} if res.get("extra_splits") else {}),
         "queries": queries,
         "queried_cases": [q["case_id"] for q in queries],
         "elected_modalities": [q["modality"] for q in queries],
@@ -252,6 +258,7 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         "scoring_seconds": sum(float(q.get("scoring_seconds") or 0.0) for q in queries),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         **({"curve": res["curve"]} if res.get("curve") else {}),
+        **({"label_fit": label_fit} if label_fit else {}),
     }
 
 

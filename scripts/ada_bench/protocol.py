@@ -281,7 +281,7 @@ def _base_spec(parsed: RunName, modalities: list[str]) -> RunSpec:
                 f"run {name!r}: options need a registered strategy or a preset before ':'; "
                 f"known: {sorted({*REGISTRY, *PRESETS})}"
             )
-        check_strategy_options(name, strategy, parsed.options)
+        check_strategy_options(name, strategy, args)
         return _strategy_spec(name, strategy, args)
     if base in PRESETS:
         preset = PRESETS[base]
@@ -387,7 +387,8 @@ def _named_spec(name: str, base: str, modalities: list[str]) -> RunSpec:
         }
     )
     raise ValueError(
-        f"unknown run {name!r}; known: {known} and random@<draw>, each optionally with "
+        f"unknown run {name!r}{f' ({base!r} is no run)' if base != name else ''}; known: "
+        f"{known} and random@<draw>, each optionally with "
         "strategy options (<strategy>:<key>=<value>,...) and additions (+<addition>)"
     )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ada_bench.forgetting import forgetting_table
+from ada_bench.label_check import suspect_summary
 from ada_bench.loop import last_rows
 from ada_bench.names import folder_name
 from ada_bench.overhead import overhead_table
@@ -114,6 +115,7 @@ def write_report(
             *([tables["forgetting"].markdown()] if "forgetting" in tables else []),
             tables["query_overhead"].markdown(),
             picks_summary(rows),
+            suspect_summary(rows),
             "Files: "
             + ", ".join(sorted(f"{n}.md/.csv" for n in tables))
             + ", "

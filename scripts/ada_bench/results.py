@@ -33,7 +33,7 @@ def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
     Adds ``method``, ``strategy`` (the method if absent), ``budget`` (0 for ``lower``, None for
     the source and upper bound, with or without additions: ``upper+dgst``), ``train_input``
     (``all`` if absent), ``labels`` (number of labelled target cases: the budget, 0 for the lower
-    bound, the pool size for the upper bound when known) and ``extra`` (the extra test splits:
+    bound, the pool size for the upper bound when known) and ``extra_splits`` (the extra test splits:
     ``{split: {"test": ..., "per_case": [...]}}``, empty if absent).
 
     Raises:
@@ -63,7 +63,7 @@ def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
     if r.get("labels") is None:
         r["labels"] = r.get("n_pool") if bound == "upper" else r["budget"]
     r.setdefault("test", {})
-    r.setdefault("extra", {})
+    r.setdefault("extra_splits", {})
     r.setdefault("per_case", [])
     r.setdefault("queries", [])
     return r
@@ -166,7 +166,7 @@ def expand_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "labels": k,
                     "test": p.get("test", {}),
                     "per_case": p.get("per_case", []),
-                    "extra": p.get("extra", {}),
+                    "extra_splits": p.get("extra_splits", {}),
                     "queries": list(row.get("queries", []))[:k],
                     "from_curve": True,
                     "curve_epoch": p.get("epoch"),
