@@ -23,11 +23,12 @@ composed into one config dict and run through ``lightning_ada.main.main(args=<di
     python scripts/benchmark.py --power --strategies random mmacts ugtst stdr
     # strategy options, presets and additions as run names (quote them in the shell)
     python scripts/benchmark.py --power --strategies mmacts_paper \
-        'mmacts:density_rule=inclusive,ranking=per_region' random+st upper+dgst 'mmacts_paper+st+gba'
+        'mmacts:density_rule=inclusive,ranking=per_region' random+st upper+dgst \
+        'mmacts_paper+st+gba'
     # the real BraTS 2018 cases (configs/brats18, 3 folds, budgets 1 2 3), 2 parallel jobs
     python scripts/benchmark.py --tasks brats18 --seeds 0 --workers 2 --out runs/bench_brats18
-    # CBICA as a single-institution target; source test and other institutions scored after adaptation
-    python scripts/benchmark.py --tasks brats18 --real-config-dir configs/brats18/cbica --seeds 0 1 2
+    # CBICA as the only target institution; source test and other institutions scored after adapting
+    python scripts/benchmark.py --tasks brats18 --real-config-dir configs/brats18/cbica --seeds 0 1
     # the same jobs on a Slurm cluster
     python scripts/benchmark.py --quick --cluster slurm --workers 16 --slurm slurm_partition=cpu
     # tables, plots and figures only, from results.jsonl

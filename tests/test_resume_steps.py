@@ -30,7 +30,9 @@ def run(
         "--active.budget", "3", "--active.stride", "null", "--active.stride_steps", "2",
         "--active.strategy", "mmacts",
     ]
-    return subprocess.run(args, env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        args, env=env, cwd=out.parent, capture_output=True, text=True, timeout=600
+    )
 
 
 def _comparable(log: list[dict]) -> list[tuple]:

@@ -114,9 +114,9 @@ class ActiveQueryCallback(L.Callback):
             raise ValueError(f"active.budget must be >= 0, got {budget}")
         if stride is not None and stride_steps is not None:
             raise ValueError(
-                f"active.stride={stride} (epochs) and active.stride_steps={stride_steps} (optimiser "
-                "steps) are mutually exclusive: set one (--active.stride null to query by steps "
-                "on a config that sets the epoch stride)"
+                f"active.stride={stride} (epochs) and active.stride_steps={stride_steps} "
+                "(optimiser steps) are mutually exclusive: set one (--active.stride null to query "
+                "by steps on a config that sets the epoch stride)"
             )
         if stride is None and stride_steps is None:
             stride = 5

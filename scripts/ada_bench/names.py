@@ -16,6 +16,7 @@ and tables code can read run names without building anything.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,8 +133,9 @@ def read_value(text: str) -> Any:
     return float(text) if isinstance(value, str) and _FLOAT.match(text) else value
 
 
+@functools.lru_cache(maxsize=4096)  # the tables read the same names over and over
 def parse_run_name(text: str) -> RunName:
-    """Parse ``text`` (module doc).
+    """Parse ``text`` (module doc). The result is shared between calls: do not mutate it.
 
     Raises:
         ValueError: an empty base, an option that is not ``key=value``, a key given twice, or an

@@ -33,8 +33,8 @@ def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
     Adds ``method``, ``strategy`` (the method if absent), ``budget`` (0 for ``lower``, None for
     the source and upper bound, with or without additions: ``upper+dgst``), ``train_input``
     (``all`` if absent), ``labels`` (number of labelled target cases: the budget, 0 for the lower
-    bound, the pool size for the upper bound when known) and ``extra_splits`` (the extra test splits:
-    ``{split: {"test": ..., "per_case": [...]}}``, empty if absent).
+    bound, the pool size for the upper bound when known) and ``extra_splits`` (the extra test
+    splits: ``{split: {"test": ..., "per_case": [...]}}``, empty if absent).
 
     Raises:
         ValueError: a target run without ``fold``, or a budgeted run without ``budget``.

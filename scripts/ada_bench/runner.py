@@ -261,7 +261,9 @@ def test_model(trainer: Any, model: Any, dm: Any) -> dict[str, Any]:
         for name in names
     }
     return {
-        "test": {k.removeprefix("test/"): float(v) for k, v in metrics.items() if k.startswith("test/")},
+        "test": {
+            k.removeprefix("test/"): float(v) for k, v in metrics.items() if k.startswith("test/")
+        },
         "per_case": list(getattr(model, "last_test_per_case", [])),
         "extra_splits": extra,
     }
