@@ -152,9 +152,13 @@ def test_power_plan_follows_each_runs_schedule() -> None:
     )
     assert plan == [
         ("lower", None), ("upper", None), ("upper+frozen", None), ("random", 3),
+        ("random_one_off", 1), ("random_one_off", 3),  # the matched baseline of one-off runs
         ("mmacts:ranking=per_region", 3), ("mmacts:schedule=one_off", 1),
         ("mmacts:schedule=one_off", 3), ("random+frozen", 3),
     ]
+    sequential = mod.power_plan(["random+frozen", "mmacts_paper"], [1, 3], str(ADDITIONS))
+    assert [n for n, _ in sequential] == ["lower", "upper", "random", "random+frozen",
+                                          "mmacts_paper"]
     args = mod.parser().parse_args(["--power", "--strategies", "random+frozen", "--dry-run",
                                     "--additions-dir", str(ADDITIONS)])
     cfg = mod.build_config(args, {})
@@ -254,7 +258,8 @@ def test_power_compares_every_run_with_random_and_each_addition_with_its_base(
     named: None, tmp_path: Path
 ) -> None:
     table, _ = power.write_power(constructed(), tmp_path)
-    vs_random = {(r[1], r[2]): dict(zip(table.csv_header, r)) for r in table.csv_rows}
+    vs_random = {(r[1], r[3]): dict(zip(table.csv_header, r)) for r in table.csv_rows}
+    assert {r[2] for r in table.csv_rows} == {"random"}
     assert {m for m, _ in vs_random} == {
         "random+st", "random+st+gba", "mmacts:ranking=per_region", "mmacts_paper"
     }

@@ -62,7 +62,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def stop_on_signals() -> None:
     """SIGINT and SIGTERM stop the benchmark loop of this process after the current run's
     graceful shutdown (a background process starts with SIGINT ignored; submitit's jobs ignore
-    SIGTERM: both would keep running)."""
+    SIGTERM: both would keep running). Only the main thread can set handlers: elsewhere (a job
+    run in a thread, as in the tests) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
 
@@ -347,7 +350,9 @@ class BenchmarkLoop:
             return None
         with run_lock(self.cfg.out, key):
             for row in read_rows(self.results):  # finished by another job while we waited
-                if run_key(row) == key:
+                # (a source row whose checkpoint is gone does not count: it is made again)
+                gone = key[1] == "source" and not Path(str(row.get("checkpoint") or "")).is_file()
+                if run_key(row) == key and not gone:
                     self.report.skipped.append(key)
                     return row
             return self._execute_unlocked(key, config, fit, row_fields, folder, curve)
