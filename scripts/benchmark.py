@@ -454,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = build_config(args, extra, extra_configs)
+    try:  # a bad run name, option or addition: one line, before anything runs
+        cfg = build_config(args, extra, extra_configs)
+        BenchmarkLoop(cfg).validate()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     workers = args.workers or (QUICK["workers"] if args.quick or args.power else 1)
     failed = 0
     if not args.summary:
