@@ -123,6 +123,51 @@ def check_schedule(trainer: L.Trainer, budget: int, stride: int, schedule: str) 
     )
 
 
+def steps_in_run(trainer: L.Trainer) -> float:
+    """How many optimiser steps the fit will make: ``max_steps`` and ``max_epochs`` x
+    :func:`steps_per_epoch`, whichever ends it first (``inf`` if unbounded or unknown)."""
+    total: float = math.inf
+    if trainer.max_steps not in (None, -1):
+        total = trainer.max_steps
+    if trainer.max_epochs not in (None, -1):
+        per_epoch = steps_per_epoch(trainer)
+        if per_epoch is not None:
+            total = min(total, trainer.max_epochs * per_epoch)
+    return total
+
+
+def check_step_schedule(trainer: L.Trainer, budget: int, stride_steps: int, schedule: str) -> None:
+    """Refuse a run whose step schedule (``active.stride_steps``) cannot spend ``budget``: one
+    case before the first step, then one after every ``stride_steps``-th step while another
+    step follows.
+
+    Raises:
+        ScheduleError: naming the budget, the stride and the run's steps, and the smallest change
+            that fits.
+    """
+    if budget <= 0 or trainer.fast_dev_run or schedule == "one_off":
+        return
+    total = steps_in_run(trainer)
+    if total == math.inf:
+        return
+    steps = int(total)
+    slots = 1 + max(0, steps - 1) // stride_steps
+    if slots >= budget:
+        return
+    fits = (steps - 1) // (budget - 1) if budget > 1 and steps > 1 else 0
+    fixes = [f"at least {(budget - 1) * stride_steps + 1} optimiser steps"]
+    if fits >= 1:
+        fixes.append(f"active.stride_steps={fits}")
+    fixes.append(f"active.budget={slots}")
+    raise ScheduleError(
+        f"the query schedule cannot spend active.budget={budget}: one case is queried before the "
+        f"first step and then after every active.stride_steps={stride_steps} optimiser steps while "
+        f"another step follows, and the run makes {steps} steps (trainer.max_epochs="
+        f"{trainer.max_epochs}, trainer.max_steps={trainer.max_steps}), room for {slots} "
+        f"{'query' if slots == 1 else 'queries'}; use {' or '.join(fixes)}"
+    )
+
+
 @rank_zero_only
 def _say(line: str) -> None:
     """Print one line on stderr (rank 0 only)."""

@@ -76,6 +76,13 @@ def one_line_error(message: str) -> str:
         params = inspect.signature(getattr(importlib.import_module(module), cls_name)).parameters
         accepted = ", ".join(p for p in params if p not in ("self", "args", "kwargs")) or "none"
         return f"{key}: {class_path.rpartition('.')[2]} has no option {name!r}; accepted: {accepted}"
+    optional = re.search(  # an Optional[X] option: X's own complaint, not the Union dump
+        r"Parser key \"([\w.]+)\": Does not validate against any of the Union subtypes .*?"
+        r"Errors: - (.+?) - Expected a <class 'NoneType'>.*Given value: (.*)$", text,
+    )
+    if optional:
+        key, reason, value = optional.groups()
+        return f'Parser key "{key}": ' + re.sub(r"^(Not of type \w+): ", rf"\1: {value} ", reason)
     return text
 
 

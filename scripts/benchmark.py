@@ -21,8 +21,14 @@ composed into one config dict and run through ``lightning_ada.main.main(args=<di
         --strategies lower upper random@0 random@1 mmacts entropy_only --out runs/bench_glioma
     # the power profile: >= 10 seeds, 50 test cases per seed, budgets 1 2 3 5, paired tables
     python scripts/benchmark.py --power --strategies random mmacts ugtst stdr
+    # strategy options, presets and additions as run names (quote them in the shell)
+    python scripts/benchmark.py --power --strategies mmacts_paper \
+        'mmacts:density_rule=inclusive,ranking=per_region' random+st upper+dgst \
+        'mmacts_paper+st+gba'
     # the real BraTS 2018 cases (configs/brats18, 3 folds, budgets 1 2 3), 2 parallel jobs
     python scripts/benchmark.py --tasks brats18 --seeds 0 --workers 2 --out runs/bench_brats18
+    # CBICA as the only target institution; source test and other institutions scored after adapting
+    python scripts/benchmark.py --tasks brats18 --real-config-dir configs/brats18/cbica --seeds 0 1
     # the same jobs on a Slurm cluster
     python scripts/benchmark.py --quick --cluster slurm --workers 16 --slurm slurm_partition=cpu
     # tables, plots and figures only, from results.jsonl
@@ -30,11 +36,33 @@ composed into one config dict and run through ``lightning_ada.main.main(args=<di
     # extra overrides (dotted config keys) and config files for every run go after "--"
     python scripts/benchmark.py --quick --dry-run -- --trainer.max_epochs 8
     python scripts/benchmark.py --quick -- -c configs/trainer/gpu.yaml
+    # a query every 20 optimiser steps instead of every stride epochs (the configs' stride cleared)
+    python scripts/benchmark.py --power --strategies mmacts -- --active.stride_steps 20
+
+Run names (``--strategies``; scripts/ada_bench/names.py, protocol.py):
+
+* ``lower``, ``upper``, every registered strategy, ``random@<k>`` (another random draw), the
+  ablations (``mmacts_one_off``, ``mmacts_input_<modality>``, ...);
+* presets: ``mmacts_paper`` (mmActS as the authors ran it: density on the raw images at 128^3,
+  per-region binary ranking, whole-volume entropy, self-counting neighbourhoods);
+* ``<strategy or preset>:<key>=<value>[,<key>=<value>...]``: the strategy's options
+  (``--active.strategy.help <name>`` lists them; values read as YAML, ``exponents=[1, 0, 1]``);
+  an unknown option or a bad value stops the benchmark before anything runs; a ``schedule``
+  option decides whether the run is one budget curve (sequential) or one run per budget
+  (one_off);
+* ``<run>+<addition>[+<addition>...]``: the overlay ``configs/additions/<addition>.yaml``
+  (``--additions-dir``) composed onto the run: ``random+st`` (self-training), ``mmacts+gba``
+  (tumour-contrast augmentation), ``upper+dgst`` (sparse fine-tuning), ``random+st+gba+dgst``.
+
+The result row's ``run`` is the full name; the tables show it readably (``mmActS
+(ranking=per_region) + self-training``); power.md compares every run with ``random`` and each
+``X+addition`` with ``X`` (the addition's gain, also in power_additions.csv).
 
 Outputs in ``--out``: results.jsonl (one row per run: task, run, strategy, budget, fold, seed,
 test metrics per region, per-case values, queried cases and elected modalities, timings, and
 with ``--power`` the budget curve of sequential runs), table1.md/.csv, table2.md/.csv,
-ablation_schedule.md/.csv, budget_curve.md/.csv, all_runs.md/.csv, budget_curve_<task>.png,
+ablation_schedule.md/.csv, budget_curve.md/.csv, all_runs.md/.csv, forgetting.md/.csv (runs that
+scored extra test splits: source test cases, other institutions), budget_curve_<task>.png,
 boxplot_<task>_b3.png, queried_<task>_*.png, summary.md (``--power``: power.md/.csv,
 power_curve_<task>.png); errors.jsonl for failed runs; jobs/ (one log per parallel job).
 
@@ -45,7 +73,10 @@ with a query every 2 epochs (budget 5 fits), 2 parallel jobs of 1 thread each.
 ``--power`` is the headline comparison (scripts/ada_bench/power.py) on glioma (``--tasks glioma
 npc`` for both): seeds 0-9 (each a fresh phantom draw, ``data.phantom.seed``, and training
 seed), one fold with 50 target test cases,
-budgets 1 2 3 5, lower and upper bound, ``random`` and every strategy of ``--strategies``; the
+budgets 1 2 3 5, lower and upper bound, ``random`` and every strategy of ``--strategies``; every
+target run also scores the seed's source test cases (``data.extra_test_splits: [source_test]``,
+the forgetting table; 10 more cases per test pass beside the 50 target ones, ``--no-forgetting``
+to skip); the
 task configs come from configs/power/<task>/ (configs/phantom/<task>/ while that folder is
 missing), the phantom's draw parameters from their ``data.phantom``; a folder with one
 ``target.yaml`` recipe uses it for every target run (strategy, budget and bound set by the
@@ -102,6 +133,9 @@ POWER = {
     "out": "runs/bench_power",
     "workers": 2,
 }
+#: what ``--power`` adds to every target run: the source test cases scored as an extra split
+#: (forgetting; about n_source_test / n_test = 10 / 50 more test inference per test pass)
+FORGETTING = {"data.extra_test_splits": ["source_test"]}
 #: budgets of the real-data tasks (9-case target: pools of 6)
 REAL_BUDGETS = (1, 2, 3)
 
@@ -128,8 +162,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategies",
         nargs="+",
-        help="strategies (or run names such as random@1, mmacts_one_off) plus lower / upper "
-        "(default: every registered one and both bounds; --power: random, both bounds and these)",
+        help="strategies or run names (random@1, mmacts_one_off, mmacts_paper, "
+        "'mmacts:density_rule=inclusive,ranking=per_region', random+st, upper+dgst; see "
+        "'Run names' above) plus lower / upper (default: every registered one and both bounds; "
+        "--power: random, both bounds and these)",
     )
     p.add_argument(
         "--ablations",
@@ -165,6 +201,17 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="AutoExecutor parameters, e.g. slurm_partition=cpu slurm_mem_gb=8",
+    )
+    p.add_argument(
+        "--no-forgetting",
+        action="store_true",
+        help="--power: do not score the source test cases after adaptation (by default every "
+        "target run also tests them, data.extra_test_splits [source_test]: the forgetting table)",
+    )
+    p.add_argument(
+        "--additions-dir",
+        help="folder of the <addition>.yaml overlays of '<run>+<addition>' names "
+        "(default: configs/additions)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots")
     p.add_argument(
@@ -259,24 +306,25 @@ def power_scheme(args: argparse.Namespace, config_dir: str, task: str) -> FoldSc
     )
 
 
-def power_plan(strategies: list[str], budgets: list[int]) -> list[tuple[str, int | None]]:
+def power_plan(
+    strategies: list[str], budgets: list[int], additions_dir: str | None = None
+) -> list[tuple[str, int | None]]:
     """Bounds, then each strategy: sequential ones once at the largest budget (their curve gives
     the others), one-off ones once per budget. ``random`` is always included, and
     ``random_one_off`` (once per budget) when a one-off strategy is: the baseline trained on
     the same schedule as they are."""
     from ada_bench.protocol import run_spec
+    from ada_bench.results import budgetless
 
     names = list(dict.fromkeys(["lower", "upper", "random", *strategies]))
-    if any(
-        n not in ("lower", "upper") and run_spec(n, []).schedule == "one_off" for n in names
-    ):
+    if any(not budgetless(n) and run_spec(n, [], additions_dir).schedule == "one_off" for n in names):
         names.insert(names.index("random") + 1, "random_one_off")
         names = list(dict.fromkeys(names))
-    out: list[tuple[str, int | None]] = [(n, None) for n in names if n in ("lower", "upper")]
+    out: list[tuple[str, int | None]] = [(n, None) for n in names if budgetless(n)]
     for name in names:
-        if name in ("lower", "upper"):
+        if budgetless(name):
             continue
-        if run_spec(name, []).schedule == "sequential":
+        if run_spec(name, [], additions_dir).schedule == "sequential":
             out.append((name, max(budgets)))
         else:
             out += [(name, b) for b in budgets]
@@ -305,6 +353,7 @@ def build_config(
             single = Path(folder.format(task=task), "target.yaml").is_file()
             specs[task] = PhantomTask(
                 task, power_scheme(args, folder, task), args.data_base, folder,
+                target_overrides={} if args.no_forgetting else FORGETTING,
                 target_config="target.yaml" if single else None,
             )
         elif task in PHANTOM_TASKS:
@@ -330,7 +379,9 @@ def build_config(
     for task in tasks:
         mods = specs[task].modalities
         if power:
-            runs[task] = power_plan(args.strategies or [], args.budgets or POWER["budgets"])
+            runs[task] = power_plan(
+                args.strategies or [], args.budgets or POWER["budgets"], args.additions_dir
+            )
             continue
         default = BUDGETS if task in PHANTOM_TASKS else REAL_BUDGETS
         budgets = args.budgets or list(default)
@@ -358,6 +409,7 @@ def build_config(
         dry_run=args.dry_run,
         task_specs=specs,
         curve=power,
+        additions_dir=args.additions_dir,
     )
 
 
@@ -402,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = build_config(args, extra, extra_configs)
+    try:  # a bad run name, option or addition: one line, before anything runs
+        cfg = build_config(args, extra, extra_configs)
+        BenchmarkLoop(cfg).validate()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     workers = args.workers or (QUICK["workers"] if args.quick or args.power else 1)
     failed = 0
     if not args.summary:

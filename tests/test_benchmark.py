@@ -293,7 +293,7 @@ def test_resume_skips_finished_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     out = tmp_path / "bench"
     fake = FakeRunner()
     monkeypatch.setattr(
-        "ada_bench.runner.run_experiment", lambda config, fit, snapshots: fake(config, fit)
+        "ada_bench.runner.run_experiment", lambda config, fit, snapshots, **kw: fake(config, fit)
     )
     cfg = BenchConfig(
         out=out,

@@ -18,7 +18,14 @@ from lightning_ada.active.strategies import RunInfo, Strategy
 from lightning_ada.active.strategies.random import RandomStrategy
 from lightning_ada.checkpoint_io import write_errors_named
 from lightning_ada.data.open_set import ood_kind, purity
-from lightning_ada.guards import check_schedule, epochs_in_run, resume_notes, shortfall_notes
+from lightning_ada.guards import (
+    check_schedule,
+    check_step_schedule,
+    epochs_in_run,
+    resume_notes,
+    shortfall_notes,
+    steps_in_run,
+)
 from lightning_ada.io import write_json_atomic
 
 
@@ -48,11 +55,12 @@ class ActiveQueryCallback(L.Callback):
     """Grow the labeled target pool during a single ``fit``.
 
     Queries happen before epoch 0 (the source model scores the pool) and then after every
-    ``stride`` epochs, one case at a time for ``sequential`` strategies; ``one_off`` strategies
-    spend the whole budget before epoch 0. Each query: rank the unlabeled cases with the
-    strategy, take the best, optionally elect the modality to annotate, ask the oracle, and
-    move the case to the labeled pool; the datamodule's training epochs draw from the labeled
-    set as it is at fetch time, so the next epoch trains on it.
+    ``stride`` epochs (or every ``stride_steps`` optimiser steps), one case at a time for
+    ``sequential`` strategies; ``one_off`` strategies spend the whole budget before epoch 0.
+    Each query: rank the unlabeled cases with the strategy, take the best, optionally elect the
+    modality to annotate, ask the oracle, and move the case to the labeled pool; the
+    datamodule's training epochs draw from the labeled set as it is at fetch time, so the next
+    epoch (with ``stride_steps``: the batches fetched after the query) trains on it.
 
     With the ``files`` oracle a query writes an annotation request into the run folder and
     either waits for the label file or (``--active.oracle.wait false``, or on timeout) saves
@@ -61,7 +69,13 @@ class ActiveQueryCallback(L.Callback):
 
     Args:
         budget: number of cases to label (0 disables querying, e.g. for source training).
-        stride: epochs between two queries.
+        stride: epochs between two queries (default 5 when neither ``stride`` nor
+            ``stride_steps`` is given).
+        stride_steps: optimiser steps between two queries instead (a query after every
+            ``stride_steps``-th step, while another step follows; the authors' protocol is
+            10,000 steps). Mutually exclusive with ``stride``: a config that sets ``stride``
+            needs ``--active.stride null`` to query by steps. The query log records each
+            query's ``step`` (0: before training).
         strategy: the query strategy: a short name on the command line (``--active.strategy
             mmacts``; the names are listed below) or ``class_path``/``init_args`` (any
             :class:`~lightning_ada.active.strategies.Strategy` subclass); its options follow as
@@ -85,7 +99,8 @@ class ActiveQueryCallback(L.Callback):
     def __init__(
         self,
         budget: NonNegativeInt = 0,
-        stride: PositiveInt = 5,
+        stride: PositiveInt | None = None,
+        stride_steps: PositiveInt | None = None,
         strategy: Strategy = lazy_instance(RandomStrategy),
         elect_modality: bool = False,
         election_per_class: bool = False,
@@ -97,9 +112,19 @@ class ActiveQueryCallback(L.Callback):
     ) -> None:
         if budget < 0:
             raise ValueError(f"active.budget must be >= 0, got {budget}")
-        if stride < 1:
+        if stride is not None and stride_steps is not None:
+            raise ValueError(
+                f"active.stride={stride} (epochs) and active.stride_steps={stride_steps} "
+                "(optimiser steps) are mutually exclusive: set one (--active.stride null to query "
+                "by steps on a config that sets the epoch stride)"
+            )
+        if stride is None and stride_steps is None:
+            stride = 5
+        if stride is not None and stride < 1:
             raise ValueError(f"active.stride must be >= 1 epoch, got {stride}")
-        self.budget, self.stride, self.seed = budget, stride, seed
+        if stride_steps is not None and stride_steps < 1:
+            raise ValueError(f"active.stride_steps must be >= 1 optimiser step, got {stride_steps}")
+        self.budget, self.stride, self.stride_steps, self.seed = budget, stride, stride_steps, seed
         self.strategy = strategy
         self.elect, self.election_per_class = elect_modality, election_per_class
         self.oracle = oracle
@@ -110,6 +135,8 @@ class ActiveQueryCallback(L.Callback):
         self.n_queried = 0
         self.round = 0
         self.last_query_epoch: int | None = None
+        self.last_query_step: int | None = None
+        self._steps_in_run: float | None = None  # this fit's optimiser steps (stride_steps)
         self.history: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
         self.pool: PoolView | None = None
@@ -125,7 +152,10 @@ class ActiveQueryCallback(L.Callback):
             raise ConfigError(
                 f"active.budget={self.budget} exceeds the target pool ({available} cases)"
             )
-        check_schedule(trainer, self.budget, self.stride, self.strategy.schedule)
+        if self.stride_steps is not None:
+            check_step_schedule(trainer, self.budget, self.stride_steps, self.strategy.schedule)
+        else:
+            check_schedule(trainer, self.budget, self.stride, self.strategy.schedule)
 
     def prepare(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Hand the strategy and the oracle what they need of the run; check the strategy's needs.
@@ -184,6 +214,7 @@ class ActiveQueryCallback(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Round 0, before any training (the source model scores the pool), or a pending one."""
+        self._steps_in_run = None  # measured again for this fit
         self.history += resume_notes(trainer)  # a resume under a changed definition
         if self.pending:
             self._drain(trainer, pl_module)
@@ -191,7 +222,25 @@ class ActiveQueryCallback(L.Callback):
             n = self.budget if self.strategy.schedule == "one_off" else 1
             self._query(trainer, pl_module, n, epoch=-1)
 
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        """With ``stride_steps``: query after every ``stride_steps``-th optimiser step."""
+        if self.stride_steps is None or self.strategy.schedule != "sequential":
+            return
+        step = trainer.global_step
+        if step == 0 or step % self.stride_steps or step == self.last_query_step:
+            return  # not due, or a batch that accumulated gradients without a step
+        if self.n_queried >= self.budget or trainer.should_stop:
+            return
+        if self._steps_in_run is None:
+            self._steps_in_run = steps_in_run(trainer)
+        if step < self._steps_in_run:  # another step follows that trains on the new label
+            self._query(trainer, pl_module, 1, epoch=trainer.current_epoch)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stride_steps is not None:
+            return
         epoch = trainer.current_epoch
         due = (epoch + 1) % self.stride == 0 and epoch + 1 < epochs_in_run(trainer)
         if (
@@ -213,6 +262,7 @@ class ActiveQueryCallback(L.Callback):
         n = min(n, self.budget - self.n_queried, len(pool.unlabeled()) - len(self.refused))
         if n <= 0:
             return
+        step = trainer.global_step  # 0 before training: the query's place in steps
         ctx = query_context(
             pool, pl_module, self.round, self.seed, self._run_dir(trainer), self._with_features,
             exclude=self.refused,
@@ -222,8 +272,8 @@ class ActiveQueryCallback(L.Callback):
             self.strategy, ctx, n, trainer, pool, election=election, epoch=epoch,
             prefilter=self.open_set_filter,
         )
-        self.pending.extend(result.pending)
-        self.last_query_epoch = epoch
+        self.pending.extend({**entry, "step": step} for entry in result.pending)
+        self.last_query_epoch, self.last_query_step = epoch, step
         self._drain(trainer, pl_module)
 
     def _drain(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -302,6 +352,7 @@ class ActiveQueryCallback(L.Callback):
             "n_queried": self.n_queried,
             "round": self.round,
             "last_query_epoch": self.last_query_epoch,
+            "last_query_step": self.last_query_step,
             "history": self.history,
             "pending": self.pending,
             "refused": self.refused,
@@ -312,6 +363,7 @@ class ActiveQueryCallback(L.Callback):
         self.n_queried = state_dict["n_queried"]
         self.round = state_dict["round"]
         self.last_query_epoch = state_dict["last_query_epoch"]
+        self.last_query_step = state_dict.get("last_query_step")
         self.history = list(state_dict["history"])
         self.pending = list(state_dict.get("pending", []))
         self.refused = list(state_dict.get("refused", []))

@@ -11,7 +11,9 @@ Folder layout under ``out``::
     results.jsonl, errors.jsonl
     <task>/seed<s>/source/                         source training (one per task and seed)
     <task>/seed<s>/fold<f>/<run>[_b<budget>]/      one folder per run (checkpoints/last.ckpt,
-                                                   query_log.json, config.yaml, wandb/)
+                                                   query_log.json, config.yaml, wandb/); a run
+                                                   name with options gets a safe folder name
+                                                   (:func:`ada_bench.names.folder_name`)
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from ada_bench.folds import FoldScheme
-from ada_bench.protocol import RunSpec, run_spec
+from ada_bench.label_check import annotate_queries
+from ada_bench.names import bound_of, budgetless, folder_name, parse_run_name
+from ada_bench.protocol import RunSpec, own_method, run_spec
 from ada_bench.results import (
-    BUDGETLESS,
     append_row,
     finished,
     normalise,
@@ -118,6 +121,8 @@ class BenchConfig:
             seed and fold (a parallel job's share).
         curve: sequential strategy runs also test the model after every query's stride
             (:mod:`ada_bench.curve`): one run gives the whole budget curve.
+        additions_dir: folder of the addition overlays of ``<run>+<addition>`` names (None:
+            ``configs/additions``).
     """
 
     out: Path
@@ -136,6 +141,7 @@ class BenchConfig:
     source_only: bool = False
     shard: tuple[int, int] | None = None
     curve: bool = False
+    additions_dir: str | None = None
 
     def task(self, name: str) -> BenchTask:
         """What task ``name`` runs on."""
@@ -178,7 +184,9 @@ def _default_runner(
     from ada_bench.curve import snapshot_factory
     from ada_bench.runner import run_experiment
 
-    return run_experiment(config, fit=fit, snapshots=snapshot_factory if curve else None)
+    return run_experiment(
+        config, fit=fit, snapshots=snapshot_factory if curve else None, label_check=True
+    )
 
 
 def run_dir(
@@ -188,7 +196,7 @@ def run_dir(
     base = out / task / f"seed{seed}"
     if run == "source":
         return base / "source"
-    name = run.replace("@", "_") + ("" if budget is None else f"_b{budget}")
+    name = folder_name(run) + ("" if budget is None else f"_b{budget}")
     return base / f"fold{fold}" / name
 
 
@@ -228,10 +236,14 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
                 "case_meta",
                 "timings",
                 "scoring_seconds",
+                "step",
             )
         }
         for q in res.get("query_log", [])
     ]
+    label_fit = res.get("label_fit")
+    if label_fit:  # each labelled case's loss under the final model, suspect labels flagged
+        queries = annotate_queries(queries, label_fit)
     return {
         "task": task,
         "run": run,
@@ -239,6 +251,8 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         **fields,
         "test": res.get("test", {}),
         "per_case": res.get("per_case", []),
+        # the extra test splits (source test cases, other institutions): forgetting
+        **({"extra_splits": res["extra_splits"]} if res.get("extra_splits") else {}),
         "queries": queries,
         "queried_cases": [q["case_id"] for q in queries],
         "elected_modalities": [q["modality"] for q in queries],
@@ -247,6 +261,7 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         "scoring_seconds": sum(float(q.get("scoring_seconds") or 0.0) for q in queries),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         **({"curve": res["curve"]} if res.get("curve") else {}),
+        **({"label_fit": label_fit} if label_fit else {}),
     }
 
 
@@ -273,7 +288,7 @@ class BenchmarkLoop:
     ) -> dict[str, Any]:
         if self.cfg.wandb is None:
             return {"trainer.logger": False}
-        tags = [task, run, strategy, f"seed{seed}"]
+        tags = [task, run[:64], strategy, f"seed{seed}"]  # W&B refuses tags over 64 characters
         tags += [f"budget{budget}"] if budget is not None else []
         tags += [f"fold{fold}"] if fold is not None else []
         name = "/".join(
@@ -288,12 +303,19 @@ class BenchmarkLoop:
         self, task: str, seed: int, files: list[str], overrides: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The run's config: ``files`` merged, then the task's data overrides of ``seed``, no
-        progress bar, ``overrides`` and the invocation's ``extra`` (later keys win)."""
+        progress bar, ``overrides`` and the invocation's ``extra`` (later keys win).
+
+        ``extra`` setting ``active.stride_steps`` (not ``active.stride``) also clears the configs'
+        epoch stride: the two are exclusive, and the invocation's choice wins.
+        """
         bench_task = self.cfg.task(task)
         data = bench_task.data_overrides(seed, compose(files))
+        extra = dict(self.cfg.extra)
+        if extra.get("active.stride_steps") is not None and "active.stride" not in extra:
+            extra = {"active.stride": None, **extra}
         return compose(
             files,
-            {**data, "trainer.enable_progress_bar": False, **overrides, **self.cfg.extra},
+            {**data, "trainer.enable_progress_bar": False, **overrides, **extra},
         )
 
     def _bases(self, task: str) -> list[str]:
@@ -431,8 +453,9 @@ class BenchmarkLoop:
         self, task: str, seed: int, fold: int, name: str, budget: int | None, source: Path
     ) -> None:
         bench_task = self.cfg.task(task)
-        spec: RunSpec = run_spec(name, bench_task.modalities)
-        budget = None if name in BUDGETLESS else budget
+        spec: RunSpec = run_spec(name, bench_task.modalities, self.cfg.additions_dir)
+        budget = None if budgetless(name) else budget
+        bound, parsed = bound_of(name), parse_run_name(name)
         folder = run_dir(self.cfg.out, task, seed, fold, name, budget)
         split = bench_task.fold(fold)
         curve = self.cfg.curve and spec.schedule == "sequential" and spec.budgeted
@@ -451,25 +474,29 @@ class BenchmarkLoop:
                 budget,
                 fold,
                 seed,
-                "bound" if name in BUDGETLESS else "adapt",
+                "bound" if bound else "adapt",
             ),
         }
         fields = {
             "fold": fold,
-            "budget": budget if budget is not None else (0 if name == "lower" else None),
+            "budget": budget if budget is not None else (0 if bound == "lower" else None),
             "strategy": spec.strategy,
             "schedule": spec.schedule,
             "train_input": spec.train_input,
             "n_pool": split.n_pool,
             "n_test": split.n_test,
-            "labels": 0 if name == "lower" else split.n_pool if name == "upper" else budget,
+            "labels": 0 if bound == "lower" else split.n_pool if bound == "upper" else budget,
+            # a method of its own in the tables (strategy options, additions or a preset)
+            "variant": parsed.is_variant or own_method(parsed.base),
+            "additions": list(parsed.additions),
             "config": spec.config,
+            "configs": list(spec.configs),
             "overrides": dict(spec.overrides),
             "extra": dict(self.cfg.extra),
             "source_checkpoint": str(source),
         }
         config = self._config(
-            task, seed, self._files(task, spec.config, *split.configs), overrides
+            task, seed, self._files(task, spec.config, *split.configs, *spec.configs), overrides
         )
         self._execute(
             (task, name, budget, fold, seed), config, spec.fit, fields, folder, curve=curve
@@ -485,7 +512,7 @@ class BenchmarkLoop:
         for task, runs in self.cfg.runs.items():
             modalities = self.cfg.task(task).modalities
             for name, _ in runs:
-                run_spec(name, modalities)
+                run_spec(name, modalities, self.cfg.additions_dir)
         for task in self.cfg.tasks:
             for fold in self.cfg.folds:
                 self.cfg.task(task).fold(fold)
@@ -494,7 +521,7 @@ class BenchmarkLoop:
         """Keys of the target runs planned for ``task`` and ``seed`` (this shard's), in order."""
         k, n = self.cfg.shard or (0, 1)
         return [
-            (task, name, None if name in BUDGETLESS else budget, fold, seed)
+            (task, name, None if budgetless(name) else budget, fold, seed)
             for fold in self.cfg.folds
             for i, (name, budget) in enumerate(self.cfg.runs[task])
             if i % n == k

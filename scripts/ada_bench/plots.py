@@ -18,10 +18,10 @@ import numpy as np
 from ada_bench.results import normalise
 from ada_bench.stats import MeanStd, mean_std, per_case, per_run
 from ada_bench.tables import (
-    BOUNDS,
     MODALITY_DISPLAY,
     REFERENCE,
     display_name,
+    is_bound,
     present_methods,
     regions_of,
 )
@@ -57,7 +57,7 @@ def curve_series(
         r for r in (normalise(x) for x in rows) if r["task"] == task and r["train_input"] == "all"
     ]
     regions = regions_of(norm, task)
-    methods = [m for m in (methods or present_methods(norm)) if m not in BOUNDS]
+    methods = [m for m in (methods or present_methods(norm)) if not is_bound(m)]
 
     def stat(method: str, budget: int | None) -> MeanStd:
         sel = [
@@ -140,7 +140,7 @@ def box_plot(
     regions = regions_of(norm, task)
     data, labels = [], []
     for m in present_methods(norm):
-        sel = [r for r in norm if r["method"] == m and (m in BOUNDS or r["budget"] == budget)]
+        sel = [r for r in norm if r["method"] == m and (is_bound(m) or r["budget"] == budget)]
         vals = [v * 100 for v in per_case(sel, metric, regions).values()]
         if vals:
             data.append(vals)

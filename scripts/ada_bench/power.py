@@ -16,6 +16,11 @@ The same is done for the normalised area under the budget curve (AUBC): the trap
 mean Dice over the measured budgets (1, 2, 3, 5) divided by the budget range (5 - 1), i.e. the
 average Dice over budgets 1 to 5. Budget curves of sequential strategies may come from one run
 tested after each query's stride (:mod:`ada_bench.curve`); the table says which.
+
+A run with additions (``X+add``, :mod:`ada_bench.names`) is compared with ``random`` like every
+strategy and, in a second table, with ``X`` (the gain of the addition; also with ``X`` stripped of
+every addition when that is another run): the same paired summaries over seeds. For a bound
+(``upper+dgst`` vs ``upper``) the measure is the Dice with every pool case labelled.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ada_bench.results import BUDGETLESS, expand_curves, normalise
+from ada_bench.names import parse_run_name
+from ada_bench.results import budgetless, expand_curves, normalise
 from ada_bench.stats import per_run
 from ada_bench.tables import Table, display_name, present_methods, regions_of, tasks_of
 
@@ -142,7 +148,7 @@ def seed_values(
     ]
     regions = regions_of(norm, task)
     acc: dict[tuple[int, int | None], list[float]] = defaultdict(list)
-    budgets = {None if method in BUDGETLESS else r["budget"] for r in norm}
+    budgets = {None if budgetless(method) else r["budget"] for r in norm}
     for b in budgets:
         sel = [r for r in norm if b is None or r["budget"] == b]
         for (_fold, seed), v in per_run(sel, metric, regions).items():
@@ -171,21 +177,77 @@ def _source(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str:
 def budgets_of(rows: Iterable[Mapping[str, Any]]) -> list[int]:
     """The budgets a power run planned: those of the runs made per budget, else (only curves)
     every budget of the curves."""
-    norm = [normalise(r) for r in expand_curves(rows) if r["run"] not in BUDGETLESS]
+    norm = [normalise(r) for r in expand_curves(rows) if not budgetless(r["run"])]
     own = sorted({r["budget"] for r in norm if not r.get("from_curve")})
     return own or sorted({r["budget"] for r in norm})
 
 
-def power_methods(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
-    """The bounds and strategies of ``task`` in table order, plus :data:`ONE_OFF_BASELINE` (a run
-    of ``random`` that :func:`present_methods` counts as a variant, not a strategy) after
-    ``random`` when it has rows."""
-    mine = [r for r in rows if r["task"] == task]
-    methods = present_methods(mine)
-    if any(r["method"] == ONE_OFF_BASELINE for r in mine) and ONE_OFF_BASELINE not in methods:
-        at = methods.index(BASELINE) + 1 if BASELINE in methods else len(methods)
-        methods.insert(at, ONE_OFF_BASELINE)
-    return methods
+Measure = tuple[str, dict[int, float], dict[int, float]]
+
+
+def measures(
+    mine: Mapping[int, Mapping[int | None, float]],
+    base: Mapping[int, Mapping[int | None, float]],
+    budgets: Sequence[int],
+    bound: bool = False,
+) -> list[Measure]:
+    """``(label, {seed: value}, {seed: baseline value})`` of every compared measure: the Dice at
+    each budget and the AUBC; for two bounds (``bound``) the Dice with every label."""
+    if bound:
+        return [
+            (
+                "Dice (all labels)",
+                {s: v[None] for s, v in mine.items() if None in v},
+                {s: v[None] for s, v in base.items() if None in v},
+            )
+        ]
+    out: list[Measure] = [
+        (
+            f"Dice at {b}",
+            {s: v[b] for s, v in mine.items() if b in v},
+            {s: v[b] for s, v in base.items() if b in v},
+        )
+        for b in budgets
+    ]
+    out.append(
+        (
+            f"AUBC {min(budgets)}-{max(budgets)}",
+            {s: aubc(v, budgets) for s, v in mine.items()},  # type: ignore[arg-type]
+            {s: aubc(v, budgets) for s, v in base.items()},  # type: ignore[arg-type]
+        )
+    )
+    return out
+
+
+def compare(
+    rows: Sequence[Mapping[str, Any]], task: str, method: str, baseline: str, budgets: Sequence[int]
+) -> list[tuple[str, Paired, float, float]]:
+    """``(measure, paired summary of the per-seed differences in points, method mean %,
+    baseline mean %)`` of ``method`` vs ``baseline`` on ``task`` over the seeds both have."""
+    mine, base = seed_values(rows, task, method), seed_values(rows, task, baseline)
+    out = []
+    for label, a, b_ in measures(mine, base, budgets, budgetless(method) and budgetless(baseline)):
+        seeds = sorted(
+            s for s in a.keys() & b_.keys() if not (math.isnan(a[s]) or math.isnan(b_[s]))
+        )
+        if not seeds:
+            continue
+        res = paired([100 * (a[s] - b_[s]) for s in seeds])
+        ma = statistics.fmean(a[s] for s in seeds) * 100
+        mb = statistics.fmean(b_[s] for s in seeds) * 100
+        out.append((label, res, ma, mb))
+    return out
+
+
+def _paired_cells(res: Paired, ma: float, mb: float) -> list[str]:
+    return [
+        str(res.n), _fmt(ma), _fmt(mb), _fmt(res.mean),
+        f"[{_fmt(res.ci_low)}, {_fmt(res.ci_high)}]", _fmt_p(res.p), _fmt(res.mdd),
+    ]
+
+
+def _paired_values(res: Paired, ma: float, mb: float) -> list[Any]:
+    return [res.n, ma, mb, res.mean, res.ci_low, res.ci_high, res.p, res.sd, res.mdd]
 
 
 def power_table(
@@ -214,55 +276,22 @@ def power_table(
         if not seed_values(rows, task, baseline):
             continue
         for method in methods:
-            if method in BUDGETLESS or method == baseline:
+            if budgetless(method) or method == baseline:
                 continue
-            mine = seed_values(rows, task, method)
             src = _source(rows, task, method)
             matched = (
                 ONE_OFF_BASELINE
                 if src == "per budget" and ONE_OFF_BASELINE in methods and method != ONE_OFF_BASELINE
                 else baseline
             )
-            base = seed_values(rows, task, matched)
             base_src = _source(rows, task, matched)
-            measures: list[tuple[str, dict[int, float], dict[int, float]]] = []
-            for b in budgets:
-                measures.append(
-                    (
-                        f"Dice at {b}",
-                        {s: v[b] for s, v in mine.items() if b in v},
-                        {s: v[b] for s, v in base.items() if b in v},
-                    )
-                )
-            measures.append(
-                (
-                    f"AUBC {min(budgets)}-{max(budgets)}",
-                    {s: aubc(v, budgets) for s, v in mine.items()},  # type: ignore[arg-type]
-                    {s: aubc(v, budgets) for s, v in base.items()},  # type: ignore[arg-type]
-                )
-            )
-            for label, a, b_ in measures:
-                seeds = sorted(
-                    s for s in a.keys() & b_.keys() if not (math.isnan(a[s]) or math.isnan(b_[s]))
-                )
-                if not seeds:
-                    continue
-                res = paired([100 * (a[s] - b_[s]) for s in seeds])
-                ma = statistics.fmean(a[s] for s in seeds) * 100 if seeds else math.nan
-                mb = statistics.fmean(b_[s] for s in seeds) * 100 if seeds else math.nan
+            for label, res, ma, mb in compare(rows, task, method, matched, budgets):
                 md.append(
-                    [
-                        task, display_name(method), display_name(matched), label, str(res.n),
-                        _fmt(ma), _fmt(mb),
-                        _fmt(res.mean), f"[{_fmt(res.ci_low)}, {_fmt(res.ci_high)}]",
-                        _fmt_p(res.p), _fmt(res.mdd),
-                    ]
+                    [task, display_name(method), display_name(matched), label,
+                     *_paired_cells(res, ma, mb)]
                 )
                 csv_rows.append(
-                    [
-                        task, method, matched, label, res.n, ma, mb, res.mean, res.ci_low,
-                        res.ci_high, res.p, res.sd, res.mdd, src, base_src,
-                    ]
+                    [task, method, matched, label, *_paired_values(res, ma, mb), src, base_src]
                 )
     sources = sorted({(r["task"], r["method"]) for r in rows if r.get("from_curve")})
     curve_note = (
@@ -302,6 +331,61 @@ def power_table(
     )
 
 
+def addition_references(method: str) -> list[str]:
+    """The methods a run with additions is compared with: itself without its last addition, and
+    without any addition (when that differs); [] for a run without additions."""
+    try:
+        parsed = parse_run_name(method)
+    except ValueError:
+        return []
+    last = parsed.without_last_addition()
+    if last is None:
+        return []
+    return list(dict.fromkeys([last, parsed.without_additions()]))
+
+
+def additions_table(
+    rows: Iterable[Mapping[str, Any]], budgets: Sequence[int] | None = None
+) -> Table:
+    """The gain of every addition: ``X+add`` vs ``X`` (and vs ``X`` without any addition),
+    paired over seeds as :func:`power_table` (bounds: the Dice with every label)."""
+    rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
+    budgets = list(budgets or budgets_of(rows) or [1])
+    header = [
+        "Task", "Run", "Compared with", "Measure", "Seeds", "Run %", "Reference %", "Δ points",
+        "95 % CI", "Wilcoxon p", "MDD points",
+    ]
+    csv_header = [
+        "task", "run", "reference", "measure", "n_seeds", "run_mean", "reference_mean",
+        "diff_mean", "ci_low", "ci_high", "p", "sd", "mdd",
+    ]
+    md, csv_rows = [], []
+    for task in tasks_of(rows):
+        present = present_methods([r for r in rows if r["task"] == task])
+        for method in present:
+            for ref in addition_references(method):
+                if ref not in present:
+                    continue
+                for label, res, ma, mb in compare(rows, task, method, ref, budgets):
+                    md.append(
+                        [task, display_name(method), display_name(ref), label,
+                         *_paired_cells(res, ma, mb)]
+                    )
+                    csv_rows.append([task, method, ref, label, *_paired_values(res, ma, mb)])
+    return Table(
+        "Gain of each addition: the run vs the same run without it, paired over seeds (Dice in %)",
+        header,
+        md,
+        csv_header,
+        csv_rows,
+        [
+            "Δ = run − reference of the same seed, in Dice points; CI, p and MDD as above. The "
+            "reference is the run without its last addition and, for several additions, also "
+            "the run without any; bounds compare the Dice with every pool case labelled.",
+        ],
+    )
+
+
 def curve_points(
     rows: Iterable[Mapping[str, Any]], task: str, method: str
 ) -> list[tuple[int, float, float, float, int]]:
@@ -325,7 +409,7 @@ def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path)
     from ada_bench.plots import _pyplot, _save
 
     rows = [normalise(r) for r in expand_curves(rows) if r["task"] == task and r["run"] != "source"]
-    methods = [m for m in power_methods(rows, task) if m not in BUDGETLESS]
+    methods = [m for m in present_methods(rows) if not budgetless(m)]
     if not methods:
         return None
     plt = _pyplot()
@@ -355,7 +439,7 @@ def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path)
         if not math.isnan(lo):
             ax.axhspan(lo * 100, hi * 100, color="k", alpha=0.06)
     n = len({r["seed"] for r in rows})
-    ax.set_xticks(sorted({0, *(r["budget"] for r in rows if r["run"] not in BUDGETLESS)}))
+    ax.set_xticks(sorted({0, *(r["budget"] for r in rows if not budgetless(r["run"]))}))
     ax.set_xlabel("number of labelled target cases (0 = lower bound)")
     ax.set_ylabel("mean Dice (%)")
     ax.set_title(f"{task}: mean over {n} seeds, 95 % bootstrap bands")
@@ -365,9 +449,19 @@ def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path)
 
 
 def write_power(rows: Sequence[Mapping[str, Any]], out: str | Path) -> tuple[Table, list[Path]]:
-    """Write ``power.md`` / ``power.csv`` and ``power_curve_<task>.png`` into ``out``."""
+    """Write ``power.md`` / ``power.csv`` (the additions' gains, when there are any, appended to
+    ``power.md`` and in ``power_additions.csv``) and ``power_curve_<task>.png`` into ``out``.
+
+    Returns:
+        The power table (its notes end with the additions' table in markdown, if any) and the
+        figures.
+    """
     out = Path(out)
     table = power_table(rows)
+    gains = additions_table(rows)
+    if gains.rows:
+        gains.write(out, "power_additions")
+        table.notes = [*table.notes, "", gains.markdown()]
     table.write(out, "power")
     figures = [
         p

@@ -12,17 +12,30 @@ seed (except the lower bound, which only tests it). Names:
 * ablations of mmActS: ``mmacts_one_off``, ``mmacts_modality_masks``, the factor ablations
   ``entropy_only``, ``volume_only``, ``density_only``, ``entropy_x_volume``, and the training
   input ablation ``mmacts_input_<modality>`` (``data.train_input: modality:<modality>``) and
-  ``mmacts_dominant_only`` (``data.train_input: dominant_only``).
+  ``mmacts_dominant_only`` (``data.train_input: dominant_only``);
+* presets (:data:`PRESETS`): ``mmacts_paper``, mmActS with the authors' protocol options;
+* variants and additions (grammar in :mod:`ada_bench.names`): ``<strategy or preset>:<key>=<value>,
+  ...`` sets the strategy's options (``mmacts:density_rule=inclusive,ranking=per_region``; unknown
+  keys and bad values fail at plan time, a ``schedule`` option sets the run's schedule), and
+  ``<run>+<addition>...`` composes ``configs/additions/<addition>.yaml`` onto the run
+  (``random+st``, ``upper+dgst``, ``mmacts_paper+st+gba``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ada_bench.results import BUDGETLESS
+from ada_bench.names import RunName, budgetless, parse_run_name
+
+#: where ``<run>+<addition>`` finds ``<addition>.yaml`` (the repository's configs/additions)
+ADDITIONS_DIR = Path(__file__).resolve().parents[2] / "configs" / "additions"
+#: names of the additions in the tables (others are shown as written)
+ADDITION_DISPLAY = {"st": "self-training", "gba": "GBA", "dgst": "DGST"}
 
 #: the paper's budgets and its headline budget
 BUDGETS = (1, 2, 3, 5)
@@ -43,6 +56,50 @@ ABLATIONS = {
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A named strategy configuration (a run name of its own).
+
+    Attributes:
+        strategy: registered strategy name.
+        options: its ``init_args``.
+        display: name in the tables.
+    """
+
+    strategy: str
+    options: Mapping[str, Any]
+    display: str
+
+
+#: named presets (issue 13). ``mmacts_paper``: mmActS as the authors ran it (ALGORITHMS.md 16):
+#: density on the raw images as stored (no normalisation, full field of view) resized to 128^3,
+#: one binary ranking per region (the model's regions in order, one per round: NCR, ED, ET on
+#: glioma and BraTS; BraTS' evaluation regions WT, TC follow and are reached only after 3 rounds),
+#: entropy averaged over the whole volume, and self-counting neighbourhoods (``inclusive``; the
+#: authors' radius rule is unreported, ALGORITHMS.md 16 decides for it). The 128^3 PCA costs about
+#: 0.1 s per modality image, once per run (cached in the run folder).
+PRESETS: dict[str, Preset] = {
+    "mmacts_paper": Preset(
+        "mmacts",
+        {
+            "density_input": "raw",
+            "density_resize": 128,
+            "ranking": "per_region",
+            "entropy_roi": "volume",
+            "density_rule": "inclusive",
+        },
+        "mmActS (paper protocol)",
+    ),
+}
+
+
+def own_method(base: str) -> bool:
+    """A run name (without options and additions) shown in the tables as a method of its own even
+    though its strategy is another's: the presets and ``random_one_off`` (random with the whole
+    budget at epoch 0, the matched baseline of one-off strategies)."""
+    return base in PRESETS or base == "random_one_off"
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """How to make one named run.
 
@@ -55,6 +112,7 @@ class RunSpec:
         budgeted: the query budget is set as ``active.budget``.
         train_input: the datamodule's ``train_input``.
         schedule: ``sequential`` / ``one_off`` for strategies, None for the bounds.
+        configs: config files composed after the run's own (the additions' overlays).
     """
 
     name: str
@@ -65,6 +123,7 @@ class RunSpec:
     budgeted: bool = True
     train_input: str = "all"
     schedule: str | None = None
+    configs: tuple[str, ...] = ()
 
 
 def _callback_parameters() -> set[str]:
@@ -107,12 +166,143 @@ def _schedule(strategy: str, args: dict[str, Any] | None = None) -> str:
     return str(getattr(REGISTRY.get(strategy), "schedule", "sequential"))
 
 
-def run_spec(name: str, modalities: list[str]) -> RunSpec:
-    """The :class:`RunSpec` of a run name (module doc) for a task with ``modalities``.
+def strategy_options(strategy: str) -> list[str]:
+    """The options (``init_args``) a registered strategy accepts, as ``--active.strategy.help``
+    lists them: its constructor's parameters."""
+    from lightning_ada.active.strategies import REGISTRY
+
+    params = inspect.signature(REGISTRY[strategy].__init__).parameters
+    return [p for p in params if p not in ("self", "args", "kwargs")]
+
+
+def check_strategy_options(run: str, strategy: str, options: Mapping[str, Any]) -> None:
+    """Refuse unknown option names and values the strategy's types or constructor reject.
+
+    The values are type-checked as the CLI does (jsonargparse, from the constructor's
+    annotations), then the strategy is built once (its own checks, e.g. mmActS' rules).
 
     Raises:
-        ValueError: unknown name (the message lists the known ones).
+        ValueError: naming the run, the option and what is accepted.
     """
+    from lightning_ada.active.strategies import REGISTRY
+
+    accepted = strategy_options(strategy)
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ValueError(
+            f"run {run!r}: strategy {strategy!r} has no option {unknown[0]!r}; accepted: "
+            f"{', '.join(accepted) or 'none'}"
+        )
+    cls = REGISTRY[strategy]
+    parser = _options_parser(cls)
+    if parser is not None:
+        try:
+            parser.parse_object({"options": dict(options)})
+        except Exception as e:  # noqa: BLE001 - jsonargparse's ArgumentError (and friends)
+            raise ValueError(
+                f"run {run!r}: options {dict(options)} of {strategy!r}: {_one_line(e)}"
+            ) from None
+    try:
+        cls(**options)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"run {run!r}: {_one_line(e)}") from None
+
+
+def _options_parser(cls: type) -> Any:
+    """A jsonargparse parser of ``cls``' constructor under key ``options`` (None if it cannot
+    be built: then only the constructor checks the values)."""
+    try:
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "options")
+    except Exception:  # noqa: BLE001 - an annotation jsonargparse cannot read: skip the type check
+        return None
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def addition_file(name: str, folder: str | Path | None = None) -> Path:
+    """The overlay of addition ``name``: ``<folder>/<name>.yaml``.
+
+    Raises:
+        ValueError: no such file (the message names the folder and the additions present).
+    """
+    folder = Path(folder) if folder is not None else ADDITIONS_DIR
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        present = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        raise ValueError(
+            f"unknown addition {name!r}: no {path} (additions in {folder}: "
+            f"{', '.join(present) if present else 'none'})"
+        )
+    return path
+
+
+def run_spec(name: str, modalities: list[str], additions_dir: str | Path | None = None) -> RunSpec:
+    """The :class:`RunSpec` of a run name (module doc) for a task with ``modalities``.
+
+    Args:
+        name: the run name (grammar: :mod:`ada_bench.names`).
+        modalities: the task's modalities (for ``mmacts_input_<modality>``).
+        additions_dir: folder of the addition overlays (default :data:`ADDITIONS_DIR`).
+
+    Raises:
+        ValueError: unknown name, option or addition (the message lists the known ones).
+    """
+    parsed = parse_run_name(name)
+    spec = _base_spec(parsed, modalities)
+    if parsed.additions:
+        if spec.strategy == "lower":
+            raise ValueError(
+                f"run {name!r}: the lower bound only tests the source model, an addition "
+                "changes nothing (use upper+... or a strategy)"
+            )
+        files = tuple(str(addition_file(a, additions_dir)) for a in parsed.additions)
+        spec = dataclasses.replace(spec, configs=spec.configs + files)
+    return spec
+
+
+def _base_spec(parsed: RunName, modalities: list[str]) -> RunSpec:
+    """The spec of the name without additions, named as the whole run."""
+    from lightning_ada.active.strategies import REGISTRY
+
+    name, base = parsed.text, parsed.base
+    if parsed.option_text:
+        if base in PRESETS:
+            strategy, args = PRESETS[base].strategy, {**PRESETS[base].options, **parsed.options}
+        elif base in REGISTRY:
+            strategy, args = base, dict(parsed.options)
+        else:
+            raise ValueError(
+                f"run {name!r}: options need a registered strategy or a preset before ':'; "
+                f"known: {sorted({*REGISTRY, *PRESETS})}"
+            )
+        check_strategy_options(name, strategy, args)
+        return _strategy_spec(name, strategy, args)
+    if base in PRESETS:
+        preset = PRESETS[base]
+        check_strategy_options(name, preset.strategy, preset.options)
+        return _strategy_spec(name, preset.strategy, dict(preset.options))
+    return _named_spec(name, base, modalities)
+
+
+def _strategy_spec(name: str, strategy: str, args: dict[str, Any]) -> RunSpec:
+    """The mmActS config with ``strategy`` and its options (schedule from the options)."""
+    return RunSpec(
+        name,
+        "mmacts.yaml",
+        strategy_overrides(strategy, **args),
+        strategy=strategy,
+        schedule=_schedule(strategy, args),
+    )
+
+
+def _named_spec(name: str, base: str, modalities: list[str]) -> RunSpec:
+    """The spec of a plain name (bounds, strategies, draws, ablations) under run name ``name``."""
     from lightning_ada.active.strategies import REGISTRY
 
     def mm(extra: Mapping[str, Any] | None = None, args: dict[str, Any] | None = None,
@@ -127,11 +317,11 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             **kw,
         )
 
-    if name == "lower":
+    if base == "lower":
         return RunSpec(
             name, "random.yaml", {"active.budget": 0}, fit=False, strategy="lower", budgeted=False
         )
-    if name == "upper":
+    if base == "upper":
         return RunSpec(
             name,
             "upper_bound.yaml",
@@ -139,16 +329,18 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             strategy="upper",
             budgeted=False,
         )
-    if name.startswith("random@"):
-        draw = int(name.split("@", 1)[1])
+    if base.startswith("random@"):
+        draw = base.split("@", 1)[1]
+        if not draw.isdigit():
+            raise ValueError(f"run {name!r}: random@<draw> needs a number, got {draw!r}")
         return RunSpec(
             name,
             "random.yaml",
-            {"active.seed": 1000 + draw},
+            {"active.seed": 1000 + int(draw)},
             strategy="random",
             schedule="sequential",
         )
-    if name == "random_one_off":  # the baseline of one-off strategies (same steps, same labels)
+    if base == "random_one_off":  # the baseline of one-off strategies (same steps, same labels)
         return RunSpec(
             name,
             "random.yaml",
@@ -156,28 +348,28 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             strategy="random",
             schedule="one_off",
         )
-    if name == "mmacts":
+    if base == "mmacts":
         return mm()
-    if name in REGISTRY:
+    if base in REGISTRY:
         return RunSpec(
             name,
             "mmacts.yaml",
-            strategy_overrides(name),
-            strategy=name,
-            schedule=_schedule(name),
+            strategy_overrides(base),
+            strategy=base,
+            schedule=_schedule(base),
         )
-    if name == "mmacts_one_off":
+    if base == "mmacts_one_off":
         return mm(args={"schedule": "one_off"})
-    if name == "mmacts_modality_masks":
+    if base == "mmacts_modality_masks":
         return mm(modality_masks_overrides())
-    if name == "mmacts_modality_masks_perclass":
+    if base == "mmacts_modality_masks_perclass":
         return mm({**modality_masks_overrides(), "active.election_per_class": True})
-    if name in FACTOR_ABLATIONS:
-        return mm(args={"exponents": FACTOR_ABLATIONS[name]})
-    if name == "mmacts_dominant_only":
+    if base in FACTOR_ABLATIONS:
+        return mm(args={"exponents": FACTOR_ABLATIONS[base]})
+    if base == "mmacts_dominant_only":
         return mm({"data.train_input": "dominant_only"}, train_input="dominant_only")
-    if name.startswith("mmacts_input_") and name.removeprefix("mmacts_input_") in modalities:
-        value = "modality:" + name.removeprefix("mmacts_input_")
+    if base.startswith("mmacts_input_") and base.removeprefix("mmacts_input_") in modalities:
+        value = "modality:" + base.removeprefix("mmacts_input_")
         return mm({"data.train_input": value}, train_input=value)
     known = sorted(
         {
@@ -190,10 +382,15 @@ def run_spec(name: str, modalities: list[str]) -> RunSpec:
             "mmacts_dominant_only",
             *FACTOR_ABLATIONS,
             *REGISTRY,
+            *PRESETS,
             *(f"mmacts_input_{m}" for m in modalities),
         }
     )
-    raise ValueError(f"unknown run {name!r}; known: {known} and random@<draw>")
+    raise ValueError(
+        f"unknown run {name!r}{f' ({base!r} is no run)' if base != name else ''}; known: "
+        f"{known} and random@<draw>, each optionally with "
+        "strategy options (<strategy>:<key>=<value>,...) and additions (+<addition>)"
+    )
 
 
 def ablation_runs(groups: list[str], modalities: list[str]) -> list[str]:
@@ -219,8 +416,8 @@ def plan(
     Bounds first (budget None), then every strategy at the headline budget, the ablations (at
     ``ablation_budget``), then the other budgets: the tables fill up early in a long run.
     """
-    bounds = [s for s in ("lower", "upper") if s in strategies]
-    others = [s for s in strategies if s not in BUDGETLESS]
+    bounds = [s for s in strategies if budgetless(s)]
+    others = [s for s in strategies if not budgetless(s)]
     first = [b for b in budgets if b == ablation_budget] or budgets[:1]
     rest = [b for b in budgets if b not in first]
     out: list[tuple[str, int | None]] = [(s, None) for s in bounds]

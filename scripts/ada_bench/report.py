@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ada_bench.forgetting import forgetting_table
+from ada_bench.label_check import suspect_summary
 from ada_bench.loop import last_rows
+from ada_bench.names import folder_name
 from ada_bench.overhead import overhead_table
 from ada_bench.plots import box_plot, budget_curve, queried_cases
 from ada_bench.protocol import HEADLINE_BUDGET
@@ -45,7 +48,7 @@ def queried_figures(
             except (OSError, ValueError, KeyError, RuntimeError) as e:
                 print(f"no figure of {task} {r['run']}: {type(e).__name__}: {e}")
                 continue
-            run, fold, seed = r["run"].replace("@", "_"), r["fold"], r["seed"]
+            run, fold, seed = folder_name(r["run"]), r["fold"], r["seed"]
             path = out / f"queried_{task}_{run}_b{budget}_f{fold}_s{seed}.png"
             title = (
                 f"{task}: {display_name(method)}, budget {budget}, fold {fold}, seed {seed}"
@@ -78,6 +81,10 @@ def write_report(
     tables = write_tables(rows, out)
     tables["query_overhead"] = overhead_table(rows)
     tables["query_overhead"].write(out, "query_overhead")
+    forgetting = forgetting_table(rows)
+    if forgetting.rows:  # runs that scored extra test splits (source test, other institutions)
+        tables["forgetting"] = forgetting
+        forgetting.write(out, "forgetting")
     images: list[Path] = []
     for task in tasks_of(rows):
         for p in (
@@ -105,8 +112,10 @@ def write_report(
             tables["table2"].markdown(),
             tables["ablation_schedule"].markdown(),
             tables["budget_curve"].markdown(),
+            *([tables["forgetting"].markdown()] if "forgetting" in tables else []),
             tables["query_overhead"].markdown(),
             picks_summary(rows),
+            suspect_summary(rows),
             "Files: "
             + ", ".join(sorted(f"{n}.md/.csv" for n in tables))
             + ", "

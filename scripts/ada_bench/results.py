@@ -14,26 +14,27 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-#: runs whose result does not depend on the query budget
-BUDGETLESS = frozenset({"source", "lower", "upper"})
+from ada_bench.names import BUDGETLESS, bound_of, budgetless, method_of
+
 #: runs that do not depend on the fold (trained on the source split only)
 FOLDLESS = frozenset({"source"})
 
 RunKey = tuple[str, str, int | None, int | None, int]
 
-
-def method_of(run: str) -> str:
-    """The method a run belongs to: its name without a ``@draw`` suffix (``random@1`` -> random)."""
-    return run.split("@", 1)[0]
+__all__ = [
+    "BUDGETLESS", "FOLDLESS", "append_row", "bound_of", "budgetless", "expand_curves",
+    "finished", "method_of", "normalise", "read_rows", "run_key",
+]
 
 
 def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``row`` with its derived fields.
 
     Adds ``method``, ``strategy`` (the method if absent), ``budget`` (0 for ``lower``, None for
-    the source and upper bound), ``train_input`` (``all`` if absent) and ``labels`` (number of
-    labelled target cases: the budget, 0 for the lower bound, the pool size for the upper
-    bound when known).
+    the source and upper bound, with or without additions: ``upper+dgst``), ``train_input``
+    (``all`` if absent), ``labels`` (number of labelled target cases: the budget, 0 for the lower
+    bound, the pool size for the upper bound when known) and ``extra_splits`` (the extra test
+    splits: ``{split: {"test": ..., "per_case": [...]}}``, empty if absent).
 
     Raises:
         ValueError: a target run without ``fold``, or a budgeted run without ``budget``.
@@ -49,9 +50,10 @@ def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"result row of run {run!r} (seed {r['seed']}) has no fold")
     else:
         r["fold"] = int(r["fold"])
-    if run == "lower":
+    bound = bound_of(run)
+    if bound == "lower":
         r["budget"] = 0
-    elif run in BUDGETLESS:
+    elif bound is not None:
         r["budget"] = None
     elif r.get("budget") is None:
         raise ValueError(f"result row of run {run!r} (seed {r['seed']}) has no budget")
@@ -59,8 +61,9 @@ def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
         r["budget"] = int(r["budget"])
     r["train_input"] = r.get("train_input") or "all"
     if r.get("labels") is None:
-        r["labels"] = r.get("n_pool") if run == "upper" else r["budget"]
+        r["labels"] = r.get("n_pool") if bound == "upper" else r["budget"]
     r.setdefault("test", {})
+    r.setdefault("extra_splits", {})
     r.setdefault("per_case", [])
     r.setdefault("queries", [])
     return r
@@ -74,7 +77,7 @@ def run_key(row: Mapping[str, Any]) -> RunKey:
     """
     r = normalise(row)
     run = str(r["run"])
-    budget = None if run in BUDGETLESS else int(r["budget"])
+    budget = None if budgetless(run) else int(r["budget"])
     return (str(r["task"]), run, budget, r["fold"], int(r["seed"]))
 
 
@@ -163,9 +166,11 @@ def expand_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "labels": k,
                     "test": p.get("test", {}),
                     "per_case": p.get("per_case", []),
+                    "extra_splits": p.get("extra_splits", {}),
                     "queries": list(row.get("queries", []))[:k],
                     "from_curve": True,
                     "curve_epoch": p.get("epoch"),
+                    **({"curve_step": p["step"]} if "step" in p else {}),
                 }
             )
         if row.get("budget") is not None and int(row["budget"]) not in points:

@@ -188,6 +188,7 @@ def run_experiment(
     fit: bool = True,
     test: bool = True,
     snapshots: Callable[[Any], Any] | None = None,
+    label_check: bool = False,
 ) -> dict[str, Any]:
     """Build the CLI objects of ``config`` (:func:`compose`), then fit and/or test.
 
@@ -198,10 +199,13 @@ def run_experiment(
         snapshots: optional ``factory(config) -> callback`` added to the trainer; after the final
             test, ``callback.evaluate(trainer, model, datamodule)`` returns extra results stored
             under ``"curve"`` (:class:`ada_bench.curve.StrideSnapshots`).
+        label_check: after the fit, measure every labelled case's loss under the final model
+            and flag suspect annotations (:mod:`ada_bench.label_check`), under ``"label_fit"``.
 
     Returns:
-        ``{"test": {metric: value}, "per_case": [...], "query_log": [...], "fit_seconds",
-        "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed like ``dice_ET``.
+        ``{"test": {metric: value}, "per_case": [...], "extra_splits": {split: {...}}, "query_log":
+        [...], "fit_seconds", "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed
+        like ``dice_ET``; ``extra_splits`` holds the extra test splits (:func:`test_model`).
     """
     from lightning_ada.console import quiet
     from lightning_ada.main import main
@@ -222,6 +226,10 @@ def run_experiment(
     out: dict[str, Any] = {"fit_seconds": fit_seconds, "log_dir": trainer.log_dir}
     if snap is not None and fit:
         out["curve"] = snap.evaluate(trainer, model, dm)
+    if label_check and fit:
+        from ada_bench.label_check import label_fit
+
+        out["label_fit"] = label_fit(model, dm)
     if test:
         out.update(test_model(trainer, model, dm))
     log = Path(trainer.log_dir or trainer.default_root_dir) / "query_log.json"
@@ -231,15 +239,33 @@ def run_experiment(
 
 
 def test_model(trainer: Any, model: Any, dm: Any) -> dict[str, Any]:
-    """``trainer.test`` of ``model`` on ``dm``'s test split: summary metrics and per-case rows."""
+    """``trainer.test`` of ``model`` on ``dm``'s test split: summary metrics and per-case rows.
+
+    The datamodule's extra test splits (``data.extra_test_splits``: e.g. the source test cases
+    or other institutions, to measure forgetting) come under ``"extra_splits"``:
+    ``{split: {"test": {metric: value}, "per_case": [...]}}`` (empty without extras).
+    """
     trainer.test(model, datamodule=dm, verbose=False)
+    metrics = trainer.callback_metrics
+    names = dm.test_split_names()[1:] if hasattr(dm, "test_split_names") else []
+    per_split = getattr(model, "last_extra_per_case", {}) or {}
+    extra = {
+        name: {
+            "test": {
+                k.removeprefix(f"{name}/"): float(v)
+                for k, v in metrics.items()
+                if k.startswith(f"{name}/")
+            },
+            "per_case": list(per_split.get(name, [])),
+        }
+        for name in names
+    }
     return {
         "test": {
-            k.removeprefix("test/"): float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("test/")
+            k.removeprefix("test/"): float(v) for k, v in metrics.items() if k.startswith("test/")
         },
         "per_case": list(getattr(model, "last_test_per_case", [])),
+        "extra_splits": extra,
     }
 
 

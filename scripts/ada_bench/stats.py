@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ada_bench.results import BUDGETLESS, normalise
+from ada_bench.results import budgetless, normalise
 
 RunId = tuple[int, int]  # (fold, seed)
 CaseId = tuple[int, int, str]  # (fold, seed, case_id)
@@ -47,7 +47,7 @@ def select(
         r = normalise(raw)
         if r["task"] != task or r["method"] != method:
             continue
-        if budget is not None and method not in BUDGETLESS and r["budget"] != budget:
+        if budget is not None and not budgetless(method) and r["budget"] != budget:
             continue
         if train_input is not None and r["train_input"] != train_input:
             continue

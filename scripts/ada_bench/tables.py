@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ada_bench.markdown import markdown_table
-from ada_bench.results import BUDGETLESS, normalise
+from ada_bench.names import bound_of, budgetless, parse_run_name, split_top_level
+from ada_bench.results import normalise
 from ada_bench.stats import (
     MeanStd,
     format_p,
@@ -50,27 +51,72 @@ REFERENCE = "mmacts"
 BOUNDS = ("lower", "upper")
 
 
-def display_name(method: str) -> str:
-    """Name of a method in the tables: the bound's, the strategy class's ``display_name``, the
-    ablation's, else the method itself."""
+def is_bound(method: str) -> bool:
+    """The lower or upper bound, with or without additions (``upper+dgst``)."""
+    return bound_of(method) in BOUNDS
+
+
+def is_variant(method: str) -> bool:
+    """A run name with strategy options, additions or a preset (or ``random_one_off``): a method
+    of its own, although its strategy is another's (:func:`ada_bench.protocol.own_method`)."""
+    from ada_bench.protocol import own_method
+
+    try:
+        parsed = parse_run_name(method)
+    except ValueError:
+        return False
+    return parsed.is_variant or own_method(parsed.base_method)
+
+
+def _base_display(base: str) -> str:
+    from ada_bench.protocol import PRESETS
     from lightning_ada.active.strategies import REGISTRY
 
-    if method in BOUND_DISPLAY:
-        return BOUND_DISPLAY[method]
-    if method in REGISTRY:
-        return getattr(REGISTRY[method], "display_name", "") or method
-    return ABLATION_DISPLAY.get(method, method)
+    if base in BOUND_DISPLAY:
+        return BOUND_DISPLAY[base]
+    if base in PRESETS:
+        return PRESETS[base].display
+    if base in REGISTRY:
+        return getattr(REGISTRY[base], "display_name", "") or base
+    return ABLATION_DISPLAY.get(base, base)
+
+
+def display_name(method: str) -> str:
+    """Name of a method in the tables: the bound's, the preset's, the strategy class's
+    ``display_name``, the ablation's, else the method itself; strategy options follow in
+    parentheses and additions after ``+`` (``mmActS (ranking=per_region) + self-training``)."""
+    from ada_bench.protocol import ADDITION_DISPLAY
+
+    try:
+        parsed = parse_run_name(method)
+    except ValueError:
+        return method
+    text = _base_display(parsed.base_method)
+    if parsed.option_text:
+        options = ", ".join(item.strip() for item in split_top_level(parsed.option_text, ","))
+        text = f"{text[:-1]}; {options})" if text.endswith(")") else f"{text} ({options})"
+    for addition in parsed.additions:
+        text += " + " + ADDITION_DISPLAY.get(addition, addition)
+    return text
 
 
 def table_order(method: str) -> tuple[int, int, str]:
-    """Sort key of a method: bounds first, then the strategy classes by ``table_order``, then
-    every name the registry does not know (alphabetically)."""
+    """Sort key of a method: bounds first, then the strategy classes by ``table_order`` (a
+    variant, preset or addition right after its strategy), then every name the registry does not
+    know (alphabetically)."""
+    from ada_bench.protocol import PRESETS
     from lightning_ada.active.strategies import REGISTRY
 
-    if method in BOUND_ORDER:
-        return (0, BOUND_ORDER[method], method)
-    if method in REGISTRY:
-        return (1, int(getattr(REGISTRY[method], "table_order", 100)), method)
+    try:
+        base = parse_run_name(method).base_method
+    except ValueError:
+        base = method
+    if base in BOUND_ORDER:
+        return (0, BOUND_ORDER[base], method)
+    strategy = PRESETS[base].strategy if base in PRESETS else base
+    strategy = "random" if base == "random_one_off" else strategy
+    if strategy in REGISTRY:
+        return (1, int(getattr(REGISTRY[strategy], "table_order", 100)), method)
     return (2, 0, method)
 
 
@@ -174,7 +220,7 @@ class Entry:
             if r["task"] == task
             and r["method"] in self.methods
             and r["train_input"] == self.train_input
-            and (r["method"] in BUDGETLESS or r["budget"] == budget)
+            and (budgetless(r["method"]) or r["budget"] == budget)
         ]
 
 
@@ -265,7 +311,7 @@ def comparison_table(
             vals = [
                 s[(task, metric)].mean
                 for e, s, _ in cells
-                if not set(e.methods) <= set(BOUNDS) and s[(task, metric)].n
+                if not all(is_bound(m) for m in e.methods) and s[(task, metric)].n
             ]
             if vals:
                 lower = metric.split("_")[0] in LOWER_IS_BETTER
@@ -284,7 +330,7 @@ def comparison_table(
             scale = 1.0 if metric.split("_")[0] in LOWER_IS_BETTER else 100.0
             text = s.fmt(scale)
             is_best = (
-                not set(e.methods) <= set(BOUNDS)
+                not all(is_bound(m) for m in e.methods)
                 and (task, metric) in best
                 and s.n
                 and math.isclose(s.mean, best[(task, metric)], abs_tol=1e-12)
@@ -301,10 +347,10 @@ def comparison_table(
 
 def _labels(norm: Sequence[dict[str, Any]], e: Entry, budget: int) -> str:
     """Number of labels of an entry (``all`` when the pool size is unknown)."""
-    if e.methods == ("lower",):
+    if all(bound_of(m) == "lower" for m in e.methods):
         return "0"
-    if e.methods == ("upper",):
-        sizes = sorted({r["labels"] for r in norm if r["method"] == "upper" and r["labels"]})
+    if all(bound_of(m) == "upper" for m in e.methods):
+        sizes = sorted({r["labels"] for r in norm if r["method"] in e.methods and r["labels"]})
         return "/".join(str(s) for s in sizes) if sizes else "all"
     return str(budget)
 
@@ -312,11 +358,14 @@ def _labels(norm: Sequence[dict[str, Any]], e: Entry, budget: int) -> str:
 # ---------------------------------------------------------------------------------- the tables
 def present_methods(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """The bounds and strategies with results (every input modality, not an ablation run of a
-    strategy: ``run`` is the strategy's name or a repeated draw of it), in table order."""
+    strategy: ``run`` is the strategy's name or a repeated draw of it, or a variant: strategy
+    options, a preset or additions), in table order."""
     found = set()
     for raw in rows:
         r = normalise(raw)
-        if r["train_input"] == "all" and r["run"] != "source" and r["method"] == r["strategy"]:
+        if r["train_input"] != "all" or r["run"] == "source":
+            continue
+        if r["method"] == r["strategy"] or r.get("variant") or is_variant(r["method"]):
             found.add(r["method"])
     return sorted(found, key=table_order)
 
@@ -439,7 +488,7 @@ def budget_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -
     """Mean Dice (over regions) vs number of labels: one line per task and strategy."""
     norm = [normalise(r) for r in rows if r["run"] != "source"]
     budgets = sorted(
-        {r["budget"] for r in norm if r["method"] not in BOUNDS and r["train_input"] == "all"}
+        {r["budget"] for r in norm if not is_bound(r["method"]) and r["train_input"] == "all"}
     )
     header = ["Task", "Method", "0 (lower)"] + [str(b) for b in budgets] + ["upper"]
     csv_header = ["task", "method", "0_mean", "0_std"]
@@ -465,7 +514,7 @@ def budget_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -
 
         lower, upper = value("lower", None), value("upper", None)
         for m in present_methods(norm):
-            if m in BOUNDS:
+            if is_bound(m):
                 continue
             vals = [value(m, b) for b in budgets]
             if not any(v.n for v in vals):
@@ -525,7 +574,7 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
             == (task, method, budget, train_input)
         ]
         runs = len({(r["fold"], r["seed"]) for r in sel})
-        shown = "all" if method == "upper" else str(budget)  # the bounds ignore the budget
+        shown = "all" if bound_of(method) == "upper" else str(budget)  # bounds ignore the budget
         md = [task, method, shown, train_input, str(runs)]
         row: list[Any] = [task, method, budget, train_input, runs]
         for t, g in region_cols:
@@ -547,7 +596,7 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
             if r["task"] == task
             and r["method"] == reference
             and r["train_input"] == "all"
-            and r["budget"] == (3 if method in BOUNDS else budget)
+            and r["budget"] == (3 if is_bound(method) else budget)
         ]
         if (method == reference and train_input == "all") or not ref:
             p, n = math.nan, 0
