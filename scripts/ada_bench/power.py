@@ -272,7 +272,7 @@ def power_table(
     ]
     md, csv_rows = [], []
     for task in tasks_of(rows):
-        methods = power_methods(rows, task)
+        methods = present_methods([r for r in rows if r["task"] == task])
         if not seed_values(rows, task, baseline):
             continue
         for method in methods:
