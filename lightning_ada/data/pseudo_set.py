@@ -60,8 +60,10 @@ def save_label(label: torch.Tensor, path: str | Path) -> str:
         raise ValueError(f"a pseudo-label must be (1, H, W, D), got shape {tuple(label.shape)}")
     if label.numel() and (int(label.min()) < 0 or int(label.max()) > 255):
         raise ValueError("pseudo-label class indices must be in [0, 255]")
+    plain = label.as_tensor() if hasattr(label, "as_tensor") else label  # no MetaTensor: the
+    # file must load with weights_only=True
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(label.detach().cpu().to(torch.uint8).contiguous(), tmp)
+        torch.save(plain.detach().cpu().to(torch.uint8).contiguous().clone(), tmp)
     return content_sha256([path])
 
 
