@@ -59,7 +59,7 @@ def test_a_run_interrupted_in_the_middle_of_a_pass_resumes_to_the_same_pseudo_la
     assert [e["candidates"] for e in passes] == [5, 5, 5]  # 6 pool cases, 1 queried
     assert len(ref_records) == 3 and {r[2] for r in ref_records} == {2}  # ceil(0.6 * 5), pass 2
     files = sorted(p.name for p in (reference / "pseudo_labels" / "pass_02").iterdir())
-    assert files == sorted(f"{r[0]}.pt" for r in ref_records)  # only the selected cases' files
+    assert files == sorted(f"{r[0]}.npy" for r in ref_records)  # only the selected cases' files
 
     # the same run, stopped while pass 1 writes its third pseudo-label
     out = tmp_path / "interrupted"
@@ -75,7 +75,7 @@ def test_a_run_interrupted_in_the_middle_of_a_pass_resumes_to_the_same_pseudo_la
     with pytest.raises(RuntimeError, match="middle of a teacher pass"):
         main(_st_args(phantom_root, source_ckpt, out))
     monkeypatch.setattr(self_training, "save_label", real_save)
-    assert len(list((out / "pseudo_labels" / "pass_01").glob("*.pt"))) == 2  # half a pass
+    assert len(list((out / "pseudo_labels" / "pass_01").glob("*.npy"))) == 2  # half a pass
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0  # the last checkpoint holds pass 0's set only
     assert {r["teacher_pass"] for r in ckpt["ActiveDataModule"]["pseudo"]["records"]} == {0}

@@ -16,7 +16,7 @@ mean Dice of the teacher is measured before each pass; when it changed by less t
 
 Where things live: the options and the schedule state here (saved with the active callback's
 state); the pseudo-labelled set (ids, pass, teacher step, files) in the datamodule's state; the
-label volumes in ``<run>/pseudo_labels/pass_<k>/<case_id>.pt`` (written atomically, never in the
+label volumes in ``<run>/pseudo_labels/pass_<k>/<case_id>.npy`` (written atomically, never in the
 data folder); one entry per pass in ``<run>/self_training_log.json``. A run interrupted in the
 middle of a pass resumes from its last checkpoint and makes that pass again, with the same
 teacher, so it ends with the same pseudo-labelled set.
@@ -75,7 +75,7 @@ def label_cases(
     confidence: ConfidenceKind = "foreground_max_prob",
     connectivity: Literal[1, 2, 3] = 3,
 ) -> dict[str, CasePseudoLabel]:
-    """Pseudo-label each case with the teacher and write each label to ``folder/<case_id>.pt``.
+    """Pseudo-label each case with the teacher and write each label to ``folder/<case_id>.npy``.
 
     One case at a time (memory: one prediction), each file written atomically.
 
@@ -98,7 +98,7 @@ def label_cases(
         label, conf = pseudo_label_case(
             probs, regions, foreground_threshold, confidence, connectivity
         )
-        path = safe_child(folder, f"{cid}.pt")
+        path = safe_child(folder, f"{cid}.npy")
         sha = save_label(label, path)
         out[cid] = CasePseudoLabel(cid, path, float(conf), sha, int((label > 0).sum()))
     return out
@@ -290,7 +290,7 @@ class SelfTraining:
                 "held_out_dice": dice, "previous_held_out_dice": self.held_out,
             })
             rank_zero_info(
-                f"[self-training] stopped after epoch {boundary - 1}: held-out Dice {dice:.4f} "
+                f"[self-training] stopped before epoch {boundary}: held-out Dice {dice:.4f} "
                 f"changed by less than {self.stop_delta} since the last pass"
             )
             self._write_log(trainer, run_dir)
@@ -330,7 +330,7 @@ class SelfTraining:
         })
         mean_conf = sum(confidence[c] for c in chosen) / len(chosen) if chosen else float("nan")
         rank_zero_info(
-            f"[self-training] pass {pass_index} after epoch {boundary - 1}: {len(chosen)} of "
+            f"[self-training] pass {pass_index} before epoch {boundary}: {len(chosen)} of "
             f"{len(candidates)} unlabelled cases pseudo-labelled (mean confidence {mean_conf:.3f})"
             + (f", held-out Dice {dice:.4f}" if dice is not None else "")
         )

@@ -5,8 +5,8 @@ Self-training (:mod:`lightning_ada.active.self_training`) hands the datamodule o
 :class:`PseudoLabelSet`, trains on them at a configured share of each epoch, and saves the set
 in its ``state_dict`` (plain types only) so that an exact resume trains on the same
 pseudo-labels. The label volumes themselves are files in the run folder (class indices on the
-preprocessed grid, ``(1, H, W, D)`` uint8, written atomically with :func:`save_label`), never in
-the data folder; the state records each file's SHA-256 and a resumed run refuses a file that
+preprocessed grid, ``(1, H, W, D)`` uint8 ``.npy``, written atomically with
+:func:`save_label`), never in the data folder; the state records each file's SHA-256 and a resumed run refuses a file that
 changed or went missing.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lightning_ada.data.cache import content_sha256
@@ -51,7 +52,8 @@ class PseudoLabel:
 
 
 def save_label(label: torch.Tensor, path: str | Path) -> str:
-    """Write a class-index label ``(1, H, W, D)`` as uint8 atomically; return its SHA-256.
+    """Write a class-index label ``(1, H, W, D)`` as a uint8 ``.npy`` file atomically; return its
+    SHA-256 (the same label gives the same bytes, in every run).
 
     Raises:
         ValueError: not ``(1, H, W, D)`` or a class index outside ``[0, 255]``.
@@ -60,10 +62,10 @@ def save_label(label: torch.Tensor, path: str | Path) -> str:
         raise ValueError(f"a pseudo-label must be (1, H, W, D), got shape {tuple(label.shape)}")
     if label.numel() and (int(label.min()) < 0 or int(label.max()) > 255):
         raise ValueError("pseudo-label class indices must be in [0, 255]")
-    plain = label.as_tensor() if hasattr(label, "as_tensor") else label  # no MetaTensor: the
-    # file must load with weights_only=True
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(plain.detach().cpu().to(torch.uint8).contiguous().clone(), tmp)
+    plain = label.as_tensor() if hasattr(label, "as_tensor") else label  # a MetaTensor's values
+    array = np.ascontiguousarray(plain.detach().cpu().numpy().astype(np.uint8))
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array, allow_pickle=False)
     return content_sha256([path])
 
 
@@ -71,17 +73,17 @@ def load_label(path: str | Path) -> torch.Tensor:
     """Read a label written by :func:`save_label` as int64 ``(1, H, W, D)``.
 
     Raises:
-        DataError: naming the file, when it is missing or not such a tensor.
+        DataError: naming the file, when it is missing or not such an array.
     """
     try:
-        label = torch.load(path, map_location="cpu", weights_only=True)
+        array = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
         raise DataError(f"{path}: pseudo-label file not found") from e
-    except Exception as e:  # noqa: BLE001 - any unpickling failure: not our file
+    except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a pseudo-label file ({type(e).__name__}: {e})") from e
-    if not isinstance(label, torch.Tensor) or label.ndim != 4 or label.shape[0] != 1:
-        raise DataError(f"{path}: not a pseudo-label (expected a (1, H, W, D) tensor)")
-    return label.long()
+    if array.ndim != 4 or array.shape[0] != 1 or array.dtype != np.uint8:
+        raise DataError(f"{path}: not a pseudo-label (expected a (1, H, W, D) uint8 array)")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 class PseudoLabelSet:
