@@ -167,3 +167,20 @@ def test_the_harness_composes_the_additions_like_the_command_line(
     assert names.count("SparseFineTuning") == 1 and "ModelCheckpoint" in names
     active = next(c for c in cli.trainer.callbacks if isinstance(c, ActiveQueryCallback))
     assert active.self_training is not None and cli.datamodule.tumour_contrast is not None
+
+
+def test_the_stop_rule_ends_the_passes_on_a_small_change_of_the_held_out_dice(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    """With a validation split, the held-out Dice is measured before each pass; a change below
+    ``stop_delta`` (here any change: 1.0) stops the passes and keeps the last pseudo-labels."""
+    out = tmp_path / "run"
+    main([*_st_args(phantom_root, source_ckpt, out), "--data.val_split", "0.34",
+          "--active.self_training.stop_delta", "1.0"])
+    records, log = _final(out)
+    assert [e["event"] for e in log] == ["pass", "stopped"]
+    first, stop = log
+    assert first["candidates"] == 3  # 6 pool cases: 2 held out for validation, 1 queried
+    assert 0.0 <= first["held_out_dice"] <= 1.0 and stop["epoch"] == 2
+    assert stop["previous_held_out_dice"] == first["held_out_dice"]
+    assert {r[2] for r in records} == {0}  # pass 0's pseudo-labels stay in use

@@ -211,7 +211,9 @@ class SelfTraining:
         except ValueError as bad:
             raise ValueError(f"{name}.ratio: {bad}") from bad
         if selection not in ("top_fraction", "tiered"):
-            raise ValueError(f"{name}.selection must be 'top_fraction' or 'tiered', got {selection!r}")
+            raise ValueError(
+                f"{name}.selection must be 'top_fraction' or 'tiered', got {selection!r}"
+            )
         if top_fraction is not None and not 0.0 < top_fraction <= 1.0:
             raise ValueError(f"{name}.top_fraction must be in (0, 1], got {top_fraction}")
         values = [float(t) for t in tiers]
@@ -220,11 +222,15 @@ class SelfTraining:
         if connectivity not in (1, 2, 3):
             raise ValueError(f"{name}.connectivity must be 1, 2 or 3, got {connectivity}")
         if foreground_threshold is not None and not 0.0 < foreground_threshold <= 1.0:
-            raise ValueError(f"{name}.foreground_threshold must be in (0, 1], got {foreground_threshold}")
+            raise ValueError(
+                f"{name}.foreground_threshold must be in (0, 1], got {foreground_threshold}"
+            )
         if stop_delta is not None and (stop_delta < 0 or math.isnan(stop_delta)):
             raise ValueError(f"{name}.stop_delta must be >= 0 or null, got {stop_delta}")
         if regions is not None and any(not r or min(r) < 1 for r in regions):
-            raise ValueError(f"{name}.regions must be non-empty lists of class indices >= 1, got {regions}")
+            raise ValueError(
+                f"{name}.regions must be non-empty lists of class indices >= 1, got {regions}"
+            )
         self.warmup_epochs, self.every, self.passes = int(warmup_epochs), int(every), passes
         self.ratio, self.selection = float(ratio), selection
         self.top_fraction, self.threshold, self.tiers = top_fraction, threshold, values
@@ -283,7 +289,8 @@ class SelfTraining:
         dm = self._datamodule(trainer)
         start = time.perf_counter()
         dice = self._held_out_dice(dm, pl_module) if self.stop_delta is not None else None
-        if dice is not None and self.held_out is not None and abs(dice - self.held_out) < self.stop_delta:
+        previous = self.held_out
+        if dice is not None and previous is not None and abs(dice - previous) < self.stop_delta:
             self.stopped = True
             self.history.append({
                 "event": "stopped", "epoch": boundary, "global_step": int(trainer.global_step),
@@ -325,7 +332,8 @@ class SelfTraining:
             "event": "pass", "pass": pass_index, "epoch": boundary,
             "global_step": int(trainer.global_step), "teacher": "flips" if self.flips else "plain",
             "candidates": len(candidates), "selected": chosen,
-            "confidence": confidence, "empty": sorted(c for c, p in labelled.items() if not p.foreground_voxels),
+            "confidence": confidence,
+            "empty": sorted(c for c, p in labelled.items() if not p.foreground_voxels),
             "held_out_dice": dice, "seconds": seconds,
         })
         mean_conf = sum(confidence[c] for c in chosen) / len(chosen) if chosen else float("nan")
@@ -348,7 +356,9 @@ class SelfTraining:
 
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "set_pseudo_labels") or not hasattr(dm, "pool_view"):
-            raise ConfigError("active.self_training needs the ActiveDataModule (pseudo-labelled set)")
+            raise ConfigError(
+                "active.self_training needs the ActiveDataModule (pseudo-labelled set)"
+            )
         if dm.pool_view().stage != "target":
             raise ConfigError("active.self_training needs data.stage: target")
         return dm

@@ -6,8 +6,8 @@ Self-training (:mod:`lightning_ada.active.self_training`) hands the datamodule o
 in its ``state_dict`` (plain types only) so that an exact resume trains on the same
 pseudo-labels. The label volumes themselves are files in the run folder (class indices on the
 preprocessed grid, ``(1, H, W, D)`` uint8 ``.npy``, written atomically with
-:func:`save_label`), never in the data folder; the state records each file's SHA-256 and a resumed run refuses a file that
-changed or went missing.
+:func:`save_label`), never in the data folder; the state records each file's SHA-256 and a
+resumed run refuses a file that changed or went missing.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ class PseudoLabelSet:
         self.ratio = check_ratio(ratio)
         self._records = {r.case_id: r for r in records}
         self._labels = {
-            cid: t.detach().cpu().long() for cid, t in (labels or {}).items() if cid in self._records
+            cid: t.detach().cpu().long()
+            for cid, t in (labels or {}).items()
+            if cid in self._records
         }
 
     def label(self, case_id: str) -> torch.Tensor:

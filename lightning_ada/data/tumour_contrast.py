@@ -362,7 +362,8 @@ class TumourContrast:
         self.factor_range = None if factor_range is None else tuple(float(v) for v in factor_range)
         self.per_modality = bool(per_modality)
         self.classes = None if classes is None else [int(c) for c in classes]
-        self.dilation_radius, self.sigma, self.axial_axis = int(dilation_radius), float(sigma), int(axial_axis)
+        self.dilation_radius, self.sigma = int(dilation_radius), float(sigma)
+        self.axial_axis = int(axial_axis)
         self.on_pseudo_labels = bool(on_pseudo_labels)
         try:
             self.transform()  # every check of the transforms, at configuration time
