@@ -14,6 +14,7 @@ from lightning_ada.active.open_set_filter import PrototypeFilter
 from lightning_ada.active.oracle import FileOracle, Oracle, SimulatedOracle
 from lightning_ada.active.pool_view import PoolView
 from lightning_ada.active.query_round import Election, ask_oracle, query_context, query_round
+from lightning_ada.active.self_training import SelfTraining
 from lightning_ada.active.strategies import RunInfo, Strategy
 from lightning_ada.active.strategies.random import RandomStrategy
 from lightning_ada.checkpoint_io import write_errors_named
@@ -94,6 +95,10 @@ class ActiveQueryCallback(L.Callback):
         open_set_filter: OpenPath's prototype pre-filter in front of the strategy (open-set
             pools; ``--active.open_set_filter PrototypeFilter``, options
             ``--active.open_set_filter.id_ratio`` ...); None: rank the whole pool.
+        self_training: pseudo-label self-training of the unlabeled pool alongside the queried
+            labels (:class:`~lightning_ada.active.self_training.SelfTraining`,
+            ``--active.self_training SelfTraining``, options ``--active.self_training.ratio``
+            ...); None (default): train on the labeled cases only.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class ActiveQueryCallback(L.Callback):
         restart_schedule_each_round: bool = False,
         run_dir: str | None = None,
         open_set_filter: PrototypeFilter | None = None,
+        self_training: SelfTraining | None = None,
     ) -> None:
         if budget < 0:
             raise ValueError(f"active.budget must be >= 0, got {budget}")
@@ -130,6 +136,7 @@ class ActiveQueryCallback(L.Callback):
         self.oracle = oracle
         self.run_dir = run_dir
         self.open_set_filter = open_set_filter
+        self.self_training = self_training
         self.refused: list[str] = []
         self.restart_schedule = restart_schedule_each_round
         self.n_queried = 0
@@ -221,6 +228,8 @@ class ActiveQueryCallback(L.Callback):
         elif self.budget and self.n_queried == 0 and self.last_query_epoch is None:
             n = self.budget if self.strategy.schedule == "one_off" else 1
             self._query(trainer, pl_module, n, epoch=-1)
+        if self.self_training is not None:  # lightning_ada/active/self_training.py
+            self.self_training.on_fit_start(trainer, pl_module, self._run_dir(trainer), self.refused)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
@@ -250,6 +259,8 @@ class ActiveQueryCallback(L.Callback):
             and self.last_query_epoch != epoch
         ):
             self._query(trainer, pl_module, 1, epoch=epoch)
+        if self.self_training is not None:  # after the query: the new label is not pseudo-labelled
+            self.self_training.on_train_epoch_end(trainer, pl_module, self._run_dir(trainer), self.refused)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.budget:  # a run that ended short of its budget says so in the query log
@@ -357,6 +368,7 @@ class ActiveQueryCallback(L.Callback):
             "pending": self.pending,
             "refused": self.refused,
             "strategy": self.strategy.state_dict(),
+            "self_training": self.self_training.state_dict() if self.self_training else {},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -368,3 +380,5 @@ class ActiveQueryCallback(L.Callback):
         self.pending = list(state_dict.get("pending", []))
         self.refused = list(state_dict.get("refused", []))
         self.strategy.load_state_dict(state_dict.get("strategy", {}))
+        if self.self_training is not None:
+            self.self_training.load_state_dict(state_dict.get("self_training", {}))

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from lightning_ada.data.cache import CacheKey, cache_safe_globals, content_sha256
 from lightning_ada.data.cases import Case, DataError, check_case_ids
 from lightning_ada.data.pools import ActivePool
+from lightning_ada.data.pseudo_set import PseudoLabel, PseudoLabelSet, pseudo_count
 from lightning_ada.data.roots import CaseRoot
 from lightning_ada.data.transforms import (
     invert_prediction,
@@ -24,6 +25,7 @@ from lightning_ada.data.transforms import (
     preprocessing_settings,
     training_augmentation,
 )
+from lightning_ada.data.tumour_contrast import TumourContrast
 from lightning_ada.data.validation import (
     MAX_VOXELS,
     ValidationMarkers,
@@ -46,30 +48,54 @@ class _LabeledEpoch(torch.utils.data.Dataset):
 
     Looking the labeled ids up at fetch time means the training loader always reflects the
     current pool, whenever Lightning (re)builds it: a case labeled before epoch ``e`` is trained
-    on from epoch ``e`` on.
+    on from epoch ``e`` on. With pseudo-labelled cases (self-training), items ``i < n`` of the
+    epoch come from them (``n`` = :func:`~lightning_ada.data.pseudo_set.pseudo_count`, each
+    case equally often from a per-epoch offset), the rest from the labeled cases; the loader's
+    shuffle mixes the two. ``contrast`` (tumour-contrast augmentation) alters labeled cases,
+    and pseudo-labelled ones when ``contrast_pseudo``, before ``transform``.
     """
 
-    def __init__(self, dm: ActiveDataModule, transform: Any, length: int) -> None:
+    def __init__(
+        self, dm: ActiveDataModule, transform: Any, length: int, contrast: Any = None,
+        contrast_pseudo: bool = False, offset: int = 0,
+    ) -> None:
         self.dm, self.transform, self.length = dm, transform, length
+        self.contrast, self.contrast_pseudo, self.offset = contrast, contrast_pseudo, offset
 
     def __len__(self) -> int:
         return self.length
 
+    def set_random_state(self, seed: int) -> None:
+        """Seed the augmentation (and the tumour-contrast transform with a derived seed)."""
+        self.transform.set_random_state(seed=seed)
+        if self.contrast is not None:
+            self.contrast.set_random_state(seed=(seed * 31 + 17) % (2**31 - 1))
+
     def __getitem__(self, i: int) -> Any:
         ids = self.dm.train_pool.labeled
-        if not ids:
+        pseudo = self.dm.pseudo_labelled_ids()
+        n_pseudo = pseudo_count(self.length, self.dm.pseudo.ratio, len(ids), len(pseudo))
+        if not ids and not pseudo:
             raise RuntimeError(
                 "no labeled case to train on: give the active callback a budget > 0, "
                 "or list data.initial_labeled / set data.label_all"
             )
-        return self.transform(self.dm._training_item(ids[i % len(ids)]))
+        if i < n_pseudo:
+            item = self.dm._pseudo_item(pseudo[(i + self.offset) % len(pseudo)])
+            alter = self.contrast_pseudo
+        else:
+            item = self.dm._training_item(ids[(i - n_pseudo) % len(ids)])
+            alter = True
+        if self.contrast is not None and alter:
+            item = self.contrast(item)
+        return self.transform(item)
 
 
 def _seed_worker(worker_id: int) -> None:
     """Give each loader worker its own augmentation stream (workers fork identical states)."""
     info = torch.utils.data.get_worker_info()
     if info is not None:
-        info.dataset.transform.set_random_state(seed=(info.seed + worker_id) % (2**31 - 1))
+        info.dataset.set_random_state(seed=(info.seed + worker_id) % (2**31 - 1))
 
 
 class ActiveDataModule(L.LightningDataModule):
@@ -130,6 +156,10 @@ class ActiveDataModule(L.LightningDataModule):
             logged under its own name as metric prefix (``source_test/dice_ET``,
             ``other_institutions/dice_mean``, ...): e.g. the source test cases and cases of
             institutions outside the target pool, to measure forgetting.
+        tumour_contrast: tumour-contrast augmentation of the labeled training cases
+            (:class:`~lightning_ada.data.tumour_contrast.TumourContrast`, GBA's naive or
+            blended rescaling, ALGORITHMS 11; ``on_pseudo_labels`` extends it to pseudo-labelled
+            cases); None (default): off.
         train_input: ``all`` modalities for every labeled case (default); ``dominant_only``:
             only the modality the case was annotated on, the others zero-filled;
             ``modality:<name>``: the model only ever sees that modality (training, evaluation and
@@ -163,12 +193,18 @@ class ActiveDataModule(L.LightningDataModule):
         train_input: str = "all",
         val_split: float | str | None = None,
         extra_test_splits: list[str] | None = None,
+        tumour_contrast: TumourContrast | None = None,
     ) -> None:
         super().__init__()
         allowed = ["all", "dominant_only", *(f"modality:{m}" for m in modalities)]
         if train_input not in allowed:
             raise ValueError(f"data.train_input must be one of {allowed}, got {train_input!r}")
-        self.save_hyperparameters()
+        # an object in the hyper-parameters would make checkpoints unloadable with
+        # weights_only=True; the run's config.yaml records it
+        self.save_hyperparameters(ignore=["tumour_contrast"])
+        self.tumour_contrast = tumour_contrast
+        #: the pseudo-labelled cases of self-training (empty unless the active callback fills it)
+        self.pseudo = PseudoLabelSet()
         self.cases: dict[str, Case] = {}
         self.split_ids: dict[str, list[str]] = {}
         self.pool: ActivePool | None = None
@@ -485,6 +521,52 @@ class ActiveDataModule(L.LightningDataModule):
         dominant = self.hparams.train_input == "dominant_only"
         return self._only_input(item, annotation.modality if dominant else None)
 
+    # ------------------------------------------------------------------ pseudo-labels
+    def set_pseudo_labels(
+        self, records: Sequence[PseudoLabel], ratio: float,
+        labels: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Replace the pseudo-labelled set (a self-training pass); epochs draw from it.
+
+        Args:
+            records: one per case, most certain first; each a target-pool case.
+            ratio: share of each training epoch drawn from them (while labeled cases exist).
+            labels: the label tensors ``(1, H, W, D)`` already in memory, by case id.
+
+        Raises:
+            DataError: a record names a case outside the target pool.
+        """
+        pool = self.pool.case_ids if self.pool is not None else []
+        outside = sorted({r.case_id for r in records} - set(pool))
+        if outside:
+            raise DataError(f"pseudo-labels for cases outside the target pool: {outside}")
+        self.pseudo.replace(records, ratio, labels)
+
+    def pseudo_labelled_ids(self) -> list[str]:
+        """Ids of the pseudo-labelled cases training uses: those not labeled since the pass."""
+        if not len(self.pseudo):
+            return []
+        labeled = set(self.pool.labeled) if self.pool is not None else set()
+        return [cid for cid in self.pseudo.case_ids if cid not in labeled]
+
+    def _pseudo_item(self, case_id: str) -> dict[str, Any]:
+        """The preprocessed image with its pseudo-label in place of the reference mask.
+
+        Raises:
+            DataError: the pseudo-label does not have the case's grid (another preprocessing).
+        """
+        item = self.item(case_id)
+        pseudo = self.pseudo.label(case_id)
+        reference = item["label"]
+        if tuple(pseudo.shape) != tuple(reference.shape):
+            raise DataError(
+                f"{self.pseudo.record(case_id).path}: pseudo-label of shape {tuple(pseudo.shape)} "
+                f"but case {case_id} is {tuple(reference.shape)} after preprocessing"
+            )
+        label = reference.clone()  # keeps the label's metadata; the values are replaced
+        label.copy_(pseudo.to(label.dtype))
+        return dict(item) | {"label": label}
+
     def _annotated_item(self, case_id: str, path: str) -> dict[str, Any]:
         if path == self.cases[case_id].label:
             return self.item(case_id)
@@ -513,10 +595,17 @@ class ActiveDataModule(L.LightningDataModule):
         """Fixed-length epochs sampled from the *current* labeled set, seeded per epoch."""
         seed = self.epoch_seed()
         augmentation = training_augmentation(self.hparams.patch_size, self.hparams.augment)
-        augmentation.set_random_state(seed=seed)
+        contrast = self.tumour_contrast
         length = self.hparams.iterations_per_epoch * self.hparams.batch_size
+        epoch = _LabeledEpoch(
+            self, augmentation, length,
+            contrast=contrast.transform() if contrast is not None else None,
+            contrast_pseudo=contrast is not None and contrast.on_pseudo_labels,
+            offset=random.Random(seed).randrange(max(1, len(self.pseudo))),
+        )
+        epoch.set_random_state(seed)
         return DataLoader(
-            _LabeledEpoch(self, augmentation, length),
+            epoch,
             batch_size=self.hparams.batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(seed),
@@ -572,11 +661,20 @@ class ActiveDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The pool state (labeled ids with their round, modality, label file and the content
-        fingerprints of the label and the images)."""
-        return {"pool": self.pool.state_dict() if self.pool is not None else self._pending_state}
+        fingerprints of the label and the images) and the pseudo-labelled set (ids, teacher
+        pass and step, file and its fingerprint, the epoch share)."""
+        return {
+            "pool": self.pool.state_dict() if self.pool is not None else self._pending_state,
+            "pseudo": self.pseudo.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the pool state (before or after :meth:`setup`)."""
+        """Restore the pool state (before or after :meth:`setup`) and the pseudo-labelled set.
+
+        Raises:
+            DataError: a pseudo-label file of the state is missing or changed.
+        """
+        self.pseudo.load_state_dict(state_dict.get("pseudo"))
         state = state_dict.get("pool")
         if state is None:
             return

@@ -15,6 +15,7 @@ probability:
   tumour and tapers where ``W < 1`` (small tumours, tumour borders).
 
 GBA proper (a single-image SinGAN harmonising the rescaled slice) is not implemented.
+:class:`TumourContrast` is the datamodule option (``data.tumour_contrast``) that builds them.
 
 Only tumour voxels are written: every other voxel of the output is bit-identical to the input,
 the label is never changed, and a factor of exactly 1 returns the input voxels unchanged.
@@ -318,3 +319,76 @@ class RandBlendedTumourContrastd(RandTumourContrastd):
 
     def weights(self, mask: np.ndarray) -> np.ndarray:
         return blend_weights(mask, self.dilation_radius, self.sigma, self.axial_axis)
+
+
+class TumourContrast:
+    """Tumour-contrast augmentation of training cases, as a datamodule option (typed for the CLI).
+
+    ``data.tumour_contrast`` (off by default) builds one of the transforms above and applies it
+    to every labelled training case before its patch is cut (and to pseudo-labelled cases with
+    ``on_pseudo_labels``, their tumour being the pseudo-label). Evaluation, scoring and the
+    teacher never see it.
+
+    Args:
+        blend: the blended variant (:class:`RandBlendedTumourContrastd`, ALGORITHMS 11.2;
+            default) or the naive rescaling (:class:`RandTumourContrastd`, 11.1).
+        prob: probability of altering a case.
+        factors: set of factors to draw from (None with ``factor_range`` None: the notebook's
+            ``(0.5, 0.8, 1.5)``).
+        factor_range: ``[low, high]`` interval to draw factors from instead of a set.
+        per_modality: one factor per modality (False: one for all).
+        classes: class indices forming the tumour; None = every foreground class.
+        dilation_radius: in-plane disk radius of the blending mask, voxels (``blend`` only).
+        sigma: in-plane Gaussian standard deviation of the blending mask, voxels (``blend`` only).
+        axial_axis: spatial axis across the axial slices (2 = ``D`` in RAS ``(H, W, D)``).
+        on_pseudo_labels: also alter pseudo-labelled cases (self-training).
+    """
+
+    def __init__(
+        self,
+        blend: bool = True,
+        prob: float = 0.5,
+        factors: list[float] | None = None,
+        factor_range: tuple[float, float] | None = None,
+        per_modality: bool = True,
+        classes: list[int] | None = None,
+        dilation_radius: int = 7,
+        sigma: float = 5.0,
+        axial_axis: int = 2,
+        on_pseudo_labels: bool = False,
+    ) -> None:
+        self.blend, self.prob = bool(blend), float(prob)
+        self.factors = None if factors is None else [float(f) for f in factors]
+        self.factor_range = None if factor_range is None else tuple(float(v) for v in factor_range)
+        self.per_modality = bool(per_modality)
+        self.classes = None if classes is None else [int(c) for c in classes]
+        self.dilation_radius, self.sigma = int(dilation_radius), float(sigma)
+        self.axial_axis = int(axial_axis)
+        self.on_pseudo_labels = bool(on_pseudo_labels)
+        try:
+            self.transform()  # every check of the transforms, at configuration time
+        except ValueError as bad:
+            raise ValueError(f"data.tumour_contrast: {bad}") from bad
+
+    def transform(self) -> RandTumourContrastd:
+        """A new transform with these settings (seed it with ``set_random_state``)."""
+        common = {
+            "prob": self.prob,
+            "factors": self.factors,
+            "factor_range": self.factor_range,
+            "per_modality": self.per_modality,
+            "classes": self.classes,
+        }
+        if not self.blend:
+            return RandTumourContrastd(**common)
+        return RandBlendedTumourContrastd(
+            **common, dilation_radius=self.dilation_radius, sigma=self.sigma,
+            axial_axis=self.axial_axis,
+        )
+
+    def __repr__(self) -> str:
+        kind = "blended" if self.blend else "naive"
+        return (
+            f"TumourContrast({kind}, prob={self.prob}, factors={self.factors}, "
+            f"factor_range={self.factor_range}, on_pseudo_labels={self.on_pseudo_labels})"
+        )

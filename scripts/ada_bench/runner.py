@@ -45,10 +45,18 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Config:
     """``over`` merged into a copy of ``base`` as a later ``-c`` file is merged by the CLI.
 
     Mappings merge key by key; a ``class_path`` mapping whose class differs from the base's
-    replaces it (its ``init_args`` belong to the other class); lists and scalars replace.
+    replaces it (its ``init_args`` belong to the other class); lists and scalars replace. A key
+    ending in ``+`` appends to the list of the key without it (jsonargparse's list append, e.g.
+    ``trainer: {callbacks+: [...]}`` in ``configs/additions/dgst.yaml``).
     """
     out = copy.deepcopy(dict(base))
     for key, value in over.items():
+        if isinstance(key, str) and key.endswith("+"):
+            items = copy.deepcopy(value if isinstance(value, list) else [value])
+            target = key[:-1] if isinstance(out.get(key[:-1]), list) else key
+            out[target] = [*(out.get(target) or []), *items]
+            continue
+        out.pop(f"{key}+", None)  # a plain value replaces what was appended before
         old = out.get(key)
         if isinstance(old, Mapping) and isinstance(value, Mapping):
             other_class = "class_path" in value and value.get("class_path") != old.get("class_path")
