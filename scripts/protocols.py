@@ -107,7 +107,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="reduced size for tests (module doc)")
     p.add_argument("--config-dir", default="configs/power/{task}")
     p.add_argument("--data-base", default="data/phantom")
-    p.add_argument("--n-pool", type=int, help="pool cases (default: the config's phantom's)")
+    p.add_argument("--n-pool", type=int,
+                   help="pool cases (default: the config's phantom's; raters: 25, so that 20 %% "
+                        "of the pool fits the recipe's 5 query slots)")
     p.add_argument("--n-test", type=int, help="test cases (default: the config's phantom's)")
     p.add_argument("--size", type=int, help="phantom edge in voxels (default: the config's)")
     p.add_argument("--threads", type=int, help="torch threads (1 on a shared CPU)")
@@ -123,8 +125,11 @@ def scheme_of(args: argparse.Namespace, folder: Path) -> FoldScheme:
     base = FoldScheme()
     quick = QUICK if args.quick else {}
 
+    # per rater 20 % of the pool must fit the power recipe's 5 query slots: 25 pool cases
+    own = {"n_pool": 25} if args.protocol == "raters" else {}
+
     def pick(key: str, arg: int | None) -> int:
-        return arg or quick.get(key) or int(drawn.get(key, getattr(base, key)))
+        return arg or quick.get(key) or own.get(key) or int(drawn.get(key, getattr(base, key)))
 
     return FoldScheme(
         n_folds=1,
@@ -206,14 +211,15 @@ def run(args: argparse.Namespace, extra: dict[str, Any], extra_configs: list[str
 
 def write_inter_rater(out: Path, tasks: dict[int, GroupTask]) -> None:
     """``inter_rater.json``: per seed, the raters' agreement on that seed's test cases."""
-    record: dict[str, Any] = {}
+    path = out / "inter_rater.json"
+    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     for seed, task in tasks.items():
         config = compose([*base_files(task.folder), task.config_file("source.yaml")])
         root = Path(task.data_overrides(seed, config)["data.root"])
         if (root / "dataset.json").is_file():
             test = task.scheme.splits(task.name, 0)["test"]
             record[str(seed)] = inter_rater_agreement(root, test)
-    write_text_atomic(out / "inter_rater.json", json.dumps(record, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def mean_ceiling(out: Path) -> dict[str, Any]:
@@ -222,6 +228,8 @@ def mean_ceiling(out: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     per_seed = json.loads(path.read_text())
+    if not per_seed:
+        return {}
     acc: dict[str, dict[str, list[tuple[float, int]]]] = {}
     for rec in per_seed.values():
         for key in ("pairs", "per_rater", "vs_consensus"):

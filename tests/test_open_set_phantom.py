@@ -138,3 +138,23 @@ def test_an_open_set_phantom_loads_in_the_datamodule(tmp_path: Path) -> None:
     assert len(dm.split_ids["pool"]) == 10
     flags = [dm.case(cid).meta["ood"] for cid in dm.split_ids["pool"]]
     assert sum(f is not None for f in flags) == 5
+
+
+def test_the_example_overlays_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/openset/*.yaml on the power recipe: the phantom options, the rater and the filter
+    reach the datamodule and the callback as the generator and the filter take them."""
+    from lightning_ada import main as cli
+    from lightning_ada.data.phantom import rater_styles
+    from lightning_ada.data.raters import DEFAULT_RATERS
+
+    monkeypatch.setattr(cli.ADACLI, "instantiate_classes", lambda self: None)
+    repo = Path(__file__).resolve().parents[1]
+    recipe = repo / "configs/power/glioma/target.yaml"
+    overlay = repo / "configs/openset/glioma_open_set.yaml"
+    open_cfg = cli.main(["-c", str(recipe), "-c", str(overlay)], run=False).config
+    assert open_set_options(open_cfg.data.phantom["open_set"]) == OPEN | {"fraction": 0.2}
+    assert open_cfg.active.open_set_filter.class_path.endswith("open_set_filter.PrototypeFilter")
+    overlay = repo / "configs/openset/glioma_raters.yaml"
+    rater_cfg = cli.main(["-c", str(recipe), "-c", str(overlay)], run=False).config
+    assert rater_cfg.data.rater == "generous"
+    assert rater_styles(rater_cfg.data.phantom["raters"]) == DEFAULT_RATERS
