@@ -168,3 +168,33 @@ def test_tiny_rater_protocol_end_to_end(tmp_path: Path) -> None:
     # a second invocation makes nothing again
     assert mod.main(argv) == 0
     assert len(read_rows(out / "results.jsonl")) == len(rows)
+
+
+@pytest.mark.slow
+def test_tiny_centre_protocol_end_to_end(tmp_path: Path) -> None:
+    """3 centres x (lower, upper, random's curve): each group's runs see only that centre's cases,
+    the upper bound labels all of them, the table has the 20 % row of every centre."""
+    from lightning_ada.data.phantom import load_phantom
+
+    mod = load_script()
+    conf = tiny_configs(tmp_path / "conf")
+    out = tmp_path / "out"
+    argv = ["centres", "--quick", "--seeds", "0", "--strategies", "random", "--config-dir",
+            str(conf / "{task}"), "--data-base", str(tmp_path / "data"), "--out", str(out)]
+    assert mod.main(argv) == 0, read_rows(out / "errors.jsonl")
+    rows = read_rows(out / "results.jsonl")
+    groups = json.loads((out / "groups.json").read_text())["groups"]
+    assert groups == ["B", "C", "D"]
+    (root,) = list((tmp_path / "data").iterdir())
+    centre = {c.case_id: c.meta["centre"] for c in load_phantom(root)}
+    for r in (r for r in rows if r["run"] != "source"):
+        name = groups[r["fold"]]
+        assert r["per_case"] and all(centre[c["case_id"]] == name for c in r["per_case"])
+        assert all(centre[q["case_id"]] == name for q in r["queries"])
+        if r["run"] == "upper":
+            assert r["labels"] == r["n_pool"] == sum(
+                1 for cid, c in centre.items() if c == name and "_pool_" in cid)
+    csv = (out / "centres.csv").read_text().splitlines()
+    share = [line for line in csv[1:] if ",random,20 %," in line]
+    assert len(share) == 3
+    assert "not that the two models are equivalent" in (out / "centres.md").read_text()
