@@ -240,3 +240,51 @@ def test_power_shift_is_shared_by_every_target_scanner(task: str) -> None:
         i = tissues.index(t)
         gap = np.abs(b.table[i] - np.delete(b.table, i, 0)).max(1)  # best modality
         assert gap.min() >= 0.1, (task, t, gap)
+
+
+def _fingerprint(out: Path) -> str:
+    """sha256 of a phantom: its dataset.json text and every array (dtype, shape, bytes)."""
+    import hashlib
+
+    h = hashlib.sha256(out.read_bytes())
+    for c in load_phantom(out.parent):
+        for path in [*c.images, c.label, *c.modality_labels.values()]:
+            a = _arr(path)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+#: fingerprints of phantoms made by the generator BEFORE the open_set / raters options existed
+#: (main at bcc2f2f): with the options off, the generator must reproduce them bit for bit
+GOLDEN = {
+    ("glioma", "power"): "55693bc74e7040a4a90f7414c4b158cec622e0251deb4e7fab9b77b052503432",
+    ("npc", "power"): "43fdb25d27b35773eb339db605b3834ad0989ab2f4901287334a5170dfd8889c",
+    ("glioma", "phantom-1"): "615efe95db02db2247763e86d08a8301cf4deb8b3d5d05b36fb26c3c3d844b74",
+}
+
+
+@pytest.mark.parametrize("task,regime", list(GOLDEN))
+def test_options_off_reproduce_the_earlier_generator(
+    task: str, regime: str, tmp_path: Path
+) -> None:
+    params = dict(task=task, size=16, n_source=2, n_source_test=1, n_pool=4, n_test=2, seed=7,
+                  regime=regime, progress=False)
+    out = generate_phantom(tmp_path / "off", **params)
+    assert _fingerprint(out) == GOLDEN[(task, regime)]
+    # the options' off values are off too
+    same = generate_phantom(tmp_path / "zero", open_set=0.0, raters=[], **params)
+    assert _fingerprint(same) == GOLDEN[(task, regime)]
+
+
+def test_case_centres_are_the_generators(glioma: Path) -> None:
+    from lightning_ada.data.phantom import case_centres
+
+    cases = load_phantom(glioma)
+    for split, n in (("pool", GLIOMA["n_pool"]), ("test", GLIOMA["n_test"]), ("source", 4)):
+        got = case_centres("glioma", split, n, GLIOMA["seed"])
+        assert got == [c.meta["centre"] for c in cases if c.split == split]
+    pool = [c.meta["centre"] for c in cases if c.split == "pool"]
+    assert case_centres("glioma", "pool", 5, GLIOMA["seed"]) == pool[:5]  # prefix-stable
+    with pytest.raises(ValueError):
+        case_centres("glioma", "val", 3, 0)

@@ -160,6 +160,10 @@ class ActiveDataModule(L.LightningDataModule):
             (:class:`~lightning_ada.data.tumour_contrast.TumourContrast`, GBA's naive or
             blended rescaling, ALGORITHMS 11; ``on_pseudo_labels`` extends it to pseudo-labelled
             cases); None (default): off.
+        rater: read the labels of this rater (a phantom generated with ``phantom.raters``:
+            ``<root>/dataset_rater-<rater>.json``,
+            :func:`~lightning_ada.data.phantom.rater_datalist`): the target cases' references
+            (oracle and test) are the rater's masks. None: the reference (consensus) labels.
         train_input: ``all`` modalities for every labeled case (default); ``dominant_only``:
             only the modality the case was annotated on, the others zero-filled;
             ``modality:<name>``: the model only ever sees that modality (training, evaluation and
@@ -194,6 +198,7 @@ class ActiveDataModule(L.LightningDataModule):
         val_split: float | str | None = None,
         extra_test_splits: list[str] | None = None,
         tumour_contrast: TumourContrast | None = None,
+        rater: str | None = None,
     ) -> None:
         super().__init__()
         allowed = ["all", "dominant_only", *(f"modality:{m}" for m in modalities)]
@@ -229,7 +234,12 @@ class ActiveDataModule(L.LightningDataModule):
     def _read(self) -> list[Case]:
         from lightning_ada.data.roots import read_roots
 
-        roots = [CaseRoot(str(self.hparams.root)), *(self.hparams.extra_roots or [])]
+        root = str(self.hparams.root)
+        if self.hparams.get("rater") is not None:  # one rater's labels (phantom with raters)
+            from lightning_ada.data.phantom import rater_datalist
+
+            root = str(rater_datalist(self._root_dir(), self.hparams.rater))
+        roots = [CaseRoot(root), *(self.hparams.extra_roots or [])]
         roots = [r if isinstance(r, CaseRoot) else CaseRoot(**r) for r in roots]
         return read_roots(roots, self.hparams.layout, list(self.hparams.modalities))
 

@@ -24,18 +24,40 @@ looking at that modality alone. Each tumour boundary is judged by its contrast-t
 that modality for that case; a boundary below ``_LO`` is not seen (the two regions merge, or the
 region is missed), otherwise it is drawn with a boundary error that shrinks as contrast grows.
 
+Two options model messier targets (issue 15; both off by default, and then every array and
+``dataset.json`` is exactly what it was without them):
+
+* ``open_set``: a share of the ``pool`` split's cases is made out of distribution (another
+  anatomy, another field of view, no tumour, a corrupted scan, the modalities in the wrong channel
+  order; :mod:`lightning_ada.data.open_set`), each flagged in its ``meta`` (``"ood"``: the kind,
+  ``"ood_detail"``); every other case of such a phantom carries ``"ood": None``. The ``test`` and
+  source splits never hold such a case. The in-distribution cases are the arrays the phantom
+  without the option has.
+* ``raters``: the target cases (``pool`` and ``test``) get one mask per rater style
+  (:mod:`lightning_ada.data.raters`) beside the reference, and one datalist per rater,
+  ``dataset_rater-<name>.json``: the same cases, the target ones labelled by that rater (and
+  without per-modality masks, so every oracle delivers the rater's delineation). A run picks the
+  rater with ``data.rater`` (or ``data.root: <root>/dataset_rater-<name>.json``).
+
+Both are part of the generator record in ``dataset.json`` (a folder generated with other options is
+never reused; :func:`folder_suffix` names a folder per option set).
+
 Layout written under ``root``::
 
     dataset.json                               (written last, atomically)
+    dataset_rater-<name>.json                  per-rater datalists (``raters`` only)
     <case_id>/<case_id>_<modality>.nii.gz      float32, 0 outside the head
     <case_id>/<case_id>_seg.nii.gz             uint8 reference label
     <case_id>/<case_id>_seg_<modality>.nii.gz  uint8 per-modality annotation
+    <case_id>/<case_id>_seg_rater-<name>.nii.gz uint8 a rater's mask (``raters``, target cases)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,9 +68,28 @@ import numpy as np
 from scipy import ndimage
 
 from lightning_ada.data.cases import Case, DataError
+from lightning_ada.data.open_set import (
+    OOD_KINDS,
+    field_of_view,
+    in_distribution_flag,
+    make_ood,
+    plan_ood,
+)
+from lightning_ada.data.raters import DEFAULT_RATERS, RaterStyle, rater_masks
 from lightning_ada.io import write_json_atomic
 
-__all__ = ["REGIMES", "TASKS", "Regime", "generate_phantom", "load_phantom"]
+__all__ = [
+    "REGIMES",
+    "TASKS",
+    "Regime",
+    "case_centres",
+    "folder_suffix",
+    "generate_phantom",
+    "load_phantom",
+    "open_set_options",
+    "rater_datalist",
+    "rater_styles",
+]
 
 VERSION = "phantom-1"
 Task = Literal["glioma", "npc"]
@@ -148,6 +189,173 @@ def _regime(task: str, name: str) -> Regime:
     if name not in REGIMES:
         raise ValueError(f"regime must be one of {list(REGIMES)}, got {name!r}")
     return REGIMES[name][task]
+
+
+#: target splits: the ones a rater delineates (``open_set`` alters the ``pool`` split only)
+_TARGET_SPLITS = ("pool", "test")
+#: seed-sequence tags of the option streams (after ``[seed, task, split]``), apart from the
+#: scanner (1) and degradation (2) assignment streams
+_OOD_PLAN, _OOD_CASE, _RATER = 3, 5, 4
+
+
+def open_set_options(open_set: Mapping[str, Any] | float | None) -> dict[str, Any] | None:
+    """The normalised ``open_set`` option: ``{"fraction": f, "kinds": [...]}``, or None (off).
+
+    Args:
+        open_set: None (off); a fraction in [0, 1) (every kind of
+            :data:`~lightning_ada.data.open_set.OOD_KINDS`); or a mapping with ``fraction`` and
+            optionally ``kinds`` (a non-empty subset of those kinds, dealt in that order). A
+            fraction of 0 is off.
+
+    Raises:
+        ValueError: an unknown key, a fraction outside [0, 1) or an unknown kind.
+    """
+    if open_set is None:
+        return None
+    if isinstance(open_set, (int, float)) and not isinstance(open_set, bool):
+        open_set = {"fraction": float(open_set)}
+    if not isinstance(open_set, Mapping):
+        raise ValueError(
+            f"phantom open_set must be a fraction or {{fraction, kinds}}, got {open_set!r}"
+        )
+    unknown = sorted(set(open_set) - {"fraction", "kinds"})
+    if unknown or "fraction" not in open_set:
+        raise ValueError(
+            f"phantom open_set takes 'fraction' (required) and 'kinds', got {sorted(open_set)}"
+        )
+    fraction = float(open_set["fraction"])
+    kinds = [str(k) for k in (open_set.get("kinds") or OOD_KINDS)]
+    plan_ood(0, fraction, 0, kinds)  # checks the fraction and the kinds
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"phantom open_set kinds repeat a kind: {kinds}")
+    return None if fraction == 0 else {"fraction": fraction, "kinds": kinds}
+
+
+def rater_styles(
+    raters: str | Sequence[RaterStyle | Mapping[str, Any]] | None,
+) -> tuple[RaterStyle, ...]:
+    """The normalised ``raters`` option: a tuple of styles (empty: off).
+
+    Args:
+        raters: None (off); ``"default"`` (:data:`~lightning_ada.data.raters.DEFAULT_RATERS`);
+            or a list of :class:`~lightning_ada.data.raters.RaterStyle` or of mappings of its
+            fields (``{name: generous, margin: 1, margin_fraction: 0.5}``).
+
+    Raises:
+        ValueError: an unknown preset, a bad style (the message names the rater) or two raters
+            with one name.
+    """
+    if raters is None:
+        return ()
+    if isinstance(raters, str):
+        if raters != "default":
+            raise ValueError(f"phantom raters: the only preset is 'default', got {raters!r}")
+        return DEFAULT_RATERS
+    styles = []
+    for r in raters:
+        if isinstance(r, RaterStyle):
+            styles.append(r)
+            continue
+        if not isinstance(r, Mapping):
+            raise ValueError(
+                f"phantom raters: each rater is a mapping of RaterStyle fields, got {r!r}"
+            )
+        try:
+            fields = dict(r)
+            fields["omit_labels"] = tuple(int(v) for v in fields.get("omit_labels") or ())
+            styles.append(RaterStyle(**fields))
+        except TypeError as e:
+            raise ValueError(f"phantom raters: bad rater {dict(r)!r}: {e}") from e
+    names = [s.name for s in styles]
+    if len(set(names)) != len(names):
+        raise ValueError(f"phantom raters: names must be unique, got {names}")
+    return tuple(styles)
+
+
+def _options(open_set: Any, raters: Any) -> dict[str, Any]:
+    """The generator-record entries of the options that are on (JSON values)."""
+    out: dict[str, Any] = {}
+    opts = open_set_options(open_set)
+    if opts is not None:
+        out["open_set"] = opts
+    styles = rater_styles(raters)
+    if styles:
+        out["raters"] = [s.to_json() for s in styles]
+    return out
+
+
+def folder_suffix(open_set: Any = None, raters: Any = None) -> str:
+    """A folder-name suffix per option set: ``""`` when both are off, else e.g.
+    ``"_ood20_3f9a1c2e"`` / ``"_raters4_..."`` (a short hash of the normalised options), so
+    phantoms of different options never share a folder."""
+    opts = _options(open_set, raters)
+    if not opts:
+        return ""
+    parts = []
+    if "open_set" in opts:
+        parts.append(f"ood{round(100 * opts['open_set']['fraction'])}")
+    if "raters" in opts:
+        parts.append(f"raters{len(opts['raters'])}")
+    digest = hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
+    return "_" + "_".join(parts + [digest])
+
+
+def rater_datalist(root: str | Path, rater: str) -> Path:
+    """The datalist of ``rater``'s labels in a phantom generated with ``raters``.
+
+    Args:
+        root: the phantom folder (or a JSON file in it).
+        rater: the rater's name.
+
+    Raises:
+        DataError: no such datalist (the message lists the phantom's raters).
+    """
+    folder = Path(root)
+    folder = folder.parent if folder.suffix == ".json" else folder
+    path = folder / f"dataset_rater-{rater}.json"
+    if not path.is_file():
+        known: list[str] = []
+        try:
+            known = list(json.loads((folder / "dataset.json").read_text()).get("raters") or [])
+        except (OSError, ValueError):
+            pass
+        raise DataError(
+            f"{path}: no labels of rater {rater!r} here (this phantom's raters: "
+            f"{known or 'none'}); generate it with data.phantom.raters"
+        )
+    return path
+
+
+def case_centres(
+    task: str, split: str, n: int, seed: int, regime: str = "phantom-1"
+) -> list[str]:
+    """The centre of each of the first ``n`` cases of ``split``, as :func:`generate_phantom`
+    assigns them (prefix-stable; no file is read or written).
+
+    Raises:
+        ValueError: unknown task, split or regime.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+    reg = _regime(task, regime)
+    names = [sc.name for sc in _scanners(task, reg.shift)]
+    scan, _ = _split_plan(split, n, reg, seed, list(TASKS).index(task))
+    return [names[i] for i in scan]
+
+
+def _split_plan(
+    split: str, n: int, reg: Regime, seed: int, task_code: int
+) -> tuple[list[int], list[bool]]:
+    """(scanner index, degraded?) of each of the ``n`` cases of ``split``."""
+    if split in ("source", "source_test"):
+        return [0] * n, [False] * n
+    split_code = _SPLITS[split][1]
+    scan = [1 + j for j in _assign(n, np.array(reg.target_freq), [seed, task_code, split_code, 1])]
+    freq = np.array([1 - reg.degraded_freq, reg.degraded_freq])
+    degr = [j == 1 for j in _assign(n, freq, [seed, task_code, split_code, 2])]
+    return scan, degr
 
 
 def _power_targets(task: str, a: np.ndarray) -> list[Scanner]:
@@ -514,13 +722,31 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(img, path)
 
 
+def _ood_mask(kind: str, flag: Mapping[str, Any], mask: np.ndarray) -> np.ndarray:
+    """An annotation ``(H, W, D)`` of a case made out of distribution, following its arrays."""
+    if kind in ("other_anatomy", "no_tumour"):
+        return np.zeros_like(mask)
+    if kind == "field_of_view":
+        detail = flag["ood_detail"]
+        empty = np.zeros((1, *mask.shape), np.float32)
+        rng = np.random.default_rng(0)  # unused: scale and shift are given
+        return field_of_view(empty, mask, rng, detail["scale"], detail["shift"]).label
+    return mask  # corrupted / channel_order: the same anatomy, drawn as before
+
+
 def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int,
-               degraded: bool, size: int, seed: int, regime: Regime) -> Case:
-    """Synthesise, write and describe one case (paths relative to ``root``)."""
+               degraded: bool, size: int, seed: int, regime: Regime, ood: str | None = None,
+               open_set: bool = False, raters: tuple[RaterStyle, ...] = ()) -> Case:
+    """Synthesise, write and describe one case (paths relative to ``root``).
+
+    ``ood``: make the case out of distribution of this kind; ``open_set``: flag the case (an
+    open-set phantom flags all its cases); ``raters``: write one mask per rater style.
+    """
     spec, scanners = TASKS[task], _scanners(task, regime.shift)
     tag, split_code = _SPLITS[split]
     case_id = f"{task}_{tag}_{index:03d}"
-    ss = np.random.SeedSequence([seed, list(TASKS).index(task), split_code, index])
+    task_code = list(TASKS).index(task)
+    ss = np.random.SeedSequence([seed, task_code, split_code, index])
     rng_anat, rng_acq, rng_ann = (np.random.default_rng(s) for s in ss.spawn(3))
     anatomy = _glioma_anatomy if task == "glioma" else _npc_anatomy
     tissue, seg, r_vox = anatomy(rng_anat, size, regime)
@@ -531,6 +757,30 @@ def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int
     if degraded:
         deg = (int(rng_acq.integers(len(mods))), str(rng_acq.choice(["noise", "blur", "motion"])))
     images = _acquire(tissue, sc, table, deg, rng_acq)
+    mask_fn = _glioma_masks if task == "glioma" else _npc_mask
+    eff = table.clip(0.0) ** sc.gamma  # contrasts as acquired
+    masks = {}
+    for m, mod in enumerate(mods):
+        kind = deg[1] if deg is not None and deg[0] == m else None
+        cap = 3 if kind is None else 1
+        masks[mod] = mask_fn(tissue, seg, eff[:, m], *_perception(sc, kind), cap, rng_ann)
+
+    meta: dict[str, Any] = {"centre": sc.name, "scanner_index": scanner_index}
+    if ood is not None:
+        rng_ood = np.random.default_rng([seed, task_code, split_code, _OOD_CASE, index])
+        made = make_ood(ood, images, seg, rng_ood)
+        if ood == "field_of_view":  # redo with the recorded (rounded) values: the flag is exact
+            detail = made.flag["ood_detail"]
+            made = field_of_view(images, seg, rng_ood, detail["scale"], detail["shift"])
+        masks = {mod: _ood_mask(ood, made.flag, mk) for mod, mk in masks.items()}
+        images, seg = made.image, made.label
+    vox = {name: int((seg == v).sum()) for name, v in spec["labels"].items()}
+    vox["total"] = int((seg > 0).sum())
+    meta |= {"tumour_voxels": vox, "tumour_radius_vox": round(r_vox, 3),
+             "degraded_modality": mods[deg[0]] if deg else None,
+             "degradation": deg[1] if deg else None}
+    if open_set:
+        meta |= made.flag if ood is not None else in_distribution_flag()
 
     affine = _affine(size)
     (root / case_id).mkdir(parents=True, exist_ok=True)
@@ -538,29 +788,38 @@ def _make_case(root: Path, task: str, split: str, index: int, scanner_index: int
     for m, mod in enumerate(mods):
         _save(images[m], affine, root / rel(mod))
     _save(seg, affine, root / rel("seg"))
-    mask_fn = _glioma_masks if task == "glioma" else _npc_mask
-    eff = table.clip(0.0) ** sc.gamma  # contrasts as acquired
-    for m, mod in enumerate(mods):
-        kind = deg[1] if deg is not None and deg[0] == m else None
-        cap = 3 if kind is None else 1
-        _save(mask_fn(tissue, seg, eff[:, m], *_perception(sc, kind), cap, rng_ann), affine,
-              root / rel(f"seg_{mod}"))
-
-    vox = {name: int((seg == v).sum()) for name, v in spec["labels"].items()}
-    vox["total"] = int((seg > 0).sum())
-    meta = {"centre": sc.name, "scanner_index": scanner_index, "tumour_voxels": vox,
-            "tumour_radius_vox": round(r_vox, 3),
-            "degraded_modality": mods[deg[0]] if deg else None,
-            "degradation": deg[1] if deg else None}
+    for mod in mods:
+        _save(masks[mod], affine, root / rel(f"seg_{mod}"))
+    if raters:
+        drawn = rater_masks(seg, raters, seed=[seed, task_code, split_code, _RATER, index])
+        for name, mask in drawn.items():
+            _save(mask, affine, root / rel(f"seg_rater-{name}"))
+        meta["rater_labels"] = {name: rel(f"seg_rater-{name}") for name in drawn}
     return Case(case_id=case_id, images=tuple(rel(m) for m in mods), modalities=tuple(mods),
                 label=rel("seg"), modality_labels={m: rel(f"seg_{m}") for m in mods},
                 split=split, meta=meta)
 
 
+def _rater_datalist(head: dict[str, Any], cases: Sequence[Case], style: RaterStyle) -> dict:
+    """The datalist of one rater: the target cases labelled by the rater, nothing else changed."""
+    entries = []
+    for c in cases:
+        entry = c.to_json()
+        if c.split in _TARGET_SPLITS:
+            entry["label"] = c.meta["rater_labels"][style.name]
+            entry["modality_labels"] = {}  # the rater's delineation is the only one
+            entry["meta"]["rater"] = style.name
+        entries.append(entry)
+    return {**head, "name": f"{head['name']}_rater-{style.name}", "rater": style.to_json(),
+            "cases": entries}
+
+
 def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_source: int = 20,
                      n_source_test: int = 6, n_pool: int = 30, n_test: int = 12, seed: int = 0,
                      overwrite: bool = False, progress: bool = True,
-                     regime: str = "phantom-1") -> Path:
+                     regime: str = "phantom-1",
+                     open_set: Mapping[str, Any] | float | None = None,
+                     raters: str | Sequence[RaterStyle | Mapping[str, Any]] | None = None) -> Path:
     """Generate (or reuse) a synthetic multi-centre phantom under ``root``.
 
     Images are (H, W, D) = (size, size, size) float32 volumes, one NIfTI per modality, in
@@ -572,7 +831,9 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
     Each case's ``meta`` holds ``centre`` (``A`` source, ``B``/``C``/``D`` target),
     ``scanner_index`` (0-3 in that order), ``tumour_voxels`` (per label name and ``total``),
     ``tumour_radius_vox`` (mean radius in voxels before irregularity), ``degraded_modality`` and
-    ``degradation`` (``noise``/``blur``/``motion``; both None when no modality is degraded).
+    ``degradation`` (``noise``/``blur``/``motion``; both None when no modality is degraded);
+    with ``open_set`` also ``ood`` (the kind, or None) and for an out-of-distribution case
+    ``ood_detail``; with ``raters`` (target cases) ``rater_labels`` (rater -> mask path).
 
     Args:
         root: output folder.
@@ -589,10 +850,18 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
         regime: ``phantom-1`` (the original draw) or ``power`` (calibrated so that target
             labels matter: larger tumours, a shared learnable target shift; see
             :class:`Regime` and ``benchmarks/calibration.md``).
+        open_set: make this share of the ``pool`` split out of distribution
+            (:func:`open_set_options`: a fraction, or ``{fraction, kinds}``); exactly
+            ``round(fraction * n_pool)`` cases, kinds dealt in turn, seeded by ``seed``
+            (:func:`~lightning_ada.data.open_set.plan_ood`). None or 0: off.
+        raters: rater styles (:func:`rater_styles`: ``"default"`` or a list of
+            :class:`~lightning_ada.data.raters.RaterStyle` fields) whose masks of the target
+            cases are written, with one datalist per rater (:func:`rater_datalist`). None: off.
 
     Returns:
         The path of ``root/dataset.json`` (a datalist: ``{"name", "task", "modalities",
-        "labels", "generator", "cases"}`` with paths relative to ``root``).
+        "labels", "generator", "cases"}`` with paths relative to ``root``; with ``raters`` also
+        ``"raters"``: rater name -> its datalist file).
 
     Raises:
         ValueError: bad arguments.
@@ -613,6 +882,9 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
               "n_pool": n_pool, "n_test": n_test, "seed": seed, "version": VERSION}
     if regime != "phantom-1":  # absent for the original regime: its phantoms stay valid
         params["regime"] = json.loads(json.dumps(asdict(reg)))  # its values: edits miss the cache
+    options = _options(open_set, raters)  # absent when off: the phantoms without them stay valid
+    params |= options
+    ood_opts, styles = options.get("open_set"), rater_styles(raters)
     if out.exists():
         try:
             old = json.loads(out.read_text())
@@ -629,31 +901,37 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
             cid = str(c.get("case_id", ""))
             if cid and "/" not in cid and (root / cid).is_dir():
                 shutil.rmtree(root / cid)
+    for stale in root.glob("dataset_rater-*.json"):  # a rater datalist of an earlier draw
+        stale.unlink()
 
     jobs = []
     task_code = list(TASKS).index(task)
     for split, n in counts.items():
-        split_code = _SPLITS[split][1]
-        if split in ("source", "source_test"):
-            scan, degr = [0] * n, [False] * n
-        else:
-            target_freq = np.array(reg.target_freq)
-            scan = [1 + j for j in _assign(n, target_freq, [seed, task_code, split_code, 1])]
-            freq = np.array([1 - reg.degraded_freq, reg.degraded_freq])
-            degr = [j == 1 for j in _assign(n, freq, [seed, task_code, split_code, 2])]
-        jobs += [(split, i, scan[i], degr[i]) for i in range(n)]
+        scan, degr = _split_plan(split, n, reg, seed, task_code)
+        ood: list[str | None] = [None] * n
+        if ood_opts is not None and split == "pool":
+            key = [seed, task_code, _SPLITS[split][1], _OOD_PLAN]
+            ood = plan_ood(n, ood_opts["fraction"], key, ood_opts["kinds"])
+        jobs += [(split, i, scan[i], degr[i], ood[i]) for i in range(n)]
     it = jobs
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(jobs, desc=f"phantom {task} {size}^3", unit="case")
-    cases = [_make_case(root, task, sp, i, s, d, size, seed, reg) for sp, i, s, d in it]
+    cases = [
+        _make_case(root, task, sp, i, s, d, size, seed, reg, ood=o, open_set=ood_opts is not None,
+                   raters=styles if sp in _TARGET_SPLITS else ())
+        for sp, i, s, d, o in it
+    ]
     spec = TASKS[task]
-    write_json_atomic(out, {
-        "name": f"phantom_{task}", "task": task, "modalities": list(spec["modalities"]),
-        "labels": dict(spec["labels"]), "generator": params,
-        "cases": [c.to_json() for c in cases],
-    })
+    head = {"name": f"phantom_{task}", "task": task, "modalities": list(spec["modalities"]),
+            "labels": dict(spec["labels"]), "generator": params}
+    for style in styles:  # before dataset.json: its presence means the whole phantom is there
+        write_json_atomic(root / f"dataset_rater-{style.name}.json",
+                          _rater_datalist(head, cases, style))
+    if styles:
+        head["raters"] = {st.name: f"dataset_rater-{st.name}.json" for st in styles}
+    write_json_atomic(out, {**head, "cases": [c.to_json() for c in cases]})
     return out
 
 
