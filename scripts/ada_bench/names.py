@@ -87,33 +87,36 @@ def compose_name(base: str, option_text: str = "", additions: tuple[str, ...] = 
     return base + (f":{option_text}" if option_text else "") + "".join(f"+{a}" for a in additions)
 
 
-def _depth_changes(text: str) -> int:
+def _scan(text: str):
+    """``(character, bracket depth after it, inside quotes)`` for each character of ``text``."""
     depth, quote = 0, ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote
-        elif ch in "'\"":
+            yield ch, depth, True
+            continue
+        if ch in "'\"":
             quote = ch
         elif ch in _OPEN:
             depth += 1
         elif ch in _CLOSE:
             depth -= 1
+        yield ch, depth, bool(quote)
+
+
+def _depth_changes(text: str) -> int:
+    """Brackets opened minus closed in ``text`` (outside quotes)."""
+    depth = 0
+    for _, depth, _ in _scan(text):
+        pass
     return depth
 
 
 def split_top_level(text: str, sep: str) -> list[str]:
     """``text`` split at every ``sep`` outside brackets and quotes."""
-    parts, current, depth, quote = [], "", 0, ""
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth -= 1
-        elif ch == sep and depth == 0:
+    parts, current = [], ""
+    for ch, depth, quoted in _scan(text):
+        if ch == sep and depth == 0 and not quoted:
             parts.append(current)
             current = ""
             continue
