@@ -172,6 +172,60 @@ def test_one_off_strategies_are_paired_with_the_one_off_random(
     assert "Random (one-off)" in "\n".join(table.notes)
 
 
+def real_rows() -> list[dict[str, Any]]:
+    """Real-data shape: 3 folds x 2 seeds at one budget (3). random: 0.5 + 0.1 f; ugtst: random +
+    0.01 (f + 3 s) (Δ in points: 0, 1, 2, 3, 4, 5 over the six runs); bounds 0.4 / 0.9."""
+    rows = []
+    for s in range(2):
+        for f in range(3):
+            base = {"task": "brats18", "seed": s, "fold": f}
+            rows.append({**base, "run": "lower", "strategy": "lower", "budget": 0,
+                         "per_case": cases(0.4)})
+            rows.append({**base, "run": "upper", "strategy": "upper", "per_case": cases(0.9)})
+            rows.append({**base, "run": "random", "strategy": "random", "budget": 3,
+                         "per_case": cases(0.5 + 0.1 * f)})
+            rows.append({**base, "run": "ugtst", "strategy": "ugtst", "budget": 3,
+                         "per_case": cases(0.5 + 0.1 * f + 0.01 * (f + 3 * s))})
+    return rows
+
+
+def test_paired_over_runs_pairs_each_fold_of_each_seed(named: None) -> None:
+    """Real data: folds are different test cases, so each (fold, seed) run is one pair (n = 6);
+    pairing by seed would average the folds first (n = 2)."""
+    rows = real_rows()
+    runs = power.seed_values(rows, "brats18", "ugtst", pair_by="run")
+    assert sorted(runs) == [(f, s) for f in range(3) for s in range(2)]
+    assert runs[(2, 1)] == {3: pytest.approx(0.5 + 0.2 + 0.05)}
+    table = power.power_table(rows, pair_by="run")
+    by = {(r[1], r[3]): dict(zip(table.csv_header, r)) for r in table.csv_rows}
+    d = by[("ugtst", "Dice at 3")]
+    assert d["n_seeds"] == 6 and d["diff_mean"] == pytest.approx(2.5)
+    assert d["sd"] == pytest.approx(statistics.stdev([0, 1, 2, 3, 4, 5]))
+    assert not any(m.startswith("AUBC") for _, m in by)  # one budget: no area
+    assert table.header[4] == "Runs" and "fold x seed" in table.title
+    by_seed = power.power_table(rows)
+    assert {r[4] for r in by_seed.csv_rows} == {2}
+    with pytest.raises(ValueError, match="pair_by"):
+        power.seed_values(rows, "brats18", "ugtst", pair_by="fold")
+
+
+def test_report_writes_the_paired_table_for_folds_and_seeds(named: None, tmp_path: Path) -> None:
+    """A benchmark without budget curves but with several (fold, seed) runs of random gets
+    ``paired.md``/``.csv`` (and the summary shows it); one run of random gets none."""
+    import json
+
+    from ada_bench.report import paired_runs, write_report
+
+    rows = real_rows()
+    assert paired_runs(rows) and not paired_runs(rows[:4])
+    for r in rows:
+        r["test"] = {}
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_report(tmp_path, figure_methods=())
+    assert (tmp_path / "paired.md").exists() and (tmp_path / "paired.csv").exists()
+    assert "paired over runs (fold x seed)" in text
+
+
 def load_script() -> Any:
     spec = importlib.util.spec_from_file_location("bench_script", REPO / "scripts" / "benchmark.py")
     mod = importlib.util.module_from_spec(spec)

@@ -136,26 +136,41 @@ def aubc(curve: Mapping[int, float], budgets: Sequence[int]) -> float:
     return area / (b[-1] - b[0])
 
 
+#: what one paired unit is: ``"seed"`` (the power profile: one phantom draw, source model and fold
+#: per seed; folds of a seed averaged) or ``"run"`` (a fold of a seed: real data, whose folds are
+#: different test cases)
+PAIR_BY = ("seed", "run")
+
+
 def seed_values(
-    rows: Iterable[Mapping[str, Any]], task: str, method: str, metric: str = "dice_mean"
-) -> dict[int, dict[int | None, float]]:
-    """``{seed: {budget: value}}`` of ``method`` on ``task`` (folds of a seed averaged; the
-    bounds under budget None)."""
+    rows: Iterable[Mapping[str, Any]],
+    task: str,
+    method: str,
+    metric: str = "dice_mean",
+    pair_by: str = "seed",
+) -> dict[Any, dict[int | None, float]]:
+    """``{unit: {budget: value}}`` of ``method`` on ``task`` (the bounds under budget None).
+
+    ``pair_by="seed"``: the unit is the seed, its folds averaged; ``"run"``: the unit is the
+    ``(fold, seed)`` pair.
+    """
+    if pair_by not in PAIR_BY:
+        raise ValueError(f"pair_by must be one of {PAIR_BY}, not {pair_by!r}")
     norm = [
         r
         for r in (normalise(x) for x in rows)
         if r["task"] == task and r["method"] == method and r["train_input"] == "all"
     ]
     regions = regions_of(norm, task)
-    acc: dict[tuple[int, int | None], list[float]] = defaultdict(list)
+    acc: dict[tuple[Any, int | None], list[float]] = defaultdict(list)
     budgets = {None if budgetless(method) else r["budget"] for r in norm}
     for b in budgets:
         sel = [r for r in norm if b is None or r["budget"] == b]
-        for (_fold, seed), v in per_run(sel, metric, regions).items():
-            acc[(seed, b)].append(v)
-    out: dict[int, dict[int | None, float]] = defaultdict(dict)
-    for (seed, b), vals in acc.items():
-        out[seed][b] = statistics.fmean(vals)
+        for (fold, seed), v in per_run(sel, metric, regions).items():
+            acc[(seed if pair_by == "seed" else (fold, seed), b)].append(v)
+    out: dict[Any, dict[int | None, float]] = defaultdict(dict)
+    for (unit, b), vals in acc.items():
+        out[unit][b] = statistics.fmean(vals)
     return dict(out)
 
 
@@ -220,11 +235,18 @@ def measures(
 
 
 def compare(
-    rows: Sequence[Mapping[str, Any]], task: str, method: str, baseline: str, budgets: Sequence[int]
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    method: str,
+    baseline: str,
+    budgets: Sequence[int],
+    pair_by: str = "seed",
 ) -> list[tuple[str, Paired, float, float]]:
-    """``(measure, paired summary of the per-seed differences in points, method mean %,
-    baseline mean %)`` of ``method`` vs ``baseline`` on ``task`` over the seeds both have."""
-    mine, base = seed_values(rows, task, method), seed_values(rows, task, baseline)
+    """``(measure, paired summary of the per-unit differences in points, method mean %,
+    baseline mean %)`` of ``method`` vs ``baseline`` on ``task`` over the units (seeds, or
+    ``(fold, seed)`` runs with ``pair_by="run"``) both have."""
+    mine = seed_values(rows, task, method, pair_by=pair_by)
+    base = seed_values(rows, task, baseline, pair_by=pair_by)
     out = []
     for label, a, b_ in measures(mine, base, budgets, budgetless(method) and budgetless(baseline)):
         seeds = sorted(
@@ -250,10 +272,16 @@ def _paired_values(res: Paired, ma: float, mb: float) -> list[Any]:
     return [res.n, ma, mb, res.mean, res.ci_low, res.ci_high, res.p, res.sd, res.mdd]
 
 
+def _unit_words(pair_by: str) -> tuple[str, str]:
+    """(column header, phrase) of the paired unit."""
+    return ("Seeds", "seeds") if pair_by == "seed" else ("Runs", "runs (fold x seed)")
+
+
 def power_table(
     rows: Iterable[Mapping[str, Any]],
     budgets: Sequence[int] | None = None,
     baseline: str = BASELINE,
+    pair_by: str = "seed",
 ) -> Table:
     """Every strategy vs ``baseline``: paired differences over seeds at each budget and of AUBC.
 
@@ -262,8 +290,9 @@ def power_table(
     """
     rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
     budgets = list(budgets or budgets_of(rows))
+    unit, units = _unit_words(pair_by)
     header = [
-        "Task", "Strategy", "Baseline", "Measure", "Seeds", "Strategy %", "Baseline %",
+        "Task", "Strategy", "Baseline", "Measure", unit, "Strategy %", "Baseline %",
         "Δ points", "95 % CI", "Wilcoxon p", "MDD points",
     ]
     csv_header = [
@@ -273,7 +302,7 @@ def power_table(
     md, csv_rows = [], []
     for task in tasks_of(rows):
         methods = present_methods([r for r in rows if r["task"] == task])
-        if not seed_values(rows, task, baseline):
+        if not seed_values(rows, task, baseline, pair_by=pair_by):
             continue
         for method in methods:
             if budgetless(method) or method == baseline:
@@ -285,7 +314,7 @@ def power_table(
                 else baseline
             )
             base_src = _source(rows, task, matched)
-            for label, res, ma, mb in compare(rows, task, method, matched, budgets):
+            for label, res, ma, mb in compare(rows, task, method, matched, budgets, pair_by):
                 md.append(
                     [task, display_name(method), display_name(matched), label,
                      *_paired_cells(res, ma, mb)]
@@ -308,9 +337,17 @@ def power_table(
             " (random picks, the whole budget at epoch 0, the same full schedule); budget-curve"
             f" strategies with {display_name(baseline)}'s curve."
         )
+    unit_note = (
+        []
+        if pair_by == "seed"
+        else [
+            "Paired unit: one run = one fold of one seed (the folds hold different test cases); "
+            "the runs of one seed share its source model, so they are not fully independent."
+        ]
+    )
     return Table(
-        "Power: every strategy vs random (the baseline of the same schedule), paired over seeds "
-        "(Dice in %)",
+        "Power: every strategy vs random (the baseline of the same schedule), paired over "
+        f"{units} (Dice in %)",
         header,
         md,
         csv_header,
@@ -327,6 +364,7 @@ def power_table(
             f"AUBC: trapezoid of Dice over budgets {', '.join(map(str, budgets))} divided by "
             f"{max(budgets)} − {min(budgets)} (the mean Dice over that budget range).",
             curve_note,
+            *unit_note,
         ],
     )
 
@@ -345,14 +383,17 @@ def addition_references(method: str) -> list[str]:
 
 
 def additions_table(
-    rows: Iterable[Mapping[str, Any]], budgets: Sequence[int] | None = None
+    rows: Iterable[Mapping[str, Any]],
+    budgets: Sequence[int] | None = None,
+    pair_by: str = "seed",
 ) -> Table:
     """The gain of every addition: ``X+add`` vs ``X`` (and vs ``X`` without any addition),
-    paired over seeds as :func:`power_table` (bounds: the Dice with every label)."""
+    paired over seeds (or runs) as :func:`power_table` (bounds: the Dice with every label)."""
     rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
     budgets = list(budgets or budgets_of(rows) or [1])
+    unit, units = _unit_words(pair_by)
     header = [
-        "Task", "Run", "Compared with", "Measure", "Seeds", "Run %", "Reference %", "Δ points",
+        "Task", "Run", "Compared with", "Measure", unit, "Run %", "Reference %", "Δ points",
         "95 % CI", "Wilcoxon p", "MDD points",
     ]
     csv_header = [
@@ -366,14 +407,15 @@ def additions_table(
             for ref in addition_references(method):
                 if ref not in present:
                     continue
-                for label, res, ma, mb in compare(rows, task, method, ref, budgets):
+                for label, res, ma, mb in compare(rows, task, method, ref, budgets, pair_by):
                     md.append(
                         [task, display_name(method), display_name(ref), label,
                          *_paired_cells(res, ma, mb)]
                     )
                     csv_rows.append([task, method, ref, label, *_paired_values(res, ma, mb)])
     return Table(
-        "Gain of each addition: the run vs the same run without it, paired over seeds (Dice in %)",
+        f"Gain of each addition: the run vs the same run without it, paired over {units} "
+        "(Dice in %)",
         header,
         md,
         csv_header,
@@ -448,7 +490,9 @@ def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path)
     return _save(fig, path)
 
 
-def write_power(rows: Sequence[Mapping[str, Any]], out: str | Path) -> tuple[Table, list[Path]]:
+def write_power(
+    rows: Sequence[Mapping[str, Any]], out: str | Path, pair_by: str = "seed"
+) -> tuple[Table, list[Path]]:
     """Write ``power.md`` / ``power.csv`` (the additions' gains, when there are any, appended to
     ``power.md`` and in ``power_additions.csv``) and ``power_curve_<task>.png`` into ``out``.
 
@@ -457,8 +501,8 @@ def write_power(rows: Sequence[Mapping[str, Any]], out: str | Path) -> tuple[Tab
         figures.
     """
     out = Path(out)
-    table = power_table(rows)
-    gains = additions_table(rows)
+    table = power_table(rows, pair_by=pair_by)
+    gains = additions_table(rows, pair_by=pair_by)
     if gains.rows:
         gains.write(out, "power_additions")
         table.notes = [*table.notes, "", gains.markdown()]

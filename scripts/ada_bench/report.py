@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,16 @@ def queried_figures(
     return paths
 
 
+def paired_runs(rows: Sequence[Mapping[str, Any]], baseline: str = "random") -> bool:
+    """Whether ``baseline`` has at least two ``(fold, seed)`` runs of one task and budget (what
+    a paired table over runs needs)."""
+    units: dict[tuple[Any, Any], set[tuple[Any, Any]]] = {}
+    for r in rows:
+        if r.get("strategy") == baseline and r.get("run") == baseline:
+            units.setdefault((r["task"], r.get("budget")), set()).add((r.get("fold"), r["seed"]))
+    return any(len(u) >= 2 for u in units.values())
+
+
 def write_report(
     out: str | Path,
     figure_methods: Sequence[str] = ("mmacts",),
@@ -102,6 +112,17 @@ def write_report(
         tables["power"], figures = write_power(rows, out)
         images += figures
         power = [tables["power"].markdown()]
+    elif paired_runs(rows):  # several folds x seeds per budget: paired over (fold, seed) runs
+        from ada_bench.power import additions_table, power_table
+
+        tables["paired"] = power_table(rows, pair_by="run")
+        gains = additions_table(rows, pair_by="run")
+        if gains.rows:
+            tables["paired_additions"] = gains
+            gains.write(out, "paired_additions")
+            tables["paired"].notes = [*tables["paired"].notes, "", gains.markdown()]
+        tables["paired"].write(out, "paired")
+        power = [tables["paired"].markdown()]
     text = "\n".join(
         [
             f"# Benchmark results ({len(rows)} runs)",
