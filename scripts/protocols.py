@@ -114,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="phantom edge in voxels (default: the config's)")
     p.add_argument("--threads", type=int, help="torch threads (1 on a shared CPU)")
     p.add_argument("--summary", action="store_true", help="only write the tables of --out")
+    p.add_argument("--real-centre", metavar="NAME",
+                   help="centres --summary of a real-data benchmark folder (--out, e.g. "
+                        "runs/bench_cbica, one target institution NAME in every fold): its folds "
+                        "pooled as one centre, written to centre_<NAME>.md/.csv")
     p.add_argument("--dry-run", action="store_true", help="print the runs, run nothing")
     return p
 
@@ -263,9 +267,34 @@ def ceiling_markdown(ceiling: dict[str, Any]) -> str:
     ])
 
 
+def real_centre_summary(out: Path, name: str, budgets: list[int] | None) -> str:
+    """``centre_<name>.md/.csv`` of a real-data benchmark whose every fold adapts to the one
+    institution ``name``: the folds pooled as one centre (their test cases differ, so the
+    (seed, case) pairs stay distinct); every budget present unless ``budgets``."""
+    rows = [r for r in last_rows(out / "results.jsonl") if r["run"] != "source"]
+    if not rows:
+        raise SystemExit(f"{out}/results.jsonl: no target runs")
+    present = sorted({int(r["budget"]) for r in rows if r.get("budget") and r["run"] != "lower"})
+    pooled = [{**r, "fold": 0} for r in rows]
+    table = group_table(
+        pooled, [name], f"One adaptation to {name} (real data, folds pooled)", "centre",
+        budgets=budgets or present,
+    )
+    table.notes.append(
+        f"Folds pooled: every fold's test cases are {name} cases, each run paired with the upper "
+        "bound of its own fold and seed (all of that fold's pool labelled)."
+    )
+    table.write(out, f"centre_{name}")
+    return table.markdown()
+
+
 def summary(args: argparse.Namespace) -> str:
     """Write the protocol's tables and ``summary.md`` into ``--out``; return the summary text."""
     out = Path(args.out)
+    if args.real_centre:
+        if args.protocol != "centres":
+            raise SystemExit("--real-centre is a summary of the centres protocol")
+        return real_centre_summary(out, args.real_centre, args.budgets)
     rec = read_groups(out)
     rows = [r for r in last_rows(out / "results.jsonl") if r["task"] == args.task]
     if not rows:

@@ -198,3 +198,27 @@ def test_tiny_centre_protocol_end_to_end(tmp_path: Path) -> None:
     share = [line for line in csv[1:] if ",random,20 %," in line]
     assert len(share) == 3
     assert "not that the two models are equivalent" in (out / "centres.md").read_text()
+
+
+def test_real_centre_summary_pools_the_folds_of_one_institution(tmp_path: Path) -> None:
+    """A real benchmark whose folds all adapt to one institution: the folds' (seed, case) pairs
+    pooled into one centre, each run paired with its own fold's upper bound."""
+    mod = load_script()
+
+    def case(cid: str, v: float) -> dict[str, Any]:
+        return {"case_id": cid, **{f"dice_{g}": v for g in ("ET", "NCR", "ED")},
+                **{f"hd95_{g}": 10.0 for g in ("ET", "NCR", "ED")}}
+
+    rows = []
+    for f in range(3):  # fold f tests cases c{f}a, c{f}b; random is 0.1 f below its upper bound
+        for run, budget, v in (("lower", 0, 0.3), ("upper", None, 0.8), ("random", 3, 0.8 - 0.1 * f)):
+            rows.append({"task": "brats18", "run": run, "seed": 0, "fold": f, "budget": budget,
+                         "per_case": [case(f"c{f}a", v), case(f"c{f}b", v)]})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = mod.real_centre_summary(tmp_path, "CBICA", None)
+    csv = (tmp_path / "centre_CBICA.csv").read_text().splitlines()
+    header = csv[0].split(",")
+    random = dict(zip(header, next(r for r in csv if ",random," in r).split(",")))
+    assert random["n"] == "6" and random["budget"] == "3"
+    assert float(random["dsc_diff"]) == pytest.approx(-0.1)  # mean of 0, 0, -0.1, -0.1, -0.2, -0.2
+    assert "folds pooled" in text
