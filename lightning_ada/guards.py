@@ -7,7 +7,7 @@
 - :func:`check_schedule` refuses, at setup, a query schedule that cannot spend the budget;
   :func:`shortfall_notes` reports a run that still ended short (e.g. stopped early).
 - :func:`check_resume` refuses to resume a checkpoint under a changed run definition (strategy,
-  budget, pool, modalities, labels, model shape) unless ``--guard.resume_changed true``, which is
+  self-training, budget, pool, modalities, labels, model shape) unless ``--guard.resume_changed true``, which is
   then recorded in the query log (:func:`resume_notes`).
 """
 
@@ -217,6 +217,8 @@ def run_definition(trainer: L.Trainer, module: L.LightningModule) -> dict[str, A
         strategy = getattr(active, "strategy", None)
         definition["strategy"] = getattr(strategy, "name", None) or type(strategy).__name__
         definition["budget"] = int(active.budget)
+        st = getattr(active, "self_training", None)
+        definition["self_training"] = None if st is None else repr(st)
     dm = trainer.datamodule
     pool = getattr(dm, "pool", None)
     if pool is not None:
@@ -280,8 +282,9 @@ def check_resume(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
 
     Called from the module's ``on_load_checkpoint`` (before any weight is loaded). A changed
     network shape is always refused (the weights cannot load); under ``fit``, a changed strategy,
-    budget, pool, stage, modalities or labels is refused unless the :class:`RunGuard` has
-    ``resume_changed=True``, in which case the changes are recorded in the query log.
+    self-training, budget, pool, stage, modalities or labels is refused unless the
+    :class:`RunGuard` has ``resume_changed=True``, in which case the changes are recorded in the
+    query log.
 
     Raises:
         ChangedRunError: with a one-line diff (old -> new) and the checkpoint's path.

@@ -409,8 +409,10 @@ def test_full_disk_stops_with_one_line_and_the_run_resumes_to_the_same_query_log
         (["--active.budget", "3"], "budget 2 -> 3"),
         (["--model.filters", "[4, 8, 32]"], "holds a network of another shape (net."),
         ("pool", "pool 6 -> 5 cases without ["),
+        (["--active.self_training", "lightning_ada.active.self_training.SelfTraining"],
+         'self_training None -> "SelfTraining(warmup_epochs=2'),
     ],
-    ids=["strategy", "budget", "filters", "pool"],
+    ids=["strategy", "budget", "filters", "pool", "self_training"],
 )
 def test_resume_under_a_changed_definition_is_refused_with_a_diff(
     finished_run: Path, phantom_root: Path, tmp_path: Path,
