@@ -7,8 +7,8 @@
 - :func:`check_schedule` refuses, at setup, a query schedule that cannot spend the budget;
   :func:`shortfall_notes` reports a run that still ended short (e.g. stopped early).
 - :func:`check_resume` refuses to resume a checkpoint under a changed run definition (strategy,
-  self-training, budget, pool, modalities, labels, model shape) unless ``--guard.resume_changed true``, which is
-  then recorded in the query log (:func:`resume_notes`).
+  self-training, budget, pool, modalities, labels, model shape) unless
+  ``--guard.resume_changed true``, which is then recorded in the query log (:func:`resume_notes`).
 """
 
 from __future__ import annotations

@@ -211,7 +211,8 @@ def test_real_centre_summary_pools_the_folds_of_one_institution(tmp_path: Path) 
 
     rows = []
     for f in range(3):  # fold f tests cases c{f}a, c{f}b; random is 0.1 f below its upper bound
-        for run, budget, v in (("lower", 0, 0.3), ("upper", None, 0.8), ("random", 3, 0.8 - 0.1 * f)):
+        runs = (("lower", 0, 0.3), ("upper", None, 0.8), ("random", 3, 0.8 - 0.1 * f))
+        for run, budget, v in runs:
             rows.append({"task": "brats18", "run": run, "seed": 0, "fold": f, "budget": budget,
                          "per_case": [case(f"c{f}a", v), case(f"c{f}b", v)]})
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -137,7 +137,9 @@ def pool_case_table(rows: Iterable[Mapping[str, Any]], split: str) -> Table:
             without = [c for c in mine if (c.fold, c.seed) in units and case not in c.labelled]
             cw = _mean([d for c in with_ for d in c.changes.values()])
             co = _mean([d for c in without for d in c.changes.values()])
-            collapses = (sum(len(c.collapsed) for c in with_), sum(len(c.collapsed) for c in without))
+            collapses = (
+                sum(len(c.collapsed) for c in with_), sum(len(c.collapsed) for c in without)
+            )
             flags = sum(case in c.suspect for c in with_)
             entries.append((case, with_, cw, without, co, collapses, flags))
         entries.sort(key=lambda e: (math.inf if math.isnan(e[2] - e[4]) else e[2] - e[4], e[0]))
