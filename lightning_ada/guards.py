@@ -198,6 +198,21 @@ def shortfall_notes(trainer: L.Trainer, budget: int, n_queried: int) -> list[dic
     return [note]
 
 
+def nothing_to_train_note(trainer: L.Trainer, refused: list[str]) -> dict[str, Any]:
+    """Stop a fit whose every query was refused (out of distribution) before any label arrived:
+    warn on stderr, set ``trainer.should_stop`` (no epoch runs: the model stays the source
+    model, and is tested as it is; the caller saves it as ``last.ckpt``) and return the
+    query-log entry that records it."""
+    trainer.should_stop = True
+    _say(
+        f"warning: the oracle refused every query ({len(refused)}: {', '.join(refused)}), so "
+        "there is no labelled case to train on: training skipped, the model stays the source "
+        "model; recorded in the query log"
+    )
+    return {"event": "nothing_to_train", "refused": list(refused),
+            "reason": "every query refused, budget spent"}
+
+
 # ---------------------------------------------------------------------------------- resume
 def _active(trainer: L.Trainer) -> Any:
     from lightning_ada.active.callback import ActiveQueryCallback

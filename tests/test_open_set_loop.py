@@ -126,3 +126,31 @@ def test_the_annotator_refuses_a_case_with_an_ood_file(
         (case_id, True, 0)
     ]
     assert second.value.labels[0].name != label.name
+
+
+def test_every_query_refused_skips_training_and_keeps_the_source_model(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pool whose every case is out of distribution: each refusal is replaced until the budget
+    is spent, then fit ends without an epoch (it used to fail with 'no labeled case to train on')
+    and the model is the source model; the query log and stderr say why."""
+    import torch
+
+    root = tmp_path / "open"
+    n_pool = sum(
+        c["split"] == "pool" for c in json.loads((phantom_root / "dataset.json").read_text())["cases"]
+    )
+    ood = set(_flag_pool(phantom_root, root, n_ood=n_pool))
+    out = tmp_path / "run"
+    main(_args(root, source_ckpt, out, "--active.budget", "2", "--trainer.max_epochs", "3"))
+    log = json.loads((out / "query_log.json").read_text())
+    queried = [e for e in log if "case_id" in e]
+    assert len(queried) == 2 and all(e["refused"] and e["case_id"] in ood for e in queried)
+    note = [e for e in log if e.get("event") == "nothing_to_train"]
+    assert note and note[0]["refused"] == [e["case_id"] for e in queried]
+    assert "refused every query (2:" in capsys.readouterr().err
+    adapted = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    source = torch.load(source_ckpt, map_location="cpu", weights_only=False)
+    weights = {k: v for k, v in source["state_dict"].items() if k.startswith("net.")}
+    assert weights and all(torch.equal(adapted["state_dict"][k], v) for k, v in weights.items())
+    assert adapted["global_step"] == 0

@@ -23,6 +23,7 @@ from lightning_ada.guards import (
     check_schedule,
     check_step_schedule,
     epochs_in_run,
+    nothing_to_train_note,
     resume_notes,
     shortfall_notes,
     steps_in_run,
@@ -228,6 +229,14 @@ class ActiveQueryCallback(L.Callback):
         elif self.budget and self.n_queried == 0 and self.last_query_epoch is None:
             n = self.budget if self.strategy.schedule == "one_off" else 1
             self._query(trainer, pl_module, n, epoch=-1)
+            pool = self._pool()
+            if self.refused and not pool.labeled() and self.self_training is None:
+                # every query refused: the budget is spent (each refusal was replaced at once)
+                self.history.append(nothing_to_train_note(trainer, self.refused))
+                self._write_log(trainer)
+                # no epoch will end, so no checkpoint callback will save: the run's model (the
+                # source model) and its query history go to last.ckpt for test / resume
+                trainer.save_checkpoint(self._run_dir(trainer) / "checkpoints" / "last.ckpt")
         if self.self_training is not None:  # lightning_ada/active/self_training.py
             self.self_training.on_fit_start(trainer, pl_module, self._run_dir(trainer), self.refused)
 
