@@ -159,7 +159,8 @@ class ActiveDataModule(L.LightningDataModule):
         tumour_contrast: tumour-contrast augmentation of the labeled training cases
             (:class:`~lightning_ada.data.tumour_contrast.TumourContrast`, GBA's naive or
             blended rescaling, ALGORITHMS 11; ``on_pseudo_labels`` extends it to pseudo-labelled
-            cases); None (default): off.
+            cases; GBA proper with a ``harmoniser``, whose SinGAN :meth:`train_dataloader`
+            trains or reloads once per run); None (default): off.
         rater: read the labels of this rater (a phantom generated with ``phantom.raters``:
             ``<root>/dataset_rater-<rater>.json``,
             :func:`~lightning_ada.data.phantom.rater_datalist`): the target cases' references
@@ -609,7 +610,7 @@ class ActiveDataModule(L.LightningDataModule):
         length = self.hparams.iterations_per_epoch * self.hparams.batch_size
         epoch = _LabeledEpoch(
             self, augmentation, length,
-            contrast=contrast.transform() if contrast is not None else None,
+            contrast=contrast.transform(self) if contrast is not None else None,
             contrast_pseudo=contrast is not None and contrast.on_pseudo_labels,
             offset=random.Random(seed).randrange(max(1, len(self.pseudo))),
         )
