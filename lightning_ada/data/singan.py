@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 #: version of the cache file layout (a file of another version is retrained, not read)
@@ -473,7 +473,8 @@ class SinGANHarmoniser:
 
     Args:
         generators: ``k*``, how many of the finest generators harmonise (the injection scale is
-            ``n = K - k*`` of ``K`` scales): more generators, stronger re-synthesis.
+            ``n = K - k*`` of ``K`` scales): more generators, stronger re-synthesis. A slice too
+            small for that many scales runs all ``K`` (with a warning).
         case_id: the case whose slice trains the SinGAN; None = the first labelled training case
             when the loader is first built (the first actively queried one in a target run).
         slice_index: the axial slice to train on; None = the slice with the most tumour voxels
@@ -614,9 +615,9 @@ class SinGANHarmoniser:
                 f"iterations in {model.train_seconds:.1f} s -> {where}"
             )
         if self.generators > model.scales:
-            raise ValueError(
-                f"data.tumour_contrast.harmoniser.generators: {self.generators} but the SinGAN "
-                f"of case {case_id} has {model.scales} scales ({model.sizes})"
+            rank_zero_warn(
+                f"data.tumour_contrast.harmoniser.generators: {self.generators}, but the SinGAN "
+                f"of case {case_id} has {model.scales} scales ({model.sizes}): all of them run"
             )
         self._models[case_id] = model
         self.path = path

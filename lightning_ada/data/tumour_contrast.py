@@ -485,7 +485,8 @@ class TumourContrast:
             "axial_axis": self.axial_axis,
         }
         if singan is not None:
-            return RandGBATumourContrastd(singan, self.harmoniser.generators, **blended)
+            generators = min(self.harmoniser.generators, singan.scales)
+            return RandGBATumourContrastd(singan, generators, **blended)
         return RandBlendedTumourContrastd(**blended)
 
     def __repr__(self) -> str:
