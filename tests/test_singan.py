@@ -251,16 +251,27 @@ def test_the_harmoniser_chooses_its_case_and_slice_and_names_bad_settings(tmp_pa
     contrast = TumourContrast(prob=1.0, factors=[2.0], harmoniser=_harmoniser(generators=9))
     with pytest.raises(ValueError, match="datamodule"):
         contrast.transform()
+    dm = _FakeDataModule(tmp_path / "r", labeled=[])
+    t = contrast.transform(dm)  # built before any case is labelled: trains nothing yet
+    assert isinstance(t, RandGBATumourContrastd) and t.singan is None
+    assert t.prepare() is None and t.singan is None  # the loader starts before any query
+    dm.train_pool.labeled.append("c0")
     with pytest.warns(UserWarning, match="all of them run"):
-        t = contrast.transform(_FakeDataModule(tmp_path / "r", labeled=["c0"]))
-    assert isinstance(t, RandGBATumourContrastd) and t.generators == t.singan.scales
+        t.prepare()  # the loader's first iteration: trained now, on the first labelled case
+    assert t.singan is not None and t.generators == t.singan.scales
+    assert (tmp_path / "r" / "singan" / "c0.pt").is_file()
 
 
-@pytest.mark.slow
 def test_fit_on_the_phantom_with_gba_singan_trains_and_caches_the_singan_in_the_run_folder(
-    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """``-c random_tiny -c gba_singan``: the SinGAN is trained once (on the first queried case,
+    at the first training batch), harmonises every epoch, and a resumed run reloads it."""
+    import logging
+
     from lightning_ada.main import main
+
+    caplog.set_level(logging.INFO)
 
     out = tmp_path / "run"
     args = [
@@ -285,3 +296,11 @@ def test_fit_on_the_phantom_with_gba_singan_trains_and_caches_the_singan_in_the_
     assert model.channels == cli.datamodule.image(first).shape[0]
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert "SinGANHarmoniser" in (out / "config.yaml").read_text()
+    lines = [r.getMessage() for r in caplog.records if "[singan]" in r.getMessage()]
+    assert len(lines) == 1 and "trained on case" in lines[0]  # once for both epochs
+
+    caplog.clear()
+    last = out / "checkpoints" / "last.ckpt"
+    main([*args, "--trainer.max_epochs", "3", "--ckpt_path", str(last)])  # one epoch more
+    lines = [r.getMessage() for r in caplog.records if "[singan]" in r.getMessage()]
+    assert len(lines) == 1 and "reloaded" in lines[0]  # the resumed run does not train again

@@ -65,6 +65,11 @@ class _LabeledEpoch(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def prepare(self) -> None:
+        """Ready the tumour-contrast transform (GBA proper trains or reloads its SinGAN here)."""
+        if self.contrast is not None and hasattr(self.contrast, "prepare"):
+            self.contrast.prepare()
+
     def set_random_state(self, seed: int) -> None:
         """Seed the augmentation (and the tumour-contrast transform with a derived seed)."""
         self.transform.set_random_state(seed=seed)
@@ -89,6 +94,17 @@ class _LabeledEpoch(torch.utils.data.Dataset):
         if self.contrast is not None and alter:
             item = self.contrast(item)
         return self.transform(item)
+
+
+class _PreparingLoader(DataLoader):
+    """A DataLoader that prepares its dataset in this process each time iteration starts, before
+    any worker starts (``_LabeledEpoch.prepare``: a SinGAN trained once, then shared)."""
+
+    def __iter__(self) -> Any:
+        prepare = getattr(self.dataset, "prepare", None)
+        if prepare is not None:
+            prepare()
+        return super().__iter__()
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -615,7 +631,7 @@ class ActiveDataModule(L.LightningDataModule):
             offset=random.Random(seed).randrange(max(1, len(self.pseudo))),
         )
         epoch.set_random_state(seed)
-        return DataLoader(
+        return _PreparingLoader(
             epoch,
             batch_size=self.hparams.batch_size,
             shuffle=True,

@@ -53,6 +53,10 @@ from torch import nn
 CACHE_VERSION = 1
 
 
+class NoTrainingCase(ValueError):
+    """No case to train the SinGAN on yet (nothing labelled and no ``case_id`` configured)."""
+
+
 def pyramid_sizes(
     height: int, width: int, scale_factor: float = 0.75, min_size: int = 8
 ) -> list[tuple[int, int]]:
@@ -461,10 +465,13 @@ def most_tumour_slice(label: torch.Tensor | np.ndarray, axis: int = 2) -> int:
 class SinGANHarmoniser:
     """GBA's SinGAN harmonisation as a tumour-contrast option (``data.tumour_contrast.harmoniser``).
 
-    Trains one :class:`SinGAN` per run on one real axial slice of a target case, the first time
-    the training loader is built (in the main process, from
-    :meth:`~lightning_ada.data.datamodule.ActiveDataModule.train_dataloader`; the trained model
-    then travels with the transform, so loader workers receive it by pickling and never train).
+    Trains one :class:`SinGAN` per run on one real axial slice of a target case, once a case is
+    labelled: when the datamodule's training loader starts iterating (in the main process,
+    before its workers start, so they receive the trained model and never train), or, when the
+    loader was started before the first query (Lightning starts epoch 0's loader before
+    ``on_fit_start``), at the first transformed case (in the main process with
+    ``num_workers: 0``; with workers, each worker of that first epoch trains or reloads its own
+    identical copy).
     The weights go to ``<run folder>/singan/<case_id>.pt`` with a ``<case_id>.json`` beside them
     (training time in seconds, slice, pyramid, last reconstruction losses); a later build, a
     resumed run or a second fit in the same folder reloads them instead of training again (a
@@ -553,13 +560,13 @@ class SinGANHarmoniser:
         """``(case id, slice index, slice (C, H, W))`` the SinGAN trains on.
 
         Raises:
-            ValueError: no labelled case to choose from, an unknown case id, or a slice index
-                outside the volume.
+            NoTrainingCase: no labelled case to choose from (yet) and no ``case_id``.
+            ValueError: an unknown case id, or a slice index outside the volume.
         """
         labeled = list(datamodule.train_pool.labeled)
         case_id = self.case_id if self.case_id is not None else (labeled[0] if labeled else None)
         if case_id is None:
-            raise ValueError(
+            raise NoTrainingCase(
                 "data.tumour_contrast.harmoniser: no labelled case to train the SinGAN on yet; "
                 "set harmoniser.case_id"
             )
@@ -584,9 +591,11 @@ class SinGANHarmoniser:
 
     def model(self, datamodule: Any, axial_axis: int = 2) -> SinGAN:
         """The SinGAN of this run: in memory, else reloaded from the cache, else trained now."""
+        labeled = list(datamodule.train_pool.labeled)
+        chosen = self.case_id if self.case_id is not None else (labeled[0] if labeled else None)
+        if chosen in self._models:
+            return self._models[chosen]
         case_id, index, image = self.training_slice(datamodule, axial_axis)
-        if case_id in self._models:
-            return self._models[case_id]
         folder = self.folder(datamodule)
         path = None if folder is None else folder / f"{case_id}.pt"
         wanted = {

@@ -30,7 +30,8 @@ exactly 1 return the input voxels unchanged (GBA proper included: nothing to har
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -39,7 +40,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage
 
-from lightning_ada.data.singan import SinGAN, SinGANHarmoniser
+from lightning_ada.data.singan import NoTrainingCase, SinGAN, SinGANHarmoniser
 
 #: The factor set of the authors' public notebook (one factor per augmented copy).
 NOTEBOOK_FACTORS = (0.5, 0.8, 1.5)
@@ -342,20 +343,56 @@ class RandGBATumourContrastd(RandBlendedTumourContrastd):
     in-plane farther from the tumour than the dilation plus the Gaussian's reach) is
     bit-identical to the input; factors all equal to 1 return the input. Image dtype kept.
 
+    The model may be given as a provider (a callable returning it, e.g. the
+    :class:`~lightning_ada.data.singan.SinGANHarmoniser` bound to its datamodule): it is then
+    called once, by :meth:`prepare` (the datamodule's training loader calls it in the main
+    process before any loader worker starts, so workers receive the trained model; it waits
+    while the provider has no case to train on) or at the first transformed case;
+    ``generators`` is then capped at the model's scale count.
+
     Args:
         singan: the trained model (:class:`~lightning_ada.data.singan.SinGAN`, as many channels
-            as the images).
+            as the images), or a provider of it.
         generators: ``k*``, how many of its finest generators run (1..K).
         **kwargs: as :class:`RandBlendedTumourContrastd`.
     """
 
-    def __init__(self, singan: SinGAN, generators: int = 2, **kwargs: Any) -> None:
+    def __init__(
+        self, singan: SinGAN | Callable[[], SinGAN], generators: int = 2, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        if not 1 <= int(generators) <= singan.scales:
-            raise ValueError(f"generators must be in 1..{singan.scales}, got {generators}")
-        self.singan, self.generators = singan, int(generators)
+        if int(generators) < 1:
+            raise ValueError(f"generators must be >= 1, got {generators}")
+        self.generators = int(generators)
+        self.singan: SinGAN | None = None
+        self._provider: Callable[[], SinGAN] | None = None
+        if isinstance(singan, SinGAN):
+            if self.generators > singan.scales:
+                raise ValueError(f"generators must be in 1..{singan.scales}, got {generators}")
+            self.singan = singan
+        else:
+            self._provider = singan
         #: seed of the harmonisation noise drawn by the last :meth:`randomize`
         self.noise_seed = 0
+
+    def prepare(self) -> SinGAN | None:
+        """Obtain the SinGAN from the provider (trained or reloaded) if it can be yet.
+
+        Returns:
+            The model, or None while the provider has no case to train on
+            (:class:`~lightning_ada.data.singan.NoTrainingCase`: nothing labelled yet).
+        """
+        try:
+            return self._model()
+        except NoTrainingCase:
+            return None
+
+    def _model(self) -> SinGAN:
+        if self.singan is None:
+            assert self._provider is not None
+            self.singan = self._provider()
+            self.generators = min(self.generators, self.singan.scales)
+        return self.singan
 
     def randomize(self, data: Any = None, channels: int = 1) -> None:
         super().randomize(data, channels)
@@ -368,10 +405,11 @@ class RandGBATumourContrastd(RandBlendedTumourContrastd):
         rescaled = super()._rescale(image, mask_np, None)  # x' (naive)
         if rescaled is image or weights_np is None:
             return rescaled  # factors all 1: identity
-        if image.shape[0] != self.singan.channels:
+        singan = self._model()
+        if image.shape[0] != singan.channels:
             raise ValueError(
                 f"{type(self).__name__}: image has {image.shape[0]} channels, the SinGAN "
-                f"{self.singan.channels}"
+                f"{singan.channels}"
             )
         raw = rescaled.as_tensor() if hasattr(rescaled, "as_tensor") else rescaled
         weights = torch.as_tensor(weights_np)
@@ -386,7 +424,7 @@ class RandGBATumourContrastd(RandBlendedTumourContrastd):
                 continue
             view = raw[(slice(None), *where)]  # (C, h, w), a view into the output
             x_bg = view.float()
-            x_gen = self.singan.harmonise(x_bg, self.generators, noise).to(x_bg.device)
+            x_gen = singan.harmonise(x_bg, self.generators, noise).to(x_bg.device)
             blended = w * x_gen + (1 - w) * x_bg
             view[:, region] = blended[:, region].to(view.dtype)
         return rescaled
@@ -458,7 +496,9 @@ class TumourContrast:
         Args:
             datamodule: the :class:`~lightning_ada.data.datamodule.ActiveDataModule` whose
                 labelled case and run folder the ``harmoniser`` trains from and caches in (only
-                needed with a harmoniser; its SinGAN is trained or reloaded here, once per run).
+                needed with a harmoniser). The SinGAN is trained or reloaded when the transform
+                is prepared (:meth:`RandGBATumourContrastd.prepare`), not here: the loader may be
+                built before the first case is labelled.
         """
         if self.harmoniser is None:
             return self._build()
@@ -467,10 +507,11 @@ class TumourContrast:
                 "data.tumour_contrast.harmoniser: the SinGAN trains on a case of the datamodule; "
                 "call transform(datamodule)"
             )
-        singan = self.harmoniser.model(datamodule, self.axial_axis)
-        return self._build(singan)
+        return self._build(partial(self.harmoniser.model, datamodule, self.axial_axis))
 
-    def _build(self, singan: SinGAN | None = None) -> RandTumourContrastd:
+    def _build(
+        self, singan: SinGAN | Callable[[], SinGAN] | None = None
+    ) -> RandTumourContrastd:
         common = {
             "prob": self.prob,
             "factors": self.factors,
@@ -485,8 +526,7 @@ class TumourContrast:
             "axial_axis": self.axial_axis,
         }
         if singan is not None:
-            generators = min(self.harmoniser.generators, singan.scales)
-            return RandGBATumourContrastd(singan, generators, **blended)
+            return RandGBATumourContrastd(singan, self.harmoniser.generators, **blended)
         return RandBlendedTumourContrastd(**blended)
 
     def __repr__(self) -> str:
