@@ -1,6 +1,6 @@
 """A small single-image 2-D GAN (SinGAN) that harmonises rescaled tumour slices (GBA proper).
 
-ALGORITHMS.md section 11.2. SinGAN (Shaham, Dekel and Michaeli, ICCV 2019) learns the patch
+ALGORITHMS.md sections 11.2-11.3. SinGAN (Shaham, Dekel and Michaeli, ICCV 2019) learns the patch
 statistics of *one* image with a pyramid of small fully-convolutional GANs, trained coarse to
 fine. GBA (seed 001) trains it on one real target slice and then *harmonises* a slice whose tumour
 intensities were rescaled: the rescaled slice is downsampled to an injection scale ``n`` and the
