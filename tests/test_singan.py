@@ -230,6 +230,10 @@ def test_weights_are_cached_in_the_run_folder_and_reloaded_without_training(
     _harmoniser(iterations=4).model(dm)  # other settings: retrained and replaced
     assert calls == [1]
     assert SinGAN.load(weights)[0].settings.iterations == 4
+    weights.write_bytes(b"not a torch file")  # an interrupted or foreign file: retrained
+    with pytest.warns(UserWarning, match="not a readable SinGAN weights file"):
+        _harmoniser(iterations=4).model(dm)
+    assert calls == [1, 1] and SinGAN.load(weights)[0].settings.iterations == 4
 
 
 def test_the_harmoniser_chooses_its_case_and_slice_and_names_bad_settings(tmp_path: Path) -> None:

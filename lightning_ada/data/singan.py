@@ -10,8 +10,8 @@ tumour no longer looks pasted in.
 The project's version, written for tiny multi-modal slices ``(C, H, W)`` (one channel per
 modality, intensities in the preprocessed network-input units):
 
-- pyramid: scale factor ``r`` (0.75) from the full slice down to the first size whose shorter
-  side would fall below ``min_size`` (8 px): ``K`` scales, index 0 the coarsest;
+- pyramid: scale factor ``r`` (0.75) from the full slice down to the last size whose shorter
+  side is still ``>= min_size`` (8 px): ``K`` scales, index 0 the coarsest;
 - per scale a generator ``G_n(z, y) = tanh(f_n(z + y)) + y`` (``y`` = the upsampled output of
   scale ``n - 1``, zeros at scale 0) with ``f_n`` = ``blocks - 1`` conv3x3-BN-LeakyReLU blocks and a
   conv3x3, and a patch discriminator of the same depth (one score per pixel);
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-#: version of the cache file layout (a file of another version is retrained, not read)
+#: version of the cache file layout (a file of another version, or unreadable, is retrained)
 CACHE_VERSION = 1
 
 
@@ -62,8 +62,8 @@ def pyramid_sizes(
 ) -> list[tuple[int, int]]:
     """In-plane sizes of the scales, coarsest first, finest ``(height, width)`` last.
 
-    Scale ``n`` of ``K`` has size ``round(s * r^(K-1-n))`` per side; ``K`` is the largest count whose
-    coarsest shorter side is still ``>= min_size`` (1 when the slice itself is smaller).
+    Scale ``n`` of ``K`` has size ``round(s * r^(K-1-n))`` per side; ``K`` is the largest count
+    whose coarsest shorter side is still ``>= min_size`` (1 when the slice itself is smaller).
 
     Args:
         height: slice height, pixels.
@@ -238,7 +238,7 @@ class SinGAN(nn.Module):
         return len(self.sizes)
 
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        """``(C, H, W)`` in input units -> ``(1, C, H, W)`` float32, training slice in ``[-1, 1]``."""
+        """``(C, H, W)`` input units -> ``(1, C, H, W)`` float32 (training slice in [-1, 1])."""
         low, high = self.low[:, None, None], self.high[:, None, None]
         span = torch.where(high > low, high - low, torch.ones_like(high))
         return (2 * (image.float() - low) / span - 1)[None]
@@ -475,8 +475,8 @@ class SinGANHarmoniser:
     The weights go to ``<run folder>/singan/<case_id>.pt`` with a ``<case_id>.json`` beside them
     (training time in seconds, slice, pyramid, last reconstruction losses); a later build, a
     resumed run or a second fit in the same folder reloads them instead of training again (a
-    file trained with other settings or on another slice is retrained and replaced). Nothing is
-    written into the data folder.
+    file trained with other settings or on another slice, or unreadable, is retrained and
+    replaced). Nothing is written into the data folder.
 
     Args:
         generators: ``k*``, how many of the finest generators harmonise (the injection scale is
@@ -572,13 +572,14 @@ class SinGANHarmoniser:
             )
         if case_id not in datamodule.cases:
             raise ValueError(f"data.tumour_contrast.harmoniser.case_id: unknown case {case_id!r}")
-        item = datamodule._training_item(case_id) if case_id in labeled else datamodule.item(case_id)
+        is_labelled = case_id in labeled
+        item = datamodule._training_item(case_id) if is_labelled else datamodule.item(case_id)
         image = item["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
         depth = int(image.shape[1 + axial_axis])
         if self.slice_index is not None:
             index = self.slice_index
-        elif case_id in labeled:
+        elif is_labelled:
             index = most_tumour_slice(item["label"], axial_axis)
         else:
             index = depth // 2
@@ -635,7 +636,11 @@ class SinGANHarmoniser:
     def _reload(self, path: Path | None, wanted: dict[str, Any]) -> SinGAN | None:
         if path is None or not path.is_file():
             return None
-        model, extra = SinGAN.load(path)
+        try:
+            model, extra = SinGAN.load(path)
+        except ValueError as bad:
+            rank_zero_warn(f"[singan] {bad}: retraining")
+            return None
         if extra != wanted or asdict(model.settings) != asdict(self.settings):
             rank_zero_info(f"[singan] {path} was trained on another slice or settings: retraining")
             return None
