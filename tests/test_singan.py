@@ -308,3 +308,46 @@ def test_fit_on_the_phantom_with_gba_singan_trains_and_caches_the_singan_in_the_
     main([*args, "--trainer.max_epochs", "3", "--ckpt_path", str(last)])  # one epoch more
     lines = [r.getMessage() for r in caplog.records if "[singan]" in r.getMessage()]
     assert len(lines) == 1 and "reloaded" in lines[0]  # the resumed run does not train again
+
+
+def test_the_benchmark_harness_composes_gba_singan_as_an_addition(
+    phantom_root: Path, source_ckpt: Path
+) -> None:
+    """``random+gba_singan``: the run name parses and the overlay composes onto the power recipe."""
+    from ada_bench.names import parse_run_name
+    from ada_bench.runner import compose, typed_choices
+
+    from lightning_ada.main import main
+
+    assert parse_run_name("random+gba_singan").additions == ("gba_singan",)
+    config = compose([CONFIGS / "power" / "glioma" / "target.yaml",
+                      CONFIGS / "additions" / "gba_singan.yaml"])
+    config["data"] |= {"root": str(phantom_root), "phantom": None}
+    config["model"] |= {"source_checkpoint": str(source_ckpt), "filters": [4, 8, 16]}
+    cli = main(args=typed_choices(config), run=False)
+    contrast = cli.datamodule.tumour_contrast
+    assert isinstance(contrast, TumourContrast) and contrast.blend
+    assert isinstance(contrast.harmoniser, SinGANHarmoniser) and contrast.harmoniser.generators == 2
+
+
+def test_the_training_loader_prepares_its_dataset_before_workers_start() -> None:
+    """``_PreparingLoader``: what ``prepare`` sets in the main process reaches the workers."""
+    from lightning_ada.data.datamodule import _PreparingLoader
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.value = 0
+
+        def prepare(self) -> None:
+            self.value += 1
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> int:
+            return self.value
+
+    data = Data()
+    loader = _PreparingLoader(data, batch_size=2, num_workers=1)
+    assert list(loader)[0].tolist() == [1, 1]
+    assert list(loader)[0].tolist() == [2, 2]  # again at every iteration (cheap once trained)
