@@ -175,8 +175,8 @@ class ActiveDataModule(L.LightningDataModule):
         tumour_contrast: tumour-contrast augmentation of the labeled training cases
             (:class:`~lightning_ada.data.tumour_contrast.TumourContrast`, GBA's naive or
             blended rescaling, ALGORITHMS 11; ``on_pseudo_labels`` extends it to pseudo-labelled
-            cases; GBA proper with a ``harmoniser``, whose SinGAN :meth:`train_dataloader`
-            trains or reloads once per run); None (default): off.
+            cases; GBA proper with a ``harmoniser``, whose SinGAN the training loader trains
+            or reloads once per run); None (default): off.
         rater: read the labels of this rater (a phantom generated with ``phantom.raters``:
             ``<root>/dataset_rater-<rater>.json``,
             :func:`~lightning_ada.data.phantom.rater_datalist`): the target cases' references
