@@ -65,6 +65,11 @@ class _LabeledEpoch(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def prepare(self) -> None:
+        """Ready the tumour-contrast transform (GBA proper trains or reloads its SinGAN here)."""
+        if self.contrast is not None and hasattr(self.contrast, "prepare"):
+            self.contrast.prepare()
+
     def set_random_state(self, seed: int) -> None:
         """Seed the augmentation (and the tumour-contrast transform with a derived seed)."""
         self.transform.set_random_state(seed=seed)
@@ -89,6 +94,17 @@ class _LabeledEpoch(torch.utils.data.Dataset):
         if self.contrast is not None and alter:
             item = self.contrast(item)
         return self.transform(item)
+
+
+class _PreparingLoader(DataLoader):
+    """A DataLoader that prepares its dataset in this process each time iteration starts, before
+    any worker starts (``_LabeledEpoch.prepare``: a SinGAN trained once, then shared)."""
+
+    def __iter__(self) -> Any:
+        prepare = getattr(self.dataset, "prepare", None)
+        if prepare is not None:
+            prepare()
+        return super().__iter__()
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -159,7 +175,8 @@ class ActiveDataModule(L.LightningDataModule):
         tumour_contrast: tumour-contrast augmentation of the labeled training cases
             (:class:`~lightning_ada.data.tumour_contrast.TumourContrast`, GBA's naive or
             blended rescaling, ALGORITHMS 11; ``on_pseudo_labels`` extends it to pseudo-labelled
-            cases); None (default): off.
+            cases; GBA proper with a ``harmoniser``, whose SinGAN the training loader trains
+            or reloads once per run); None (default): off.
         rater: read the labels of this rater (a phantom generated with ``phantom.raters``:
             ``<root>/dataset_rater-<rater>.json``,
             :func:`~lightning_ada.data.phantom.rater_datalist`): the target cases' references
@@ -609,12 +626,12 @@ class ActiveDataModule(L.LightningDataModule):
         length = self.hparams.iterations_per_epoch * self.hparams.batch_size
         epoch = _LabeledEpoch(
             self, augmentation, length,
-            contrast=contrast.transform() if contrast is not None else None,
+            contrast=contrast.transform(self) if contrast is not None else None,
             contrast_pseudo=contrast is not None and contrast.on_pseudo_labels,
             offset=random.Random(seed).randrange(max(1, len(self.pseudo))),
         )
         epoch.set_random_state(seed)
-        return DataLoader(
+        return _PreparingLoader(
             epoch,
             batch_size=self.hparams.batch_size,
             shuffle=True,

@@ -14,16 +14,24 @@ probability:
   ``x_GBA = W * x' + (1 - W) * x``. The change ``W * (x' - x)`` is therefore zero outside the
   tumour and tapers where ``W < 1`` (small tumours, tumour borders).
 
-GBA proper (a single-image SinGAN harmonising the rescaled slice) is not implemented.
-:class:`TumourContrast` is the datamodule option (``data.tumour_contrast``) that builds them.
+- :class:`RandGBATumourContrastd`: GBA proper (11.2): each axial slice with tumour of the
+  naive-rescaled image ``x'`` is harmonised by a single-image SinGAN
+  (:mod:`lightning_ada.data.singan`) and blended in by the same ``W``:
+  ``x_GBA = W * SinGAN(x') + (1 - W) * x'``. Voxels where ``W = 0`` stay bit-identical.
 
-Only tumour voxels are written: every other voxel of the output is bit-identical to the input,
-the label is never changed, and a factor of exactly 1 returns the input voxels unchanged.
+:class:`TumourContrast` is the datamodule option (``data.tumour_contrast``) that builds them
+(GBA proper with ``harmoniser: SinGANHarmoniser``; off by default).
+
+The naive and blended transforms write only tumour voxels: every other voxel of the output is
+bit-identical to the input. GBA proper also writes the voxels around the tumour where ``W > 0``
+(the dilated mask, widened by the Gaussian's reach). The label is never changed, and factors of
+exactly 1 return the input voxels unchanged (GBA proper included: nothing to harmonise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -31,6 +39,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage
+
+from lightning_ada.data.singan import NoTrainingCase, SinGAN, SinGANHarmoniser
 
 #: The factor set of the authors' public notebook (one factor per augmented copy).
 NOTEBOOK_FACTORS = (0.5, 0.8, 1.5)
@@ -321,6 +331,105 @@ class RandBlendedTumourContrastd(RandTumourContrastd):
         return blend_weights(mask, self.dilation_radius, self.sigma, self.axial_axis)
 
 
+class RandGBATumourContrastd(RandBlendedTumourContrastd):
+    """GBA proper: the rescaled slice harmonised by a single-image SinGAN (ALGORITHMS 11.2).
+
+    With probability ``prob``, draws the factors as :class:`RandTumourContrastd` and one seed of
+    the harmonisation noise; computes the naive rescaling ``x'`` (only tumour voxels differ from
+    ``x``), then for every axial slice containing tumour harmonises the whole slice
+    ``(C, H, W)`` (all modalities together) with ``singan`` from the injection scale
+    ``K - generators`` up, and writes ``x_GBA = W * x_gen + (1 - W) * x'`` wherever ``W > 0``
+    (``W`` of :func:`blend_weights`). Every voxel with ``W = 0`` (slices without tumour, and
+    in-plane farther from the tumour than the dilation plus the Gaussian's reach) is
+    bit-identical to the input; factors all equal to 1 return the input. Image dtype kept.
+
+    The model may be given as a provider (a callable returning it, e.g. the
+    :class:`~lightning_ada.data.singan.SinGANHarmoniser` bound to its datamodule): it is then
+    called once, by :meth:`prepare` (the datamodule's training loader calls it in the main
+    process before any loader worker starts, so workers receive the trained model; it waits
+    while the provider has no case to train on) or at the first transformed case;
+    ``generators`` is then capped at the model's scale count.
+
+    Args:
+        singan: the trained model (:class:`~lightning_ada.data.singan.SinGAN`, as many channels
+            as the images), or a provider of it.
+        generators: ``k*``, how many of its finest generators run (1..K).
+        **kwargs: as :class:`RandBlendedTumourContrastd`.
+    """
+
+    def __init__(
+        self, singan: SinGAN | Callable[[], SinGAN], generators: int = 2, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if int(generators) < 1:
+            raise ValueError(f"generators must be >= 1, got {generators}")
+        self.generators = int(generators)
+        self.singan: SinGAN | None = None
+        self._provider: Callable[[], SinGAN] | None = None
+        if isinstance(singan, SinGAN):
+            if self.generators > singan.scales:
+                raise ValueError(f"generators must be in 1..{singan.scales}, got {generators}")
+            self.singan = singan
+        else:
+            self._provider = singan
+        #: seed of the harmonisation noise drawn by the last :meth:`randomize`
+        self.noise_seed = 0
+
+    def prepare(self) -> SinGAN | None:
+        """Obtain the SinGAN from the provider (trained or reloaded) if it can be yet.
+
+        Returns:
+            The model, or None while the provider has no case to train on
+            (:class:`~lightning_ada.data.singan.NoTrainingCase`: nothing labelled yet).
+        """
+        try:
+            return self._model()
+        except NoTrainingCase:
+            return None
+
+    def _model(self) -> SinGAN:
+        if self.singan is None:
+            assert self._provider is not None
+            self.singan = self._provider()
+            self.generators = min(self.generators, self.singan.scales)
+        return self.singan
+
+    def randomize(self, data: Any = None, channels: int = 1) -> None:
+        super().randomize(data, channels)
+        if self._do_transform:
+            self.noise_seed = int(self.R.randint(2**31 - 1))
+
+    def _rescale(
+        self, image: torch.Tensor, mask_np: np.ndarray, weights_np: np.ndarray | None
+    ) -> torch.Tensor:
+        rescaled = super()._rescale(image, mask_np, None)  # x' (naive)
+        if rescaled is image or weights_np is None:
+            return rescaled  # factors all 1: identity
+        singan = self._model()
+        if image.shape[0] != singan.channels:
+            raise ValueError(
+                f"{type(self).__name__}: image has {image.shape[0]} channels, the SinGAN "
+                f"{singan.channels}"
+            )
+        raw = rescaled.as_tensor() if hasattr(rescaled, "as_tensor") else rescaled
+        weights = torch.as_tensor(weights_np)
+        noise = torch.Generator().manual_seed(self.noise_seed)
+        axis = self.axial_axis
+        for k in np.flatnonzero(mask_np.any(axis=tuple(a for a in range(3) if a != axis))):
+            where = [slice(None)] * 3
+            where[axis] = int(k)
+            w = weights[tuple(where)]
+            region = w > 0
+            if not region.any():
+                continue
+            view = raw[(slice(None), *where)]  # (C, h, w), a view into the output
+            x_bg = view.float()
+            x_gen = singan.harmonise(x_bg, self.generators, noise).to(x_bg.device)
+            blended = w * x_gen + (1 - w) * x_bg
+            view[:, region] = blended[:, region].to(view.dtype)
+        return rescaled
+
+
 class TumourContrast:
     """Tumour-contrast augmentation of training cases, as a datamodule option (typed for the CLI).
 
@@ -342,6 +451,10 @@ class TumourContrast:
         sigma: in-plane Gaussian standard deviation of the blending mask, voxels (``blend`` only).
         axial_axis: spatial axis across the axial slices (2 = ``D`` in RAS ``(H, W, D)``).
         on_pseudo_labels: also alter pseudo-labelled cases (self-training).
+        harmoniser: GBA proper (:class:`RandGBATumourContrastd`): a
+            :class:`~lightning_ada.data.singan.SinGANHarmoniser` that trains a single-image
+            SinGAN when the training loader is first built and harmonises the rescaled slices
+            (needs ``blend``); None (default): no SinGAN.
     """
 
     def __init__(
@@ -356,6 +469,7 @@ class TumourContrast:
         sigma: float = 5.0,
         axial_axis: int = 2,
         on_pseudo_labels: bool = False,
+        harmoniser: SinGANHarmoniser | None = None,
     ) -> None:
         self.blend, self.prob = bool(blend), float(prob)
         self.factors = None if factors is None else [float(f) for f in factors]
@@ -365,13 +479,39 @@ class TumourContrast:
         self.dilation_radius, self.sigma = int(dilation_radius), float(sigma)
         self.axial_axis = int(axial_axis)
         self.on_pseudo_labels = bool(on_pseudo_labels)
+        self.harmoniser = harmoniser
+        if harmoniser is not None and not self.blend:
+            raise ValueError(
+                "data.tumour_contrast: harmoniser (GBA proper) blends the SinGAN output by the "
+                "weighting mask: set blend: true"
+            )
         try:
-            self.transform()  # every check of the transforms, at configuration time
+            self._build()  # every check of the transforms, at configuration time
         except ValueError as bad:
             raise ValueError(f"data.tumour_contrast: {bad}") from bad
 
-    def transform(self) -> RandTumourContrastd:
-        """A new transform with these settings (seed it with ``set_random_state``)."""
+    def transform(self, datamodule: Any = None) -> RandTumourContrastd:
+        """A new transform with these settings (seed it with ``set_random_state``).
+
+        Args:
+            datamodule: the :class:`~lightning_ada.data.datamodule.ActiveDataModule` whose
+                labelled case and run folder the ``harmoniser`` trains from and caches in (only
+                needed with a harmoniser). The SinGAN is trained or reloaded when the transform
+                is prepared (:meth:`RandGBATumourContrastd.prepare`), not here: the loader may be
+                built before the first case is labelled.
+        """
+        if self.harmoniser is None:
+            return self._build()
+        if datamodule is None:
+            raise ValueError(
+                "data.tumour_contrast.harmoniser: the SinGAN trains on a case of the datamodule; "
+                "call transform(datamodule)"
+            )
+        return self._build(partial(self.harmoniser.model, datamodule, self.axial_axis))
+
+    def _build(
+        self, singan: SinGAN | Callable[[], SinGAN] | None = None
+    ) -> RandTumourContrastd:
         common = {
             "prob": self.prob,
             "factors": self.factors,
@@ -381,13 +521,18 @@ class TumourContrast:
         }
         if not self.blend:
             return RandTumourContrastd(**common)
-        return RandBlendedTumourContrastd(
-            **common, dilation_radius=self.dilation_radius, sigma=self.sigma,
-            axial_axis=self.axial_axis,
-        )
+        blended = {
+            **common, "dilation_radius": self.dilation_radius, "sigma": self.sigma,
+            "axial_axis": self.axial_axis,
+        }
+        if singan is not None:
+            return RandGBATumourContrastd(singan, self.harmoniser.generators, **blended)
+        return RandBlendedTumourContrastd(**blended)
 
     def __repr__(self) -> str:
         kind = "blended" if self.blend else "naive"
+        if self.harmoniser is not None:
+            kind = f"GBA, {self.harmoniser!r}"
         return (
             f"TumourContrast({kind}, prob={self.prob}, factors={self.factors}, "
             f"factor_range={self.factor_range}, on_pseudo_labels={self.on_pseudo_labels})"
