@@ -35,7 +35,9 @@ from ada_bench.names import RunName, budgetless, parse_run_name
 #: where ``<run>+<addition>`` finds ``<addition>.yaml`` (the repository's configs/additions)
 ADDITIONS_DIR = Path(__file__).resolve().parents[2] / "configs" / "additions"
 #: names of the additions in the tables (others are shown as written)
-ADDITION_DISPLAY = {"st": "self-training", "gba": "GBA", "dgst": "DGST"}
+ADDITION_DISPLAY = {
+    "st": "self-training", "gba": "GBA", "gba_singan": "GBA (SinGAN)", "dgst": "DGST",
+}
 
 #: the paper's budgets and its headline budget
 BUDGETS = (1, 2, 3, 5)
