@@ -56,6 +56,19 @@ def test_purity_and_dice_per_group() -> None:
     assert filt[5] == pytest.approx(statistics.fmean([1.0, 2 / 3])) and filt[7] == 1
     assert (0, "lower") in got and (1, "lower") not in got  # the source model: shown once
     assert group_name(0.4, True) == "ood40_filter" and query_flags(rows[0])[1] == "no_tumour"
+    # a query-log event (no case) is not a query
+    event = {**rows[0], "queries": [*rows[0]["queries"], {"event": "nothing_to_train"}]}
+    assert query_flags(event) == query_flags(rows[0])
+
+
+def test_result_rows_keep_log_events_apart_from_queries() -> None:
+    from ada_bench.loop import make_row
+
+    log = [{"round": 0, "epoch": -1, "case_id": "c0", "case_meta": {"ood": "no_tumour"}},
+           {"event": "nothing_to_train", "refused": ["c0"]}]
+    r = make_row("glioma", "random", 0, {"query_log": log}, fold=0, budget=1)
+    assert r["queried_cases"] == ["c0"] and len(r["queries"]) == 1
+    assert r["events"] == [{"event": "nothing_to_train", "refused": ["c0"]}]
 
 
 def test_groups_point_at_one_open_set_phantom_per_share() -> None:

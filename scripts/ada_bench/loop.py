@@ -240,7 +240,9 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
             )
         }
         for q in res.get("query_log", [])
+        if q.get("case_id") is not None  # events (ended_short, nothing_to_train, ...) go below
     ]
+    events = [q for q in res.get("query_log", []) if q.get("case_id") is None]
     label_fit = res.get("label_fit")
     if label_fit:  # each labelled case's loss under the final model, suspect labels flagged
         queries = annotate_queries(queries, label_fit)
@@ -254,6 +256,7 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         # the extra test splits (source test cases, other institutions): forgetting
         **({"extra_splits": res["extra_splits"]} if res.get("extra_splits") else {}),
         "queries": queries,
+        **({"events": events} if events else {}),
         "queried_cases": [q["case_id"] for q in queries],
         "elected_modalities": [q["modality"] for q in queries],
         "fit_seconds": res.get("fit_seconds"),

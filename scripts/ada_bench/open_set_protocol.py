@@ -64,8 +64,14 @@ def open_set_groups(base: Mapping[str, Any], fractions: Sequence[float]) -> list
 
 
 def query_flags(row: Mapping[str, Any]) -> list[str | None]:
-    """The ``ood`` kind (None: in distribution) of each query of a result row."""
-    return [(q.get("case_meta") or {}).get("ood") for q in row.get("queries", [])]
+    """The ``ood`` kind (None: in distribution) of each query of a result row (log events
+    without a case, e.g. ``nothing_to_train`` in rows written before they were kept apart, are
+    not queries)."""
+    return [
+        (q.get("case_meta") or {}).get("ood")
+        for q in row.get("queries", [])
+        if q.get("case_id") is not None
+    ]
 
 
 def open_set_table(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> Table:
