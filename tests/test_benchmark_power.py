@@ -209,6 +209,24 @@ def test_paired_over_runs_pairs_each_fold_of_each_seed(named: None) -> None:
         power.seed_values(rows, "brats18", "ugtst", pair_by="fold")
 
 
+def test_the_one_off_baseline_is_used_by_schedule_and_only_where_it_ran(named: None) -> None:
+    """Real data: every strategy runs once per budget, so the schedule recorded in the rows
+    decides; a one-off strategy gets the one-off random only where that ran on all its units."""
+    rows = real_rows()
+    for r in rows:
+        r["schedule"] = "one_off" if r["run"] == "ugtst" else "sequential"
+    maxh = [{**r, "run": "maxherding", "strategy": "maxherding"} for r in rows if r["run"] == "random"]
+    one_off = [{**r, "run": "random_one_off", "strategy": "random", "schedule": "one_off"}
+               for r in rows if r["run"] == "random"]
+    methods = ["random", "random_one_off", "ugtst", "maxherding"]
+    full = [power.normalise(r) for r in rows + maxh + one_off]
+    assert power.matched_baseline(full, "brats18", "ugtst", methods, pair_by="run") == (
+        "random_one_off")
+    assert power.matched_baseline(full, "brats18", "maxherding", methods, pair_by="run") == "random"
+    partial = [power.normalise(r) for r in rows + maxh + one_off[:1]]  # one run of one-off random
+    assert power.matched_baseline(partial, "brats18", "ugtst", methods, pair_by="run") == "random"
+
+
 def test_report_writes_the_paired_table_for_folds_and_seeds(named: None, tmp_path: Path) -> None:
     """A benchmark without budget curves but with several (fold, seed) runs of random gets
     ``paired.md``/``.csv`` (and the summary shows it); one run of random gets none."""

@@ -272,6 +272,36 @@ def _paired_values(res: Paired, ma: float, mb: float) -> list[Any]:
     return [res.n, ma, mb, res.mean, res.ci_low, res.ci_high, res.p, res.sd, res.mdd]
 
 
+def _schedule(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str | None:
+    """The query schedule the rows of ``method`` record (``one_off``, ``sequential``), if any."""
+    found = {r.get("schedule") for r in rows if r["task"] == task and r["method"] == method}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def matched_baseline(
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    method: str,
+    methods: Sequence[str],
+    baseline: str = BASELINE,
+    pair_by: str = "seed",
+) -> str:
+    """The random baseline ``method`` is paired with: :data:`ONE_OFF_BASELINE` for a strategy
+    that queries its whole budget at once (its rows' ``schedule``; without one, a strategy run
+    once per budget rather than as a budget curve), when that baseline ran on every unit the
+    strategy did; else ``baseline`` (random on the same schedule as the curves)."""
+    if method == ONE_OFF_BASELINE or ONE_OFF_BASELINE not in methods:
+        return baseline
+    schedule = _schedule(rows, task, method)
+    one_off = schedule == "one_off" if schedule else _source(rows, task, method) == "per budget"
+    if not one_off:
+        return baseline
+    mine = seed_values(rows, task, method, pair_by=pair_by)
+    theirs = seed_values(rows, task, ONE_OFF_BASELINE, pair_by=pair_by)
+    return ONE_OFF_BASELINE if mine.keys() <= theirs.keys() else baseline
+
+
 def _unit_words(pair_by: str) -> tuple[str, str]:
     """(column header, phrase) of the paired unit."""
     return ("Seeds", "seeds") if pair_by == "seed" else ("Runs", "runs (fold x seed)")
@@ -308,11 +338,7 @@ def power_table(
             if budgetless(method) or method == baseline:
                 continue
             src = _source(rows, task, method)
-            matched = (
-                ONE_OFF_BASELINE
-                if src == "per budget" and ONE_OFF_BASELINE in methods and method != ONE_OFF_BASELINE
-                else baseline
-            )
+            matched = matched_baseline(rows, task, method, methods, baseline, pair_by)
             base_src = _source(rows, task, matched)
             for label, res, ma, mb in compare(rows, task, method, matched, budgets, pair_by):
                 md.append(
@@ -333,10 +359,17 @@ def power_table(
     )
     if any(r["method"] == ONE_OFF_BASELINE for r in rows):
         curve_note += (
-            f" Strategies run once per budget are compared with {display_name(ONE_OFF_BASELINE)}"
-            " (random picks, the whole budget at epoch 0, the same full schedule); budget-curve"
-            f" strategies with {display_name(baseline)}'s curve."
+            f" Strategies that query their whole budget at once are compared with "
+            f"{display_name(ONE_OFF_BASELINE)} (random picks, the whole budget at epoch 0, the "
+            "same full schedule) where it ran on the same units; the others with "
+            f"{display_name(baseline)}."
         )
+    unit_one = "seed" if pair_by == "seed" else "run"
+    same = (
+        "same phantom draw, source model and test cases"
+        if pair_by == "seed"
+        else "same fold, seed, source model and test cases"
+    )
     unit_note = (
         []
         if pair_by == "seed"
@@ -353,16 +386,19 @@ def power_table(
         csv_header,
         csv_rows,
         [
-            "Per seed: mean Dice over the test cases (per case the mean over the task's regions); "
-            "Δ = strategy − baseline of the same seed (same phantom draw, source model and "
-            "test cases), in Dice points.",
-            "95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over seeds. Wilcoxon p: "
-            "two-sided signed-rank test of the per-seed Δ.",
+            f"Per {unit_one}: mean Dice over the test cases (per case the mean over the task's "
+            f"regions); Δ = strategy − baseline of the same {unit_one} ({same}), in Dice points.",
+            f"95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over {units}. Wilcoxon p: "
+            f"two-sided signed-rank test of the per-{unit_one} Δ.",
             "MDD: (t_{0.975,n−1} + t_{0.80,n−1}) · sd(Δ) / √n, the mean difference a "
             "two-sided "
             "paired test at α = 0.05 detects with 80 % power given the observed spread.",
-            f"AUBC: trapezoid of Dice over budgets {', '.join(map(str, budgets))} divided by "
-            f"{max(budgets)} − {min(budgets)} (the mean Dice over that budget range).",
+            *(
+                [f"AUBC: trapezoid of Dice over budgets {', '.join(map(str, budgets))} divided "
+                 f"by {max(budgets)} − {min(budgets)} (the mean Dice over that budget range)."]
+                if len(budgets) > 1
+                else []
+            ),
             curve_note,
             *unit_note,
         ],
