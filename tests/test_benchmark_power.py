@@ -215,7 +215,9 @@ def test_the_one_off_baseline_is_used_by_schedule_and_only_where_it_ran(named: N
     rows = real_rows()
     for r in rows:
         r["schedule"] = "one_off" if r["run"] == "ugtst" else "sequential"
-    maxh = [{**r, "run": "maxherding", "strategy": "maxherding"} for r in rows if r["run"] == "random"]
+    maxh = [
+        {**r, "run": "maxherding", "strategy": "maxherding"} for r in rows if r["run"] == "random"
+    ]
     one_off = [{**r, "run": "random_one_off", "strategy": "random", "schedule": "one_off"}
                for r in rows if r["run"] == "random"]
     methods = ["random", "random_one_off", "ugtst", "maxherding"]
