@@ -81,6 +81,8 @@ def test_collapse_table_counts_collapsed_case_runs_per_method() -> None:
     assert by["random"]["change_mean"] == pytest.approx(-10.0)
     assert by["random"]["change_min"] == pytest.approx(-30.0)
     assert by["ugtst"]["collapses"] == 0
+    # the upper bound (every pool case labelled) is counted here: 0.6 -> 0.1 on both cases
+    assert by["upper"]["collapses"] == 2 and by["upper"]["change_mean"] == pytest.approx(-50.0)
 
 
 def brats_case(root: Path, case: str) -> None:

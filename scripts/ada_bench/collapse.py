@@ -76,9 +76,13 @@ def _case_dice(row: Mapping[str, Any], split: str, regions: Sequence[str]) -> di
     return out
 
 
-def run_changes(rows: Iterable[Mapping[str, Any]], split: str) -> list[RunChange]:
+def run_changes(
+    rows: Iterable[Mapping[str, Any]], split: str, upper: bool = False
+) -> list[RunChange]:
     """Every adapted run's per-case changes on ``split`` vs the lower bound of its fold and seed
-    (runs without a lower bound, bounds and runs without labelled cases are left out)."""
+    (runs without a lower bound and runs without labelled cases are left out; the upper bound,
+    with or without additions, only with ``upper``: its ``labelled`` is then empty, as which
+    pool cases it labelled is all of them)."""
     norm = [normalise(r) for r in rows if r["run"] != "source"]
     out = []
     for task in tasks_of(norm):
@@ -91,7 +95,10 @@ def run_changes(rows: Iterable[Mapping[str, Any]], split: str) -> list[RunChange
         }
         for r in mine:
             ref = lower.get((r["fold"], r["seed"]))
-            if budgetless(r["method"]) or not ref or not r.get("queried_cases"):
+            is_upper = budgetless(r["method"]) and r["method"] != "lower"
+            if not ref or r["method"] == "lower":
+                continue
+            if not (upper and is_upper) and (is_upper or not r.get("queried_cases")):
                 continue
             after = _case_dice(r, split, regions)
             changes = {c: after[c] - ref[c] for c in after.keys() & ref.keys()}
@@ -99,8 +106,9 @@ def run_changes(rows: Iterable[Mapping[str, Any]], split: str) -> list[RunChange
                 fit = r.get("label_fit") or {}
                 out.append(
                     RunChange(
-                        task, r["method"], r["fold"], r["seed"], r["budget"],
-                        list(r["queried_cases"]), changes, list(fit.get("suspect") or []),
+                        task, r["method"], r["fold"], r["seed"], r["budget"] or 0,
+                        list(r.get("queried_cases") or []), changes,
+                        list(fit.get("suspect") or []),
                     )
                 )
     return out
@@ -170,8 +178,9 @@ def pool_case_table(rows: Iterable[Mapping[str, Any]], split: str) -> Table:
 
 
 def collapse_table(rows: Iterable[Mapping[str, Any]], splits: Sequence[str]) -> Table:
-    """Per task, method and split: runs, mean change (points), collapsed case-runs of all."""
-    by_split = {s: run_changes(rows, s) for s in splits}
+    """Per task, method (the upper bound included) and split: runs, mean change (points),
+    collapsed case-runs of all."""
+    by_split = {s: run_changes(rows, s, upper=True) for s in splits}
     header = ["Task", "Method", "Split", "Runs", "Mean change", "Worst case change", "Collapses"]
     csv_header = ["task", "method", "split", "runs", "change_mean", "change_min", "collapses",
                   "case_runs"]
