@@ -133,11 +133,13 @@ def publish(out: Path, dest: Path, title: str) -> str:
         ]
     for name in (
         "power",
+        "paired",
         "table1",
         "table1_distances",
         "table2",
         "ablation_schedule",
         "budget_curve",
+        "forgetting",
         "query_overhead",
     ):
         f = dest / f"{name}.md"
