@@ -106,7 +106,7 @@ from ada_bench.protocol import BUDGETS, plan
 from ada_bench.publish import fill_readme, publish, record_end, record_start
 from ada_bench.report import write_report
 from ada_bench.results import read_rows
-from ada_bench.runner import parse_overrides, split_command_line
+from ada_bench.runner import parse_overrides
 from ada_bench.tasks import BenchTask, ConfigTask, PhantomTask
 from ada_bench.wandb_io import WandbSettings
 
@@ -439,14 +439,10 @@ def run_parallel(cfg: BenchConfig, cluster: Cluster) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ada_bench.runner import split_passthrough
+    from ada_bench.runner import read_arguments
 
-    argv, rest = split_passthrough(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
-    try:
-        extra_configs, extra = split_command_line(rest)
-    except ValueError as e:
-        raise SystemExit(f"after --: {e}") from None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra_configs, extra = read_arguments(parser(), argv)
     os.chdir(REPO)
     stop_on_signals()  # Ctrl-C and `kill` stop the runs (and the parallel jobs) after a clean shutdown
     if args.threads:
@@ -474,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         invocation = None
         if not args.dry_run:
             cfg.out.mkdir(parents=True, exist_ok=True)
-            invocation = record_start(cfg.out, [*argv, *(["--", *rest] if rest else [])], start)
+            invocation = record_start(cfg.out, argv, start)
         if (workers > 1 or args.cluster != "local") and not args.dry_run:
             failed = run_parallel(cfg, cluster_of(args, workers))
         else:

@@ -64,7 +64,7 @@ from ada_bench.raters_protocol import (
     revision_columns,
     revision_runner,
 )
-from ada_bench.runner import compose, split_command_line, split_passthrough
+from ada_bench.runner import compose, read_arguments
 from ada_bench.tasks import base_files
 from lightning_ada.io import write_text_atomic
 
@@ -337,12 +337,8 @@ def summary(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv, rest = split_passthrough(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
-    try:
-        extra_configs, extra = split_command_line(rest)
-    except ValueError as e:
-        raise SystemExit(f"after --: {e}") from None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra_configs, extra = read_arguments(parser(), argv)
     args.out = args.out or f"runs/protocol_{args.protocol}"
     if not Path(args.out).is_absolute():
         args.out = str(Path.cwd() / args.out)
@@ -356,9 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary:
         if not args.dry_run:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            line = "python scripts/protocols.py " + shlex.join(
-                [*argv, *(["--", *rest] if rest else [])]
-            )
+            line = "python scripts/protocols.py " + shlex.join(argv)
             with open(Path(args.out) / "commands.txt", "a") as f:
                 stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
                 f.write(f"{line}   # started {stamp}\n")

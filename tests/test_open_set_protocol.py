@@ -3,7 +3,6 @@ tiny run end to end with and without the prototype filter."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import statistics
@@ -15,16 +14,11 @@ import pytest
 from ada_bench.open_set_protocol import group_name, open_set_groups, open_set_table, query_flags
 from ada_bench.results import read_rows
 
+import protocols  # scripts/protocols.py (tests/conftest.py puts scripts/ on the path)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
 REGIONS = ["ET", "NCR", "ED"]
-
-
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("protocols", REPO / "scripts" / "protocols.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def row(seed: int, fold: int, run: str, flags: list[str | None], dice: float) -> dict[str, Any]:
@@ -87,7 +81,7 @@ def test_groups_point_at_one_open_set_phantom_per_share() -> None:
 
 @pytest.mark.slow
 def test_tiny_open_set_protocol_end_to_end(tmp_path: Path) -> None:
-    mod = load_script()
+    mod = protocols
     conf = tmp_path / "conf" / "glioma"
     conf.mkdir(parents=True)
     shutil.copy(CONF / "source_tiny.yaml", conf / "source.yaml")

@@ -3,7 +3,6 @@ results with known answers, the centre groups, and a tiny per-rater run end to e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -21,16 +20,11 @@ from ada_bench.centres import SHARE_ROW, Group, GroupTask, centre_groups, group_
 from ada_bench.folds import FoldScheme
 from ada_bench.results import read_rows
 
+import protocols  # scripts/protocols.py (tests/conftest.py puts scripts/ on the path)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
 REGIONS = ["ET", "NCR", "ED"]
-
-
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("protocols", REPO / "scripts" / "protocols.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def tiny_configs(folder: Path) -> Path:
@@ -110,7 +104,7 @@ def test_centre_groups_follow_the_generator(tmp_path: Path) -> None:
 
 
 def test_centres_dry_run_plans_every_centre(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    mod = load_script()
+    mod = protocols
     conf = tiny_configs(tmp_path / "conf")
     code = mod.main(["centres", "--quick", "--dry-run", "--seeds", "0", "--strategies", "random",
                      "--config-dir", str(conf / "{task}"), "--data-base", str(tmp_path / "d"),
@@ -128,7 +122,7 @@ def test_tiny_rater_protocol_end_to_end(tmp_path: Path) -> None:
     labels, the per-case rows hold the revision measures, the ceiling is the raters' Dice."""
     from lightning_ada.data.raters import inter_rater_dice
 
-    mod = load_script()
+    mod = protocols
     conf = tiny_configs(tmp_path / "conf")
     raters = [{"name": "wide", "margin": 1, "metric": "chessboard"},
               {"name": "core", "omit_labels": [2]}]
@@ -176,7 +170,7 @@ def test_tiny_centre_protocol_end_to_end(tmp_path: Path) -> None:
     the upper bound labels all of them, the table has the 20 % row of every centre."""
     from lightning_ada.data.phantom import load_phantom
 
-    mod = load_script()
+    mod = protocols
     conf = tiny_configs(tmp_path / "conf")
     out = tmp_path / "out"
     argv = ["centres", "--quick", "--seeds", "0", "--strategies", "random", "--config-dir",
@@ -203,7 +197,7 @@ def test_tiny_centre_protocol_end_to_end(tmp_path: Path) -> None:
 def test_real_centre_summary_pools_the_folds_of_one_institution(tmp_path: Path) -> None:
     """A real benchmark whose folds all adapt to one institution: the folds' (seed, case) pairs
     pooled into one centre, each run paired with its own fold's upper bound."""
-    mod = load_script()
+    mod = protocols
 
     def case(cid: str, v: float) -> dict[str, Any]:
         return {"case_id": cid, **{f"dice_{g}": v for g in ("ET", "NCR", "ED")},

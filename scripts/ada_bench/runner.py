@@ -117,6 +117,20 @@ def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return items[:i], items[i + 1 :]
 
 
+def read_arguments(
+    parser: Any, argv: Sequence[str]
+) -> tuple[Any, list[str], dict[str, Any]]:
+    """A script's command line -> (its parsed arguments, the config files and the dotted
+    overrides after ``--`` that go to every run); a bad item after ``--`` exits with one line."""
+    own, rest = split_passthrough(argv)
+    args = parser.parse_args(own)
+    try:
+        extra_configs, extra = split_command_line(rest)
+    except ValueError as e:
+        raise SystemExit(f"after --: {e}") from None
+    return args, extra_configs, extra
+
+
 def split_command_line(args: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     """CLI-style arguments -> (config files of ``-c FILE`` / ``--config FILE``, dotted overrides).
 
