@@ -112,8 +112,16 @@ def _comparable(log: list[dict]) -> list[tuple]:
     return [(q["round"], q["epoch"], q["case_id"], round(q["score"], 6)) for q in log]
 
 
+# one kill point in the default suite (14 s each); the other four with the `slow` mark
 @pytest.mark.parametrize(
-    "kill_at", ["first-scoring", "mid-epoch", "mid-scoring", "after-label", "mid-checkpoint-write"]
+    "kill_at",
+    [
+        "mid-epoch",
+        *(
+            pytest.param(k, marks=pytest.mark.slow)
+            for k in ("first-scoring", "mid-scoring", "after-label", "mid-checkpoint-write")
+        ),
+    ],
 )
 def test_killed_run_resumes_to_the_same_labeled_set_and_log(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, reference: tuple[list, dict], kill_at: str
