@@ -16,6 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# The tests run the library's own thread rule (lightning_ada/runtime.py: 1 torch thread unless
+# LIGHTNING_ADA_THREADS or OMP_NUM_THREADS says otherwise) from the start, not only after the
+# first in-process CLI call: on 16-32 voxel volumes a second thread costs more than it gives.
+# Importing lightning_ada first sets OMP_WAIT_POLICY=PASSIVE before torch loads.
+from lightning_ada.runtime import apply_thread_defaults  # noqa: E402
+
+apply_thread_defaults([])
+
 
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

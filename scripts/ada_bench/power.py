@@ -379,7 +379,8 @@ def power_table(
         ]
     )
     return Table(
-        "Power: every strategy vs random (the baseline of the same schedule), paired over "
+        ("Power: every" if pair_by == "seed" else "Every")
+        + " strategy vs random (the baseline of the same schedule), paired over "
         f"{units} (Dice in %)",
         header,
         md,
