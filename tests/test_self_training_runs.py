@@ -184,3 +184,33 @@ def test_the_stop_rule_ends_the_passes_on_a_small_change_of_the_held_out_dice(
     assert 0.0 <= first["held_out_dice"] <= 1.0 and stop["epoch"] == 2
     assert stop["previous_held_out_dice"] == first["held_out_dice"]
     assert {r[2] for r in records} == {0}  # pass 0's pseudo-labels stay in use
+
+
+def test_a_pass_due_when_the_file_oracle_stopped_the_run_is_made_on_the_resume(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    """The file oracle stops the run at the end of epoch 0, where pass 0 is due; the resume
+    that brings the label makes that pass before epoch 1, as an uninterrupted run does."""
+    import shutil
+
+    from lightning_ada.active.callback import AnnotationPending
+
+    out = tmp_path / "run"
+    args = [
+        *_st_args(phantom_root, source_ckpt, out), "--active.budget", "2",
+        "--active.oracle", "files", "--active.oracle.wait", "false",
+    ]
+    resume: list[str] = []
+    for _ in range(2):  # round 0 before epoch 0, round 1 after epoch 0
+        with pytest.raises(AnnotationPending) as pending:
+            main([*args, *resume])
+        [label] = pending.value.labels
+        case_id = label.name.removesuffix(".nii.gz")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(phantom_root / case_id / f"{case_id}_seg.nii.gz", label)
+        resume = ["--ckpt_path", str(pending.value.checkpoint)]
+    main([*args, *resume])
+    _, log = _final(out)
+    passes = [e for e in log if e["event"] == "pass"]
+    assert [(e["pass"], e["epoch"]) for e in passes] == [(0, 1), (1, 2), (2, 3)]
+    assert [e["candidates"] for e in passes] == [4, 4, 4]  # 6 pool cases, 2 labelled

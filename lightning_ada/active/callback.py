@@ -224,7 +224,11 @@ class ActiveQueryCallback(L.Callback):
         """Round 0, before any training (the source model scores the pool), or a pending one."""
         self._steps_in_run = None  # measured again for this fit
         self.history += resume_notes(trainer)  # a resume under a changed definition
+        boundary = 0  # completed epochs before this fit trains: 0, or a file-oracle resume's
         if self.pending:
+            asked = int(self.pending[0].get("epoch", -1))
+            if self.stride_steps is None:  # asked at the end of epoch `asked` (-1: before epoch 0)
+                boundary = asked + 1
             self._drain(trainer, pl_module)
         elif self.budget and self.n_queried == 0 and self.last_query_epoch is None:
             n = self.budget if self.strategy.schedule == "one_off" else 1
@@ -238,7 +242,9 @@ class ActiveQueryCallback(L.Callback):
                 # source model) and its query history go to last.ckpt for test / resume
                 trainer.save_checkpoint(self._run_dir(trainer) / "checkpoints" / "last.ckpt")
         if self.self_training is not None:  # lightning_ada/active/self_training.py
-            self.self_training.on_fit_start(trainer, pl_module, self._run_dir(trainer), self.refused)
+            self.self_training.on_fit_start(
+                trainer, pl_module, self._run_dir(trainer), self.refused, boundary
+            )
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any

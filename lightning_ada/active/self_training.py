@@ -263,11 +263,22 @@ class SelfTraining:
     def on_fit_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, run_dir: Path,
         exclude: Iterable[str] = (),
+        boundary: int = 0,
     ) -> None:
-        """Check the run; make the pass before epoch 0 when ``warmup_epochs`` is 0."""
+        """Check the run; make the pass due before it trains.
+
+        Args:
+            boundary: completed epochs before this fit trains its first epoch: 0 (a pass before
+                epoch 0 when ``warmup_epochs`` is 0), or, when a file-oracle run that stopped at
+                the end of an epoch resumes with its labels, that epoch + 1 (the pass due then
+                was not made: the run stopped in the query, before this hook's epoch end).
+        """
         self._datamodule(trainer)
-        if self.last_boundary is None and self.passes_done == 0:  # not on a resume past it
-            self.maybe_pass(trainer, pl_module, 0, run_dir, exclude)
+        if boundary == 0:
+            if self.last_boundary is None and self.passes_done == 0:  # not on a resume past it
+                self.maybe_pass(trainer, pl_module, 0, run_dir, exclude)
+        elif self.last_boundary is None or boundary > self.last_boundary:
+            self.maybe_pass(trainer, pl_module, boundary, run_dir, exclude)
 
     def on_train_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, run_dir: Path,
