@@ -335,3 +335,31 @@ def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
     assert [line.split(",")[2] for line in csv[1:]] == ["Dice at 1", "Dice at 2", "AUBC 1-2"]
     assert (out / "power_curve_glioma.png").is_file()
     assert "## Power" in (out / "summary.md").read_text()
+
+
+def test_gap_table_gives_the_change_of_a_rules_lead_over_random_with_an_addition() -> None:
+    """random+st = random + 0.02; mmacts+st = random+st + 0.005 (s + 1), so mmActS's lead over
+    random, 1 (s + 1) points, falls to 0.5 (s + 1) with self-training: Δ gap = -0.5 (s + 1).
+    mmacts+gba has no random+gba to compare with and gives no row."""
+    rows = constructed()
+    for s in range(10):
+        base = {"task": "glioma", "seed": s, "fold": 0}
+        for run, extra in (
+            ("random+st", 0.02), ("mmacts+st", 0.02 + 0.005 * (s + 1)), ("mmacts+gba", 0.0)
+        ):
+            curve = [
+                {"labels": b, "epoch": 2 * b - 1, "per_case": cases(0.5 + 0.02 * b + extra)}
+                for b in range(1, 6)
+            ]
+            rows.append({**base, "run": run, "budget": 5, "per_case": cases(0.0), "curve": curve})
+    gaps = power.gap_table(rows, budgets=[1, 2, 3, 5])
+    by = {(r[1], r[2], r[4]): dict(zip(gaps.csv_header, r)) for r in gaps.csv_rows}
+    assert {k[:2] for k in by} == {("mmacts", "st")}
+    for measure in ("Dice at 1", "Dice at 3", "AUBC 1-5"):
+        row = by[("mmacts", "st", measure)]
+        assert row["baseline"] == "random" and row["n_seeds"] == 10
+        assert row["gap_without"] == pytest.approx(5.5)
+        assert row["gap_with"] == pytest.approx(2.75)
+        assert row["diff_mean"] == pytest.approx(-2.75)
+        assert row["p"] == pytest.approx(2 / 2**10)  # every seed narrows: exact Wilcoxon
+        assert row["ci_high"] < 0

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ada_bench.names import parse_run_name
+from ada_bench.names import compose_name, parse_run_name
 from ada_bench.results import budgetless, expand_curves, normalise
 from ada_bench.stats import per_run
 from ada_bench.tables import Table, display_name, present_methods, regions_of, tasks_of
@@ -466,6 +466,86 @@ def additions_table(
     )
 
 
+def gap_table(
+    rows: Iterable[Mapping[str, Any]],
+    budgets: Sequence[int] | None = None,
+    pair_by: str = "seed",
+) -> Table:
+    """Does an addition widen or narrow a selection rule's gap to random?
+
+    For every run ``S+X`` of a selection rule ``S`` (not random, not a bound) with additions
+    ``X`` whose random counterpart ``R+X`` ran too (``R``: the baseline :func:`matched_baseline`
+    pairs ``S`` with), the per-unit difference of differences
+    ``(S+X − R+X) − (S − R)`` in Dice points, at each budget and of the AUBC, paired over the
+    units all four runs share. Positive: the addition widens the rule's lead over random.
+    """
+    rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
+    budgets = list(budgets or budgets_of(rows) or [1])
+    unit, units = _unit_words(pair_by)
+    header = [
+        "Task", "Rule", "With", "Measure", unit, "Gap without (points)", "Gap with (points)",
+        "Δ gap points", "95 % CI", "Wilcoxon p", "MDD points",
+    ]
+    csv_header = [
+        "task", "rule", "with", "baseline", "measure", "n_seeds", "gap_without", "gap_with",
+        "diff_mean", "ci_low", "ci_high", "p", "sd", "mdd",
+    ]
+    md, csv_rows = [], []
+    for task in tasks_of(rows):
+        present = present_methods([r for r in rows if r["task"] == task])
+        for method in present:
+            try:
+                parsed = parse_run_name(method)
+            except ValueError:
+                continue
+            rule = parsed.without_additions()
+            if not parsed.additions or budgetless(rule) or parsed.base_method.startswith(BASELINE):
+                continue
+            baseline = matched_baseline(rows, task, rule, present, pair_by=pair_by)
+            baseline_with = compose_name(baseline, "", parsed.additions)
+            if not {rule, baseline, baseline_with} <= set(present):
+                continue
+            vals = {
+                m: seed_values(rows, task, m, pair_by=pair_by)
+                for m in (method, baseline_with, rule, baseline)
+            }
+            with_ = measures(vals[method], vals[baseline_with], budgets)
+            without = measures(vals[rule], vals[baseline], budgets)
+            for (label, a, ra), (_, b, rb) in zip(with_, without):
+                units_ = sorted(
+                    u for u in a.keys() & ra.keys() & b.keys() & rb.keys()
+                    if not any(math.isnan(d[u]) for d in (a, ra, b, rb))
+                )
+                if not units_:
+                    continue
+                res = paired([100 * ((a[u] - ra[u]) - (b[u] - rb[u])) for u in units_])
+                gap_with = 100 * statistics.fmean(a[u] - ra[u] for u in units_)
+                gap_without = 100 * statistics.fmean(b[u] - rb[u] for u in units_)
+                md.append(
+                    [task, display_name(rule), "+".join(parsed.additions), label, str(res.n),
+                     _fmt(gap_without), _fmt(gap_with), _fmt(res.mean),
+                     f"[{_fmt(res.ci_low)}, {_fmt(res.ci_high)}]", _fmt_p(res.p), _fmt(res.mdd)]
+                )
+                csv_rows.append(
+                    [task, rule, "+".join(parsed.additions), baseline, label, res.n, gap_without,
+                     gap_with, res.mean, res.ci_low, res.ci_high, res.p, res.sd, res.mdd]
+                )
+    return Table(
+        f"Does an addition widen a selection rule's gap to random? Paired over {units} "
+        "(Dice in %)",
+        header,
+        md,
+        csv_header,
+        csv_rows,
+        [
+            "Gap without = rule − random; gap with = (rule + addition) − (random + the same "
+            "addition), both in Dice points and averaged over the units all four runs share. "
+            "Δ gap = gap with − gap without of the same unit (positive: the addition widens "
+            "the rule's lead); CI, p and MDD as above.",
+        ],
+    )
+
+
 def curve_points(
     rows: Iterable[Mapping[str, Any]], task: str, method: str
 ) -> list[tuple[int, float, float, float, int]]:
@@ -544,6 +624,10 @@ def write_power(
     if gains.rows:
         gains.write(out, "power_additions")
         table.notes = [*table.notes, "", gains.markdown()]
+    gaps = gap_table(rows, pair_by=pair_by)
+    if gaps.rows:
+        gaps.write(out, "power_gaps")
+        table.notes = [*table.notes, "", gaps.markdown()]
     table.write(out, "power")
     figures = [
         p
