@@ -4,6 +4,7 @@ the middle of a teacher pass, and the overlay configs of ``configs/additions`` c
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_ada.active.self_training as self_training
-from lightning_ada.active.callback import ActiveQueryCallback
+from lightning_ada.active.callback import ActiveQueryCallback, AnnotationPending
 from lightning_ada.active.self_training import SelfTraining
 from lightning_ada.data.tumour_contrast import TumourContrast
 from lightning_ada.main import main
@@ -191,10 +192,6 @@ def test_a_pass_due_when_the_file_oracle_stopped_the_run_is_made_on_the_resume(
 ) -> None:
     """The file oracle stops the run at the end of epoch 0, where pass 0 is due; the resume
     that brings the label makes that pass before epoch 1, as an uninterrupted run does."""
-    import shutil
-
-    from lightning_ada.active.callback import AnnotationPending
-
     out = tmp_path / "run"
     args = [
         *_st_args(phantom_root, source_ckpt, out), "--active.budget", "2",

@@ -274,10 +274,7 @@ class SelfTraining:
                 was not made: the run stopped in the query, before this hook's epoch end).
         """
         self._datamodule(trainer)
-        if boundary == 0:
-            if self.last_boundary is None and self.passes_done == 0:  # not on a resume past it
-                self.maybe_pass(trainer, pl_module, 0, run_dir, exclude)
-        elif self.last_boundary is None or boundary > self.last_boundary:
+        if self.last_boundary is None or boundary > self.last_boundary:  # not on a resume past it
             self.maybe_pass(trainer, pl_module, boundary, run_dir, exclude)
 
     def on_train_epoch_end(

@@ -521,15 +521,11 @@ def gap_table(
                 res = paired([100 * ((a[u] - ra[u]) - (b[u] - rb[u])) for u in units_])
                 gap_with = 100 * statistics.fmean(a[u] - ra[u] for u in units_)
                 gap_without = 100 * statistics.fmean(b[u] - rb[u] for u in units_)
-                md.append(
-                    [task, display_name(rule), "+".join(parsed.additions), label, str(res.n),
-                     _fmt(gap_without), _fmt(gap_with), _fmt(res.mean),
-                     f"[{_fmt(res.ci_low)}, {_fmt(res.ci_high)}]", _fmt_p(res.p), _fmt(res.mdd)]
-                )
-                csv_rows.append(
-                    [task, rule, "+".join(parsed.additions), baseline, label, res.n, gap_without,
-                     gap_with, res.mean, res.ci_low, res.ci_high, res.p, res.sd, res.mdd]
-                )
+                added = "+".join(parsed.additions)
+                md.append([task, display_name(rule), added, label,
+                           *_paired_cells(res, gap_without, gap_with)])
+                csv_rows.append([task, rule, added, baseline, label,
+                                 *_paired_values(res, gap_without, gap_with)])
     return Table(
         f"Does an addition widen a selection rule's gap to random? Paired over {units} "
         "(Dice in %)",
