@@ -5,7 +5,8 @@ it): the content is written to a temporary file in the destination's folder, flu
 (``fsync``) and moved over the destination with ``os.replace``, which is atomic on POSIX when
 both names are on one filesystem. An interruption leaves either the previous file or the new
 one, never a truncated file under the final name. :func:`safe_child` builds the path of a file
-named after untrusted input (a case id) and refuses any name that would leave its folder.
+named after untrusted input (a case id) and refuses any name that would leave its folder;
+:func:`write_mask` writes a predicted or delivered mask as NIfTI.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lightning_ada.data.cases import DataError
+import nibabel as nib
+import numpy as np
 
-
-class UnsafePathError(DataError):
-    """A file name built from input data would resolve outside the folder it belongs to."""
+from lightning_ada.errors import UnsafePathError
 
 
 def safe_child(folder: str | Path, name: str) -> Path:
@@ -104,8 +104,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 def write_nifti_atomic(image: Any, path: str | Path) -> Path:
     """Save a nibabel image (``Nifti1Image``) to ``path`` (``.nii`` or ``.nii.gz``) atomically."""
-    import nibabel as nib
-
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return Path(path)
+
+
+def write_mask(mask: Any, path: str | Path) -> Path:
+    """Save a class-label mask ``(1, H, W, D)`` carrying its affine (a MetaTensor, e.g. from
+    ``ActiveDataModule.invert``: on-disk label values, original geometry) as uint8 NIfTI at
+    ``path``, atomically."""
+    data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
+    return write_nifti_atomic(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)), path)

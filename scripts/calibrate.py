@@ -63,7 +63,7 @@ def _tag(configs: list[Path], overrides: list[str], task: str, target: bool) -> 
     ``power`` regime (anatomy ranges; for target runs also the scanners' tables and qualities)."""
     from dataclasses import asdict
 
-    from lightning_ada.data.phantom import REGIMES, _scanners
+    from lightning_ada.phantom.simulator import REGIMES, _scanners
 
     h = hashlib.sha256()
     for c in configs:

@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def data_args(config: Path, root: str, cache: Path) -> dict:
     """The datamodule arguments of ``config`` over every case of ``root`` (as one pool)."""
-    from lightning_ada.data.readers import read_cases
-
     from ada_bench.runner import compose
     from ada_bench.tasks import base_files
+
+    from lightning_ada.data.readers import read_cases
 
     data = dict(compose([*base_files(config.parent), config])["data"])
     ids = [c.case_id for c in read_cases(root, data["layout"], modalities=data["modalities"])]

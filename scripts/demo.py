@@ -230,8 +230,9 @@ def main() -> None:
     out = args.out or Path(f"runs/demo_{args.task}")
     check_strategies(p, args, cfg)
 
-    from lightning_ada.cli_dirs import evaluation_dir, logger_overrides
     from ada_bench.runner import run_configs as run_experiment  # the harness's runner
+
+    from lightning_ada.cli.eval_dirs import evaluation_dir, logger_overrides
 
     ckpt = out / "source" / "checkpoints" / "last.ckpt"
     reuse = args.reuse_source and ckpt.is_file()

@@ -38,9 +38,9 @@ def _process_age() -> float:
         return time.perf_counter() - _T0
 
 
+import ada_bench.runner  # noqa: E402,F401  (the harness and the library's imports: lightning, monai, ...)
 import torch  # noqa: E402
 
-import ada_bench.runner  # noqa: E402,F401  (the harness and the library's imports: lightning, monai, ...)
 import lightning_ada.main  # noqa: E402,F401
 
 IMPORTED_AT = _process_age()
@@ -144,18 +144,18 @@ def _step_callback(clock: Clock, batches: list[Any]) -> Any:
 def profile_run(configs: list[str], overrides: list[str]) -> dict[str, Any]:
     """Run one target run with every part timed; returns the breakdown and one training batch."""
     from lightning_ada.active.callback import ActiveQueryCallback
-    from lightning_ada.data import datamodule as dmod
+    from lightning_ada.data import epochs as dmod
     from lightning_ada.main import main
 
     clock = Clock()
     batches: list[Any] = []
     # data loading = reading the cached (or annotated) item; augmentation = the random chain
-    original_getitem = dmod._LabeledEpoch.__getitem__
+    original_getitem = dmod.LabeledEpoch.__getitem__
 
     def getitem(self: Any, i: int) -> Any:
-        ids = self.dm.train_pool.labeled
+        ids = self.labeled()
         t = time.perf_counter()
-        item = self.dm._training_item(ids[i % len(ids)]) if ids else None
+        item = self.labeled_item(ids[i % len(ids)]) if ids else None
         clock.add("train: data loading", time.perf_counter() - t)
         if item is None:
             return original_getitem(self, i)
@@ -164,7 +164,7 @@ def profile_run(configs: list[str], overrides: list[str]) -> dict[str, Any]:
         clock.add("train: augmentation", time.perf_counter() - t)
         return out
 
-    dmod._LabeledEpoch.__getitem__ = getitem  # type: ignore[method-assign]
+    dmod.LabeledEpoch.__getitem__ = getitem  # type: ignore[method-assign]
     args: list[str] = []
     for c in configs:
         args += ["-c", c]
@@ -189,7 +189,7 @@ def profile_run(configs: list[str], overrides: list[str]) -> dict[str, Any]:
     t = time.perf_counter()
     trainer.test(model, datamodule=dm, verbose=False)
     clock.add("final test", time.perf_counter() - t)
-    dmod._LabeledEpoch.__getitem__ = original_getitem  # type: ignore[method-assign]
+    dmod.LabeledEpoch.__getitem__ = original_getitem  # type: ignore[method-assign]
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     return {"clock": clock, "model": model, "batch": batches[0], "test": test,
             "steps": int(trainer.global_step)}

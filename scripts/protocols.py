@@ -10,7 +10,7 @@ on the embedded phantom) to several *groups* of the target in turn and writes it
 * ``raters`` (seed 002): the same target scans delineated by several raters (phantom option
   ``raters``); each group adapts to one rater's labels and is tested against that rater;
   per-rater medians, the inter-rater agreement as the ceiling, the revision measure
-  (lightning_ada.revision) of the test predictions;
+  (lightning_ada.metrics.revision) of the test predictions;
 * ``open_set`` (seed 003): 20 % and 40 % of the pool out of distribution (phantom option
   ``open_set``), every strategy with and without OpenPath's prototype filter; purity and Dice.
 
@@ -66,6 +66,7 @@ from ada_bench.raters_protocol import (
 )
 from ada_bench.runner import compose, read_arguments
 from ada_bench.tasks import base_files
+
 from lightning_ada.io import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
                    help="open_set: shares of out-of-distribution pool cases (default 0.2 0.4)")
     p.add_argument("--centres", nargs="+", help="centres: the centres (default every target one)")
     p.add_argument("--raters", default="default",
-                   help="raters: 'default' (lightning_ada.data.raters.DEFAULT_RATERS) or a JSON "
+                   help="raters: 'default' (lightning_ada.phantom.raters.DEFAULT_RATERS) or a JSON "
                         "list of RaterStyle fields")
     p.add_argument("--quick", action="store_true", help="reduced size for tests (module doc)")
     p.add_argument("--config-dir", default="configs/power/{task}")
@@ -160,7 +161,7 @@ def base_task(args: argparse.Namespace) -> GroupTask:
 
 
 def styles_of(args: argparse.Namespace) -> tuple[Any, ...]:
-    from lightning_ada.data.phantom import rater_styles
+    from lightning_ada.phantom.simulator import rater_styles
 
     value = args.raters if args.raters == "default" else json.loads(args.raters)
     return rater_styles(value)

@@ -28,7 +28,7 @@ apply_thread_defaults([])
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 16^3 glioma phantom (the same parameters as ``tests/conf/*_tiny.yaml``)."""
-    from lightning_ada.data.phantom import generate_phantom
+    from lightning_ada.phantom.simulator import generate_phantom
 
     root = tmp_path_factory.mktemp("phantom") / "tiny_glioma"
     generate_phantom(

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from ada_bench import stats, tables
 from ada_bench.folds import FoldScheme
 from ada_bench.loop import INTERRUPTED, BenchConfig, BenchmarkLoop, last_rows, run_lock

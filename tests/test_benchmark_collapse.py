@@ -11,7 +11,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-
 from ada_bench import collapse
 
 REGIONS = ("ET", "NCR", "ED")

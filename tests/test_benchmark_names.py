@@ -10,7 +10,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from ada_bench import power, tables
 from ada_bench.curve import StrideSnapshots, labels_at, snapshot_factory
 from ada_bench.forgetting import forgetting_table
@@ -333,7 +332,8 @@ def fake_trainer(max_epochs: int, per_epoch: int, max_steps: int = -1) -> Any:
 
 
 def test_step_schedule_that_cannot_spend_the_budget_is_refused() -> None:
-    from lightning_ada.guards import ScheduleError, check_step_schedule, steps_in_run
+    from lightning_ada.errors import ScheduleError
+    from lightning_ada.run.schedule import check_step_schedule, steps_in_run
 
     trainer = fake_trainer(max_epochs=3, per_epoch=2)  # 6 steps
     assert steps_in_run(trainer) == 6
@@ -428,7 +428,6 @@ def tiny_loop(
     import shutil
 
     import yaml
-
     from ada_bench.folds import FoldScheme
     from ada_bench.loop import BenchConfig, BenchmarkLoop
     from ada_bench.results import append_row, read_rows
@@ -552,6 +551,7 @@ def test_label_losses_use_the_delivered_annotation(phantom_root: Path, source_ck
     """The loss of a case is measured against the mask the oracle delivered: another case's
     mask delivered for it (a wrong annotation) changes its loss and no other."""
     from ada_bench.label_check import label_losses
+
     from lightning_ada.data.datamodule import ActiveDataModule
     from lightning_ada.models.module import SegmentationModule
 

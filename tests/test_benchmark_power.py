@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from ada_bench import power
 from ada_bench.curve import labels_at
 from ada_bench.results import expand_curves, read_rows

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ada_bench import tables
 from ada_bench.folds import FoldScheme
 from ada_bench.jobs import Cluster, Unit, run_units, split_units, units_of
@@ -121,15 +120,17 @@ def test_short_strategy_names_reach_the_cli_as_it_takes_them(
 ) -> None:
     """``--active.strategy stdr`` given command-line style (demo, overrides after ``--``) parses
     as the STDR strategy through the dict path too."""
-    from ada_bench.runner import split_command_line, typed_choices
+    from ada_bench.runner import split_command_line
+
     from lightning_ada import main as cli
     from lightning_ada.active.strategies import REGISTRY
+    from lightning_ada.cli.short_names import expand_config
 
     monkeypatch.setattr(cli.ADACLI, "instantiate_classes", lambda self: None)
     files, overrides = split_command_line(
         ["-c", str(REPO / "tests/conf/random_tiny.yaml"), "--active.strategy", "stdr"]
     )
-    parsed = cli.main(typed_choices(compose(files, overrides)), run=False).config.active
+    parsed = cli.main(expand_config(compose(files, overrides)), run=False).config.active
     chosen = parsed.strategy if isinstance(parsed.strategy, str) else parsed.strategy.class_path
     stdr = REGISTRY["stdr"]
     assert chosen in ("stdr", f"{stdr.__module__}.{stdr.__qualname__}")

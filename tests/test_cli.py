@@ -15,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_ada.active.callback import ConfigError
 from lightning_ada.active.strategies import REGISTRY
+from lightning_ada.errors import ConfigError
 from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"

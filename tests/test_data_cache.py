@@ -16,8 +16,8 @@ import pytest
 import torch
 from monai.data import PersistentDataset
 
+from lightning_ada.cases import Case
 from lightning_ada.data import validation
-from lightning_ada.data.cases import Case
 from lightning_ada.data.datamodule import ActiveDataModule
 
 MODS = ("flair", "t1", "t1ce", "t2")

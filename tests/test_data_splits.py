@@ -16,10 +16,10 @@ import pytest
 import torch
 from test_data_cache import IDS, MODS, make_case
 
-from lightning_ada.data.cases import DataError
 from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.data.roots import CaseRoot
 from lightning_ada.data.transforms import constant_background
+from lightning_ada.errors import DataError
 
 CONF = Path(__file__).parent / "conf"
 MINE = ["Brats18_CBICA_MY1_1", "Brats18_CBICA_MY2_1"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_ada.data.cases import DataError
 from lightning_ada.data.datamodule import ActiveDataModule
+from lightning_ada.errors import DataError
 
 
 def make_dm(root: Path, **kw: object) -> ActiveDataModule:
@@ -61,7 +61,7 @@ def test_state_round_trip_restores_labeled_set(phantom_root: Path) -> None:
 def test_source_stage_trains_on_every_source_case(phantom_root: Path) -> None:
     dm = make_dm(phantom_root, stage="source")
     assert dm.train_pool.labeled == dm.split_ids["source"]
-    assert dm.eval_split() == "source_test"
+    assert dm.test_split() == "source_test"
     assert dm.pool.n_labeled == 0
 
 
@@ -74,7 +74,7 @@ def test_dominant_only_zeroes_the_other_modalities(phantom_root: Path) -> None:
     dm = make_dm(phantom_root, train_input="dominant_only")
     cid = dm.unlabeled_ids()[0]
     dm.label(cid, dm.case(cid).label, "t1ce", round=0, epoch=-1)
-    image = dm._training_item(cid)["image"]
+    image = dm.training_item(cid)["image"]
     assert image[2].abs().sum() > 0
     assert all(float(image[m].abs().sum()) == 0 for m in (0, 1, 3))
     assert dm.item(cid)["image"][0].abs().sum() > 0  # the cached item is untouched
@@ -85,7 +85,7 @@ def test_modality_mask_annotation_is_loaded(phantom_root: Path) -> None:
     cid = dm.unlabeled_ids()[0]
     path = dm.case(cid).modality_labels["t1"]
     dm.label(cid, path, "t1", round=0, epoch=-1)
-    item = dm._training_item(cid)
+    item = dm.training_item(cid)
     assert item["label"].shape == (1, 16, 16, 16)
 
 
@@ -103,7 +103,7 @@ def test_single_modality_input_everywhere(phantom_root: Path) -> None:
     assert image[2].abs().sum() > 0 and all(float(image[m].abs().sum()) == 0 for m in (0, 1, 3))
     cid = dm.unlabeled_ids()[0]
     dm.label(cid, dm.case(cid).modality_labels["flair"], "flair", round=0, epoch=-1)
-    train = dm._training_item(cid)["image"]  # whatever modality the annotation was drawn on
+    train = dm.training_item(cid)["image"]  # whatever modality the annotation was drawn on
     assert all(float(train[m].abs().sum()) == 0 for m in (0, 1, 3))
     with pytest.raises(ValueError, match="train_input must be one of"):
         ActiveDataModule(root=str(phantom_root), train_input="modality:pet")

@@ -19,11 +19,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_ada.active.oracle import FileOracle
-from lightning_ada.data.cases import Case, DataError
+from lightning_ada.active.oracles import Answer, Request
+from lightning_ada.active.oracles.files import FileOracle
+from lightning_ada.cases import Case
 from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.data.validation import validate_case
-from lightning_ada.io import UnsafePathError, atomic_path, safe_child, write_json_atomic
+from lightning_ada.errors import DataError, UnsafePathError
+from lightning_ada.io import atomic_path, safe_child, write_json_atomic
 from lightning_ada.main import cli_main
 
 
@@ -255,20 +257,19 @@ def test_label_present_before_its_request_needs_confirmation(
     stale = run / "labels" / f"{CASE}.nii.gz"
     stale.parent.mkdir(parents=True)
     shutil.copy(case.label, stale)  # left over (another run, a colleague, a wrong case)
-    request = {"round": 0, "case_id": CASE}
+    request = Request(case, "flair", {"round": 0, "case_id": CASE})
     oracle = file_oracle(run, case)
     with pytest.warns(UserWarning, match="already exists before its request"):
-        oracle.write_request(case, "flair", request)
+        oracle.write_request(request)
     recorded = json.loads(oracle.request_path(0, CASE).read_text())
     assert recorded["label_present_before_request"]["mtime_ns"] == stale.stat().st_mtime_ns
-    assert oracle.annotate(case, "flair", request) is None  # not consumed silently
-    assert file_oracle(run, case, accept_existing_labels=True).annotate(
-        case, "flair", request
-    ) == str(stale)
+    assert oracle.ask(request).status == "pending"  # not consumed silently
+    accepting = file_oracle(run, case, accept_existing_labels=True).ask(request)
+    assert (accepting.status, accepting.label_path) == ("delivered", str(stale))
     shutil.copy(case.label, stale)  # the annotator re-saves it (later): confirmed
     later = recorded["label_present_before_request"]["mtime_ns"] + 1_000_000_000
     os.utime(stale, ns=(later, later))
-    assert oracle.annotate(case, "flair", request) == str(stale)
+    assert oracle.ask(request) == Answer.delivered(stale)
 
 
 # ------------------------------------------------------------------ 7. declared sizes

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_ada.data.cases import DataError
 from lightning_ada.data.datamodule import ActiveDataModule
-from lightning_ada.models.module import CheckpointError, SegmentationModule
+from lightning_ada.errors import CheckpointError, DataError
+from lightning_ada.models.module import SegmentationModule
 
 
 def _edit(path: Path, change: Callable[[np.ndarray], np.ndarray], affine: np.ndarray | None = None) -> None:

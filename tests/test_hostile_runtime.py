@@ -233,7 +233,8 @@ def test_second_live_run_is_refused_and_a_killed_owner_does_not_block_the_resume
 
 def test_lock_without_flock_decides_from_the_recorded_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lightning_ada import run_folder
-    from lightning_ada.run_folder import RunFolderBusy, RunFolderLock
+    from lightning_ada.errors import RunFolderBusy
+    from lightning_ada.run.folder import RunFolderLock
 
     def no_flock(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
@@ -261,8 +262,8 @@ def test_lock_without_flock_decides_from_the_recorded_owner(tmp_path: Path, monk
 
 # ---------------------------------------------------------------------------------- 6: full disk
 def test_failed_write_names_the_file_and_leaves_the_previous_one(tmp_path: Path) -> None:
-    from lightning_ada.checkpoint_io import AtomicCheckpointIO, StorageError, write_atomic
-    from lightning_ada.guards import NonFiniteError
+    from lightning_ada.errors import NonFiniteError, StorageError
+    from lightning_ada.run.checkpoint_io import AtomicCheckpointIO, write_atomic
 
     target = tmp_path / "last.ckpt"
     target.write_bytes(b"previous")
@@ -306,7 +307,7 @@ def test_storage_errors_of_other_writers_are_one_line_naming_the_file(
 
 
 def test_source_checkpoint_with_non_finite_weights_is_refused(source_ckpt: Path, tmp_path: Path) -> None:
-    from lightning_ada.models.module import CheckpointError
+    from lightning_ada.errors import CheckpointError
 
     ckpt = torch.load(source_ckpt, map_location="cpu", weights_only=True)
     name = next(k for k in ckpt["state_dict"] if k.startswith("net."))

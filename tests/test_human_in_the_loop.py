@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_ada.active.callback import AnnotationPending
+from lightning_ada.errors import AnnotationPending
 from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"
@@ -37,7 +37,7 @@ def test_file_oracle_round_trip(phantom_root: Path, source_ckpt: Path, tmp_path:
         main(fit_args(phantom_root, source_ckpt, out))
     ckpt = pending.value.checkpoint
     assert ckpt.is_file() and "--ckpt_path" in str(pending.value)
-    [label] = pending.value.labels
+    [label] = [Path(p) for p in pending.value.awaiting]
     case_id = label.name.removesuffix(".nii.gz")
 
     # the request: JSON with the election, a prediction in the image geometry, a preview

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lightning_ada.data.open_set import (
+from lightning_ada.phantom.open_set import (
     OOD_KINDS,
     channel_order,
     corrupted,

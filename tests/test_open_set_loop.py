@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_ada.active.callback import AnnotationPending
+from lightning_ada.errors import AnnotationPending
 from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"
@@ -100,7 +100,7 @@ def test_the_annotator_refuses_a_case_with_an_ood_file(
     ]
     with pytest.raises(AnnotationPending) as pending:
         main(_args(phantom_root, source_ckpt, out, *files))
-    [label] = pending.value.labels
+    [label] = [Path(p) for p in pending.value.awaiting]
     case_id = label.name.removesuffix(".nii.gz")
     request = json.loads(
         next((out / "requests").glob(f"round_0_{case_id}.json")).read_text()
@@ -125,7 +125,7 @@ def test_the_annotator_refuses_a_case_with_an_ood_file(
     assert [(e["case_id"], e.get("refused"), e["n_labeled"]) for e in log] == [
         (case_id, True, 0)
     ]
-    assert second.value.labels[0].name != label.name
+    assert Path(second.value.awaiting[0]).name != label.name
 
 
 def test_every_query_refused_skips_training_and_keeps_the_source_model(

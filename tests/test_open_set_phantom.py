@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_ada.data.open_set import OOD_KINDS, field_of_view, no_tumour, purity
-from lightning_ada.data.phantom import (
+from lightning_ada.phantom.open_set import OOD_KINDS, field_of_view, no_tumour, purity
+from lightning_ada.phantom.simulator import (
     folder_suffix,
     generate_phantom,
     load_phantom,
@@ -144,8 +144,8 @@ def test_the_example_overlays_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     """configs/openset/*.yaml on the power recipe: the phantom options, the rater and the filter
     reach the datamodule and the callback as the generator and the filter take them."""
     from lightning_ada import main as cli
-    from lightning_ada.data.phantom import rater_styles
-    from lightning_ada.data.raters import DEFAULT_RATERS
+    from lightning_ada.phantom.raters import DEFAULT_RATERS
+    from lightning_ada.phantom.simulator import rater_styles
 
     monkeypatch.setattr(cli.ADACLI, "instantiate_classes", lambda self: None)
     repo = Path(__file__).resolve().parents[1]

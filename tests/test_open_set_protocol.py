@@ -9,12 +9,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import protocols  # scripts/protocols.py (tests/conftest.py puts scripts/ on the path)
 import pytest
-
 from ada_bench.open_set_protocol import group_name, open_set_groups, open_set_table, query_flags
 from ada_bench.results import read_rows
-
-import protocols  # scripts/protocols.py (tests/conftest.py puts scripts/ on the path)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"

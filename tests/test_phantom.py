@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_ada.data.cases import DataError
-from lightning_ada.data.phantom import TASKS, generate_phantom, load_phantom
+from lightning_ada.errors import DataError
+from lightning_ada.phantom.simulator import TASKS, generate_phantom, load_phantom
 
 GLIOMA = dict(task="glioma", size=20, n_source=4, n_source_test=2, n_pool=20, n_test=4, seed=3)
 NPC = dict(task="npc", size=20, n_source=3, n_source_test=1, n_pool=12, n_test=2, seed=1)
@@ -200,7 +200,7 @@ def test_interrupted_and_bad_args(tmp_path: Path) -> None:
 def test_power_regime(tmp_path: Path) -> None:
     """The ``power`` regime: its own draw, recorded in dataset.json, larger tumours, same seed
     same arrays; the original regime's files and generator record are unchanged by it."""
-    from lightning_ada.data.phantom import REGIMES
+    from lightning_ada.phantom.simulator import REGIMES
 
     params = {**GLIOMA, "n_source": 6, "n_source_test": 0, "n_pool": 10, "n_test": 0}
     old = generate_phantom(tmp_path / "old", progress=False, **params)
@@ -229,7 +229,7 @@ def test_power_shift_is_shared_by_every_target_scanner(task: str) -> None:
     """Every power target scanner has the same contrast change from the source (one label of
     any scanner teaches it), they differ in image quality; each tumour region still differs
     from every other tissue in some modality (labels can teach it)."""
-    from lightning_ada.data.phantom import _scanners
+    from lightning_ada.phantom.simulator import _scanners
 
     a, b, c, d = _scanners(task, "power")
     assert (a.table != b.table).sum() >= 4
@@ -278,7 +278,7 @@ def test_options_off_reproduce_the_earlier_generator(
 
 
 def test_case_centres_are_the_generators(glioma: Path) -> None:
-    from lightning_ada.data.phantom import case_centres
+    from lightning_ada.phantom.simulator import case_centres
 
     cases = load_phantom(glioma)
     for split, n in (("pool", GLIOMA["n_pool"]), ("test", GLIOMA["n_test"]), ("source", 4)):

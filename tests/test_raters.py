@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lightning_ada.data.raters import (
+from lightning_ada.phantom.raters import (
     DEFAULT_RATERS,
     RaterStyle,
     apply_style,

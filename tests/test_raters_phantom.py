@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lightning_ada.data.cases import DataError
-from lightning_ada.data.phantom import (
+from lightning_ada.data.readers import read_datalist
+from lightning_ada.errors import DataError
+from lightning_ada.phantom.raters import DEFAULT_RATERS
+from lightning_ada.phantom.simulator import (
     folder_suffix,
     generate_phantom,
     load_phantom,
     rater_datalist,
     rater_styles,
 )
-from lightning_ada.data.raters import DEFAULT_RATERS
-from lightning_ada.data.readers import read_datalist
 
 BASE = dict(task="glioma", size=16, n_source=2, n_source_test=0, n_pool=5, n_test=3, seed=2,
             regime="power", progress=False)

@@ -13,14 +13,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import protocols  # scripts/protocols.py (tests/conftest.py puts scripts/ on the path)
 import pytest
-from scipy.stats import wilcoxon
-
 from ada_bench.centres import SHARE_ROW, Group, GroupTask, centre_groups, group_table, share_budget
 from ada_bench.folds import FoldScheme
 from ada_bench.results import read_rows
-
-import protocols  # scripts/protocols.py (tests/conftest.py puts scripts/ on the path)
+from scipy.stats import wilcoxon
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
@@ -80,7 +78,7 @@ def test_group_table_medians_and_paired_differences() -> None:
 
 
 def test_centre_groups_follow_the_generator(tmp_path: Path) -> None:
-    from lightning_ada.data.phantom import generate_phantom, load_phantom
+    from lightning_ada.phantom.simulator import generate_phantom, load_phantom
 
     scheme = FoldScheme(n_folds=1, n_pool=12, n_test=8, size=16, n_source=1, n_source_test=0)
     task = GroupTask("glioma", scheme, str(tmp_path), str(tiny_configs(tmp_path / "c") / "{task}"),
@@ -120,7 +118,7 @@ def test_centres_dry_run_plans_every_centre(tmp_path: Path, capsys: pytest.Captu
 def test_tiny_rater_protocol_end_to_end(tmp_path: Path) -> None:
     """2 raters x (lower, upper, random's curve) on a 16^3 phantom: the runs read the rater's
     labels, the per-case rows hold the revision measures, the ceiling is the raters' Dice."""
-    from lightning_ada.data.raters import inter_rater_dice
+    from lightning_ada.phantom.raters import inter_rater_dice
 
     mod = protocols
     conf = tiny_configs(tmp_path / "conf")
@@ -168,7 +166,7 @@ def test_tiny_rater_protocol_end_to_end(tmp_path: Path) -> None:
 def test_tiny_centre_protocol_end_to_end(tmp_path: Path) -> None:
     """3 centres x (lower, upper, random's curve): each group's runs see only that centre's cases,
     the upper bound labels all of them, the table has the 20 % row of every centre."""
-    from lightning_ada.data.phantom import load_phantom
+    from lightning_ada.phantom.simulator import load_phantom
 
     mod = protocols
     conf = tiny_configs(tmp_path / "conf")

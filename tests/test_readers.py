@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lightning_ada.data.cases import Case, DataError
+from lightning_ada.cases import Case
 from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.data.readers import (
     read_brats,
@@ -23,6 +23,7 @@ from lightning_ada.data.readers import (
     read_nnunet_raw,
 )
 from lightning_ada.data.validation import validate_case, validate_label_file
+from lightning_ada.errors import DataError
 
 SHAPE = (8, 8, 6)
 BRATS_MODS = ("flair", "t1", "t1ce", "t2")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from jsonargparse import Namespace
 
-from lightning_ada.cli_dirs import configured_run_dir, evaluation_dir, redirect_evaluation
+from lightning_ada.cli.eval_dirs import configured_run_dir, evaluation_dir, redirect_evaluation
 from lightning_ada.main import main
 
 CONF = Path(__file__).parent / "conf"

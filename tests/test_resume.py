@@ -46,7 +46,7 @@ DRIVER = textwrap.dedent(
     elif where == "mid-checkpoint-write":
         # the CLI's atomic checkpoint writer, killed half-way through overwriting last.ckpt
         import io
-        import lightning_ada.checkpoint_io as checkpoint_io
+        import lightning_ada.run.checkpoint_io as checkpoint_io
         orig_write = checkpoint_io.write_atomic
         saves = []
         def write_atomic(path, write):

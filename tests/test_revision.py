@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_ada.revision import revision, revision_binary
+from lightning_ada.metrics.revision import revision, revision_binary
 
 
 def _cube(k: int, at: int, size: int = 16) -> torch.Tensor:

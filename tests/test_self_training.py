@@ -15,11 +15,10 @@ from lightning_ada.active.self_training import (
     label_cases,
     select_cases,
 )
-from lightning_ada.data.cases import DataError
+from lightning_ada.augment.tumour_contrast import TumourContrast
 from lightning_ada.data.datamodule import ActiveDataModule
 from lightning_ada.data.pseudo_set import PseudoLabel, load_label, pseudo_count, save_label
-from lightning_ada.data.tumour_contrast import TumourContrast
-from lightning_ada.io import UnsafePathError
+from lightning_ada.errors import DataError, UnsafePathError
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -276,8 +275,8 @@ def test_pseudo_set_state_round_trip_and_changed_files(phantom_root: Path, tmp_p
     fresh.load_state_dict(state)  # before setup, as Lightning does on resume
     fresh.setup("fit")
     assert fresh.pseudo_labelled_ids() == pool[2:5] and fresh.pseudo.ratio == 0.25
-    assert all(torch.equal(fresh._pseudo_item(c)["label"].as_tensor(), pseudo[c]) for c in pseudo)
-    assert torch.equal(_plain(fresh._pseudo_item(pool[2])["image"]), _plain(dm.item(pool[2])["image"]))
+    assert all(torch.equal(fresh.pseudo_item(c)["label"].as_tensor(), pseudo[c]) for c in pseudo)
+    assert torch.equal(_plain(fresh.pseudo_item(pool[2])["image"]), _plain(dm.item(pool[2])["image"]))
     # an older checkpoint without pseudo-labels
     old = ActiveDataModule(root=str(phantom_root), divisible_by=4)
     old.load_state_dict({"pool": state["pool"]})

@@ -12,9 +12,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_ada.active.self_training as self_training
-from lightning_ada.active.callback import ActiveQueryCallback, AnnotationPending
+from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.active.self_training import SelfTraining
-from lightning_ada.data.tumour_contrast import TumourContrast
+from lightning_ada.augment.tumour_contrast import TumourContrast
+from lightning_ada.errors import AnnotationPending
 from lightning_ada.main import main
 from lightning_ada.models.sparse_finetune import SparseFineTuning
 
@@ -143,7 +144,9 @@ def test_the_harness_composes_the_additions_like_the_command_line(
     phantom_root: Path, source_ckpt: Path
 ) -> None:
     """``ada_bench.runner.compose`` (the benchmark's ``-c`` merge) appends ``callbacks+`` too."""
-    from ada_bench.runner import compose, merge, typed_choices
+    from ada_bench.runner import compose, merge
+
+    from lightning_ada.cli.short_names import expand_config
 
     files = [
         CONFIGS / "power" / "glioma" / "target.yaml",
@@ -163,7 +166,7 @@ def test_the_harness_composes_the_additions_like_the_command_line(
     config["data"]["phantom"] = None
     config["model"]["source_checkpoint"] = str(source_ckpt)
     config["model"]["filters"] = [4, 8, 16]
-    cli = main(args=typed_choices(config), run=False)
+    cli = main(args=expand_config(config), run=False)
     names = [type(c).__name__ for c in cli.trainer.callbacks]
     assert names.count("SparseFineTuning") == 1 and "ModelCheckpoint" in names
     active = next(c for c in cli.trainer.callbacks if isinstance(c, ActiveQueryCallback))
@@ -201,7 +204,7 @@ def test_a_pass_due_when_the_file_oracle_stopped_the_run_is_made_on_the_resume(
     for _ in range(2):  # round 0 before epoch 0, round 1 after epoch 0
         with pytest.raises(AnnotationPending) as pending:
             main([*args, *resume])
-        [label] = pending.value.labels
+        [label] = [Path(p) for p in pending.value.awaiting]
         case_id = label.name.removesuffix(".nii.gz")
         label.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(phantom_root / case_id / f"{case_id}_seg.nii.gz", label)

@@ -14,8 +14,8 @@ import torch
 from monai.data import MetaTensor
 from scipy import ndimage
 
-import lightning_ada.data.singan as singan_module
-from lightning_ada.data.singan import (
+import lightning_ada.augment.singan as singan_module
+from lightning_ada.augment.singan import (
     SinGAN,
     SinGANHarmoniser,
     SinGANSettings,
@@ -23,12 +23,13 @@ from lightning_ada.data.singan import (
     pyramid_sizes,
     train_singan,
 )
-from lightning_ada.data.tumour_contrast import (
+from lightning_ada.augment.tumour_contrast import (
     RandGBATumourContrastd,
     TumourContrast,
     blend_weights,
     tumour_mask,
 )
+from lightning_ada.data.epochs import PreparingLoader
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONF = Path(__file__).parent / "conf"
@@ -139,7 +140,7 @@ def test_gba_changes_only_where_the_weighting_mask_is_positive(
 
 def test_gba_differs_from_the_blended_naive_rescaling(tiny_singan: SinGAN) -> None:
     """The SinGAN output replaces the tumour region: not the blended rescaling of 11.2."""
-    from lightning_ada.data.tumour_contrast import RandBlendedTumourContrastd
+    from lightning_ada.augment.tumour_contrast import RandBlendedTumourContrastd
 
     case = _case()
     kwargs = {"prob": 1.0, "factors": [2.0], "dilation_radius": 2, "sigma": 1.5}
@@ -189,7 +190,7 @@ class _FakeDataModule:
         )
         self.items = {"c0": _case(seed=0), "c1": _case(seed=1)}
 
-    def _training_item(self, case_id: str) -> dict:
+    def training_item(self, case_id: str) -> dict:
         return self.items[case_id]
 
     def item(self, case_id: str) -> dict:
@@ -315,8 +316,9 @@ def test_the_benchmark_harness_composes_gba_singan_as_an_addition(
 ) -> None:
     """``random+gba_singan``: the run name parses and the overlay composes onto the power recipe."""
     from ada_bench.names import parse_run_name
-    from ada_bench.runner import compose, typed_choices
+    from ada_bench.runner import compose
 
+    from lightning_ada.cli.short_names import expand_config
     from lightning_ada.main import main
 
     assert parse_run_name("random+gba_singan").additions == ("gba_singan",)
@@ -324,16 +326,14 @@ def test_the_benchmark_harness_composes_gba_singan_as_an_addition(
                       CONFIGS / "additions" / "gba_singan.yaml"])
     config["data"] |= {"root": str(phantom_root), "phantom": None}
     config["model"] |= {"source_checkpoint": str(source_ckpt), "filters": [4, 8, 16]}
-    cli = main(args=typed_choices(config), run=False)
+    cli = main(args=expand_config(config), run=False)
     contrast = cli.datamodule.tumour_contrast
     assert isinstance(contrast, TumourContrast) and contrast.blend
     assert isinstance(contrast.harmoniser, SinGANHarmoniser) and contrast.harmoniser.generators == 2
 
 
 def test_the_training_loader_prepares_its_dataset_before_workers_start() -> None:
-    """``_PreparingLoader``: what ``prepare`` sets in the main process reaches the workers."""
-    from lightning_ada.data.datamodule import _PreparingLoader
-
+    """``PreparingLoader``: what ``prepare`` sets in the main process reaches the workers."""
     class Data(torch.utils.data.Dataset):
         def __init__(self) -> None:
             self.value = 0
@@ -348,6 +348,6 @@ def test_the_training_loader_prepares_its_dataset_before_workers_start() -> None
             return self.value
 
     data = Data()
-    loader = _PreparingLoader(data, batch_size=2, num_workers=1)
+    loader = PreparingLoader(data, batch_size=2, num_workers=1)
     assert list(loader)[0].tolist() == [1, 1]
     assert list(loader)[0].tolist() == [2, 2]  # again at every iteration (cheap once trained)

@@ -225,7 +225,7 @@ def test_raw_case_image_reads_per_modality_and_4d_files(tmp_path: Path) -> None:
     import nibabel as nib
 
     from lightning_ada.active.density import raw_case_image
-    from lightning_ada.data.cases import Case
+    from lightning_ada.cases import Case
 
     vols = [np.arange(24, dtype=np.float32).reshape(2, 3, 4) * (m + 1) for m in range(2)]
     for m, v in enumerate(vols):

@@ -10,13 +10,13 @@ import torch
 from monai.data import MetaTensor
 from scipy import ndimage
 
-from lightning_ada.data.transforms import training_augmentation
-from lightning_ada.data.tumour_contrast import (
+from lightning_ada.augment.tumour_contrast import (
     RandBlendedTumourContrastd,
     RandTumourContrastd,
     blend_weights,
     tumour_mask,
 )
+from lightning_ada.data.transforms import training_augmentation
 
 
 def _case(size: tuple[int, int, int] = (20, 18, 16), channels: int = 3, seed: int = 0) -> dict:

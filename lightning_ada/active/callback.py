@@ -6,51 +6,36 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+import torch
 from jsonargparse import lazy_instance
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ada.active.open_set_filter import PrototypeFilter
-from lightning_ada.active.oracle import FileOracle, Oracle, SimulatedOracle
-from lightning_ada.active.pool_view import PoolView
+from lightning_ada.active.oracles import ORACLES, Oracle, Request
+from lightning_ada.active.preview import save_preview
 from lightning_ada.active.query_round import Election, ask_oracle, query_context, query_round
 from lightning_ada.active.self_training import SelfTraining
 from lightning_ada.active.strategies import RunInfo, Strategy
 from lightning_ada.active.strategies.random import RandomStrategy
-from lightning_ada.checkpoint_io import write_errors_named
-from lightning_ada.data.open_set import ood_kind, purity
-from lightning_ada.guards import (
+from lightning_ada.data.pool_view import PoolView
+from lightning_ada.errors import AnnotationPending, ConfigError
+from lightning_ada.io import write_json_atomic, write_mask
+from lightning_ada.phantom.open_set import ood_kind, purity
+from lightning_ada.run.checkpoint_io import write_errors_named
+from lightning_ada.run.guard import resume_notes
+from lightning_ada.run.schedule import (
     check_schedule,
     check_step_schedule,
     epochs_in_run,
     nothing_to_train_note,
-    resume_notes,
     shortfall_notes,
     steps_in_run,
 )
-from lightning_ada.io import write_json_atomic
+from lightning_ada.weights import read_checkpoint
 
-
-class ConfigError(ValueError):
-    """The active options do not fit this run (budget, stage, a strategy's needs); one line."""
-
-
-class AnnotationPending(Exception):
-    """A queried case waits for its annotation; the run was checkpointed and stopped.
-
-    Attributes:
-        checkpoint: the checkpoint to resume from once the label files exist.
-        labels: the label files the annotator must create.
-    """
-
-    def __init__(self, checkpoint: Path, labels: list[Path]) -> None:
-        self.checkpoint, self.labels = checkpoint, labels
-        files = "\n".join(f"  {p}" for p in labels)
-        super().__init__(
-            f"annotation needed: create\n{files}\n(see the request files and previews in "
-            f"{labels[0].parent.parent / 'requests'}), then continue the run with the same "
-            f"command plus\n  --ckpt_path {checkpoint}"
-        )
+#: the oracle of a run that names none: the registered ``simulated`` oracle (stored masks)
+DEFAULT_ORACLE = "simulated"
 
 
 class ActiveQueryCallback(L.Callback):
@@ -64,10 +49,11 @@ class ActiveQueryCallback(L.Callback):
     datamodule's training epochs draw from the labeled set as it is at fetch time, so the next
     epoch (with ``stride_steps``: the batches fetched after the query) trains on it.
 
-    With the ``files`` oracle a query writes an annotation request into the run folder and
-    either waits for the label file or (``--active.oracle.wait false``, or on timeout) saves
-    ``<run>/checkpoints/pending.ckpt`` and stops with :class:`AnnotationPending`; the same
-    command with ``--ckpt_path`` that checkpoint continues once the label exists.
+    The oracle is asked through its protocol (:mod:`lightning_ada.active.oracles.base`): an
+    answer that is still pending or timed out (e.g. the ``files`` oracle with ``--active.oracle
+    .wait false``, or after its timeout) saves ``<run>/checkpoints/pending.ckpt`` and stops with
+    :class:`~lightning_ada.errors.AnnotationPending`; the same command with ``--ckpt_path`` that
+    checkpoint asks again and continues once the label is delivered.
 
     Args:
         budget: number of cases to label (0 disables querying, e.g. for source training).
@@ -110,7 +96,7 @@ class ActiveQueryCallback(L.Callback):
         strategy: Strategy = lazy_instance(RandomStrategy),
         elect_modality: bool = False,
         election_per_class: bool = False,
-        oracle: Oracle = lazy_instance(SimulatedOracle),
+        oracle: Oracle = lazy_instance(ORACLES[DEFAULT_ORACLE]),
         seed: int = 0,
         restart_schedule_each_round: bool = False,
         run_dir: str | None = None,
@@ -203,8 +189,6 @@ class ActiveQueryCallback(L.Callback):
         self.oracle.configure(self._run_dir(trainer), self.pool)
 
     def _load_source_artifacts(self, pl_module: L.LightningModule) -> None:
-        from lightning_ada.models.module import read_checkpoint
-
         path = getattr(pl_module.hparams, "source_checkpoint", None)
         if not path:
             callback = self.strategy.source_callback
@@ -219,6 +203,31 @@ class ActiveQueryCallback(L.Callback):
         if self.pool is None:
             raise RuntimeError("ActiveQueryCallback used before setup")
         return self.pool
+
+    def run_definition(self) -> dict[str, Any]:
+        """This callback's entries of the run definition (:mod:`lightning_ada.run.definition`):
+        the strategy's name, the budget and the self-training option."""
+        st = self.self_training
+        return {
+            "strategy": self.strategy.name or type(self.strategy).__name__,
+            "budget": int(self.budget),
+            "self_training": None if st is None else repr(st),
+        }
+
+    def rank_pool(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:
+        """Rank every unlabeled case with the strategy and elect the modality of each, without
+        asking the oracle or labelling anything (``lightning-ada query``).
+
+        Returns:
+            One entry per case, best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`).
+        """
+        self.prepare(trainer, pl_module)
+        pool = self._pool()
+        ctx = query_context(pool, pl_module, self.round, self.seed, self._run_dir(trainer),
+                            self._with_features)
+        election = Election(pl_module.predict_case, self.election_per_class)
+        return query_round(self.strategy, ctx, len(ctx.unlabeled), trainer, pool,
+                           election=election).picks
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Round 0, before any training (the source model scores the pool), or a pending one."""
@@ -298,20 +307,17 @@ class ActiveQueryCallback(L.Callback):
             self.strategy, ctx, n, trainer, pool, election=election, epoch=epoch,
             prefilter=self.open_set_filter,
         )
-        self.pending.extend({**entry, "step": step} for entry in result.pending)
+        self.pending.extend({**entry, "step": step} for entry in result.picks)
         self.last_query_epoch, self.last_query_step = epoch, step
         self._drain(trainer, pl_module)
 
     def _drain(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Ask the oracle for every pending query; checkpoint and stop if one is not ready."""
+        """Ask the oracle for every pending query; checkpoint and stop if one is still waiting."""
         pool = self._pool()
-
-        def before_ask(entry: dict[str, Any]) -> None:
-            if isinstance(self.oracle, FileOracle):
-                self._write_request(trainer, pl_module, entry)
-
-        delivered, pending = ask_oracle(self.pending, self.oracle, trainer, pool, before_ask)
-        for entry in delivered:
+        asked = ask_oracle(
+            self.pending, self.oracle, trainer, pool, lambda e: self._request(pl_module, e)
+        )
+        for entry in asked.delivered:
             self.n_queried += 1
             if entry.get("refused"):
                 self.refused.append(entry["case_id"])
@@ -323,44 +329,44 @@ class ActiveQueryCallback(L.Callback):
                 f"{entry['case_id']} score={entry['score']:.4g} modality={entry['modality']} "
                 f"-> {entry['n_labeled']} labeled"
             )
-        self.pending = pending
-        if pending:
+        self.pending = asked.pending
+        if asked.waiting is not None:
             self._write_log(trainer)
             ckpt = self._run_dir(trainer) / "checkpoints" / "pending.ckpt"
             trainer.save_checkpoint(ckpt, weights_only=False)
-            labels = [self.oracle.label_path(e["case_id"]) for e in pending]  # type: ignore[attr-defined]
-            raise AnnotationPending(ckpt, labels)
+            waiting = asked.waiting
+            awaiting = waiting.awaiting or f"the annotation of {self.pending[0]['case_id']}"
+            raise AnnotationPending(ckpt, [awaiting], self.oracle.where())
         self.round += 1
         if self.restart_schedule and hasattr(pl_module, "restart_lr_schedule"):
             pl_module.restart_lr_schedule()
         for logger in trainer.loggers:
             logger.log_metrics({"active/n_labeled": len(pool.labeled())}, step=trainer.global_step)
         self._write_log(trainer)
-        refused = [e for e in delivered if e.get("refused")]
+        refused = [e for e in asked.delivered if e.get("refused")]
         if refused:  # each refused case is replaced at once from the remaining budget
             self._query(trainer, pl_module, len(refused), epoch=refused[-1]["epoch"])
 
-    def _write_request(self, trainer: L.Trainer, pl_module: Any, entry: dict[str, Any]) -> None:
-        """The request JSON, the current prediction in the original geometry and a preview."""
-        from lightning_ada.active.preview import save_preview
-        from lightning_ada.predict import write_mask
-
-        oracle: FileOracle = self.oracle  # type: ignore[assignment]
-        if oracle.request_path(entry["round"], entry["case_id"]).exists():
-            return
+    def _request(self, pl_module: Any, entry: dict[str, Any]) -> Request:
+        """The oracle's request for a query, with the current prediction (computed at most once,
+        only if the oracle asks for it) to write as a NIfTI mask or a preview."""
         pool = self._pool()
-        image = pool.image(entry["case_id"])
-        pred = pl_module.predict_case(image).argmax(0)
+        case_id = entry["case_id"]
+        predicted: list[torch.Tensor] = []
+
+        def prediction() -> torch.Tensor:
+            if not predicted:
+                predicted.append(pl_module.predict_case(pool.image(case_id)).argmax(0))
+            return predicted[0]
 
         def write_prediction(path: Path) -> None:
-            write_mask(pool.invert(pred[None], entry["case_id"]), path)
+            write_mask(pool.invert(prediction()[None], case_id), path)
 
         def write_preview(path: Path) -> None:
-            save_preview(path, image, pred, list(pool.modalities), entry["modality"],
-                         f"{entry['case_id']} (round {entry['round']})")
+            save_preview(path, pool.image(case_id), prediction(), list(pool.modalities),
+                         entry["modality"], f"{case_id} (round {entry['round']})")
 
-        oracle.write_request(pool.case(entry["case_id"]), entry["modality"], entry,
-                             write_prediction, write_preview)
+        return Request(pool.case(case_id), entry["modality"], entry, write_prediction, write_preview)
 
     # ------------------------------------------------------------------ log and state
     def _run_dir(self, trainer: L.Trainer) -> Path:

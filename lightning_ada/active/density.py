@@ -276,7 +276,7 @@ def raw_case_image(case: Any) -> np.ndarray:
     """A case's image as stored on disk: raw intensities, full field of view, no reorientation.
 
     Args:
-        case: a :class:`~lightning_ada.data.cases.Case` (``images``: one NIfTI per modality, or
+        case: a :class:`~lightning_ada.cases.Case` (``images``: one NIfTI per modality, or
             one 4-D NIfTI with the modalities on the last axis).
 
     Returns:

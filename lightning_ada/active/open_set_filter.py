@@ -1,7 +1,7 @@
 """OpenPath's prototype pre-filter for open-set pools (seed 003; ALGORITHMS.md section 9).
 
 An open-set target pool holds out-of-distribution (OOD) cases (another anatomy, no tumour, a
-corrupted scan, wrong channel order: :mod:`lightning_ada.data.open_set`); a label spent on them
+corrupted scan, wrong channel order: :mod:`lightning_ada.phantom.open_set`); a label spent on them
 adds nothing. The pre-filter keeps a strategy's query among the cases most likely
 in-distribution (ID), in two steps:
 

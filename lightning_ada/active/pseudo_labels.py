@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from lightning_ada.active.stats import mean_entropy
+from lightning_ada.active.stats import gaua, mean_entropy
 
 ConfidenceKind = Literal["foreground_max_prob", "mean_max_prob", "neg_entropy", "neg_gaua"]
 
@@ -185,8 +185,6 @@ def case_confidence(probs: Tensor, kind: ConfidenceKind = "foreground_max_prob")
     if kind == "neg_entropy":
         return -mean_entropy(p)
     if kind == "neg_gaua":
-        from lightning_ada.active.strategies.ugtst import gaua
-
         return -gaua(p)[0]
     raise ValueError(f"unknown confidence kind {kind!r}; choose one of {ConfidenceKind.__args__}")
 

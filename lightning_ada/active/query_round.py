@@ -1,9 +1,10 @@
-"""One query round: rank the unlabeled pool, elect the modality of the picks, ask the oracle, record.
+"""One query round: rank the unlabeled pool and elect the modality of the picks
+(:func:`query_round`), then ask the oracle and record what it delivered (:func:`ask_oracle`).
 
 :func:`query_round` is the round of :class:`~lightning_ada.active.callback.ActiveQueryCallback`
-(during ``fit``) and of ``lightning-ada query`` (ranking only, no oracle). Every rank of a DDP
-run calls it; the ranking and the elections are broadcast from rank 0, and only rank 0 asks the
-oracle.
+(during ``fit``) and of ``lightning-ada query`` (ranking only). Every rank of a DDP run calls
+both; the ranking, the elections and the oracle's answers are broadcast from rank 0, and only
+rank 0 asks the oracle.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import torch
 from lightning_ada.active.density import raw_case_image
 from lightning_ada.active.election import elect_modality
 from lightning_ada.active.open_set_filter import PrototypeFilter
-from lightning_ada.active.oracle import REFUSED, Oracle
-from lightning_ada.active.pool_view import PoolView
+from lightning_ada.active.oracles import Answer, Oracle, Request
 from lightning_ada.active.strategies import QueryContext, Scored, Strategy
+from lightning_ada.data.pool_view import PoolView
 
 #: why the annotator is asked for the elected modality (recorded with each query)
 ELECTION_WHY = (
@@ -108,13 +109,11 @@ class RoundResult:
 
     Attributes:
         ranked: the whole ranking (best first).
-        delivered: entries the oracle answered (recorded in the pool), in rank order.
-        pending: entries still waiting for their label (the file oracle), in rank order.
+        picks: one entry per pick, in rank order (what the oracle is to be asked).
     """
 
     ranked: list[Scored]
-    delivered: list[dict[str, Any]] = field(default_factory=list)
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    picks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def query_round(
@@ -125,23 +124,19 @@ def query_round(
     pool: PoolView,
     *,
     election: Election | None = None,
-    oracle: Oracle | None = None,
     epoch: int = -1,
-    before_ask: Callable[[dict[str, Any]], None] | None = None,
     prefilter: PrototypeFilter | None = None,
 ) -> RoundResult:
-    """Rank the unlabeled pool, elect a modality for the best ``n``, ask the oracle, record.
+    """Rank the unlabeled pool and elect a modality for the best ``n``.
 
     Args:
         strategy: the configured strategy.
         ctx: the round's context (:func:`query_context`).
         n: cases to query (``len(ctx.unlabeled)``: every case, as ``lightning-ada query``).
         trainer: the trainer (world size, rank, broadcast).
-        pool: the pool view (case records; labels are recorded in it).
+        pool: the pool view (case records).
         election: elect the modality of each pick (None: no election).
-        oracle: who delivers the masks (None: rank and elect only, record nothing).
         epoch: the epoch after which the round runs (-1: before training).
-        before_ask: called on rank 0 with each entry before the oracle is asked.
         prefilter: OpenPath's open-set pre-filter: the strategy ranks only its candidates
             (and picks among them unless its ``sampling`` is ``egss`` or ``kmeans``).
 
@@ -189,10 +184,23 @@ def query_round(
                 "case_meta": dict(pool.case(pick.case_id).meta),
             }
         )
-    if oracle is None:
-        return RoundResult(ranked, pending=entries)
-    delivered, pending = ask_oracle(entries, oracle, trainer, pool, before_ask)
-    return RoundResult(ranked, delivered, pending)
+    return RoundResult(ranked, entries)
+
+
+@dataclass
+class Asked:
+    """What the oracle answered for a list of entries, asked in order.
+
+    Attributes:
+        delivered: entries answered (delivered or refused), each with ``label_path`` and
+            ``n_labeled`` (refused ones with ``refused`` and ``refused_reason``), in order.
+        pending: the entries from the first one still waiting for its label, in order.
+        waiting: the oracle's answer for the first pending entry (None: nothing pending).
+    """
+
+    delivered: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    waiting: Answer | None = None
 
 
 def ask_oracle(
@@ -200,29 +208,33 @@ def ask_oracle(
     oracle: Oracle,
     trainer: L.Trainer,
     pool: PoolView,
-    before_ask: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    request_for: Callable[[dict[str, Any]], Request],
+) -> Asked:
     """Ask the oracle for each entry in order, recording each delivered mask in the pool.
 
-    Stops at the first entry whose label is not there yet (the file oracle without waiting).
+    Stops at the first entry the oracle is still waiting for (pending or timed out).
 
-    Returns:
-        ``(delivered, pending)``; a delivered entry gains ``label_path`` and ``n_labeled``.
+    Args:
+        entries: the queries (:attr:`RoundResult.picks`, or a resumed run's pending ones).
+        oracle: who delivers the masks.
+        trainer: the trainer (rank, broadcast).
+        pool: the pool view (delivered labels are recorded in it).
+        request_for: builds the :class:`Request` of an entry (called on rank 0 only).
     """
-    delivered: list[dict[str, Any]] = []
+    asked = Asked()
     for i, entry in enumerate(entries):
-        label_path = None
-        if trainer.is_global_zero:
-            if before_ask is not None:
-                before_ask(entry)
-            label_path = oracle.annotate(pool.case(entry["case_id"]), entry["modality"], entry)
-        label_path = trainer.strategy.broadcast(label_path, src=0)
-        if label_path is None:
-            return delivered, list(entries[i:])
-        if label_path == REFUSED:  # spent, not trained on
-            spent = {"label_path": None, "refused": True, "n_labeled": len(pool.labeled())}
-            delivered.append(entry | spent)
+        answer = oracle.ask(request_for(entry)) if trainer.is_global_zero else None
+        answer = trainer.strategy.broadcast(answer, src=0)
+        if answer.waiting:
+            asked.pending, asked.waiting = list(entries[i:]), answer
+            return asked
+        if answer.status == "refused":  # spent, not trained on
+            spent = {"label_path": None, "refused": True, "refused_reason": answer.reason,
+                     "n_labeled": len(pool.labeled())}
+            asked.delivered.append(entry | spent)
             continue
-        pool.label(entry["case_id"], label_path, entry["modality"], round=entry["round"], epoch=entry["epoch"])
-        delivered.append(entry | {"label_path": label_path, "n_labeled": len(pool.labeled())})
-    return delivered, []
+        pool.label(entry["case_id"], answer.label_path, entry["modality"], round=entry["round"],
+                   epoch=entry["epoch"])
+        asked.delivered.append(entry | {"label_path": answer.label_path,
+                                        "n_labeled": len(pool.labeled())})
+    return asked

@@ -47,7 +47,10 @@ from lightning_ada.active.pseudo_labels import (
     tiered_order,
 )
 from lightning_ada.data.pseudo_set import PseudoLabel, check_ratio, save_label
+from lightning_ada.errors import ConfigError
 from lightning_ada.io import safe_child, write_json_atomic
+from lightning_ada.metrics.regions import case_metrics
+from lightning_ada.run.schedule import epochs_in_run
 
 Selection = Literal["top_fraction", "tiered"]
 
@@ -142,8 +145,6 @@ def held_out_dice(
     Returns:
         The mean Dice, or None without cases.
     """
-    from lightning_ada.metrics import case_metrics
-
     values = []
     for image, label in cases:
         pred = predict(image).argmax(0)
@@ -289,8 +290,6 @@ class SelfTraining:
         exclude: Iterable[str] = (),
     ) -> None:
         """Make pass ``passes_done`` after ``boundary`` completed epochs if it is due."""
-        from lightning_ada.guards import epochs_in_run
-
         if not self.due(boundary, epochs_in_run(trainer)):
             return
         self.last_boundary = boundary
@@ -360,8 +359,6 @@ class SelfTraining:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _datamodule(trainer: L.Trainer) -> Any:
-        from lightning_ada.active.callback import ConfigError
-
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "set_pseudo_labels") or not hasattr(dm, "pool_view"):
             raise ConfigError(

@@ -9,8 +9,8 @@ Nothing here knows about Lightning or the datamodule: inputs are tensors and cal
 
 from __future__ import annotations
 
+import math
 import time
-
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,3 +210,46 @@ def stream_pool_stats(
     if timings is not None:
         timings.update(inference=inference, statistics=statistics)
     return out
+
+
+def gaua(probs: Tensor, bins: int = 100) -> tuple[float, float]:
+    """Global-adaptive uncertainty (GAUA) of one case (§8).
+
+    Voxel entropy in bits; ``tau`` = left edge of the first peak of the ``bins``-bin density
+    histogram of the entropy values, where a peak is an interior local maximum (a plateau counts
+    at its middle bin, as ``scipy.signal.find_peaks`` does; the official code uses it). Without
+    an interior peak, the highest bin (edges included) is the peak. GAUA = mean entropy of the
+    voxels with ``H > tau`` (``H >= tau`` if none is strictly above).
+
+    Args:
+        probs: ``(K, H, W, D)`` softmax.
+        bins: histogram bins.
+
+    Returns:
+        ``(gaua, tau)`` in bits.
+    """
+    h = (entropy_map(probs).double() / math.log(2.0)).flatten().cpu().numpy()
+    hist, edges = np.histogram(h, bins=bins, density=True)
+    peak = _first_peak(hist)
+    tau = float(edges[peak])
+    above = h[h > tau]
+    if above.size == 0:
+        above = h[h >= tau]
+    return float(above.mean()) if above.size else 0.0, tau
+
+
+def _first_peak(hist: np.ndarray) -> int:
+    """Index of the first interior local maximum (plateau middle), else of the highest bin."""
+    n = len(hist)
+    i = 1
+    while i < n - 1:
+        if hist[i] > hist[i - 1]:
+            j = i
+            while j + 1 < n and hist[j + 1] == hist[i]:
+                j += 1
+            if j + 1 < n and hist[j + 1] < hist[i]:
+                return (i + j) // 2
+            i = j + 1
+        else:
+            i += 1
+    return int(np.argmax(hist))

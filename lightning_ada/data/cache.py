@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lightning_ada.data.cases import DataError
+from lightning_ada.errors import DataError
 
 _FINGERPRINT_BYTES = 1 << 20
 _CHUNK = 1 << 22

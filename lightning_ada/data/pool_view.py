@@ -1,57 +1,65 @@
-"""The datamodule's implementation of :class:`lightning_ada.active.pool_view.PoolView`."""
+"""PoolView: the narrow, typed view of the data that the active-learning side uses.
+
+The callback, the oracles, the STDR source callback and ``lightning-ada query`` read and grow the
+pool only through this interface (never the datamodule's internals). The datamodule gives one
+with ``datamodule.pool_view()`` (:class:`lightning_ada.data.datamodule.DataModulePoolView`).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from lightning_ada.data.cases import Case
-
-if TYPE_CHECKING:
-    from lightning_ada.data.datamodule import ActiveDataModule
+from lightning_ada.cases import Case
 
 
-class DataModulePoolView:
-    """The active-learning view of an :class:`ActiveDataModule` (after ``setup``).
+@runtime_checkable
+class PoolView(Protocol):
+    """Cases by stable id: splits, the target pool's labeled/unlabeled parts, images, labels.
 
-    Args:
-        dm: the datamodule.
+    Attributes:
+        stage: ``source`` (pre-training) or ``target`` (adaptation).
+        modalities: modality names in channel order.
+        label_values: on-disk foreground label values, in class order.
     """
 
-    def __init__(self, dm: ActiveDataModule) -> None:
-        self._dm = dm
-        self.stage: str = dm.hparams.stage
-        self.modalities: list[str] = list(dm.hparams.modalities)
-        self.label_values: list[int] = list(dm.hparams.labels.values())
-
-    def _pool(self):  # noqa: ANN202 - ActivePool
-        if self._dm.pool is None:
-            raise RuntimeError("the datamodule is not set up: call setup() first")
-        return self._dm.pool
+    stage: str
+    modalities: list[str]
+    label_values: list[int]
 
     def ids(self, split: str) -> list[str]:
-        return list(self._dm.split_ids.get(split, []))
+        """Case ids of ``split`` (``source``, ``source_test``, ``pool``, ``test``; [] if absent)."""
+        ...
 
     def labeled(self) -> list[str]:
-        return list(self._pool().labeled)
+        """Ids of the labeled target-pool cases, in labelling order."""
+        ...
 
     def unlabeled(self) -> list[str]:
-        return list(self._pool().unlabeled)
+        """Ids of the unlabeled target-pool cases, in pool order."""
+        ...
 
     def image(self, case_id: str) -> torch.Tensor:
-        return self._dm.image(case_id)
+        """Preprocessed image ``(C, H, W, D)`` (network input space)."""
+        ...
 
     def case(self, case_id: str) -> Case:
-        return self._dm.case(case_id)
+        """The case record (file paths, per-modality masks, metadata)."""
+        ...
 
     def label(self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int) -> None:
-        self._dm.label(case_id, label_path, modality, round=round, epoch=epoch)
+        """Move ``case_id`` to the labeled pool with the mask at ``label_path``."""
+        ...
 
     def invert(self, prediction: torch.Tensor, case_id: str) -> torch.Tensor:
-        return self._dm.invert(prediction, case_id)
+        """Class-index prediction ``(1, H, W, D)`` -> original geometry, on-disk label values."""
+        ...
 
     def validate_label(self, path: str, case_id: str, allow_empty: bool = False) -> None:
-        from lightning_ada.data.validation import validate_label_file
+        """Check a delivered mask against the case's image (shape, affine, label values).
 
-        validate_label_file(path, self._dm.case(case_id).images[0], self.label_values, allow_empty)
+        Raises:
+            DataError: naming ``path`` and the fault.
+        """
+        ...

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lightning_ada.data.cache import content_sha256
-from lightning_ada.data.cases import DataError
+from lightning_ada.errors import DataError
 from lightning_ada.io import atomic_path
 
 

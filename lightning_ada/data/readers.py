@@ -1,7 +1,7 @@
 """Readers for real data layouts (BraTS, BraTS 2023, MSD, nnU-Net raw, our datalist).
 
-Every reader returns a list of :class:`~lightning_ada.data.cases.Case` with unique, safe ids;
-any missing or inconsistent file raises :class:`~lightning_ada.data.cases.DataError` naming the
+Every reader returns a list of :class:`~lightning_ada.cases.Case` with unique, safe ids;
+any missing or inconsistent file raises :class:`~lightning_ada.cases.DataError` naming the
 file or case folder (nothing is silently skipped). The content of the files is checked by
 :mod:`lightning_ada.data.validation`.
 """
@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_ada.data.cases import Case, DataError, check_case_ids
+from lightning_ada.cases import Case, check_case_ids
+from lightning_ada.errors import DataError
 
 Layout = Literal["brats", "brats2023", "msd", "nnunet", "datalist"]
 

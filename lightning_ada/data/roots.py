@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_ada.data.cases import Case, DataError, check_case_ids
+from lightning_ada.cases import Case, check_case_ids
 from lightning_ada.data.readers import Layout, read_cases
+from lightning_ada.errors import DataError
 
 
 @dataclass(frozen=True)

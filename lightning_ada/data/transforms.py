@@ -202,7 +202,7 @@ def training_augmentation(
     Samples one patch of ``patch_size`` voxels (1 in 3 centred on foreground, as nnU-Net's
     33 % oversampling), then flips and intensity augmentation (brightness, contrast, gamma,
     noise) when ``augment``. ``tumour_contrast`` (e.g. a
-    :class:`~lightning_ada.data.tumour_contrast.RandTumourContrastd`; off by default) first
+    :class:`~lightning_ada.augment.tumour_contrast.RandTumourContrastd`; off by default) first
     alters the whole case.
     """
     keys = ["image", "label"]

@@ -1,7 +1,7 @@
 """Checks of the content of every input file, before anything reaches the network.
 
 :func:`validate_case` and :func:`validate_label_file` read the NIfTI files and raise one
-:class:`~lightning_ada.data.cases.DataError` naming the file and the fault: a header declaring
+:class:`~lightning_ada.cases.DataError` naming the file and the fault: a header declaring
 more voxels than the file can hold or than ``max_voxels`` (checked before any data is read),
 truncated or unreadable files, shapes and affines that disagree, voxels that are not finite
 *as the network sees them* (after the header's scaling and the cast to float32), constant
@@ -19,8 +19,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from lightning_ada.cases import Case
 from lightning_ada.data.cache import CacheKey
-from lightning_ada.data.cases import Case, DataError
+from lightning_ada.errors import DataError
 
 #: Default ceiling on the voxels of one file (all channels): 512^3, about 0.5 GB as float32.
 MAX_VOXELS = 512**3

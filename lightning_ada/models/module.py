@@ -13,44 +13,13 @@ from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
-from lightning_ada.checkpoint_io import check_finite_weights
-from lightning_ada.guards import check_resume
-from lightning_ada.metrics import RegionMetrics
+from lightning_ada.errors import ChangedRunError, CheckpointError
+from lightning_ada.metrics.regions import RegionMetrics
 from lightning_ada.models.nets import FeatureTap, NetName, build_net, decoder_head_input
+from lightning_ada.weights import check_finite_weights, load_state_dict_safely
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used here; the message names the file and the fault."""
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``: never executes pickled code.
-
-    Raises:
-        CheckpointError: if the file is missing or is not a (weights-only loadable) checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (a {type(ckpt).__name__}, not a dict)")
-    return ckpt
-
-
-def load_state_dict_safely(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint (see :func:`read_checkpoint`).
-
-    Raises:
-        CheckpointError: if the file is missing, not a checkpoint, or holds no state_dict.
-    """
-    state = read_checkpoint(path).get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no 'state_dict' in this file; is it a Lightning checkpoint?")
-    return state
+#: hyper-parameters that fix the network's shape (a checkpoint of another shape cannot load)
+SHAPE_KEYS = ("net", "in_channels", "filters")
 
 
 class SegmentationModule(L.LightningModule):
@@ -163,7 +132,7 @@ class SegmentationModule(L.LightningModule):
         missing = sorted(k for k in own if k.startswith("net.") and k not in net_state)
         if missing:
             raise CheckpointError(f"{path}: weights missing for {missing[:3]}...")
-        check_finite_weights(path, net_state)  # a diverged source model (lightning_ada.checkpoint_io)
+        check_finite_weights(path, net_state)  # a diverged source model (lightning_ada.run.checkpoint_io)
         self.load_state_dict(net_state, strict=False)
 
     # ------------------------------------------------------------------ forward / inference
@@ -363,8 +332,43 @@ class SegmentationModule(L.LightningModule):
         checkpoint["schedule_start"] = self.schedule_start
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_resume(self, checkpoint)  # a changed run definition: refused (lightning_ada.guards)
+        """Refuse, before any weight is loaded, a checkpoint of another network shape.
+
+        Raises:
+            ChangedRunError: naming the checkpoint, the first changed weights and the model it
+                was trained with.
+        """
+        shapes = self._shape_changes(checkpoint.get("state_dict", {}))
+        if shapes:
+            path = (self._trainer.ckpt_path if self._trainer is not None else None) or "the checkpoint"
+            saved = checkpoint.get("hyper_parameters", {})
+            trained = ", ".join(f"{k}={saved[k]}" for k in SHAPE_KEYS if k in saved)
+            raise ChangedRunError(
+                f"{path} holds a network of another shape ({'; '.join(shapes)}); resume it with the "
+                f"model it was trained with ({trained or 'see its hyper_parameters'})"
+            )
         self.schedule_start = int(checkpoint.get("schedule_start", 0))
+
+    def _shape_changes(self, saved: dict[str, Any]) -> list[str]:
+        """The first two weights whose shape differs from this model's, and a count of the
+        weights only in the checkpoint or only in this model ([] if every weight fits)."""
+        own = self.state_dict()
+        changed = [k for k in saved if k in own and tuple(saved[k].shape) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in saved]
+        extra = [k for k in saved if k not in own]
+        out = [f"{k} {tuple(saved[k].shape)} -> {tuple(own[k].shape)}" for k in changed[:2]]
+        if missing or extra:
+            out.append(
+                f"{len(extra)} weights only in the checkpoint, {len(missing)} only in this model"
+            )
+        return out
+
+    def run_definition(self) -> dict[str, Any]:
+        """This model's entry of the run definition (:mod:`lightning_ada.run.definition`): the
+        network's shape."""
+        hp = self.hparams
+        return {"model": {k: (list(hp[k]) if isinstance(hp[k], (list, tuple)) else hp[k])
+                          for k in SHAPE_KEYS if k in hp}}
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

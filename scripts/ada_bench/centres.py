@@ -8,7 +8,7 @@ every group), and the protocol is run one seed at a time because a group's cases
 pool and test cases) depend on the seed's phantom draw. ``groups.json`` in the results folder
 names the groups in fold order; a resumed protocol with other groups is refused.
 
-Per centre (phantom scanners ``B``, ``C``, ``D``; :func:`lightning_ada.data.phantom.case_centres`):
+Per centre (phantom scanners ``B``, ``C``, ``D``; :func:`lightning_ada.phantom.simulator.case_centres`):
 the pool is that centre's cases of the phantom's ``pool`` split, the test set its cases of the
 ``test`` split; the upper bound is trained on the whole of that pool. Sequential strategies run
 once at the largest budget and are tested after every query's stride (the budget curve,
@@ -75,7 +75,7 @@ class GroupTask(PhantomTask):
     Attributes:
         groups: the groups, in fold order.
         phantom_options: generator options of every run of the task (``raters``...): they join
-            ``data.phantom`` and name the folder (:func:`lightning_ada.data.phantom.folder_suffix`).
+            ``data.phantom`` and name the folder (:func:`lightning_ada.phantom.simulator.folder_suffix`).
     """
 
     groups: tuple[Group, ...] = ()
@@ -86,7 +86,7 @@ class GroupTask(PhantomTask):
         return len(self.groups)
 
     def data_overrides(self, seed: int, config: Mapping[str, Any]) -> dict[str, Any]:
-        from lightning_ada.data.phantom import folder_suffix
+        from lightning_ada.phantom.simulator import folder_suffix
 
         out = super().data_overrides(seed, config)
         if self.phantom_options:
@@ -203,7 +203,7 @@ def centre_groups(
     Raises:
         ValueError: a centre with no pool or no test case (say which).
     """
-    from lightning_ada.data.phantom import case_centres
+    from lightning_ada.phantom.simulator import case_centres
 
     drawn = seed_base(task, seed)["data.phantom"]
     regime = drawn.get("regime", "phantom-1")

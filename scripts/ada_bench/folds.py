@@ -59,7 +59,7 @@ class FoldScheme:
         return self.n_target - self.n_test
 
     def phantom(self, task: str, seed: int) -> dict[str, Any]:
-        """Keyword arguments of :func:`lightning_ada.data.phantom.generate_phantom`."""
+        """Keyword arguments of :func:`lightning_ada.phantom.simulator.generate_phantom`."""
         return {
             "task": task,
             "size": self.size,

@@ -44,7 +44,7 @@ def label_losses(model: Any, dm: Any) -> dict[str, float]:
     with torch.no_grad():
         for cid in dm.train_pool.labeled:
             # the delivered annotation as training sees it (the library keeps it private)
-            item = dm._training_item(cid)
+            item = dm.training_item(cid)
             probs = model.predict_case(item["image"])
             logits = probs.clamp_min(1e-8).log()[None]  # softmax(log p) = p: the loss's input
             label = torch.as_tensor(item["label"]).to(logits.device)[None]

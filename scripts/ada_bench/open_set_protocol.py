@@ -3,13 +3,13 @@
 Per seed the source model is trained once (on the source centre, which the open-set option does
 not touch); each group (a fold of the loop, :mod:`ada_bench.centres`) is one open-set variant of
 that seed's pool: ``ood<p>`` makes ``p`` % of the pool out of distribution
-(:func:`lightning_ada.data.phantom.generate_phantom` ``open_set``, every kind dealt in turn; the
+(:func:`lightning_ada.phantom.simulator.generate_phantom` ``open_set``, every kind dealt in turn; the
 in-distribution cases and the test cases are those of the plain phantom), ``ood<p>_filter`` adds
 OpenPath's prototype pre-filter in front of the strategy (``active.open_set_filter``,
 :class:`lightning_ada.active.open_set_filter.PrototypeFilter` with its defaults). The simulated
 oracle refuses an out-of-distribution case: the label is spent, nothing is trained on.
 
-Purity (:func:`lightning_ada.data.open_set.purity`) is the share of a run's queries that were
+Purity (:func:`lightning_ada.phantom.open_set.purity`) is the share of a run's queries that were
 in distribution, from the ``ood`` flag of each queried case in the query log.
 """
 
@@ -42,7 +42,7 @@ def open_set_groups(base: Mapping[str, Any], fractions: Sequence[float]) -> list
             (:func:`ada_bench.centres.seed_base`).
         fractions: shares of out-of-distribution pool cases, each in (0, 1).
     """
-    from lightning_ada.data.phantom import folder_suffix
+    from lightning_ada.phantom.simulator import folder_suffix
 
     groups = []
     for f in fractions:

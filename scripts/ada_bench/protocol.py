@@ -128,36 +128,23 @@ class RunSpec:
     configs: tuple[str, ...] = ()
 
 
-def _callback_parameters() -> set[str]:
-    from lightning_ada.active.callback import ActiveQueryCallback
-
-    return set(inspect.signature(ActiveQueryCallback.__init__).parameters)
-
-
 def strategy_overrides(strategy: str, **init_args: Any) -> dict[str, Any]:
-    """The overrides choosing ``strategy`` with ``init_args``: its ``class_path`` / ``init_args``
-    (typed strategies), or name plus ``strategy_args`` (no progress bars) where the callback
-    still takes those (the library before typed strategies; drop once both have merged)."""
+    """The overrides choosing the registered ``strategy`` with ``init_args``: its ``class_path``
+    and ``init_args``."""
     from lightning_ada.active.strategies import REGISTRY
+    from lightning_ada.cli.short_names import class_path
 
-    cls = REGISTRY[strategy]
-    if "strategy_args" not in _callback_parameters():
-        path = f"{cls.__module__}.{cls.__qualname__}"
-        return {"active.strategy": {"class_path": path, "init_args": dict(init_args)}}
-    args = dict(init_args)
-    if "progress" in inspect.signature(cls.__init__).parameters:
-        args.setdefault("progress", False)
-    return {"active.strategy": strategy, "active.strategy_args": args}
+    return {"active.strategy": {"class_path": class_path(REGISTRY[strategy]),
+                                "init_args": dict(init_args)}}
 
 
 def modality_masks_overrides() -> dict[str, Any]:
     """The overrides making the simulated oracle deliver the elected modality's mask only."""
-    if "use_modality_masks" in _callback_parameters():
-        return {"active.use_modality_masks": True}
-    from lightning_ada.active.oracle import SimulatedOracle
+    from lightning_ada.active.oracles import ORACLES
+    from lightning_ada.cli.short_names import class_path
 
-    path = f"{SimulatedOracle.__module__}.{SimulatedOracle.__qualname__}"
-    return {"active.oracle": {"class_path": path, "init_args": {"use_modality_masks": True}}}
+    return {"active.oracle": {"class_path": class_path(ORACLES["simulated"]),
+                              "init_args": {"use_modality_masks": True}}}
 
 
 def _schedule(strategy: str, args: dict[str, Any] | None = None) -> str:

@@ -1,14 +1,14 @@
 """Adaptation to one rater's style (issue 15 item 3, seed 002): per-rater medians, the inter-rater
 ceiling and how much of a prediction the rater would revise.
 
-The phantom is generated with ``raters`` (:func:`lightning_ada.data.phantom.generate_phantom`):
+The phantom is generated with ``raters`` (:func:`lightning_ada.phantom.simulator.generate_phantom`):
 every target case has one mask per rater style. Group ``k`` (a fold of the loop,
 :mod:`ada_bench.centres`) is rater ``k``: its runs read that rater's datalist (``data.rater``), so
 the oracle delivers the rater's masks and the test compares with the rater's masks; the source
 model (trained on the consensus of the source centre) is shared by every rater.
 
 Besides the DSC and HD95 of :func:`ada_bench.centres.group_table`, each test prediction gets the
-revision measure of :mod:`lightning_ada.revision` against the rater's mask (volume: voxels of the
+revision measure of :mod:`lightning_ada.metrics.revision` against the rater's mask (volume: voxels of the
 symmetric difference over the rater's volume; surface: the share of both boundaries further than
 the tolerance from the other, 1 - surface Dice), on the whole tumour (``WT``, every label) and per
 region, plus the whole-tumour DSC (the inter-rater agreement is a whole-tumour Dice). They are
@@ -53,7 +53,7 @@ def revision_rows(model: Any, dm: Any, tolerance_mm: float = TOLERANCE_MM) -> di
     import torch
     from monai.data.utils import affine_to_spacing
 
-    from lightning_ada.revision import revision
+    from lightning_ada.metrics.revision import revision
 
     regions = dict(model.regions)
     regions.setdefault(WHOLE, sorted({i for ids in model.regions.values() for i in ids}))
@@ -143,7 +143,7 @@ def inter_rater_agreement(root: str | Path, case_ids: Sequence[str]) -> dict[str
 
     import nibabel as nib
 
-    from lightning_ada.data.raters import inter_rater_dice
+    from lightning_ada.phantom.raters import inter_rater_dice
 
     root = Path(root)
     data = json.loads((root / "dataset.json").read_text())

@@ -176,33 +176,9 @@ def run_configs(
     files: Sequence[str | Path], args: Sequence[str] = (), fit: bool = True, test: bool = True
 ) -> dict[str, Any]:
     """:func:`run_experiment` of ``-c files... args...`` given command-line style (``args``:
-    ``--key value`` items and more ``-c FILE``, e.g. from ``lightning_ada.cli_dirs``)."""
+    ``--key value`` items and more ``-c FILE``, e.g. from ``lightning_ada.cli.eval_dirs``)."""
     more, overrides = split_command_line(args)
     return run_experiment(compose([*files, *more], overrides), fit=fit, test=test)
-
-
-def typed_choices(config: Config) -> Config:
-    """``active.strategy`` / ``active.oracle`` given by a registered short name (``mmacts``) as
-    the ``class_path`` the CLI makes of it on the command line; other values unchanged."""
-    active = config.get("active")
-    if not isinstance(active, dict):
-        return config
-    import inspect
-
-    from lightning_ada.active.callback import ActiveQueryCallback
-
-    params = inspect.signature(ActiveQueryCallback.__init__).parameters
-    if "strategy_args" in params:  # the callback still takes names (before typed strategies)
-        return config
-    from lightning_ada.active import oracle, strategies
-
-    choices = (("strategy", strategies.REGISTRY), ("oracle", getattr(oracle, "ORACLES", {})))
-    for key, names in choices:
-        value = active.get(key)
-        if isinstance(value, str) and value in names:
-            cls = names[value]
-            active[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
-    return config
 
 
 def run_experiment(
@@ -229,13 +205,14 @@ def run_experiment(
         [...], "fit_seconds", "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed
         like ``dice_ET``; ``extra_splits`` holds the extra test splits (:func:`test_model`).
     """
-    from lightning_ada.console import quiet
+    from lightning_ada.cli.console import quiet
+    from lightning_ada.cli.short_names import expand_config
     from lightning_ada.main import main
 
     with warnings.catch_warnings():
         # the process's own command line (e.g. the benchmark script's) is not the run's
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        cli = main(args=typed_choices(copy.deepcopy(dict(config))), run=False)
+        cli = main(args=expand_config(copy.deepcopy(dict(config))), run=False)
     quiet()  # the CLI's filters again: the block above restored the filters as they were before it
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     snap = snapshots(config) if snapshots is not None else None

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_ada.active.stats import compute_case_stats, stream_pool_stats
 from ada_bench.memory import RssSampler
 from ada_bench.speed_query import pool_datamodule, segmentation_model, warm_up
+from lightning_ada.active.stats import compute_case_stats, stream_pool_stats
 
 
 def _predict(model: Any) -> Any:

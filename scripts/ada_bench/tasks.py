@@ -67,7 +67,7 @@ class PhantomTask:
 
     @property
     def modalities(self) -> list[str]:
-        from lightning_ada.data.phantom import TASKS
+        from lightning_ada.phantom.simulator import TASKS
 
         return list(TASKS[self.name]["modalities"])
 

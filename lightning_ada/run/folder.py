@@ -2,7 +2,7 @@
 
 Two runs writing one folder would silently mix their checkpoints, query log and config. A run
 takes :class:`RunFolderLock` on its folder when ``fit`` starts (the
-:class:`~lightning_ada.guards.RunGuard` callback does it) and releases it when ``fit`` ends or
+:class:`~lightning_ada.run.guard.RunGuard` callback does it) and releases it when ``fit`` ends or
 fails. The lock is an advisory ``flock`` on ``<run>/run.lock``, a file that records the owner's
 pid, host, start time and command. The operating system drops the ``flock`` of a killed process,
 so a run killed by ``kill -9`` or a power cut never blocks its resume; a live run is refused
@@ -24,16 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
-from lightning.pytorch.cli import SaveConfigCallback
 
-from lightning_ada.guards import RunError
+from lightning_ada.errors import RunFolderBusy
 
 #: name of the lock file inside the run folder
 LOCK_NAME = "run.lock"
-
-
-class RunFolderBusy(RunError):
-    """Another live run holds the run folder."""
 
 
 def run_folder(trainer: L.Trainer) -> Path:
@@ -172,25 +167,3 @@ class RunFolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-class SaveConfigWhenAccepted(SaveConfigCallback):
-    """LightningCLI's ``config.yaml`` writer, holding back a resume's config until it is accepted.
-
-    LightningCLI writes ``config.yaml`` in ``setup``, before the checkpoint is read: a resume that
-    is then refused (changed run definition, unreadable checkpoint) would already have replaced
-    the run's config. A fresh ``fit`` still writes it in ``setup`` (after the run-folder lock was
-    taken); a resume (``ckpt_path`` given) writes it in ``on_fit_start``, once the checkpoint
-    was restored and accepted.
-    """
-
-    def _resuming(self, stage: str) -> bool:
-        return stage == "fit" and bool(self.config.get("ckpt_path"))
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self._resuming(stage):
-            super().setup(trainer, pl_module, stage)
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._resuming("fit"):
-            super().setup(trainer, pl_module, "fit")

@@ -23,8 +23,9 @@ from typing import IO, Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lightning_ada.guards import NonFiniteError, RunError
+from lightning_ada.errors import CheckpointError, NonFiniteError, StorageError
 from lightning_ada.io import atomic_path
+from lightning_ada.weights import non_finite_weights
 
 #: names of :func:`lightning_ada.io.atomic_path`'s temporary files (``.<name>.<pid>.<hex>.tmp...``)
 _TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp[^/]*$")
@@ -43,18 +44,6 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
-
-
-class StorageError(RunError):
-    """A file could not be written; the message names it and the free space of its folder.
-
-    Attributes:
-        errno: the ``errno`` of the underlying :class:`OSError` (e.g. ``errno.ENOSPC``).
-    """
-
-    def __init__(self, errno_: int | None, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno_
 
 
 def free_space(folder: str | Path) -> str:
@@ -140,29 +129,6 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
-def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of ``state_dict`` holding NaN or infinity."""
-    return [
-        k
-        for k, v in state_dict.items()
-        if isinstance(v, torch.Tensor) and v.is_floating_point()
-        and not bool(torch.isfinite(v).all())
-    ]
-
-
-def check_finite_weights(path: str | Path, state_dict: dict[str, Any]) -> None:
-    """Refuse weights read from ``path`` that hold NaN or infinity (a diverged run's).
-
-    Raises:
-        CheckpointError: naming the file and the first broken weights.
-    """
-    from lightning_ada.models.module import CheckpointError
-
-    bad = non_finite_weights(state_dict)
-    if bad:
-        raise CheckpointError(f"{path}: weights {bad[:3]} hold NaN or infinity (a diverged run?)")
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes local checkpoints atomically and refuses broken ones.
 
@@ -198,8 +164,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: str | Path, map_location: Any | None = lambda storage, loc: storage,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
-        from lightning_ada.models.module import CheckpointError
-
         if "://" not in str(path) and not Path(path).is_file():
             raise CheckpointError(f"{path}: checkpoint file not found")
         try:
@@ -219,8 +183,6 @@ def check_ckpt_path(config: Any) -> None:
     Raises:
         CheckpointError: the file exists but is not a readable checkpoint.
     """
-    from lightning_ada.models.module import CheckpointError
-
     path = config.get("ckpt_path") if config is not None else None
     if not path or not Path(path).is_file():
         return

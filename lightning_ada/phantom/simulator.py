@@ -29,12 +29,12 @@ Two options model messier targets (issue 15; both off by default, and then every
 
 * ``open_set``: a share of the ``pool`` split's cases is made out of distribution (another
   anatomy, another field of view, no tumour, a corrupted scan, the modalities in the wrong channel
-  order; :mod:`lightning_ada.data.open_set`), each flagged in its ``meta`` (``"ood"``: the kind,
+  order; :mod:`lightning_ada.phantom.open_set`), each flagged in its ``meta`` (``"ood"``: the kind,
   ``"ood_detail"``); every other case of such a phantom carries ``"ood": None``. The ``test`` and
   source splits never hold such a case. The in-distribution cases are the arrays the phantom
   without the option has.
 * ``raters``: the target cases (``pool`` and ``test``) get one mask per rater style
-  (:mod:`lightning_ada.data.raters`) beside the reference, and one datalist per rater,
+  (:mod:`lightning_ada.phantom.raters`) beside the reference, and one datalist per rater,
   ``dataset_rater-<name>.json``: the same cases, the target ones labelled by that rater (and
   without per-modality masks, so every oracle delivers the rater's delineation). A run picks the
   rater with ``data.rater`` (or ``data.root: <root>/dataset_rater-<name>.json``).
@@ -67,16 +67,17 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from lightning_ada.data.cases import Case, DataError
-from lightning_ada.data.open_set import (
+from lightning_ada.cases import Case
+from lightning_ada.errors import DataError
+from lightning_ada.io import write_json_atomic
+from lightning_ada.phantom.open_set import (
     OOD_KINDS,
     field_of_view,
     in_distribution_flag,
     make_ood,
     plan_ood,
 )
-from lightning_ada.data.raters import DEFAULT_RATERS, RaterStyle, rater_masks
-from lightning_ada.io import write_json_atomic
+from lightning_ada.phantom.raters import DEFAULT_RATERS, RaterStyle, rater_masks
 
 __all__ = [
     "REGIMES",
@@ -203,7 +204,7 @@ def open_set_options(open_set: Mapping[str, Any] | float | None) -> dict[str, An
 
     Args:
         open_set: None (off); a fraction in [0, 1) (every kind of
-            :data:`~lightning_ada.data.open_set.OOD_KINDS`); or a mapping with ``fraction`` and
+            :data:`~lightning_ada.phantom.open_set.OOD_KINDS`); or a mapping with ``fraction`` and
             optionally ``kinds`` (a non-empty subset of those kinds, dealt in that order). A
             fraction of 0 is off.
 
@@ -237,8 +238,8 @@ def rater_styles(
     """The normalised ``raters`` option: a tuple of styles (empty: off).
 
     Args:
-        raters: None (off); ``"default"`` (:data:`~lightning_ada.data.raters.DEFAULT_RATERS`);
-            or a list of :class:`~lightning_ada.data.raters.RaterStyle` or of mappings of its
+        raters: None (off); ``"default"`` (:data:`~lightning_ada.phantom.raters.DEFAULT_RATERS`);
+            or a list of :class:`~lightning_ada.phantom.raters.RaterStyle` or of mappings of its
             fields (``{name: generous, margin: 1, margin_fraction: 0.5}``).
 
     Raises:
@@ -853,9 +854,9 @@ def generate_phantom(root: str | Path, task: Task = "glioma", size: int = 32, n_
         open_set: make this share of the ``pool`` split out of distribution
             (:func:`open_set_options`: a fraction, or ``{fraction, kinds}``); exactly
             ``round(fraction * n_pool)`` cases, kinds dealt in turn, seeded by ``seed``
-            (:func:`~lightning_ada.data.open_set.plan_ood`). None or 0: off.
+            (:func:`~lightning_ada.phantom.open_set.plan_ood`). None or 0: off.
         raters: rater styles (:func:`rater_styles`: ``"default"`` or a list of
-            :class:`~lightning_ada.data.raters.RaterStyle` fields) whose masks of the target
+            :class:`~lightning_ada.phantom.raters.RaterStyle` fields) whose masks of the target
             cases are written, with one datalist per rater (:func:`rater_datalist`). None: off.
 
     Returns:

@@ -11,9 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (or case) and what is wrong with it."""
+from lightning_ada.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from monai.metrics import compute_surface_dice
 from torch import Tensor
 
-from lightning_ada.metrics import region_masks
+from lightning_ada.metrics.regions import region_masks
 
 __all__ = ["revision", "revision_binary"]
 

@@ -1,83 +1,18 @@
-"""Oracles: who delivers the mask of a queried case.
-
-``annotate`` returns the path of the mask, or None when the annotation is not there yet (a human
-annotator working through files); the callback then saves a checkpoint and stops, and the run
-continues from that checkpoint once the file exists.
-"""
+"""The file oracle: a human annotator working through files in the run folder."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_ada.active.pool_view import PoolView
-from lightning_ada.data.cases import Case, DataError
-from lightning_ada.data.open_set import ood_kind
+from lightning_ada.active.oracles.base import Answer, Oracle, Request
+from lightning_ada.data.pool_view import PoolView
+from lightning_ada.errors import DataError
 from lightning_ada.io import safe_child, write_json_atomic
-
-#: what :meth:`Oracle.annotate` returns for a case refused as out of distribution: the label
-#: is spent, nothing is added to training
-REFUSED = "refused:out-of-distribution"
-
-#: short name -> oracle class (``--active.oracle files``)
-ORACLES: dict[str, type[Oracle]] = {}
-
-
-class Oracle:
-    """Something that delivers the mask of a queried case.
-
-    Subclasses set ``name`` (registers the short name) and implement :meth:`annotate`.
-    """
-
-    name: ClassVar[str] = ""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("name"):
-            ORACLES[cls.name] = cls
-
-    def configure(self, run_dir: Path, pool: PoolView) -> None:
-        """Receive the run folder and the pool (called at setup, before any query)."""
-
-    def annotate(self, case: Case, modality: str | None, request: dict[str, Any]) -> str | None:
-        """Path of the mask delineated on ``modality``, or None if it is not available yet."""
-        raise NotImplementedError
-
-
-class SimulatedOracle(Oracle):
-    """Reveals stored masks: the delineation made on the elected modality when the dataset has
-    per-modality masks (the phantom), else the reference mask.
-
-    Args:
-        use_modality_masks: return the mask drawn on the requested modality when one exists.
-        refuse_ood: refuse a case flagged out of distribution (``meta["ood"]``, open-set
-            phantom): the label is spent and nothing is trained on.
-    """
-
-    name = "simulated"
-
-    def __init__(self, use_modality_masks: bool = True, refuse_ood: bool = True) -> None:
-        self.use_modality_masks = use_modality_masks
-        self.refuse_ood = refuse_ood
-
-    def annotate(self, case: Case, modality: str | None, request: dict[str, Any] | None = None) -> str:
-        """Path of the mask for ``case``.
-
-        Raises:
-            DataError: if the case has no mask at all.
-        """
-        if self.refuse_ood and ood_kind(case.meta) is not None:
-            return REFUSED
-        if self.use_modality_masks and modality is not None and modality in case.modality_labels:
-            return case.modality_labels[modality]
-        if case.label is None:
-            raise DataError(f"case {case.case_id}: the simulated oracle needs a reference label")
-        return case.label
 
 
 class FileOracle(Oracle):
@@ -140,16 +75,21 @@ class FileOracle(Oracle):
         """The request file of a query."""
         return safe_child(self.run_dir / "requests", f"round_{int(round)}_{case_id}.json")
 
-    def write_request(
-        self,
-        case: Case,
-        modality: str | None,
-        request: dict[str, Any],
-        write_prediction: Callable[[Path], None] | None = None,
-        write_preview: Callable[[Path], None] | None = None,
-    ) -> Path:
-        """Write the request JSON (+ prediction NIfTI and PNG preview) for one query."""
-        path = self.request_path(request["round"], case.case_id)
+    def where(self) -> str:
+        return f"see the request files and previews in {self.run_dir / 'requests'}"
+
+    def ask(self, request: Request) -> Answer:
+        """Write the request files once, then answer from ``labels/``: delivered (a validated
+        label), refused (a ``.ood`` file), else pending (``wait=False``) or timed out."""
+        self.write_request(request)
+        return self.look(request)
+
+    def write_request(self, request: Request) -> Path:
+        """Write the request JSON (+ prediction NIfTI and PNG preview) of a query, once."""
+        case = request.case
+        path = self.request_path(request.round, case.case_id)
+        if path.exists():
+            return path
         stem = path.with_suffix("")
         files: dict[str, Any] = {}
         existing = self.label_path(case.case_id)
@@ -159,22 +99,23 @@ class FileOracle(Oracle):
                 f"[oracle] {existing} already exists before its request was written; it will be "
                 "used only once re-saved (or with --active.oracle.accept_existing_labels true)"
             )
-        if write_prediction is not None:
+        if request.write_prediction is not None:
             files["prediction"] = str(stem) + "_prediction.nii.gz"
-            write_prediction(Path(files["prediction"]))
-        if write_preview is not None:
+            request.write_prediction(Path(files["prediction"]))
+        if request.write_preview is not None:
             files["preview"] = str(stem) + "_preview.png"
-            write_preview(Path(files["preview"]))
+            request.write_preview(Path(files["preview"]))
+        query = request.query
         write_json_atomic(
             path,
             {
                 "case_id": case.case_id,
-                "annotate_on_modality": modality,
-                "why": request.get("why", ""),
-                "election_dice": request.get("election_dice"),
-                "score": request.get("score"),
-                "factors": request.get("factors"),
-                "round": request["round"],
+                "annotate_on_modality": request.modality,
+                "why": query.get("why", ""),
+                "election_dice": query.get("election_dice"),
+                "score": query.get("score"),
+                "factors": query.get("factors"),
+                "round": request.round,
                 "images": dict(zip(case.modalities, case.images)),
                 "deliver_label_to": str(self.label_path(case.case_id)),
                 "or_refuse_by_creating": str(self.refusal_path(case.case_id)),
@@ -184,42 +125,45 @@ class FileOracle(Oracle):
         )
         return path
 
-    def annotate(self, case: Case, modality: str | None, request: dict[str, Any] | None = None) -> str | None:
-        """Return the validated label path, waiting for it if configured; None if not there.
+    def look(self, request: Request) -> Answer:
+        """Answer from ``labels/``, waiting (``wait``) up to ``timeout`` seconds.
 
         A delivered file that fails validation is reported (rank-zero log) and ignored; the
         request stays open.
         """
         if self._pool is None:
-            raise RuntimeError("FileOracle.annotate before configure()")
-        target = self.label_path(case.case_id)
+            raise RuntimeError("FileOracle.ask before configure()")
+        case_id = request.case.case_id
+        target = self.label_path(case_id)
         deadline = time.monotonic() + (self.timeout if self.wait else 0.0)
-        last_error: str | None = None
+        last_error = ""
         announced = False
         while True:
-            if self.refusal_path(case.case_id).exists():
-                return REFUSED
+            refusal = self.refusal_path(case_id)
+            if refusal.exists():
+                return Answer.refused(_read_reason(refusal), refusal=str(refusal))
             if target.exists():
                 try:
-                    self._check_not_stale(target, case.case_id, request)
-                    self._pool.validate_label(str(target), case.case_id, self.allow_empty)
-                    return str(target)
+                    self._check_not_stale(target, case_id, request.round)
+                    self._pool.validate_label(str(target), case_id, self.allow_empty)
+                    return Answer.delivered(target)
                 except DataError as e:
                     if str(e) != last_error:
                         rank_zero_info(f"[oracle] rejected {target}: {e}. The request stays open.")
                         last_error = str(e)
             if time.monotonic() >= deadline:
-                return None
+                status = "timed_out" if self.wait else "pending"
+                return Answer(status, reason=last_error, awaiting=str(target))
             if not announced:
                 rank_zero_info(f"[oracle] waiting for {target} (timeout {self.timeout:.0f} s) ...")
                 announced = True
             time.sleep(self.poll)
 
-    def _check_not_stale(self, target: Path, case_id: str, request: dict[str, Any] | None) -> None:
+    def _check_not_stale(self, target: Path, case_id: str, round: int) -> None:
         """Raise if ``target`` is the very file that was in ``labels/`` before the request."""
-        if self.accept_existing_labels or request is None or "round" not in request:
+        if self.accept_existing_labels:
             return
-        path = self.request_path(request["round"], case_id)
+        path = self.request_path(round, case_id)
         if not path.is_file():
             return
         try:
@@ -232,3 +176,12 @@ class FileOracle(Oracle):
                 "re-save it to confirm it answers this request (or set "
                 "--active.oracle.accept_existing_labels true)"
             )
+
+
+def _read_reason(refusal: Path) -> str:
+    """The reason an annotator wrote into a ``.ood`` refusal file (first line), else a default."""
+    try:
+        text = refusal.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        text = []
+    return text[0][:200] if text and text[0].strip() else "out of distribution"

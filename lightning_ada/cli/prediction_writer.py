@@ -6,18 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
-import nibabel as nib
-import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_ada.io import safe_child, write_nifti_atomic
-
-
-def write_mask(mask: Any, path: Path) -> Path:
-    """Save a mask ``(1, H, W, D)`` from :meth:`ActiveDataModule.invert` (on-disk label values,
-    original affine) as uint8 NIfTI at ``path``, atomically."""
-    data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
-    return write_nifti_atomic(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)), path)
+from lightning_ada.io import safe_child, write_mask
 
 
 class NiftiPredictionWriter(BasePredictionWriter):

@@ -1,0 +1,120 @@
+"""The oracle protocol: who delivers the mask of a queried case, now or later.
+
+An oracle is asked about one query at a time (:class:`Request`) and answers with its state
+(:class:`Answer`):
+
+- ``delivered``: the mask is there (``label_path``);
+- ``refused``: the case will not be delineated (e.g. out of distribution): the label is spent and
+  nothing is trained on (``reason``);
+- ``pending``: the request is posted, the mask is not there yet (``awaiting`` says what the
+  oracle waits for, e.g. the label file to create);
+- ``timed_out``: as ``pending``, after the oracle waited as long as it was allowed to.
+
+Asking again about the same request is how a run polls: an oracle posts a request once (e.g.
+writes the request file) and answers from its current state on every later ask, including
+after the run was stopped and resumed. On ``pending`` or ``timed_out`` the callback saves a
+checkpoint and stops (:class:`~lightning_ada.errors.AnnotationPending`); the same command with
+``--ckpt_path`` that checkpoint asks again.
+
+A new oracle is one file: a subclass of :class:`Oracle` with a ``name`` (registered for
+``--active.oracle <name>`` when its module is imported; any class path works too) that
+implements :meth:`Oracle.ask`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from lightning_ada.cases import Case
+from lightning_ada.data.pool_view import PoolView
+
+Status = Literal["delivered", "refused", "pending", "timed_out"]
+
+#: short name -> oracle class (``--active.oracle files``)
+ORACLES: dict[str, type[Oracle]] = {}
+
+
+@dataclass
+class Request:
+    """One query put to an oracle.
+
+    Attributes:
+        case: the case record (image files, stored masks, metadata).
+        modality: the modality to delineate on (the election's choice), or None.
+        query: the query's record: ``round``, ``case_id``, ``score``, ``factors``, ``why``,
+            ``election_dice``, ... (JSON-friendly; the same on every ask of this query).
+        write_prediction: writes the current model's prediction of the case as a NIfTI mask in
+            the case's original geometry to the path given (a starting point to correct).
+        write_preview: writes a PNG preview of the case and the prediction to the path given.
+    """
+
+    case: Case
+    modality: str | None
+    query: dict[str, Any]
+    write_prediction: Callable[[Path], None] | None = None
+    write_preview: Callable[[Path], None] | None = None
+
+    @property
+    def round(self) -> int:
+        """The 0-based query round."""
+        return int(self.query.get("round", 0))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An oracle's answer to one ask.
+
+    Attributes:
+        status: ``delivered``, ``refused``, ``pending`` or ``timed_out``.
+        label_path: the delivered mask (``delivered`` only).
+        reason: why a case was refused, or what the last look at a delivery found wrong.
+        awaiting: what the oracle waits for (``pending`` / ``timed_out``), e.g. a file to create.
+        details: anything the oracle records with the query (JSON-friendly).
+    """
+
+    status: Status
+    label_path: str | None = None
+    reason: str = ""
+    awaiting: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def waiting(self) -> bool:
+        """The mask is not there yet (``pending`` or ``timed_out``)."""
+        return self.status in ("pending", "timed_out")
+
+    @classmethod
+    def delivered(cls, label_path: str | Path, **details: Any) -> Answer:
+        return cls("delivered", label_path=str(label_path), details=details)
+
+    @classmethod
+    def refused(cls, reason: str, **details: Any) -> Answer:
+        return cls("refused", reason=reason, details=details)
+
+
+class Oracle:
+    """Something that delivers the mask of a queried case, now or later.
+
+    Subclasses set ``name`` (registers the short name) and implement :meth:`ask`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            ORACLES[cls.name] = cls
+
+    def configure(self, run_dir: Path, pool: PoolView) -> None:
+        """Receive the run folder and the pool (called at setup, before any query)."""
+
+    def ask(self, request: Request) -> Answer:
+        """Post ``request`` if it is new, and answer from the current state of the annotation."""
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """Where an annotator finds the open requests (shown when a run stops to wait); ''."""
+        return ""

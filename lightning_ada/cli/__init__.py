@@ -1,0 +1,2 @@
+"""The ``lightning-ada`` command line: the LightningCLI, its parser, short names, the ``query``
+subcommand, evaluation folders, progress bars and the prediction writer."""

@@ -1,0 +1,88 @@
+"""The ``query`` subcommand: rank a checkpoint's unlabeled pool without training or labelling."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+from lightning_ada.active.callback import ActiveQueryCallback
+from lightning_ada.io import write_json_atomic
+
+
+class ADATrainer(Trainer):
+    """Lightning's Trainer plus the ``query`` subcommand."""
+
+    def query(
+        self,
+        model: LightningModule,
+        datamodule: LightningDataModule,
+        ckpt_path: str,
+        out: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rank the unlabeled pool of a checkpoint with the configured strategy, without training.
+
+        Restores the model weights, the pool (which cases are labeled) and the query round of
+        ``ckpt_path`` (weights only, through Lightning's own restore), ranks every unlabeled case
+        with ``active.strategy``, elects the modality to annotate for each, prints the ranking
+        with the strategy's factors and the per-modality Dice of the election, and writes it to
+        ``OUT.json`` and ``OUT.csv``. Labels nothing and trains nothing; besides the ranking it
+        writes only the strategy's caches (``<trainer.default_root_dir>/cache``, shared with
+        ``fit``): no config, logs or checkpoints.
+
+        Args:
+            ckpt_path: checkpoint of a ``fit`` run (e.g. ``<run>/checkpoints/last.ckpt``).
+            out: output path without suffix (default: ``<run>/query_ranking`` next to the
+                checkpoint's ``checkpoints/`` folder).
+        """
+        callback = next((c for c in self.callbacks if isinstance(c, ActiveQueryCallback)), None)
+        if callback is None:
+            raise ValueError("query needs the active callback (the 'active' section)")
+        self.limit_val_batches = 0  # the validate call below only restores the checkpoint
+        self.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
+        rows = [
+            {"rank": e["rank"] + 1, "case_id": e["case_id"], "score": e["score"], **e["factors"],
+             "elected_modality": e["modality"],
+             **{f"dice_{m}": d for m, d in (e["election_dice"] or {}).items()}}
+            for e in callback.rank_pool(self, model)
+        ]
+        target = Path(out) if out else Path(ckpt_path).resolve().parent.parent / "query_ranking"
+        if self.is_global_zero:
+            write_json_atomic(target.with_suffix(".json"), rows)
+            write_csv(target.with_suffix(".csv"), rows)
+            print(format_ranking(rows))
+            print(f"written: {target.with_suffix('.json')} and {target.with_suffix('.csv')}")
+        return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV (header = every key in first-seen order)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_ranking(rows: list[dict[str, Any]]) -> str:
+    """The ranking as a text table: rank, case, score, factors, elected modality, Dice per modality."""
+    if not rows:
+        return "no unlabeled case to rank"
+    fixed = {"rank", "case_id", "score", "elected_modality"}
+    factors = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in fixed and not k.startswith("dice_")]
+    dice = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("dice_")]
+    width = max(8, *(len(r["case_id"]) for r in rows))
+    head = f"{'rank':>4}  {'case':<{width}}  {'score':>10}"
+    head += "".join(f"  {k:>10}" for k in factors) + f"  {'elected':<8}"
+    head += "".join(f"  {k:>10}" for k in dice)
+    lines = [head]
+    for r in rows:
+        line = f"{r['rank']:>4}  {r['case_id']:<{width}}  {r['score']:>10.4g}"
+        line += "".join(f"  {r.get(k, float('nan')):>10.4g}" for k in factors)
+        line += f"  {r['elected_modality']!s:<8}"
+        line += "".join(f"  {r.get(k, float('nan')):>10.4f}" for k in dice)
+        lines.append(line)
+    return "\n".join(lines)
