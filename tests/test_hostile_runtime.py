@@ -232,7 +232,7 @@ def test_second_live_run_is_refused_and_a_killed_owner_does_not_block_the_resume
 
 
 def test_lock_without_flock_decides_from_the_recorded_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightning_ada import run_folder
+    from lightning_ada.run import folder as run_folder
     from lightning_ada.errors import RunFolderBusy
     from lightning_ada.run.folder import RunFolderLock
 

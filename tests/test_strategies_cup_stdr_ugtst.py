@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_ada.active.stats import gaua
+from lightning_ada.active.stats import _first_peak, gaua
 from lightning_ada.active.strategies import QueryContext, Strategy, build_strategy
 from lightning_ada.active.strategies.stdr import (
     SourceAnchors,
@@ -23,7 +23,6 @@ from lightning_ada.active.strategies.stdr import (
     load_anchors,
     slice_descriptors,
 )
-from lightning_ada.active.strategies.ugtst import _first_peak
 
 SIDE = 8  # 8^3 = 512 voxels per toy case
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,11 @@ import torch
 from monai.data import MetaTensor
 from scipy import ndimage
 
+from lightning_ada.augment.singan import SinGANHarmoniser
 from lightning_ada.augment.tumour_contrast import (
     RandBlendedTumourContrastd,
     RandTumourContrastd,
+    TumourContrast,
     blend_weights,
     tumour_mask,
 )
@@ -239,3 +243,20 @@ def test_on_a_cached_phantom_case_the_cache_is_not_modified(phantom_root: Path) 
     assert tumour.any() and changed.any() and not (changed & ~tumour).any()
     assert torch.equal(_bits(dm.item(cid)["image"]), _bits(before))  # the cached item is intact
     assert torch.equal(out["label"], cached["label"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("lightning_ada.data.tumour_contrast.TumourContrast", TumourContrast),
+        ("lightning_ada.data.singan.SinGANHarmoniser", SinGANHarmoniser),
+    ],
+)
+def test_the_old_class_paths_of_the_augmentations_still_load_with_a_deprecation_message(
+    old: str, new: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, _, name = old.rpartition(".")
+    monkeypatch.delitem(sys.modules, module, raising=False)  # imported afresh: the message again
+    with pytest.warns(FutureWarning, match=rf"{module} moved to lightning_ada\.augment\..*{name}"):
+        cls = getattr(importlib.import_module(module), name)
+    assert cls is new
