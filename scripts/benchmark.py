@@ -220,7 +220,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--readme",
-        help="with --publish: fill this README's <!-- results:<folder name>:start/end --> block",
+        default="benchmarks/README.md",
+        help="with --publish: fill this file's <!-- results:<folder name>:start/end --> block, "
+        "links rewritten to resolve from its folder (default: benchmarks/README.md; 'none': "
+        "fill nothing)",
     )
     p.add_argument("--out", help="results folder (default runs/bench; --power: runs/bench_power)")
     p.add_argument(
@@ -498,9 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         dest = Path(args.publish)
         text = publish(cfg.out, dest, f"Results: {dest.name}")
-        if args.readme:
-            fill_readme(Path(args.readme), dest.name, text)
-        print(f"published to {dest}" + (f" and {args.readme}" if args.readme else ""))
+        readme = args.readme if args.readme and args.readme.lower() != "none" else None
+        if readme:
+            fill_readme(Path(readme), dest.name, text)
+        print(f"published to {dest}" + (f" and {readme}" if readme else ""))
     return 1 if failed else 0
 
 

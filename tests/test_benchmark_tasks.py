@@ -349,7 +349,9 @@ def test_fold_scheme_of_the_quick_profile_is_valid() -> None:
     assert (kw["size"], kw["n_pool"], kw["n_test"], kw["seed"]) == (24, 40, 10, 1)  # 5 blocks of 10
 
 
-def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> None:
+def test_publish_copies_results_and_fills_the_readme_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ada_bench.publish import (
         fill_readme,
         invocations,
@@ -359,7 +361,8 @@ def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> No
     )
     from ada_bench.results import append_row
 
-    out, dest = tmp_path / "run", tmp_path / "benchmarks" / "quick"
+    monkeypatch.chdir(tmp_path)  # paths as the harness is run: relative to the repository root
+    out, dest = Path("run"), Path("benchmarks") / "quick"
     (out / "table1.md").parent.mkdir(parents=True)
     (out / "table1.md").write_text("## Table 1: x\n\n| a |\n|---|\n| 1 |\n")
     (out / "budget_curve_npc.png").write_bytes(b"png")
@@ -377,17 +380,42 @@ def test_publish_copies_results_and_fills_the_readme_block(tmp_path: Path) -> No
     assert (dest / "results.jsonl").exists() and (dest / "budget_curve_npc.png").exists()
     assert "python scripts/benchmark.py --quick" in text and "Wall time 1.5 min over 2" in text
     assert "1.0 min (killed), 0.5 min" in text
-    assert "#### Table 1: x" in text and f"]({dest.as_posix()}/budget_curve_npc.png)" in text
+    assert "#### Table 1: x" in text and "](benchmarks/quick/budget_curve_npc.png)" in text
     assert "](budget_curve_npc.png)" in (dest / "README.md").read_text()
 
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results:quick:start -->\nold\n<!-- results:quick:end -->\nend\n")
+    block = "<!-- results:quick:start -->\nold\n<!-- results:quick:end -->\n"
+    # the default target, benchmarks/README.md: links resolve from benchmarks/
+    readme = Path("benchmarks") / "README.md"
+    readme.write_text(f"intro\n{block}end\n")
     fill_readme(readme, "quick", text)
     doc = readme.read_text()
     assert "old" not in doc and doc.startswith("intro\n") and doc.endswith("end\n")
-    assert "#### Table 1: x" in doc
+    assert "#### Table 1: x" in doc and "](quick/budget_curve_npc.png)" in doc
+    assert (readme.parent / "quick" / "budget_curve_npc.png").exists()
+    # a file at the root keeps the root-relative links
+    top = Path("README.md")
+    top.write_text(block)
+    fill_readme(top, "quick", text)
+    assert "](benchmarks/quick/budget_curve_npc.png)" in top.read_text()
     with pytest.raises(ValueError, match="results:other:start"):
         fill_readme(readme, "other", text)
+
+
+def test_relink_moves_relative_links_only(tmp_path: Path) -> None:
+    from ada_bench.publish import relink
+
+    text = (
+        "![a](benchmarks/power/a.png) [t](benchmarks/power/power.md#power) [s](#section) "
+        "[u](https://example.org/x.md) [m](mailto:x@example.org) `benchmarks/power/`"
+    )
+    moved = relink(text, ".", "benchmarks")
+    assert "![a](power/a.png)" in moved and "[t](power/power.md#power)" in moved
+    assert "[s](#section)" in moved and "[u](https://example.org/x.md)" in moved
+    assert "[m](mailto:x@example.org)" in moved and "`benchmarks/power/`" in moved
+    assert relink(text, ".", ".") == text
+    assert "](../benchmarks/power/a.png)" in relink(text, ".", "docs")
+    absolute = f"![a]({tmp_path.as_posix()}/quick/a.png)"
+    assert relink(absolute, ".", tmp_path / "quick") == "![a](a.png)"
 
 
 def test_query_overhead_uses_the_saved_schedule(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 A training run's records (metrics, configs, hyper-parameters, checkpoints, query log) must be
 byte-identical after evaluating, predicting and ranking with its checkpoint; those commands write
-into their own folders (``lightning_ada/cli_dirs.py``).
+into their own folders (``lightning_ada/cli/eval_dirs.py``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Publish a benchmark: copy its tables and plots to a committed folder, fill the README block.
+"""Publish a benchmark: copy its tables and plots to a committed folder, fill the results block.
 
 Every invocation of the benchmark script appends a ``start`` line to ``<out>/invocations.jsonl``
 when it begins and an ``end`` line (wall seconds, runs made, failures, machine) when it ends, so
 the published wall time is the sum over the invocations that made runs. An invocation that was
-killed has no ``end`` line: it counts until its last result row. The README
-block between ``<!-- results:<name>:start -->`` and ``<!-- results:<name>:end -->`` is replaced
-by the generated text; nothing in it is typed by hand.
+killed has no ``end`` line: it counts until its last result row. The block between
+``<!-- results:<name>:start -->`` and ``<!-- results:<name>:end -->`` of a markdown file
+(``benchmarks/README.md`` by default) is replaced by the generated text, its links rewritten to
+resolve from that file's folder; nothing in it is typed by hand.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -24,6 +26,27 @@ from lightning_ada.io import write_text_atomic
 
 #: the files of a results folder that are published
 PUBLISHED = ("*.md", "*.csv", "*.png")
+
+#: a markdown link or image target: ``](target)``
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def relink(text: str, base: Path | str, into: Path | str) -> str:
+    """Rewrite the relative link targets of the markdown ``text``, written to resolve from the
+    folder ``base``, so that they resolve from the folder ``into`` (both relative to the working
+    directory, or absolute). Absolute paths become relative to ``into``; URLs and ``#anchor``
+    links are left as they are.
+    """
+
+    def one(m: re.Match[str]) -> str:
+        target = m.group(1)
+        if target.startswith("#") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target):
+            return m.group(0)
+        path, hash_, anchor = target.partition("#")
+        moved = os.path.relpath(os.path.join(base, path), into).replace(os.sep, "/")
+        return f"]({moved}{hash_}{anchor})"
+
+    return _LINK.sub(one, text)
 
 
 def machine() -> dict[str, Any]:
@@ -100,8 +123,9 @@ def publish(out: Path, dest: Path, title: str) -> str:
     """Copy the tables and plots of ``out`` (and its ``results.jsonl``) into ``dest``.
 
     Returns:
-        The README text of ``dest`` (also written to ``dest/README.md``): command, machine,
-        wall time, the tables and links to the plots, paths relative to the repository root.
+        The README text of ``dest``: command, machine, wall time, the tables and links to the
+        plots, paths relative to the working directory (the repository root); also written to
+        ``dest/README.md`` with its links relative to ``dest``.
     """
     dest.mkdir(parents=True, exist_ok=True)
     for pattern in PUBLISHED:
@@ -149,12 +173,15 @@ def publish(out: Path, dest: Path, title: str) -> str:
         lines.append(f"![{png.stem}]({png.as_posix()})")
     lines += ["", f"All files: `{dest.as_posix()}/` (all_runs.md lists every run group)."]
     text = "\n".join(lines) + "\n"
-    (dest / "README.md").write_text(text.replace(f"]({dest.as_posix()}/", "]("))
+    (dest / "README.md").write_text(relink(text, ".", dest))
     return text
 
 
-def fill_readme(readme: Path, name: str, text: str) -> None:
+def fill_readme(readme: Path, name: str, text: str, base: Path | str = ".") -> None:
     """Replace the block ``<!-- results:<name>:start --> ... :end -->`` of ``readme`` by ``text``.
+
+    The links of ``text`` resolve from the folder ``base`` (the working directory, where
+    :func:`publish` writes them from); they are rewritten to resolve from ``readme``'s folder.
 
     Raises:
         ValueError: the markers are missing.
@@ -165,4 +192,5 @@ def fill_readme(readme: Path, name: str, text: str) -> None:
         raise ValueError(f"{readme}: no {start} ... {end} block to fill")
     head, rest = doc.split(start, 1)
     _, tail = rest.split(end, 1)
+    text = relink(text, base, readme.parent)
     write_text_atomic(readme, f"{head}{start}\n{text}{end}{tail}")

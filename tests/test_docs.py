@@ -1,0 +1,342 @@
+"""The documentation: links resolve, stated results come from the committed tables they cite.
+
+- every relative link (and image) in README.md, docs/*.md and benchmarks/README.md points at an
+  existing file or folder, and a ``#anchor`` at an existing heading of its target;
+- every result a paragraph, list item or table row states next to a link to a committed table
+  (``benchmarks/**/*.md`` or ``.csv``; a list item without one: the tables of the paragraph that
+  introduces its list) is found in that table: each number with a decimal point, a sign or a
+  ``%`` (rounded as stated), and each ``a / b`` count; the rows of the README's "Which strategy
+  when" table must each cite such a table;
+- the result blocks of benchmarks/README.md are the published text of their folders (the
+  harness writes both, nothing is typed);
+- no issue numbers, config files that exist, and a README that stays short.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BENCH_README = ROOT / "benchmarks" / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, BENCH_README, *DOCS]
+#: pages whose stated results are checked against the tables they cite (benchmarks/README.md is
+#: generated from those tables)
+PROSE = [README, *DOCS]
+
+LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^\s*(```|~~~)")
+#: a stated number: optional sign (not a hyphen inside a word or range), digits, decimals, ``%``
+NUMBER = re.compile(r"(?<![\w.\-−+])([+\-−]?)(\d+(?:\.\d+)?)(\s?%)?")
+#: any number in a table file
+ANY_NUMBER = re.compile(r"([+\-−]?)(\d+(?:\.\d+)?)")
+FRACTION = re.compile(r"(?<![\w.])(\d+) / (\d+)(?![\w.])")
+RESULT_FILE = re.compile(r"(^|/)benchmarks/.+\.(md|csv)$")
+
+
+def outside_code(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of the lines outside fenced code blocks."""
+    lines, fenced = [], False
+    for i, line in enumerate(text.splitlines(), 1):
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            lines.append((i, line))
+    return lines
+
+
+def without_inline_code(line: str) -> str:
+    return re.sub(r"`[^`]*`", "", line)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: markup dropped, lower case, punctuation removed, spaces -> -."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    text = text.replace("`", "").replace("*", "").strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    for _, line in outside_code(path.read_text()):
+        m = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        base = slug(m.group(2))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        found.add(base if n == 0 else f"{base}-{n}")
+    return found
+
+
+def links(path: Path) -> list[tuple[int, str]]:
+    """(line number, target) of the links outside code."""
+    found = []
+    for i, line in outside_code(path.read_text()):
+        for m in LINK.finditer(without_inline_code(line)):
+            found.append((i, m.group(2)))
+    return found
+
+
+def resolve(page: Path, target: str) -> tuple[Path, str]:
+    path, _, anchor = target.partition("#")
+    return ((page.parent / path).resolve() if path else page), anchor
+
+
+def is_external(target: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target))
+
+
+def broken_links(page: Path) -> list[str]:
+    broken = []
+    for line, target in links(page):
+        if is_external(target):
+            continue
+        path, anchor = resolve(page, target)
+        if not path.exists():
+            broken.append(f"{page.name}:{line}: {target} (no such file)")
+        elif anchor and (path.suffix != ".md" or anchor not in anchors(path)):
+            broken.append(f"{page.name}:{line}: {target} (no heading #{anchor})")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = broken_links(page)
+    assert not broken, "\n".join(broken)
+
+
+def test_the_link_check_catches_broken_links(tmp_path: Path) -> None:
+    assert slug("Planning an annotation session: `lightning-ada query`") == (
+        "planning-an-annotation-session-lightning-ada-query"
+    )
+    assert slug("Results: phantom_quick") == "results-phantom_quick"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.md").write_text("# B\n## Same\n## Same\n")
+    page = tmp_path / "a.md"
+    page.write_text(
+        "[ok](sub/b.md#same-1) [ok](sub/) [ok](#a) [web](https://x.org/y)\n"
+        "`[in code](nowhere.md)`\n```\n[in a block](nowhere.md)\n```\n# A\n"
+        "[gone](sub/c.md) [no heading](sub/b.md#same-2) ![img](sub/b.png)\n"
+    )
+    assert [b.split(": ", 1)[1] for b in broken_links(page)] == [
+        "sub/c.md (no such file)", "sub/b.md#same-2 (no heading #same-2)",
+        "sub/b.png (no such file)",
+    ]
+
+
+def blocks(text: str) -> list[tuple[int, str, str]]:
+    """The headings, paragraphs, list items and table rows outside code, each as (first line,
+    text, kind: ``heading``, ``paragraph``, ``item`` or ``row``)."""
+    found: list[tuple[int, str, str]] = []
+    current: list[str] = []
+    kind = "paragraph"
+    start = prev = 0
+
+    def flush() -> None:
+        if current:
+            found.append((start, " ".join(current), kind))
+            current.clear()
+
+    for i, line in outside_code(text):
+        if i != prev + 1:  # a code block ended the paragraph
+            flush()
+        prev = i
+        stripped = line.strip()
+        if not stripped:
+            flush()
+        elif stripped.startswith("#"):
+            flush()
+            found.append((i, stripped, "heading"))
+        elif stripped.startswith("|"):
+            flush()
+            found.append((i, stripped, "row"))
+        elif re.match(r"^([-*]|\d+\.)\s", stripped):
+            flush()
+            start, kind = i, "item"
+            current.append(stripped)
+        else:
+            if not current:
+                start, kind = i, "paragraph"
+            current.append(stripped)
+    flush()
+    return found
+
+
+def cited_tables(page: Path, block: str) -> list[Path]:
+    tables = []
+    for m in LINK.finditer(without_inline_code(block)):
+        target = m.group(2)
+        if is_external(target):
+            continue
+        path, _ = resolve(page, target)
+        if RESULT_FILE.search(path.as_posix()) and path.is_file() and path != BENCH_README:
+            tables.append(path)
+    return tables
+
+
+def stated(block: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (sign, number) results and the ``a / b`` counts a block states (links and code
+    dropped)."""
+    text = LINK.sub(" ", without_inline_code(block))
+    text = re.sub(r"(?<=\d)-(?=\d)", " ", text)  # a range a-b states a and b
+    numbers = []
+    for m in NUMBER.finditer(text):
+        sign, digits, percent = m.group(1), m.group(2), m.group(3)
+        if sign or "." in digits or percent:
+            numbers.append((sign.replace("−", "-"), digits))
+    fractions = [f"{a} / {b}" for a, b in FRACTION.findall(text)]
+    return numbers, fractions
+
+
+def table_values(paths: list[Path]) -> tuple[list[Decimal], str]:
+    text = "\n".join(p.read_text() for p in paths)
+    values = [Decimal((s.replace("−", "-") if s != "+" else "") + d)
+              for s, d in ANY_NUMBER.findall(text)]
+    return values, re.sub(r"\s+", " ", text)
+
+
+def found(sign: str, digits: str, values: list[Decimal]) -> bool:
+    """``digits`` (with ``sign``: that sign; without: either) is a value of the table, rounded
+    half-up to the stated decimals."""
+    want = Decimal(digits)
+    step = Decimal(1).scaleb(want.as_tuple().exponent)
+    for v in values:
+        if sign == "-" and v >= 0 or sign == "+" and v < 0:
+            continue
+        if abs(v).quantize(step, rounding=ROUND_HALF_UP) == want:
+            return True
+    return False
+
+
+def check_block(page: Path, line: int, block: str, tables: list[Path]) -> list[str]:
+    values, flat = table_values(tables)
+    numbers, fractions = stated(block)
+    names = ", ".join(t.name for t in tables)
+    bad = [f"{page.name}:{line}: {s}{d} not in {names}" for s, d in numbers
+           if not found(s, d, values)]
+    bad += [f"{page.name}:{line}: '{f}' not in {names}" for f in fractions if f not in flat]
+    return bad
+
+
+@pytest.mark.parametrize("page", PROSE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_stated_results_are_in_the_tables_they_cite(page: Path) -> None:
+    bad: list[str] = []
+    checked = 0
+    intro: list[Path] = []  # the tables cited by the paragraph that introduces a list
+    for line, block, kind in blocks(page.read_text()):
+        tables = cited_tables(page, block) if kind != "heading" else []
+        if kind == "item":
+            tables = tables or intro
+        else:
+            intro = tables if kind == "paragraph" else []
+        if tables:
+            checked += 1
+            bad += check_block(page, line, block, tables)
+    assert not bad, "\n".join(bad)
+    if page.name == "findings.md":
+        assert checked >= 10
+
+
+def strategy_section() -> str:
+    text = README.read_text()
+    start = text.index("\n## Which strategy when\n")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_which_strategy_when_rows_cite_a_table_that_holds_their_numbers() -> None:
+    rows = [r for r in strategy_section().splitlines() if r.startswith("|")][2:]  # no header
+    assert len(rows) >= 5
+    bad: list[str] = []
+    for row in rows:
+        tables = cited_tables(README, row)
+        assert tables, f"row cites no committed table: {row}"
+        numbers, fractions = stated(row)
+        assert numbers or fractions, f"row states no result: {row}"
+        bad += check_block(README, 0, row, tables)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_number_check_catches_a_wrong_number(tmp_path: Path) -> None:
+    table = tmp_path / "benchmarks" / "t.md"
+    table.parent.mkdir()
+    table.write_text("| a | 2.48 | [0.72, 4.84] | -13.33 ± 5.54 | 2 / 9 | 20 % |\n")
+    page = tmp_path / "page.md"
+    ok = "+2.5 [0.72, 4.8], 13.33 points, -13.3, 0.72-13.33, 2 / 9 at 20 % [t](benchmarks/t.md)"
+    assert cited_tables(page, ok) == [table.resolve()]
+    assert check_block(page, 1, ok, [table]) == []
+    for wrong in ("+2.6", "-2.48", "+13.33", "3 / 9", "30 %", "0.8", "0.72-9.99"):
+        assert check_block(page, 1, f"{wrong} [t](benchmarks/t.md)", [table]), wrong
+    # a list item without a link of its own is read with its introducing paragraph's tables
+    kinds = [k for _, _, k in blocks("# H\nIntro [t](benchmarks/t.md):\n- +2.5\n  more\n- 1.0\n\nText\n")]
+    assert kinds == ["heading", "paragraph", "item", "item", "paragraph"]
+
+
+def test_benchmark_blocks_are_the_published_text_of_their_folders() -> None:
+    from ada_bench.publish import relink
+
+    doc = BENCH_README.read_text()
+    names = re.findall(r"<!-- results:([\w.-]+):start -->", doc)
+    assert {"power", "brats18_cbica", "brats18", "phantom_quick"} <= set(names)
+    for name in names:
+        body = doc.split(f"<!-- results:{name}:start -->", 1)[1]
+        body = body.split(f"<!-- results:{name}:end -->", 1)[0].lstrip("\n")
+        folder = ROOT / "benchmarks" / name
+        assert relink(body, "benchmarks", f"benchmarks/{name}") == (folder / "README.md").read_text()
+    assert "<!-- results:" not in README.read_text()  # the README holds no result block
+
+
+def test_no_issue_numbers() -> None:
+    pattern = re.compile(r"issue[\s_-]*#?\d+|(?<![\w/&])#\d+\b", re.IGNORECASE)
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+            for p in PAGES for i, line in enumerate(p.read_text().splitlines(), 1)
+            if pattern.search(line)]
+    assert not hits, "\n".join(hits)
+
+
+def expand(path: str) -> list[str]:
+    m = re.search(r"\{([^{}]+)\}", path)
+    if not m:
+        return [path]
+    return [x for alt in m.group(1).split(",")
+            for x in expand(path[: m.start()] + alt + path[m.end():])]
+
+
+def test_named_config_files_exist() -> None:
+    missing = []
+    for page in [README, *DOCS]:
+        for path in re.findall(r"configs/[\w/{},.-]*\.yaml", page.read_text()):
+            for one in expand(path):
+                if not (ROOT / one).is_file():
+                    missing.append(f"{page.name}: {one}")
+    assert not missing, "\n".join(missing)
+
+
+def test_demo_time_is_the_demos_own_expectation() -> None:
+    """The README's demo time is the sum of the stage times the demo prints as expectations."""
+    tree = ast.parse((ROOT / "scripts" / "demo.py").read_text())
+    table = next(
+        node.value for node in tree.body
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "IDLE_STAGE_SECONDS"
+    )
+    total = sum(ast.literal_eval(table)["glioma"].values())
+    m = re.search(r"stages took (\d+):(\d\d) on an idle", README.read_text())
+    assert m, "the README states the demo's time"
+    assert int(m.group(1)) * 60 + int(m.group(2)) == round(total)
+
+
+def test_readme_is_short_and_links_every_docs_page() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 350
+    for page in DOCS:
+        assert f"(docs/{page.name})" in text, page.name
