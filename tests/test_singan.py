@@ -1,5 +1,5 @@
 """GBA proper: the single-image SinGAN and its harmonisation of rescaled tumour slices
-(lightning_ada/data/singan.py, ALGORITHMS 11.2)."""
+(lightning_ada/augment/singan.py, ALGORITHMS 11.2)."""
 
 from __future__ import annotations
 
