@@ -2,7 +2,7 @@
 
 The datamodule keeps the loaders and the Lightning hooks. What it is built from lives beside it:
 reading and checking cases (:mod:`.roots`, :mod:`.readers`, :mod:`.validation`), splits
-(:mod:`.splits`), preprocessing and its cache (:mod:`.transforms`, :mod:`.cache`), the
+(:mod:`.splits`), the preprocessed cases and their cache (:mod:`.preprocessed`), the
 adaptation state of the pool (:mod:`.pool_state`) and the training epochs (:mod:`.epochs`).
 """
 
@@ -17,24 +17,19 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
-from monai.data import CacheDataset, PersistentDataset, list_data_collate
+from monai.data import list_data_collate
 from torch.utils.data import DataLoader
 
 from lightning_ada.augment.tumour_contrast import TumourContrast
 from lightning_ada.cases import Case, check_case_ids
 from lightning_ada.data import splits as split_rules
-from lightning_ada.data.cache import CacheKey, cache_safe_globals
 from lightning_ada.data.epochs import LabeledEpoch, PreparingLoader, seed_worker
 from lightning_ada.data.pool_state import PoolState
 from lightning_ada.data.pools import ActivePool
+from lightning_ada.data.preprocessed import PreprocessedCases
 from lightning_ada.data.pseudo_set import PseudoLabel, PseudoLabelSet
 from lightning_ada.data.roots import CaseRoot, read_roots
-from lightning_ada.data.transforms import (
-    invert_prediction,
-    preprocessing,
-    preprocessing_settings,
-    training_augmentation,
-)
+from lightning_ada.data.transforms import training_augmentation
 from lightning_ada.data.validation import (
     MAX_VOXELS,
     ValidationMarkers,
@@ -168,10 +163,7 @@ class ActiveDataModule(L.LightningDataModule):
         self.cases: dict[str, Case] = {}
         self.split_ids: dict[str, list[str]] = {}
         self._source_pool: ActivePool | None = None
-        self._cache: CacheDataset | None = None
-        self._prep: Any = None
-        self._index: dict[str, int] = {}
-        self._annotated: dict[tuple[str, str], dict[str, Any]] = {}
+        self._data: PreprocessedCases | None = None
 
     # ------------------------------------------------------------------ set-up
     def prepare_data(self) -> None:
@@ -197,7 +189,7 @@ class ActiveDataModule(L.LightningDataModule):
         With ``cache_dir`` the in-memory cache is filled from the disk cache (preprocessing only
         the cases missing there).
         """
-        if self._cache is not None:
+        if self._data is not None:
             return
         if self.hparams.phantom is not None:
             self.prepare_data()  # idempotent; covers direct use without a Trainer
@@ -223,33 +215,12 @@ class ActiveDataModule(L.LightningDataModule):
         initial = {cid: self._reference_label(cid) for cid in self._initially_labeled()}
         self.state.start(self.split_ids.get("pool", []), initial, self.cases)
         used = [cid for cid in self.cases if any(cid in ids for ids in self.split_ids.values())]
-        self._index = {cid: i for i, cid in enumerate(used)}
-        items = [self.cases[cid].to_item() for cid in used]
-        missing = [i["case_id"] for i in items if "label" not in i]
-        if missing:
-            raise DataError(f"{self.hparams.root}: cases without a reference label: {missing}")
-        # one instance: MONAI inverts only with the very transform objects that were applied
-        self._prep = self._preprocessing()
-        try:
-            if self.hparams.cache_dir is None:
-                self._cache = CacheDataset(items, self._prep, progress=False, num_workers=0)
-            else:
-                # cached MetaTensors keep their applied_operations with the instance ids reset
-                # (reset_ops_id), so Invertd accepts them with ``self._prep``
-                on_disk = PersistentDataset(
-                    items, self._prep, cache_dir=self.hparams.cache_dir,
-                    hash_func=CacheKey(self._preprocessing_settings()), track_meta=True,
-                )
-                with cache_safe_globals():
-                    self._cache = CacheDataset(
-                        on_disk, transform=None, progress=False, num_workers=0
-                    )
-        except MemoryError as e:
-            raise DataError(
-                f"{self.hparams.root}: not enough memory to preprocess the {len(items)} cases "
-                "in memory (smaller data.pixdim, crop_foreground, or fewer cases)"
-            ) from e
-        self._check_network_input(used)
+        self._data = PreprocessedCases(
+            self.cases, used, list(self.hparams.labels.values()), list(self.hparams.modalities),
+            pixdim=self.hparams.pixdim, crop_foreground=self.hparams.crop_foreground,
+            divisible_by=self.hparams.divisible_by, cache_dir=self.hparams.cache_dir,
+            max_voxels=int(self.hparams.max_voxels), source=str(self.hparams.root),
+        )
 
     def _validate(self, case_id: str) -> None:
         """:func:`validate_case`, remembered in ``<cache_dir>/validated`` once passed."""
@@ -264,47 +235,12 @@ class ActiveDataModule(L.LightningDataModule):
         )
         markers.validate(case, label_values=values, max_voxels=limit)
 
-    def _check_network_input(self, case_ids: Sequence[str]) -> None:
-        """Refuse a case whose preprocessed image (what the network sees) is not finite.
-
-        The file checks catch NaN/inf in the files and float32 overflow of the scaled values;
-        this catches what preprocessing itself makes non-finite (e.g. a z-score over values
-        so large that their variance overflows float32).
-        """
-        for cid in case_ids:
-            image = self._cache[self._index[cid]]["image"]
-            if not bool(torch.isfinite(image).all()):
-                n = int((~torch.isfinite(image)).sum())
-                files = ", ".join(self.cases[cid].images)
-                raise DataError(
-                    f"case {cid}: {n} non-finite voxels after preprocessing (z-score of float32 "
-                    f"values), from {files}: intensities out of range?"
-                )
-
     def _initially_labeled(self) -> list[str]:
         if self.hparams.stage == "source":
             return []  # the source stage trains on ``train_pool`` (every source case)
         if self.hparams.label_all:
             return list(self.split_ids["pool"])
         return list(self.hparams.initial_labeled or [])
-
-    def _preprocessing(self, with_label: bool = True) -> Any:
-        return preprocessing(
-            list(self.hparams.labels.values()),
-            with_label=with_label,
-            pixdim=self.hparams.pixdim,
-            crop_foreground=self.hparams.crop_foreground,
-            divisible_by=self.hparams.divisible_by,
-        )
-
-    def _preprocessing_settings(self) -> dict[str, Any]:
-        return preprocessing_settings(
-            list(self.hparams.labels.values()),
-            with_label=True,
-            pixdim=self.hparams.pixdim,
-            crop_foreground=self.hparams.crop_foreground,
-            divisible_by=self.hparams.divisible_by,
-        ) | {"modalities": list(self.hparams.modalities)}
 
     def _reference_label(self, case_id: str) -> str:
         label = self.cases[case_id].label
@@ -388,13 +324,18 @@ class ActiveDataModule(L.LightningDataModule):
         return out
 
     # ------------------------------------------------------------------ items
+    def _preprocessed(self) -> PreprocessedCases:
+        if self._data is None:
+            raise RuntimeError("call setup() first")
+        return self._data
+
     def case(self, case_id: str) -> Case:
         """The :class:`Case` record of ``case_id``."""
         return self.cases[case_id]
 
     def item(self, case_id: str) -> dict[str, Any]:
         """The preprocessed item of a case: ``image`` ``(C, H, W, D)``, ``label`` ``(1, H, W, D)``."""
-        return self._only_input(self._cache[self._index[case_id]])
+        return self._only_input(self._preprocessed().item(case_id))
 
     def _only_input(self, item: dict[str, Any], modality: str | None = None) -> dict[str, Any]:
         """Zero every channel but ``modality`` (or the ``modality:<name>`` of ``train_input``)."""
@@ -415,7 +356,7 @@ class ActiveDataModule(L.LightningDataModule):
     def training_item(self, case_id: str) -> dict[str, Any]:
         """Image with the delivered annotation (which may differ from the reference mask)."""
         annotation = self.train_pool.annotation(case_id)
-        item = self._annotated_item(case_id, annotation.label_path)
+        item = self._preprocessed().with_label(case_id, annotation.label_path)
         dominant = self.hparams.train_input == "dominant_only"
         return self._only_input(item, annotation.modality if dominant else None)
 
@@ -437,27 +378,13 @@ class ActiveDataModule(L.LightningDataModule):
         label.copy_(pseudo.to(label.dtype))
         return dict(item) | {"label": label}
 
-    def _annotated_item(self, case_id: str, path: str) -> dict[str, Any]:
-        if path == self.cases[case_id].label:
-            return self.item(case_id)
-        key = (case_id, path)
-        if key not in self._annotated:
-            validate_label_file(
-                path, self.cases[case_id].images[0], list(self.hparams.labels.values()),
-                allow_empty=True, max_voxels=int(self.hparams.max_voxels),
-            )
-            entry = self.cases[case_id].to_item() | {"label": path}
-            self._annotated[key] = self._prep(entry)
-        return self._annotated[key]
-
     def invert(self, prediction: torch.Tensor, case_id: str) -> torch.Tensor:
         """Map a class-index prediction ``(1, H, W, D)`` back to the case's original geometry.
 
         Returns a MetaTensor carrying the original affine, with on-disk label values
         (:func:`~lightning_ada.data.transforms.invert_prediction`).
         """
-        image = self.item(case_id)["image"]
-        return invert_prediction(prediction, image, self._prep, list(self.hparams.labels.values()))
+        return self._preprocessed().invert(prediction, case_id)
 
     # ------------------------------------------------------------------ loaders
     def epoch_seed(self) -> int:
