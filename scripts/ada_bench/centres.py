@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from ada_bench.loop import BenchConfig, BenchmarkLoop, LoopReport, Runner
+from ada_bench.markdown import format_p
 from ada_bench.results import BUDGETLESS, expand_curves, normalise
 from ada_bench.runner import compose
-from ada_bench.stats import case_value, format_p, wilcoxon_paired
+from ada_bench.stats import case_value, wilcoxon_paired
 from ada_bench.tables import Table, display_name, regions_of, table_order
 from ada_bench.tasks import Fold, PhantomTask, base_files
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ada_bench.markdown import format_mean_std
 from ada_bench.results import normalise
 from ada_bench.stats import MeanStd, mean_std, per_run
 from ada_bench.tables import Table, display_name, is_bound, present_methods, regions_of, tasks_of
@@ -86,7 +87,7 @@ def forgetting_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean
                 for s in splits:
                     v = mean_std(values[s].values())
                     d = _delta(values[s], lower[s]) if method != "lower" else MeanStd(0.0, 0.0, 0)
-                    md += [v.fmt(100), "–" if method == "lower" else _signed(d)]
+                    md += [format_mean_std(v, 100), "–" if method == "lower" else _signed(d)]
                     row += [v.mean * 100, v.std * 100, d.mean * 100, d.std * 100, v.n]
                 md_rows.append(md)
                 csv_rows.append(row)

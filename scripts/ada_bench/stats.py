@@ -101,19 +101,12 @@ def per_run(
 
 @dataclass(frozen=True)
 class MeanStd:
-    """Mean ± sample std over ``n`` values (std NaN when n < 2; all NaN when n = 0)."""
+    """Mean ± sample std over ``n`` values (std NaN when n < 2; all NaN when n = 0); written as
+    a cell by :func:`ada_bench.markdown.format_mean_std`."""
 
     mean: float
     std: float
     n: int
-
-    def fmt(self, scale: float = 1.0, digits: int = 2) -> str:
-        """``"mean ± std"`` scaled (e.g. 100 for %), ``"–"`` when empty."""
-        if self.n == 0:
-            return "–"
-        if self.n < 2:
-            return f"{self.mean * scale:.{digits}f}"
-        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}"
 
 
 def mean_std(values: Iterable[float]) -> MeanStd:
@@ -160,12 +153,3 @@ def wilcoxon_paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedTes
         return PairedTest(1.0, len(d), math.nan, mean_d, med_d)
     res = wilcoxon([a[k] for k in keys], [b[k] for k in keys])
     return PairedTest(float(res.pvalue), len(d), float(res.statistic), mean_d, med_d)
-
-
-def format_p(p: float) -> str:
-    """p-value for a table: ``<0.001``, three significant digits, or ``–``."""
-    if math.isnan(p):
-        return "–"
-    if p < 1e-3:
-        return "<0.001"
-    return f"{p:.3g}"
