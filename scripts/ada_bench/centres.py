@@ -289,7 +289,7 @@ def select_budget(
 
 
 def _bootstrap_ci(values: Sequence[float]) -> tuple[float, float]:
-    from ada_bench.power import bootstrap_ci
+    from ada_bench.stats import bootstrap_ci
 
     return bootstrap_ci(values)
 

@@ -1,14 +1,36 @@
-"""Aggregation of result rows and paired statistics.
+"""Every statistical computation of the benchmark harness; rendering is elsewhere.
 
-Two levels, both averaging over repeated draws of one method (``random@0``, ``random@1``) first:
+The table and figure modules (:mod:`ada_bench.tables`, :mod:`ada_bench.power`,
+:mod:`ada_bench.centres`, :mod:`ada_bench.forgetting`, :mod:`ada_bench.collapse`,
+:mod:`ada_bench.plots`) call the functions here and only format what they return; the cell
+formats (``format_p``, ``format_mean_std``) are in :mod:`ada_bench.markdown`.
+
+Aggregation of result rows, averaging over repeated draws of one method (``random@0``,
+``random@1``) first:
 
 * run level: one value per ``(fold, seed)``, the mean over that run's test cases (what the
   tables report as mean ± std over runs);
 * case level: one value per ``(fold, seed, case_id)``, the pairing unit of the Wilcoxon
-  signed-rank tests (two methods are compared on the same test cases of the same fold and seed).
+  signed-rank tests (two methods are compared on the same test cases of the same fold and seed);
+* seed level (the power profile, :func:`seed_values`): one value per seed (its folds averaged) or
+  per ``(fold, seed)`` run, at each budget.
 
 A metric is named ``<metric>_<region>`` (``dice_ET``); region ``mean`` is the per-case mean over
 the regions of the task (NaN-ignoring, as ``RegionMetrics``'s ``*_mean``).
+
+Paired summaries over seeds (:func:`paired`, the power tables): for per-seed differences
+``d_s = strategy_s - baseline_s``
+
+* their mean and a 95 % bootstrap confidence interval of it (``scipy.stats.bootstrap``, BCa,
+  9,999 resamples, fixed seed; the percentile interval when BCa is undefined);
+* the two-sided Wilcoxon signed-rank p (``scipy.stats.wilcoxon``, exact for small n);
+* the minimum detectable difference ``MDD = (t_{0.975, n-1} + t_{0.80, n-1}) * sd(d) / sqrt(n)``:
+  the true mean difference a two-sided paired t-test at alpha = 0.05 would detect with 80 %
+  power, given the observed spread of the paired differences (t quantiles, not z: n is small).
+
+The same is done for the normalised area under the budget curve (:func:`aubc`): the trapezoid
+of the mean Dice over the measured budgets divided by the budget range, i.e. the average Dice
+over that range.
 """
 
 from __future__ import annotations
@@ -20,7 +42,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ada_bench.results import budgetless, normalise
+import numpy as np
+
+from ada_bench.results import budgetless, expand_curves, normalise
 
 RunId = tuple[int, int]  # (fold, seed)
 CaseId = tuple[int, int, str]  # (fold, seed, case_id)
@@ -111,6 +135,8 @@ class MeanStd:
 
 def mean_std(values: Iterable[float]) -> MeanStd:
     """:class:`MeanStd` of the finite values."""
+    # statistics.fmean / stdev, not numpy: numpy's mean and std round differently in the last
+    # digits, and the CSV files publish full-precision numbers
     v = [float(x) for x in values if not math.isnan(float(x))]
     if not v:
         return MeanStd(math.nan, math.nan, 0)
@@ -153,3 +179,307 @@ def wilcoxon_paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedTes
         return PairedTest(1.0, len(d), math.nan, mean_d, med_d)
     res = wilcoxon([a[k] for k in keys], [b[k] for k in keys])
     return PairedTest(float(res.pvalue), len(d), float(res.statistic), mean_d, med_d)
+
+
+# ---------------------------------------------------------------------------------- power profile
+BASELINE = "random"
+#: the baseline of strategies that ran once per budget, when present: random with the whole budget
+#: at epoch 0 and the full schedule, as they did (the sequential random's budget curve gives the
+#: model of budget k only k strides of training, which would favour them at small budgets)
+ONE_OFF_BASELINE = "random_one_off"
+CONFIDENCE = 0.95
+POWER = 0.80
+N_RESAMPLES = 9999
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Summary of per-seed paired differences.
+
+    Attributes:
+        n: number of seeds with both values.
+        mean: mean difference.
+        ci_low: lower end of the 95 % bootstrap CI of the mean.
+        ci_high: upper end.
+        p: two-sided Wilcoxon signed-rank p (1.0 when every difference is 0).
+        sd: sample standard deviation of the differences.
+        mdd: minimum detectable difference (module doc).
+    """
+
+    n: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    p: float
+    sd: float
+    mdd: float
+
+
+def mdd(sd: float, n: int, confidence: float = CONFIDENCE, power: float = POWER) -> float:
+    """``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)`` (NaN for n < 2)."""
+    from scipy.stats import t
+
+    if n < 2 or math.isnan(sd):
+        return math.nan
+    alpha = 1 - confidence
+    return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap CI of the mean of ``values`` (``scipy.stats.bootstrap``: BCa, 9,999
+    resamples, ``numpy.random.default_rng(seed)``; percentile when BCa is undefined, e.g. for
+    identical values; NaN for fewer than 2 values)."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(values, float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    for method in ("BCa", "percentile"):
+        res = bootstrap(
+            (x,),
+            np.mean,
+            confidence_level=CONFIDENCE,
+            n_resamples=N_RESAMPLES,
+            method=method,
+            rng=np.random.default_rng(seed),
+        )
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if not (math.isnan(lo) or math.isnan(hi)):
+            return lo, hi
+    return math.nan, math.nan
+
+
+def paired(diffs: Sequence[float]) -> Paired:
+    """:class:`Paired` of per-seed differences (NaN differences dropped)."""
+    from scipy.stats import wilcoxon
+
+    d = [float(x) for x in diffs if not math.isnan(float(x))]
+    n = len(d)
+    if n == 0:
+        return Paired(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    # statistics.fmean / stdev rather than numpy: the published CSV numbers are theirs (numpy
+    # rounds differently in the last digits)
+    mean = statistics.fmean(d)
+    sd = statistics.stdev(d) if n > 1 else math.nan
+    lo, hi = bootstrap_ci(d)
+    p = 1.0 if all(x == 0 for x in d) else float(wilcoxon(d).pvalue)
+    return Paired(n, mean, lo, hi, p, sd, mdd(sd, n))
+
+
+def aubc(curve: Mapping[int, float], budgets: Sequence[int]) -> float:
+    """Normalised area under the budget curve over ``budgets`` (trapezoid / budget range).
+
+    NaN when a budget is missing from ``curve`` or fewer than two budgets are given.
+    """
+    b = sorted(budgets)
+    if len(b) < 2 or any(k not in curve or math.isnan(curve[k]) for k in b):
+        return math.nan
+    y = [curve[k] for k in b]
+    area = sum((b[i + 1] - b[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(b) - 1))
+    return area / (b[-1] - b[0])
+
+
+#: what one paired unit is: ``"seed"`` (the power profile: one phantom draw, source model and fold
+#: per seed; folds of a seed averaged) or ``"run"`` (a fold of a seed: real data, whose folds are
+#: different test cases)
+PAIR_BY = ("seed", "run")
+
+
+def seed_values(
+    rows: Iterable[Mapping[str, Any]],
+    task: str,
+    method: str,
+    metric: str = "dice_mean",
+    pair_by: str = "seed",
+) -> dict[Any, dict[int | None, float]]:
+    """``{unit: {budget: value}}`` of ``method`` on ``task`` (the bounds under budget None).
+
+    ``pair_by="seed"``: the unit is the seed, its folds averaged; ``"run"``: the unit is the
+    ``(fold, seed)`` pair.
+    """
+    from ada_bench.tables import regions_of  # tables imports this module
+
+    if pair_by not in PAIR_BY:
+        raise ValueError(f"pair_by must be one of {PAIR_BY}, not {pair_by!r}")
+    norm = [
+        r
+        for r in (normalise(x) for x in rows)
+        if r["task"] == task and r["method"] == method and r["train_input"] == "all"
+    ]
+    regions = regions_of(norm, task)
+    acc: dict[tuple[Any, int | None], list[float]] = defaultdict(list)
+    budgets = {None if budgetless(method) else r["budget"] for r in norm}
+    for b in budgets:
+        sel = [r for r in norm if b is None or r["budget"] == b]
+        for (fold, seed), v in per_run(sel, metric, regions).items():
+            acc[(seed if pair_by == "seed" else (fold, seed), b)].append(v)
+    out: dict[Any, dict[int | None, float]] = defaultdict(dict)
+    for (unit, b), vals in acc.items():
+        out[unit][b] = statistics.fmean(vals)
+    return dict(out)
+
+
+def source_of(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str:
+    """Where the budget points of ``method`` come from: ``"curve"`` (one sequential run tested
+    after each query's stride) or ``"per budget"`` (one run per budget)."""
+    sel = [r for r in rows if r["task"] == task and r["method"] == method]
+    return "curve" if any(r.get("from_curve") for r in sel) else "per budget"
+
+
+Measure = tuple[str, dict[int, float], dict[int, float]]
+
+
+def measures(
+    mine: Mapping[int, Mapping[int | None, float]],
+    base: Mapping[int, Mapping[int | None, float]],
+    budgets: Sequence[int],
+    bound: bool = False,
+) -> list[Measure]:
+    """``(label, {seed: value}, {seed: baseline value})`` of every compared measure: the Dice at
+    each budget and the AUBC; for two bounds (``bound``) the Dice with every label."""
+    if bound:
+        return [
+            (
+                "Dice (all labels)",
+                {s: v[None] for s, v in mine.items() if None in v},
+                {s: v[None] for s, v in base.items() if None in v},
+            )
+        ]
+    out: list[Measure] = [
+        (
+            f"Dice at {b}",
+            {s: v[b] for s, v in mine.items() if b in v},
+            {s: v[b] for s, v in base.items() if b in v},
+        )
+        for b in budgets
+    ]
+    out.append(
+        (
+            f"AUBC {min(budgets)}-{max(budgets)}",
+            {s: aubc(v, budgets) for s, v in mine.items()},  # type: ignore[arg-type]
+            {s: aubc(v, budgets) for s, v in base.items()},  # type: ignore[arg-type]
+        )
+    )
+    return out
+
+
+def compare(
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    method: str,
+    baseline: str,
+    budgets: Sequence[int],
+    pair_by: str = "seed",
+) -> list[tuple[str, Paired, float, float]]:
+    """``(measure, paired summary of the per-unit differences in points, method mean %,
+    baseline mean %)`` of ``method`` vs ``baseline`` on ``task`` over the units (seeds, or
+    ``(fold, seed)`` runs with ``pair_by="run"``) both have."""
+    mine = seed_values(rows, task, method, pair_by=pair_by)
+    base = seed_values(rows, task, baseline, pair_by=pair_by)
+    out = []
+    for label, a, b_ in measures(mine, base, budgets, budgetless(method) and budgetless(baseline)):
+        seeds = sorted(
+            s for s in a.keys() & b_.keys() if not (math.isnan(a[s]) or math.isnan(b_[s]))
+        )
+        if not seeds:
+            continue
+        res = paired([100 * (a[s] - b_[s]) for s in seeds])
+        ma = statistics.fmean(a[s] for s in seeds) * 100
+        mb = statistics.fmean(b_[s] for s in seeds) * 100
+        out.append((label, res, ma, mb))
+    return out
+
+
+def compare_gap(
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    method: str,
+    baseline_with: str,
+    rule: str,
+    baseline: str,
+    budgets: Sequence[int],
+    pair_by: str = "seed",
+) -> list[tuple[str, Paired, float, float]]:
+    """``(measure, paired summary of the per-unit difference of differences
+    (method - baseline_with) - (rule - baseline) in points, gap without (rule - baseline, points),
+    gap with (method - baseline_with, points))`` over the units all four runs share, at each
+    budget and of the AUBC (the gap table of :mod:`ada_bench.power`: ``method`` = ``rule+X``,
+    ``baseline_with`` = ``random+X``)."""
+    vals = {
+        m: seed_values(rows, task, m, pair_by=pair_by)
+        for m in (method, baseline_with, rule, baseline)
+    }
+    with_ = measures(vals[method], vals[baseline_with], budgets)
+    without = measures(vals[rule], vals[baseline], budgets)
+    out = []
+    for (label, a, ra), (_, b, rb) in zip(with_, without):
+        units = sorted(
+            u for u in a.keys() & ra.keys() & b.keys() & rb.keys()
+            if not any(math.isnan(d[u]) for d in (a, ra, b, rb))
+        )
+        if not units:
+            continue
+        res = paired([100 * ((a[u] - ra[u]) - (b[u] - rb[u])) for u in units])
+        gap_with = 100 * statistics.fmean(a[u] - ra[u] for u in units)
+        gap_without = 100 * statistics.fmean(b[u] - rb[u] for u in units)
+        out.append((label, res, gap_without, gap_with))
+    return out
+
+
+def _schedule(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str | None:
+    """The query schedule the rows of ``method`` record (``one_off``, ``sequential``), if any."""
+    found = {r.get("schedule") for r in rows if r["task"] == task and r["method"] == method}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def matched_baseline(
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    method: str,
+    methods: Sequence[str],
+    baseline: str = BASELINE,
+    pair_by: str = "seed",
+) -> str:
+    """The random baseline ``method`` is paired with: :data:`ONE_OFF_BASELINE` for a strategy
+    that queries its whole budget at once (its rows' ``schedule``; without one, a strategy run
+    once per budget rather than as a budget curve), when that baseline ran on every unit the
+    strategy did; else ``baseline`` (random on the same schedule as the curves)."""
+    if method == ONE_OFF_BASELINE or ONE_OFF_BASELINE not in methods:
+        return baseline
+    schedule = _schedule(rows, task, method)
+    one_off = schedule == "one_off" if schedule else source_of(rows, task, method) == "per budget"
+    if not one_off:
+        return baseline
+    mine = seed_values(rows, task, method, pair_by=pair_by)
+    theirs = seed_values(rows, task, ONE_OFF_BASELINE, pair_by=pair_by)
+    return ONE_OFF_BASELINE if mine.keys() <= theirs.keys() else baseline
+
+
+def curve_points(
+    rows: Iterable[Mapping[str, Any]], task: str, method: str
+) -> list[tuple[int, float, float, float, int]]:
+    """``(budget, mean, ci_low, ci_high, n)`` over seeds of ``method`` (Dice, fraction)."""
+    vals = seed_values(expand_curves(rows), task, method)
+    budgets = sorted({b for v in vals.values() for b in v if b is not None})
+    out = []
+    for b in budgets:
+        x = [v[b] for v in vals.values() if b in v and not math.isnan(v[b])]
+        if x:
+            lo, hi = bootstrap_ci(x)
+            out.append((b, statistics.fmean(x), lo, hi, len(x)))
+    return out
+
+
+def bound_point(
+    rows: Iterable[Mapping[str, Any]], task: str, method: str
+) -> tuple[float, float, float, int] | None:
+    """``(mean, ci_low, ci_high, n)`` over seeds of a bound's Dice (fraction; the 95 % bootstrap
+    CI of :func:`bootstrap_ci`); None when it has no value."""
+    x = [v[None] for v in seed_values(rows, task, method).values() if None in v]
+    if not x:
+        return None
+    lo, hi = bootstrap_ci(x)
+    return statistics.fmean(x), lo, hi, len(x)
