@@ -119,7 +119,8 @@ def open_set_table(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> 
                 label = "–" if budget is None else str(budget)
                 cells.append([
                     f"{share} %", "yes" if filtered else "no", display_name(method), label,
-                    str(len(runs)), format_mean_std(pur, 100, 1) if method not in BUDGETLESS else "–",
+                    str(len(runs)),
+                    format_mean_std(pur, 100, 1) if method not in BUDGETLESS else "–",
                     f"{n_ood} / {n_q}" if method not in BUDGETLESS else "–", kind_text,
                     format_mean_std(dice, 100, 1),
                 ])

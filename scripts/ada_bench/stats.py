@@ -181,6 +181,57 @@ def wilcoxon_paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedTes
     return PairedTest(float(res.pvalue), len(d), float(res.statistic), mean_d, med_d)
 
 
+
+def mean_or_nan(values: Sequence[float]) -> float:
+    """The mean of ``values`` (``statistics.fmean``), NaN when there are none."""
+    return statistics.fmean(values) if values else math.nan
+
+
+def mean_std_of_differences(a: Mapping[Any, float], b: Mapping[Any, float]) -> MeanStd:
+    """:func:`mean_std` of ``a - b`` over the keys both have (e.g. a run minus the lower bound of
+    the same fold and seed)."""
+    keys = sorted(a.keys() & b.keys())
+    return mean_std([a[k] - b[k] for k in keys])
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(median, first quartile, third quartile)`` of the finite values (``numpy.percentile``,
+    linear interpolation); NaN when there are none."""
+    v = np.asarray([x for x in values if not math.isnan(x)], float)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return float(med), float(q1), float(q3)
+
+
+def per_seed_case(
+    rows: Sequence[Mapping[str, Any]], metric: str, regions: Sequence[str]
+) -> dict[tuple[int, str], float]:
+    """``{(seed, case_id): value}`` over ``rows`` (repeated draws of one key averaged): the
+    pairing unit of the group protocols (:mod:`ada_bench.centres`), whose folds are groups."""
+    acc: dict[tuple[int, str], list[float]] = {}
+    for r in rows:
+        for i, c in enumerate(r.get("per_case", [])):
+            v = case_value(c, metric, regions)
+            if not math.isnan(v):
+                acc.setdefault((int(r["seed"]), str(c.get("case_id", i))), []).append(v)
+    # numpy's mean, as the published centre tables were computed
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def paired_vs(
+    a: Mapping[Any, float], b: Mapping[Any, float]
+) -> tuple[int, float, float, float, float]:
+    """(n pairs, mean of a - b, 95 % CI low, CI high (:func:`bootstrap_ci`), Wilcoxon p
+    (:func:`wilcoxon_paired`)) over the keys both have."""
+    keys = sorted(a.keys() & b.keys())
+    d = [a[k] - b[k] for k in keys]
+    if not d:
+        return 0, math.nan, math.nan, math.nan, math.nan
+    lo, hi = bootstrap_ci(d)
+    # numpy's mean, as the published centre tables were computed
+    return len(d), float(np.mean(d)), lo, hi, wilcoxon_paired(a, b).p
+
 # ---------------------------------------------------------------------------------- power profile
 BASELINE = "random"
 #: the baseline of strategies that ran once per budget, when present: random with the whole budget
