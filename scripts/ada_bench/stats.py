@@ -322,14 +322,16 @@ def paired(diffs: Sequence[float]) -> Paired:
 def aubc(curve: Mapping[int, float], budgets: Sequence[int]) -> float:
     """Normalised area under the budget curve over ``budgets`` (trapezoid / budget range).
 
+    The trapezoid is ``numpy.trapezoid``. The published AUBCs (4 or 5 budgets) came from a
+    hand-written left-to-right sum that gives the same floats for up to 8 budgets; from 9 on,
+    numpy's pairwise summation can differ from it in the last bit.
     NaN when a budget is missing from ``curve`` or fewer than two budgets are given.
     """
     b = sorted(budgets)
     if len(b) < 2 or any(k not in curve or math.isnan(curve[k]) for k in b):
         return math.nan
-    y = [curve[k] for k in b]
-    area = sum((b[i + 1] - b[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(b) - 1))
-    return area / (b[-1] - b[0])
+    area = np.trapezoid([curve[k] for k in b], b)
+    return float(area) / (b[-1] - b[0])
 
 
 #: what one paired unit is: ``"seed"`` (the power profile: one phantom draw, source model and fold
