@@ -1,6 +1,6 @@
 """Known answers for every statistic of scripts/ada_bench/stats.py: values worked out by hand or
 from a closed form (t quantiles from tables, the exact signed-rank distribution by enumeration,
-the trapezoid rule), and the bootstrap against scipy.stats.bootstrap itself."""
+the trapezoid rule, Holm's formula), and the bootstrap against scipy.stats.bootstrap itself."""
 
 from __future__ import annotations
 
@@ -246,3 +246,169 @@ def test_source_baseline_and_points_of_the_curves() -> None:
     assert (mean, n) == (pytest.approx(0.85), 10)
     assert stats.bound_point(rows, "glioma", "nothing") is None
 
+
+# ---------------------------------------------------------------------------------- multiplicity
+def holm_closed_form(p: dict[str, float]) -> dict[str, float]:
+    """Holm's adjusted p by its formula, min(1, max_{j <= i} (m - j + 1) p_(j)), rank by rank."""
+    keys = sorted(p, key=p.get)
+    m = len(keys)
+    return {k: min(1.0, max((m - j) * p[keys[j]] for j in range(i + 1)))
+            for i, k in enumerate(keys)}
+
+
+def test_holm_by_hand() -> None:
+    # sorted: d 0.005 x 4 = 0.02; a 0.01 x 3 = 0.03; c 0.03 x 2 = 0.06; b 0.04 x 1 = 0.04,
+    # raised to the running maximum 0.06
+    got = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert list(got) == ["a", "b", "c", "d"]
+    assert got == {"a": pytest.approx(0.03), "b": pytest.approx(0.06), "c": pytest.approx(0.06),
+                   "d": pytest.approx(0.02)}
+    # pingouin's documented example: [.5, .003, .32, .054, .0003] -> [.64, .012, .64, .162, .0015]
+    five = stats.holm(dict(enumerate([0.5, 0.003, 0.32, 0.054, 0.0003])))
+    assert list(five.values()) == pytest.approx([0.64, 0.012, 0.64, 0.162, 0.0015])
+    assert stats.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}  # capped
+    assert stats.holm({"a": 0.01, "b": 0.01, "c": 0.5}) == pytest.approx(
+        {"a": 0.03, "b": 0.03, "c": 0.5}  # ties share a value
+    )
+    nan = stats.holm({"a": 0.01, "b": math.nan, "c": 0.04})
+    assert nan["a"] == pytest.approx(0.02) and nan["c"] == pytest.approx(0.04)  # m = 2
+    assert math.isnan(nan["b"])
+    assert stats.holm({}) == {}
+    with pytest.raises(ValueError, match="not in"):
+        stats.holm({"a": 1.2})
+
+
+def test_holm_matches_its_closed_form_and_is_monotone() -> None:
+    rng = np.random.default_rng(11)
+    for m in (1, 2, 5, 17):
+        p = {f"h{i}": float(x) for i, x in enumerate(rng.uniform(0, 0.2, size=m))}
+        got = stats.holm(p)
+        assert got == pytest.approx(holm_closed_form(p))
+        order = sorted(p, key=p.get)
+        assert all(got[a] <= got[b] for a, b in itertools.pairwise(order))
+        assert all(p[k] <= got[k] <= 1 for k in p)
+
+
+def values_of(diffs: dict[str, dict[int, list[float]]], base: float = 0.5) -> dict[str, Any]:
+    """``{method: {budget: {seed: base + diff}}}`` from per-seed offsets."""
+    return {m: {b: {s: base + x for s, x in enumerate(d)} for b, d in by_b.items()}
+            for m, by_b in diffs.items()}
+
+
+#: zero mean, sample sd 1 over 10 seeds
+PATTERN = [(k - 4.5) / math.sqrt(55 / 6) for k in range(10)]
+
+
+def with_p(p: float, sd: float = 0.01) -> list[float]:
+    """10 differences whose paired t-test has two-sided p = ``p``: sample sd ``sd`` (PATTERN)
+    and mean t_{1-p/2, 9} sd / sqrt(10)."""
+    c = scipy.stats.t.isf(p / 2, 9) * sd / math.sqrt(10)
+    return [c + sd * z for z in PATTERN]
+
+
+def test_budget_values_are_the_penalty_input() -> None:
+    assert stats.budget_values(curve_rows(), "glioma", ["random", "maxherding"], [1, 3]) == {
+        "random": {1: {s: pytest.approx(0.52) for s in range(10)},
+                   3: {s: pytest.approx(0.56) for s in range(10)}},
+        "maxherding": {1: {s: pytest.approx(0.52 + 0.01 * (s + 1)) for s in range(10)},
+                       3: {s: pytest.approx(0.56 + 0.01 * (s + 1)) for s in range(10)}},
+    }
+
+
+def test_penalty_matrix_of_a_clear_winner_and_of_identical_methods() -> None:
+    noise = [0.001 * z for z in PATTERN]
+    budgets = (1, 2, 3, 5)
+    values = values_of({
+        "A": {b: [0.1 + e for e in noise] for b in budgets},
+        "B": {b: [0.0] * 10 for b in budgets},
+        "C": {b: [0.0] * 10 for b in budgets},  # identical to B
+    })
+    pen = stats.penalty_matrix(values)
+    assert pen.budgets == budgets and pen.methods == ("A", "B", "C")
+    assert pen.matrix == {"A": {"A": 0.0, "B": 1.0, "C": 1.0},
+                          "B": {"A": 0.0, "B": 0.0, "C": 0.0},
+                          "C": {"A": 0.0, "B": 0.0, "C": 0.0}}
+    assert pen.wins == {"A": 2.0, "B": 0.0, "C": 0.0}
+    assert pen.losses == {"A": 0.0, "B": 1.0, "C": 1.0}
+    bc = [t for t in pen.tests if (t.first, t.second) == ("B", "C")]
+    assert len(bc) == 4 and all(math.isnan(t.p) and t.n == 10 for t in bc)  # no test
+    ab = next(t for t in pen.tests if (t.first, t.second, t.budget) == ("A", "B", 3))
+    # t = 0.1 / (0.001 / sqrt(10)): p far below anything
+    assert ab.mean_diff == pytest.approx(0.1) and ab.p < 1e-10 and pen.n_range == (10, 10)
+    assert stats.penalty_matrix(values_of({"A": {1: [0.0] * 3}, "B": {1: [0.0] * 3}})).matrix == {
+        "A": {"A": 0.0, "B": 0.0}, "B": {"A": 0.0, "B": 0.0}
+    }
+
+
+def test_penalty_matrix_counts_budgets_and_direction() -> None:
+    sig = with_p(1e-4)
+    flat = [0.05 * z for z in PATTERN]  # mean 0: t = 0, p = 1
+    values = values_of({
+        "A": {1: [0.0] * 10, 2: [0.0] * 10, 3: [0.0] * 10, 4: [0.0] * 10},
+        "B": {1: [-x for x in sig], 2: [-x for x in sig], 3: flat, 4: sig},  # B wins at 4 only
+    })
+    pen = stats.penalty_matrix(values)
+    assert pen.matrix["A"]["B"] == 0.5 and pen.matrix["B"]["A"] == 0.25
+    t1 = next(t for t in pen.tests if t.budget == 1)
+    # m = 4: the three p = 1e-4 tie at 4 x 1e-4, the p = 1 stays 1
+    assert t1.p == pytest.approx(1e-4) and t1.p_adjusted == pytest.approx(4e-4)
+    t3 = next(t for t in pen.tests if t.budget == 3)
+    assert t3.p == pytest.approx(1.0) and t3.p_adjusted == pytest.approx(1.0)
+
+
+def test_holm_over_budgets_or_over_everything_or_not_at_all() -> None:
+    # A vs B: p = 0.02 at both budgets. C - B = 0.05 z: mean 0, p = 1; C - A = 0.04 z - mean of
+    # A - B: t = -t_{0.99, 9} / 4 = -0.7, p about 0.5
+    flat = [0.05 * z for z in PATTERN]
+    values = values_of({
+        "A": {1: with_p(0.02), 2: with_p(0.02)},
+        "B": {1: [0.0] * 10, 2: [0.0] * 10},
+        "C": {1: flat, 2: flat},
+    })
+    # per pair over its 2 budgets: 2 x 0.02 = 0.04 <= 0.05, both budgets count
+    assert stats.penalty_matrix(values).matrix["A"]["B"] == 1.0
+    # over the 3 pairs x 2 budgets: 6 x 0.02 = 0.12, nothing counts
+    everything = stats.penalty_matrix(values, family="all")
+    assert everything.matrix["A"]["B"] == 0.0
+    ab = [t.p_adjusted for t in everything.tests if (t.first, t.second) == ("A", "B")]
+    assert ab == [pytest.approx(0.12)] * 2
+    # 4 budgets at p = 0.03: uncorrected (BADGE) all count; Holm: 4 x 0.03 = 0.12, none
+    four = values_of({"A": {b: with_p(0.03) for b in range(4)},
+                      "B": {b: [0.0] * 10 for b in range(4)}})
+    assert stats.penalty_matrix(four, family="none").matrix["A"]["B"] == 1.0
+    assert stats.penalty_matrix(four).matrix["A"]["B"] == 0.0
+    assert stats.penalty_matrix(four, alpha=0.15).matrix["A"]["B"] == 1.0
+
+
+def test_penalty_matrix_with_the_wilcoxon_test() -> None:
+    ten = values_of({"A": {b: [0.01 * (s + 1) for s in range(10)] for b in (1, 2)},
+                     "B": {b: [0.0] * 10 for b in (1, 2)}})
+    pen = stats.penalty_matrix(ten, test="wilcoxon")
+    assert [t.p for t in pen.tests] == [pytest.approx(2 / 2**10)] * 2  # exact: all positive
+    assert pen.matrix["A"]["B"] == 1.0  # Holm: 2 x 2 / 1024 < 0.05
+    five = values_of({"A": {1: [0.01 * (s + 1) for s in range(5)]}, "B": {1: [0.0] * 5}})
+    # the smallest exact two-sided p of 5 pairs is 2 / 32 = 0.0625: never significant
+    assert stats.penalty_matrix(five, test="wilcoxon", family="none").matrix["A"]["B"] == 0.0
+    assert stats.penalty_matrix(five, family="none").matrix["A"]["B"] == 1.0  # the t-test can
+    same = stats.penalty_matrix(values_of({"A": {1: [0.1] * 6}, "B": {1: [0.1] * 6}}),
+                                test="wilcoxon")
+    assert same.matrix["A"]["B"] == 0.0 and math.isnan(same.tests[0].p)  # no test, no error
+    with pytest.raises(ValueError, match="test"):
+        stats.penalty_matrix(ten, test="sign")
+    with pytest.raises(ValueError, match="family"):
+        stats.penalty_matrix(ten, family="bonferroni")
+
+
+def test_penalty_matrices_of_settings_add_up() -> None:
+    noise = [0.001 * z for z in PATTERN]
+    one = stats.penalty_matrix(values_of({"A": {1: [0.1 + e for e in noise]},
+                                          "B": {1: [0.0] * 10}}))
+    other = stats.penalty_matrix(values_of({"A": {2: [0.1 + e for e in noise]},
+                                            "B": {2: [0.0] * 10}, "C": {2: [0.0] * 10}}))
+    both = stats.combine_penalties([one, other])
+    assert both.settings == 2 and both.methods == ("A", "B", "C") and both.budgets == (1, 2)
+    assert both.matrix["A"] == {"A": 0.0, "B": 2.0, "C": 1.0}
+    assert both.wins["A"] == 3.0 and both.losses["B"] == 2.0
+    with pytest.raises(ValueError, match="cannot sum"):
+        stats.combine_penalties([one, stats.penalty_matrix(values_of({"A": {1: [0.0] * 3}}),
+                                                           family="all")])
