@@ -363,3 +363,34 @@ def test_gap_table_gives_the_change_of_a_rules_lead_over_random_with_an_addition
         assert row["diff_mean"] == pytest.approx(-2.75)
         assert row["p"] == pytest.approx(2 / 2**10)  # every seed narrows: exact Wilcoxon
         assert row["ci_high"] < 0
+
+
+def test_penalty_matrix_of_the_constructed_power_run(named: None, tmp_path: Path) -> None:
+    """mmActS beats random by 0.01 (s + 1) and STDR by that + 0.02, random beats STDR by 0.02
+    at every budget (10 seeds): each winner gets 1 per loser (4 budgets x 1/4)."""
+    pen = power.task_penalty(constructed(), "glioma")
+    assert pen.methods == ("random", "stdr", "mmacts") and pen.budgets == (1, 2, 3, 5)
+    assert pen.matrix == {"random": {"random": 0.0, "stdr": 1.0, "mmacts": 0.0},
+                          "stdr": {"random": 0.0, "stdr": 0.0, "mmacts": 0.0},
+                          "mmacts": {"random": 1.0, "stdr": 1.0, "mmacts": 0.0}}
+    table = power.penalty_table(pen, "glioma")
+    md = table.markdown()
+    assert md.startswith("## Pairwise penalty matrix, glioma: Dice at 4 budgets, 3 methods\n")
+    assert "| Better ↓ than → | Random | STDR | mmActS | Wins (row sum) |" in md
+    assert "| mmActS | 1.00 | 1.00 | – | 2.00 |" in md
+    assert "| Losses (column sum) | 1.00 | 2.00 | 0.00 |  |" in md
+    assert "share of the 4 budgets (1, 2, 3, 5)" in md
+    assert "paired two-sided t-test of the per-seed differences over the 10 seeds" in md
+    assert "Holm-corrected over the 4 budgets of each pair, α = 0.05" in md
+    assert "3 methods: a row sum counts wins (at most 2)" in md and "had no test" not in md
+    power.write_power(constructed(), tmp_path)
+    assert (tmp_path / "power_penalty.md").read_text() == md
+    entries = (tmp_path / "power_penalty.csv").read_text().splitlines()
+    assert entries[0] == "task,method,compared_with,share_better"
+    assert "glioma,mmacts,stdr,1.0" in entries and len(entries) == 1 + 6
+    tests = (tmp_path / "power_penalty_tests.csv").read_text().splitlines()
+    assert len(tests) == 1 + 3 * 4 and tests[1].startswith("glioma,random,stdr,1,10,2.0")
+    bounds_only = [r for r in constructed() if r["run"] in ("lower", "upper")]
+    assert power.write_penalties(bounds_only, tmp_path / "none") == []
+    one = [r for r in constructed() if r["run"] in ("lower", "upper", "random")]
+    assert power.write_penalties(one, tmp_path / "one") == []  # one strategy: nothing to rank

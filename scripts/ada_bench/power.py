@@ -14,6 +14,9 @@ A run with additions (``X+add``, :mod:`ada_bench.names`) is compared with ``rand
 strategy and, in a second table, with ``X`` (the gain of the addition; also with ``X`` stripped of
 every addition when that is another run): the same paired summaries over seeds. For a bound
 (``upper+dgst`` vs ``upper``) the measure is the Dice with every pool case labelled.
+
+The pairwise penalty matrix of every task (:func:`penalty_table`, ``power_penalty.md``) ranks all
+strategies against each other over the budgets (:func:`ada_bench.stats.penalty_matrix`).
 """
 
 from __future__ import annotations
@@ -29,18 +32,23 @@ from ada_bench.markdown import format_p
 from ada_bench.names import compose_name, parse_run_name
 from ada_bench.results import budgetless, expand_curves, normalise
 from ada_bench.stats import (
+    ALPHA,
     BASELINE,
     ONE_OFF_BASELINE,
     Paired,
+    Penalty,
     bound_point,
+    budget_values,
     compare,
     compare_gap,
     curve_points,
     matched_baseline,
+    penalty_matrix,
     seed_values,
     source_of,
 )
 from ada_bench.tables import Table, display_name, present_methods, tasks_of
+from lightning_ada.io import write_text_atomic
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -337,11 +345,151 @@ def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path)
     return _save(fig, path)
 
 
+def task_penalty(
+    rows: Iterable[Mapping[str, Any]],
+    task: str,
+    budgets: Sequence[int] | None = None,
+    pair_by: str = "seed",
+    alpha: float = ALPHA,
+    test: str = "t",
+    family: str = "budgets",
+) -> Penalty:
+    """The pairwise penalty matrix (:func:`ada_bench.stats.penalty_matrix`) of every strategy of
+    ``task`` (the bounds left out, in table order) on the Dice at each budget, paired over seeds
+    (or ``(fold, seed)`` runs). ``budgets`` defaults to :func:`budgets_of`."""
+    rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
+    budgets = list(budgets or budgets_of(rows))
+    methods = [
+        m for m in present_methods([r for r in rows if r["task"] == task]) if not budgetless(m)
+    ]
+    return penalty_matrix(
+        budget_values(rows, task, methods, budgets, pair_by), budgets, alpha, test, family
+    )
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def penalty_table(pen: Penalty, task: str, pair_by: str = "seed") -> Table:
+    """A penalty matrix of one task as a table: row = the method that is better, column = the
+    one it beats; the wins (row sums) in the last column, the losses (column sums) in the last
+    row; the caption says how it was computed, from the matrix itself."""
+    methods, budgets = list(pen.methods), list(pen.budgets)
+    k, n_budgets = len(methods), len(budgets)
+    wins, losses = pen.wins, pen.losses
+    names = [display_name(m) for m in methods]
+    header = ["Better ↓ than →", *names, "Wins (row sum)"]
+    md = [
+        [name, *("–" if i == j else f"{pen.matrix[i][j]:.2f}" for j in methods),
+         f"{wins[i]:.2f}"]
+        for i, name in zip(methods, names)
+    ]
+    md.append(["Losses (column sum)", *(f"{losses[j]:.2f}" for j in methods), ""])
+    csv_rows = [
+        [task, i, j, pen.matrix[i][j]] for i in methods for j in methods if i != j
+    ]
+    _, units = _unit_words(pair_by)
+    unit = "seed" if pair_by == "seed" else "run"
+    lo, hi = pen.n_range
+    n_text = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    test = (
+        "paired two-sided t-test"
+        if pen.test == "t"
+        else "two-sided Wilcoxon signed-rank test (exact for small n)"
+    )
+    made = [t for t in pen.tests if not math.isnan(t.p)]
+    correction = {
+        "budgets": f"Holm-corrected over the {n_budgets} budgets of each pair",
+        "all": f"Holm-corrected over all {len(made)} tests of the task ({k * (k - 1) // 2} "
+        f"pairs x {n_budgets} budgets)",
+        "none": "not corrected for multiplicity",
+    }[pen.family]
+    untested = len(pen.tests) - len(made)
+    notes = [
+        f"P[row, column] = share of the {n_budgets} budgets ({', '.join(map(str, budgets))}) at "
+        f"which the row method has a significantly higher Dice than the column method (per "
+        f"{unit}: the mean over the test cases of the per-case mean over the task's regions).",
+        f"Test: {test} of the per-{unit} differences over the {n_text} {units} both methods "
+        f"have, {correction}, α = {pen.alpha:g}; each significant "
+        f"budget adds 1/{n_budgets} to the winner's row (the larger mean wins).",
+        f"{k} methods: a row sum counts wins (at most {k - 1}), a column sum losses (lower is "
+        "better; BADGE and nnActive rank by it). Methods are compared as they ran: budget "
+        "curves of sequential strategies and one-off strategies' runs per budget alike.",
+        "Definition: the pairwise penalty matrix of nnActive (Lüth et al., TMLR 2025) after "
+        "BADGE (Ash et al., ICLR 2020); scripts/ada_bench/stats.py penalty_matrix."
+        + (
+            f" {_count(untested, 'comparison')} had no test (fewer than 2 shared {units} or "
+            "identical values)."
+            if untested
+            else ""
+        ),
+    ]
+    return Table(
+        f"Pairwise penalty matrix, {task}: Dice at {_count(n_budgets, 'budget')}, "
+        f"{_count(k, 'method')}",
+        header,
+        md,
+        ["task", "method", "compared_with", "share_better"],
+        csv_rows,
+        notes,
+    )
+
+
+def penalty_tests_table(pen: Penalty, task: str) -> Table:
+    """Every paired test behind a penalty matrix (CSV: p, adjusted p, mean difference)."""
+    rows = [
+        [task, t.first, t.second, t.budget, t.n, 100 * t.mean_diff, t.p, t.p_adjusted,
+         int(t.p_adjusted <= pen.alpha)]
+        for t in pen.tests
+    ]
+    return Table(
+        f"Paired tests of the penalty matrix, {task}", [], [],
+        ["task", "method", "compared_with", "budget", "n", "diff_mean_points", "p",
+         "p_adjusted", "significant"],
+        rows,
+    )
+
+
+def write_penalties(
+    rows: Sequence[Mapping[str, Any]], out: str | Path, pair_by: str = "seed"
+) -> list[Path]:
+    """Write ``power_penalty.md`` (one matrix per task with at least two strategies),
+    ``power_penalty.csv`` (the entries) and ``power_penalty_tests.csv`` (every paired test)
+    into ``out``; nothing when no task has two strategies. Returns the paths written."""
+    out = Path(out)
+    rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
+    budgets = budgets_of(rows)
+    tables, tests = [], []
+    for task in tasks_of(rows) if budgets else []:
+        pen = task_penalty(rows, task, budgets, pair_by)
+        if len(pen.methods) < 2:
+            continue
+        tables.append(penalty_table(pen, task, pair_by))
+        tests.append(penalty_tests_table(pen, task))
+    if not tables:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "power_penalty.md": "\n".join(t.markdown() for t in tables),
+        "power_penalty.csv": Table(
+            "", [], [], tables[0].csv_header, [r for t in tables for r in t.csv_rows]
+        ).csv(),
+        "power_penalty_tests.csv": Table(
+            "", [], [], tests[0].csv_header, [r for t in tests for r in t.csv_rows]
+        ).csv(),
+    }
+    for name, text in texts.items():
+        write_text_atomic(out / name, text)
+    return [out / name for name in texts]
+
+
 def write_power(
     rows: Sequence[Mapping[str, Any]], out: str | Path, pair_by: str = "seed"
 ) -> tuple[Table, list[Path]]:
     """Write ``power.md`` / ``power.csv`` (the additions' gains, when there are any, appended to
-    ``power.md`` and in ``power_additions.csv``) and ``power_curve_<task>.png`` into ``out``.
+    ``power.md`` and in ``power_additions.csv``), ``power_curve_<task>.png`` and the penalty
+    matrices (:func:`write_penalties`: ``power_penalty.md``, its CSVs) into ``out``.
 
     Returns:
         The power table (its notes end with the additions' table in markdown, if any) and the
@@ -358,6 +506,7 @@ def write_power(
         gaps.write(out, "power_gaps")
         table.notes = [*table.notes, "", gaps.markdown()]
     table.write(out, "power")
+    write_penalties(rows, out, pair_by)
     figures = [
         p
         for task in tasks_of(rows)
