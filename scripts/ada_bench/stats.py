@@ -51,6 +51,7 @@ import numpy as np
 
 from ada_bench.results import budgetless, expand_curves, normalise
 
+# ---------------------------------------------------------------------------------- aggregation
 RunId = tuple[int, int]  # (fold, seed)
 CaseId = tuple[int, int, str]  # (fold, seed, case_id)
 
@@ -128,6 +129,22 @@ def per_run(
     return {k: statistics.fmean(v) for k, v in acc.items()}
 
 
+def per_seed_case(
+    rows: Sequence[Mapping[str, Any]], metric: str, regions: Sequence[str]
+) -> dict[tuple[int, str], float]:
+    """``{(seed, case_id): value}`` over ``rows`` (repeated draws of one key averaged): the
+    pairing unit of the group protocols (:mod:`ada_bench.centres`), whose folds are groups."""
+    acc: dict[tuple[int, str], list[float]] = {}
+    for r in rows:
+        for i, c in enumerate(r.get("per_case", [])):
+            v = case_value(c, metric, regions)
+            if not math.isnan(v):
+                acc.setdefault((int(r["seed"]), str(c.get("case_id", i))), []).append(v)
+    # numpy's mean, as the published centre tables were computed
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+# ---------------------------------------------------------------------------------- summaries
 @dataclass(frozen=True)
 class MeanStd:
     """Mean ± sample std over ``n`` values (std NaN when n < 2; all NaN when n = 0); written as
@@ -186,7 +203,6 @@ def wilcoxon_paired(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedTes
     return PairedTest(float(res.pvalue), len(d), float(res.statistic), mean_d, med_d)
 
 
-
 def mean_or_nan(values: Sequence[float]) -> float:
     """The mean of ``values`` (``statistics.fmean``), NaN when there are none."""
     return statistics.fmean(values) if values else math.nan
@@ -207,21 +223,6 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
         return math.nan, math.nan, math.nan
     q1, med, q3 = np.percentile(v, [25, 50, 75])
     return float(med), float(q1), float(q3)
-
-
-def per_seed_case(
-    rows: Sequence[Mapping[str, Any]], metric: str, regions: Sequence[str]
-) -> dict[tuple[int, str], float]:
-    """``{(seed, case_id): value}`` over ``rows`` (repeated draws of one key averaged): the
-    pairing unit of the group protocols (:mod:`ada_bench.centres`), whose folds are groups."""
-    acc: dict[tuple[int, str], list[float]] = {}
-    for r in rows:
-        for i, c in enumerate(r.get("per_case", [])):
-            v = case_value(c, metric, regions)
-            if not math.isnan(v):
-                acc.setdefault((int(r["seed"]), str(c.get("case_id", i))), []).append(v)
-    # numpy's mean, as the published centre tables were computed
-    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def paired_vs(
