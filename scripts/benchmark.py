@@ -64,7 +64,8 @@ with ``--power`` the budget curve of sequential runs), table1.md/.csv, table2.md
 ablation_schedule.md/.csv, budget_curve.md/.csv, all_runs.md/.csv, forgetting.md/.csv (runs that
 scored extra test splits: source test cases, other institutions), budget_curve_<task>.png,
 boxplot_<task>_b3.png, queried_<task>_*.png, summary.md (``--power``: power.md/.csv,
-power_curve_<task>.png); errors.jsonl for failed runs; jobs/ (one log per parallel job).
+power_curve_<task>.png, power_penalty.md/.csv: the pairwise penalty matrix of every task, and
+power_penalty_tests.csv); errors.jsonl for failed runs; jobs/ (one log per parallel job).
 
 ``--quick`` is the reduced protocol that fits in an hour on 2 CPU cores: fold 0, seeds 0 and 1,
 phantoms at 24^3 with 20 pool / 10 test cases, source training 24 epochs, target runs 12 epochs
@@ -84,7 +85,8 @@ harness), else each run's own file (``mmacts.yaml``, ``random.yaml``, ``upper_bo
 sequential strategy runs
 ONCE at the largest budget and is tested after each query's stride (its budget curve); a one-off
 strategy runs once per budget. Tables: every strategy vs random, per-seed paired differences of
-mean Dice at each budget and of the normalised AUBC, 95 % bootstrap CI, Wilcoxon p, MDD.
+mean Dice at each budget and of the normalised AUBC, 95 % bootstrap CI, Wilcoxon p, MDD
+(computed in scripts/ada_bench/stats.py).
 
 With ``--wandb`` every run is tracked by W&B (offline unless ``--wandb-mode online``), grouped by
 the benchmark id and tagged by task, run, strategy, budget, fold and seed; the tables and figures

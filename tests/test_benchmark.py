@@ -19,6 +19,7 @@ import pytest
 from ada_bench import stats, tables
 from ada_bench.folds import FoldScheme
 from ada_bench.loop import INTERRUPTED, BenchConfig, BenchmarkLoop, last_rows, run_lock
+from ada_bench.markdown import format_mean_std
 from ada_bench.plots import QueriedCase, box_plot, budget_curve, curve_series, queried_cases
 from ada_bench.protocol import plan, run_spec
 from ada_bench.results import append_row, normalise, read_rows, run_key
@@ -136,7 +137,7 @@ def test_aggregation_means_and_draws() -> None:
     assert runs[(0, 0)] == pytest.approx(0.9 - 0.01 * 3.5)  # mean of k + 1 = 1..6
     cases = stats.per_case(rnd, "dice_ET", REGIONS)
     assert len(cases) == 12 and cases[(0, 1, "glioma_test_000")] == pytest.approx(0.9 - 0.07)
-    assert stats.mean_std([1.0, 3.0]).fmt() == "2.00 ± 1.41"
+    assert format_mean_std(stats.mean_std([1.0, 3.0])) == "2.00 ± 1.41"
 
 
 def test_table1_means_bold_and_p_values(tmp_path: Path, named: None) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from ada_bench import power
+
+from ada_bench import power, stats
 from ada_bench.curve import labels_at
-from ada_bench.results import expand_curves, read_rows
+from ada_bench.results import expand_curves, normalise, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
@@ -60,9 +61,9 @@ def test_curve_rows_expand_into_one_row_per_budget() -> None:
     )
     # the curve replaces the run's final test (its budget-5 point is the curve's)
     assert rnd == [(b, True, 2 * b - 1) for b in range(1, 6)]
-    values = power.seed_values(rows, "glioma", "random")
+    values = stats.seed_values(rows, "glioma", "random")
     assert values[3] == pytest.approx({b: 0.5 + 0.02 * b for b in range(1, 6)})
-    assert power.seed_values(rows, "glioma", "upper")[0] == {None: pytest.approx(0.9)}
+    assert stats.seed_values(rows, "glioma", "upper")[0] == {None: pytest.approx(0.9)}
     # a run stopped before its last point keeps its final test for that budget
     short = expand_curves([{**constructed()[2], "curve": [{"labels": 1, "per_case": []}]}])
     assert [(r["budget"], r.get("from_curve", False)) for r in short] == [(1, True), (5, False)]
@@ -74,27 +75,27 @@ def test_labels_a_model_trained_with() -> None:
 
 
 def test_aubc_is_the_normalised_trapezoid() -> None:
-    assert power.aubc({1: 0.5, 2: 0.5, 3: 0.5, 5: 0.5}, [1, 2, 3, 5]) == pytest.approx(0.5)
+    assert stats.aubc({1: 0.5, 2: 0.5, 3: 0.5, 5: 0.5}, [1, 2, 3, 5]) == pytest.approx(0.5)
     # trapezoid: (0.1+0.2)/2 + (0.2+0.4)/2 + 2 * (0.4+0.6)/2 = 1.45, over a range of 4
-    assert power.aubc({1: 0.1, 2: 0.2, 3: 0.4, 5: 0.6}, [1, 2, 3, 5]) == pytest.approx(1.45 / 4)
-    assert math.isnan(power.aubc({1: 0.1, 2: 0.2}, [1, 2, 3]))
+    assert stats.aubc({1: 0.1, 2: 0.2, 3: 0.4, 5: 0.6}, [1, 2, 3, 5]) == pytest.approx(1.45 / 4)
+    assert math.isnan(stats.aubc({1: 0.1, 2: 0.2}, [1, 2, 3]))
 
 
 def test_paired_summary_known_answers() -> None:
     d = [float(k) for k in range(1, 11)]  # 1..10 points
-    res = power.paired(d)
+    res = stats.paired(d)
     sd = statistics.stdev(d)  # sqrt(55 / 6)
     assert (res.n, res.mean, res.sd) == (10, pytest.approx(5.5), pytest.approx(math.sqrt(55 / 6)))
     assert res.p == pytest.approx(2 / 2**10)  # exact: all ten differences positive
     assert res.mdd == pytest.approx((T975_9 + T80_9) * sd / math.sqrt(10), rel=1e-6)
     assert 1.0 <= res.ci_low < 5.5 < res.ci_high <= 10.0
     assert res.ci_high - res.ci_low < 9.0  # narrower than the range
-    same = power.paired([-2.0] * 10)
+    same = stats.paired([-2.0] * 10)
     assert (same.mean, same.ci_low, same.ci_high, same.sd, same.mdd) == (-2.0, -2.0, -2.0, 0.0, 0.0)
     assert same.p == pytest.approx(2 / 2**10)
-    zero = power.paired([0.0] * 4)
+    zero = stats.paired([0.0] * 4)
     assert zero.p == 1.0 and zero.mean == 0.0
-    one = power.paired([3.0])
+    one = stats.paired([3.0])
     assert one.n == 1 and math.isnan(one.ci_low) and math.isnan(one.mdd)
 
 
@@ -141,7 +142,7 @@ def test_power_table_on_constructed_results(named: None, tmp_path: Path) -> None
     assert "ONE sequential run" in md and "glioma Random" in md and "(t_{0.975,n−1}" in md
     # the figure: one band per strategy, drawn over 10 seeds
     assert [p.name for p in figures] == ["power_curve_glioma.png"]
-    pts = power.curve_points(constructed(), "glioma", "mmacts")
+    pts = stats.curve_points(constructed(), "glioma", "mmacts")
     assert [p[0] for p in pts] == [1, 2, 3, 4, 5] and pts[0][4] == 10
     assert pts[0][1] == pytest.approx(0.52 + 0.055) and pts[0][2] < pts[0][1] < pts[0][3]
 
@@ -192,7 +193,7 @@ def test_paired_over_runs_pairs_each_fold_of_each_seed(named: None) -> None:
     """Real data: folds are different test cases, so each (fold, seed) run is one pair (n = 6);
     pairing by seed would average the folds first (n = 2)."""
     rows = real_rows()
-    runs = power.seed_values(rows, "brats18", "ugtst", pair_by="run")
+    runs = stats.seed_values(rows, "brats18", "ugtst", pair_by="run")
     assert sorted(runs) == [(f, s) for f in range(3) for s in range(2)]
     assert runs[(2, 1)] == {3: pytest.approx(0.5 + 0.2 + 0.05)}
     table = power.power_table(rows, pair_by="run")
@@ -205,7 +206,7 @@ def test_paired_over_runs_pairs_each_fold_of_each_seed(named: None) -> None:
     by_seed = power.power_table(rows)
     assert {r[4] for r in by_seed.csv_rows} == {2}
     with pytest.raises(ValueError, match="pair_by"):
-        power.seed_values(rows, "brats18", "ugtst", pair_by="fold")
+        stats.seed_values(rows, "brats18", "ugtst", pair_by="fold")
 
 
 def test_the_one_off_baseline_is_used_by_schedule_and_only_where_it_ran(named: None) -> None:
@@ -220,12 +221,12 @@ def test_the_one_off_baseline_is_used_by_schedule_and_only_where_it_ran(named: N
     one_off = [{**r, "run": "random_one_off", "strategy": "random", "schedule": "one_off"}
                for r in rows if r["run"] == "random"]
     methods = ["random", "random_one_off", "ugtst", "maxherding"]
-    full = [power.normalise(r) for r in rows + maxh + one_off]
-    assert power.matched_baseline(full, "brats18", "ugtst", methods, pair_by="run") == (
+    full = [normalise(r) for r in rows + maxh + one_off]
+    assert stats.matched_baseline(full, "brats18", "ugtst", methods, pair_by="run") == (
         "random_one_off")
-    assert power.matched_baseline(full, "brats18", "maxherding", methods, pair_by="run") == "random"
-    partial = [power.normalise(r) for r in rows + maxh + one_off[:1]]  # one run of one-off random
-    assert power.matched_baseline(partial, "brats18", "ugtst", methods, pair_by="run") == "random"
+    assert stats.matched_baseline(full, "brats18", "maxherding", methods, pair_by="run") == "random"
+    partial = [normalise(r) for r in rows + maxh + one_off[:1]]  # one run of one-off random
+    assert stats.matched_baseline(partial, "brats18", "ugtst", methods, pair_by="run") == "random"
 
 
 def test_report_writes_the_paired_table_for_folds_and_seeds(named: None, tmp_path: Path) -> None:
@@ -362,3 +363,34 @@ def test_gap_table_gives_the_change_of_a_rules_lead_over_random_with_an_addition
         assert row["diff_mean"] == pytest.approx(-2.75)
         assert row["p"] == pytest.approx(2 / 2**10)  # every seed narrows: exact Wilcoxon
         assert row["ci_high"] < 0
+
+
+def test_penalty_matrix_of_the_constructed_power_run(named: None, tmp_path: Path) -> None:
+    """mmActS beats random by 0.01 (s + 1) and STDR by that + 0.02, random beats STDR by 0.02
+    at every budget (10 seeds): each winner gets 1 per loser (4 budgets x 1/4)."""
+    pen = power.task_penalty(constructed(), "glioma")
+    assert pen.methods == ("random", "stdr", "mmacts") and pen.budgets == (1, 2, 3, 5)
+    assert pen.matrix == {"random": {"random": 0.0, "stdr": 1.0, "mmacts": 0.0},
+                          "stdr": {"random": 0.0, "stdr": 0.0, "mmacts": 0.0},
+                          "mmacts": {"random": 1.0, "stdr": 1.0, "mmacts": 0.0}}
+    table = power.penalty_table(pen, "glioma")
+    md = table.markdown()
+    assert md.startswith("## Pairwise penalty matrix, glioma: Dice at 4 budgets, 3 methods\n")
+    assert "| Better ↓ than → | Random | STDR | mmActS | Wins (row sum) |" in md
+    assert "| mmActS | 1.00 | 1.00 | – | 2.00 |" in md
+    assert "| Losses (column sum) | 1.00 | 2.00 | 0.00 |  |" in md
+    assert "share of the 4 budgets (1, 2, 3, 5)" in md
+    assert "paired two-sided t-test of the per-seed differences over the 10 seeds" in md
+    assert "Holm-corrected over the 4 budgets of each pair, α = 0.05" in md
+    assert "3 methods: a row sum counts wins (at most 2)" in md and "had no test" not in md
+    power.write_power(constructed(), tmp_path)
+    assert (tmp_path / "power_penalty.md").read_text() == md
+    entries = (tmp_path / "power_penalty.csv").read_text().splitlines()
+    assert entries[0] == "task,method,compared_with,share_better"
+    assert "glioma,mmacts,stdr,1.0" in entries and len(entries) == 1 + 6
+    tests = (tmp_path / "power_penalty_tests.csv").read_text().splitlines()
+    assert len(tests) == 1 + 3 * 4 and tests[1].startswith("glioma,random,stdr,1,10,2.0")
+    bounds_only = [r for r in constructed() if r["run"] in ("lower", "upper")]
+    assert power.write_penalties(bounds_only, tmp_path / "none") == []
+    one = [r for r in constructed() if r["run"] in ("lower", "upper", "random")]
+    assert power.write_penalties(one, tmp_path / "one") == []  # one strategy: nothing to rank

@@ -18,8 +18,8 @@ curve's point at that label count, per centre and seed.
 Tables (:func:`group_table`): per group, method and budget, the median and inter-quartile range
 of the per-case DSC (mean over the task's regions) and HD95 (mm), and the paired comparison with
 the group's upper bound over the same test cases (seed, case): mean difference with its 95 %
-bootstrap CI (BCa, :func:`ada_bench.power.bootstrap_ci`) and the two-sided Wilcoxon signed-rank p
-(:func:`ada_bench.stats.wilcoxon_paired`).
+bootstrap CI (BCa, :func:`ada_bench.stats.bootstrap_ci`) and the two-sided Wilcoxon signed-rank p
+(:func:`ada_bench.stats.wilcoxon_paired`), both computed in :func:`ada_bench.stats.paired_vs`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ada_bench.loop import BenchConfig, BenchmarkLoop, LoopReport, Runner
+from ada_bench.markdown import format_p
 from ada_bench.results import BUDGETLESS, expand_curves, normalise
 from ada_bench.runner import compose
-from ada_bench.stats import case_value, format_p, wilcoxon_paired
+from ada_bench.stats import paired_vs, per_seed_case, quartiles
 from ada_bench.tables import Table, display_name, regions_of, table_order
 from ada_bench.tasks import Fold, PhantomTask, base_files
 
@@ -228,14 +227,6 @@ def centre_groups(
 
 
 # ---------------------------------------------------------------------------------- tables
-def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    v = np.asarray([x for x in values if not math.isnan(x)], float)
-    if v.size == 0:
-        return math.nan, math.nan, math.nan
-    q1, med, q3 = np.percentile(v, [25, 50, 75])
-    return float(med), float(q1), float(q3)
-
-
 def _fmt_iqr(med: float, q1: float, q3: float, scale: float = 1.0, digits: int = 1) -> str:
     if math.isnan(med):
         return "–"
@@ -248,19 +239,6 @@ def _fmt_ci(mean: float, lo: float, hi: float, scale: float = 1.0, digits: int =
     if math.isnan(lo):
         return f"{mean * scale:+.{digits}f}"
     return f"{mean * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]"
-
-
-def case_values(
-    rows: Sequence[Mapping[str, Any]], metric: str, regions: Sequence[str]
-) -> dict[tuple[int, str], float]:
-    """``{(seed, case_id): value}`` over ``rows`` (repeated draws of one key averaged)."""
-    acc: dict[tuple[int, str], list[float]] = {}
-    for r in rows:
-        for i, c in enumerate(r.get("per_case", [])):
-            v = case_value(c, metric, regions)
-            if not math.isnan(v):
-                acc.setdefault((int(r["seed"]), str(c.get("case_id", i))), []).append(v)
-    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def expanded(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -285,24 +263,6 @@ def select_budget(
         elif r["budget"] == budget:
             out.append(r)
     return out
-
-
-def _bootstrap_ci(values: Sequence[float]) -> tuple[float, float]:
-    from ada_bench.power import bootstrap_ci
-
-    return bootstrap_ci(values)
-
-
-def paired_vs(
-    a: Mapping[tuple[int, str], float], b: Mapping[tuple[int, str], float]
-) -> tuple[int, float, float, float, float]:
-    """(n pairs, mean of a - b, CI low, CI high, Wilcoxon p) over the keys both have."""
-    keys = sorted(a.keys() & b.keys())
-    d = [a[k] - b[k] for k in keys]
-    if not d:
-        return 0, math.nan, math.nan, math.nan, math.nan
-    lo, hi = _bootstrap_ci(d)
-    return len(d), float(np.mean(d)), lo, hi, wilcoxon_paired(a, b).p
 
 
 def group_table(
@@ -342,15 +302,15 @@ def group_table(
     cells, numbers = [], []
     for fold, gname in enumerate(groups):
         upper = select_budget(norm, fold, "upper", None)
-        up = {m: case_values(upper, f"{m}_mean", regions) for m in ("dice", "hd95")}
+        up = {m: per_seed_case(upper, f"{m}_mean", regions) for m in ("dice", "hd95")}
         for method in methods:
             for budget in ([None] if method in BUDGETLESS else budgets):
                 sel = select_budget(norm, fold, method, budget)
                 if not sel:
                     continue
-                dsc = case_values(sel, "dice_mean", regions)
-                hd = case_values(sel, "hd95_mean", regions)
-                dq, hq = _quartiles(list(dsc.values())), _quartiles(list(hd.values()))
+                dsc = per_seed_case(sel, "dice_mean", regions)
+                hd = per_seed_case(sel, "hd95_mean", regions)
+                dq, hq = quartiles(list(dsc.values())), quartiles(list(hd.values()))
                 labels = sorted({int(r["labels"]) for r in sel if r.get("labels") is not None})
                 lab = "/".join(map(str, labels)) if labels else "–"
                 shown = "upper" if method == "upper" else (

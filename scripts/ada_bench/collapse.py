@@ -23,7 +23,6 @@ see whether a regularised recipe (``random+dgst``) collapses less than plain fin
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any
 
 from ada_bench.forgetting import SPLIT_DISPLAY, extra_splits
 from ada_bench.results import budgetless, normalise
-from ada_bench.stats import case_value
+from ada_bench.stats import case_value, mean_or_nan
 from ada_bench.tables import Table, display_name, regions_of, table_order, tasks_of
 
 #: a case collapses in a run when its Dice falls by at least this many points below the source
@@ -114,10 +113,6 @@ def run_changes(
     return out
 
 
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
 def _fmt(x: float) -> str:
     return "–" if math.isnan(x) else f"{x:+.2f}"
 
@@ -143,8 +138,8 @@ def pool_case_table(rows: Iterable[Mapping[str, Any]], split: str) -> Table:
             with_ = [c for c in mine if case in c.labelled]
             units = {(c.fold, c.seed) for c in with_}
             without = [c for c in mine if (c.fold, c.seed) in units and case not in c.labelled]
-            cw = _mean([d for c in with_ for d in c.changes.values()])
-            co = _mean([d for c in without for d in c.changes.values()])
+            cw = mean_or_nan([d for c in with_ for d in c.changes.values()])
+            co = mean_or_nan([d for c in without for d in c.changes.values()])
             collapses = (
                 sum(len(c.collapsed) for c in with_), sum(len(c.collapsed) for c in without)
             )
@@ -199,9 +194,9 @@ def collapse_table(rows: Iterable[Mapping[str, Any]], splits: Sequence[str]) -> 
                 k = sum(len(c.collapsed) for c in mine)
                 md.append([
                     task, display_name(method), SPLIT_DISPLAY.get(split, split), str(len(mine)),
-                    _fmt(_mean(d)), _fmt(min(d)), f"{k} of {len(d)}",
+                    _fmt(mean_or_nan(d)), _fmt(min(d)), f"{k} of {len(d)}",
                 ])
-                csv_rows.append([task, method, split, len(mine), _mean(d), min(d), k, len(d)])
+                csv_rows.append([task, method, split, len(mine), mean_or_nan(d), min(d), k, len(d)])
     return Table(
         "Collapses per method: out-of-pool cases whose Dice fell >= "
         f"{COLLAPSE_POINTS:g} points below the source model's",

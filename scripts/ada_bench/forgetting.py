@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ada_bench.markdown import format_mean_std
 from ada_bench.results import normalise
-from ada_bench.stats import MeanStd, mean_std, per_run
+from ada_bench.stats import MeanStd, mean_std, mean_std_of_differences, per_run
 from ada_bench.tables import Table, display_name, is_bound, present_methods, regions_of, tasks_of
 
 #: the splits in this order first (the source domain, then other institutions), others after
@@ -40,12 +41,6 @@ def on_split(rows: Iterable[Mapping[str, Any]], split: str) -> list[dict[str, An
         if part:
             out.append({**r, "test": part.get("test", {}), "per_case": part.get("per_case", [])})
     return out
-
-
-def _delta(mine: Mapping[Any, float], lower: Mapping[Any, float]) -> MeanStd:
-    """Mean ± std over the runs (fold, seed) both have of ``mine - lower``."""
-    keys = sorted(mine.keys() & lower.keys())
-    return mean_std([mine[k] - lower[k] for k in keys])
 
 
 def forgetting_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -> Table:
@@ -85,8 +80,12 @@ def forgetting_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean
                 row: list[Any] = [task, method, labels]
                 for s in splits:
                     v = mean_std(values[s].values())
-                    d = _delta(values[s], lower[s]) if method != "lower" else MeanStd(0.0, 0.0, 0)
-                    md += [v.fmt(100), "–" if method == "lower" else _signed(d)]
+                    d = (
+                        mean_std_of_differences(values[s], lower[s])
+                        if method != "lower"
+                        else MeanStd(0.0, 0.0, 0)
+                    )
+                    md += [format_mean_std(v, 100), "–" if method == "lower" else _signed(d)]
                     row += [v.mean * 100, v.std * 100, d.mean * 100, d.std * 100, v.n]
                 md_rows.append(md)
                 csv_rows.append(row)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ada_bench.centres import Group, expanded
+from ada_bench.markdown import format_mean_std
 from ada_bench.results import BUDGETLESS
 from ada_bench.stats import case_value, mean_std
 from ada_bench.tables import Table, display_name, regions_of, table_order
@@ -118,9 +119,10 @@ def open_set_table(rows: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> 
                 label = "–" if budget is None else str(budget)
                 cells.append([
                     f"{share} %", "yes" if filtered else "no", display_name(method), label,
-                    str(len(runs)), pur.fmt(100, 1) if method not in BUDGETLESS else "–",
+                    str(len(runs)),
+                    format_mean_std(pur, 100, 1) if method not in BUDGETLESS else "–",
                     f"{n_ood} / {n_q}" if method not in BUDGETLESS else "–", kind_text,
-                    dice.fmt(100, 1),
+                    format_mean_std(dice, 100, 1),
                 ])
                 numbers.append([
                     int(share), int(filtered), method, label, len(runs), pur.mean, pur.std,

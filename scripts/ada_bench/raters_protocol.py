@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ada_bench.centres import Group, _fmt_iqr, _quartiles, case_values
+from ada_bench.centres import Group, _fmt_iqr
 from ada_bench.curve import StrideSnapshots
 from ada_bench.runner import run_experiment
+from ada_bench.stats import per_seed_case, quartiles
 
 #: boundary deviation (mm) a rater would not revise (about one voxel of the 24^3 phantom)
 TOLERANCE_MM = 8.0
@@ -184,15 +185,15 @@ def revision_columns(
               "revision surf. WT median [IQR]", "ceiling: WT DSC vs other raters %"]
 
     def extra(sel: list[dict[str, Any]], regions: list[str]) -> dict[str, str]:
-        wt = case_values(sel, "dice_WT", [])
-        vol = case_values(sel, f"revision_volume_{WHOLE}", [])
-        surf = case_values(sel, f"revision_surface_{WHOLE}", [])
+        wt = per_seed_case(sel, "dice_WT", [])
+        vol = per_seed_case(sel, f"revision_volume_{WHOLE}", [])
+        surf = per_seed_case(sel, f"revision_surface_{WHOLE}", [])
         rater = group_of.get(sel[0]["fold"], "") if sel else ""
         c = ceiling.get("per_rater", {}).get(rater, math.nan)
         return {
-            header[0]: _fmt_iqr(*_quartiles(list(wt.values())), scale=100),
-            header[1]: _fmt_iqr(*_quartiles(list(vol.values())), digits=2),
-            header[2]: _fmt_iqr(*_quartiles(list(surf.values())), digits=2),
+            header[0]: _fmt_iqr(*quartiles(list(wt.values())), scale=100),
+            header[1]: _fmt_iqr(*quartiles(list(vol.values())), digits=2),
+            header[2]: _fmt_iqr(*quartiles(list(surf.values())), digits=2),
             header[3]: "–" if math.isnan(c) else f"{100 * c:.1f}",
         }
 

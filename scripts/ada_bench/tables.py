@@ -17,17 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ada_bench.markdown import markdown_table
+from ada_bench.markdown import format_mean_std, format_p, markdown_table
 from ada_bench.names import bound_of, budgetless, parse_run_name, split_top_level
 from ada_bench.results import normalise
-from ada_bench.stats import (
-    MeanStd,
-    format_p,
-    mean_std,
-    per_case,
-    per_run,
-    wilcoxon_paired,
-)
+from ada_bench.stats import MeanStd, mean_std, per_case, per_run, wilcoxon_paired
 from lightning_ada.io import write_text_atomic
 
 #: regions in the order of the paper's tables
@@ -328,7 +321,7 @@ def comparison_table(
         for task, metric, _ in columns:
             s = stats[(task, metric)]
             scale = 1.0 if metric.split("_")[0] in LOWER_IS_BETTER else 100.0
-            text = s.fmt(scale)
+            text = format_mean_std(s, scale)
             is_best = (
                 not all(is_bound(m) for m in e.methods)
                 and (task, metric) in best
@@ -520,9 +513,9 @@ def budget_table(rows: Iterable[Mapping[str, Any]], metric: str = "dice_mean") -
             if not any(v.n for v in vals):
                 continue
             md_rows.append(
-                [task, display_name(m), lower.fmt(100)]
-                + [v.fmt(100) for v in vals]
-                + [upper.fmt(100)]
+                [task, display_name(m), format_mean_std(lower, 100)]
+                + [format_mean_std(v, 100) for v in vals]
+                + [format_mean_std(upper, 100)]
             )
             row: list[Any] = [task, m, lower.mean * 100, lower.std * 100]
             for v in vals:
@@ -583,12 +576,12 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
                 if t == task
                 else MeanStd(math.nan, math.nan, 0)
             )
-            md.append(s.fmt(100))
+            md.append(format_mean_std(s, 100))
             row.append(s.mean * 100)
         for m in metric_names:
             s = mean_std(per_run(sel, m, regions).values())
             scale = 100.0 if m.split("_")[0] in ("dice", "iou") else 1.0
-            md.append(s.fmt(scale))
+            md.append(format_mean_std(s, scale))
             row.append(s.mean * scale)
         ref = [
             r
