@@ -109,6 +109,7 @@ from ada_bench.publish import fill_readme, publish, record_end, record_start
 from ada_bench.report import write_report
 from ada_bench.results import read_rows
 from ada_bench.runner import parse_overrides
+from ada_bench.seeds import check_seeds, seed_ranges
 from ada_bench.tasks import BenchTask, ConfigTask, PhantomTask
 from ada_bench.wandb_io import WandbSettings
 
@@ -127,7 +128,7 @@ QUICK = {
 }
 #: the power profile of ``--power`` (module doc)
 POWER = {
-    "seeds": list(range(10)),
+    "seeds": "evaluation",  # configs/power/seeds.yaml (scripts/ada_bench/seeds.py)
     "n_test": 50,
     "budgets": [1, 2, 3, 5],
     "config_dir": "configs/power/{task}",
@@ -374,7 +375,9 @@ def build_config(
             specs[task] = ConfigTask(
                 task, args.real_config_dir, args.real_root, tuple(args.real_configs)
             )
-    seeds = args.seeds or (POWER["seeds"] if power else [0, 1] if quick else [0, 1, 2])
+    seeds = args.seeds or (seed_ranges()["evaluation"] if power else [0, 1] if quick else [0, 1, 2])
+    if power:
+        check_seeds(seeds, "evaluation")  # never the seeds the recipe was calibrated on
     n_folds = min(specs[t].n_folds for t in tasks)
     folds = args.folds or ([0] if quick or power else list(range(n_folds)))
     ablations = args.ablations if args.ablations is not None else (
