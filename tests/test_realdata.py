@@ -107,8 +107,8 @@ def test_preprocess_real_cases_and_cache(cache_dir: Path, monkeypatch: pytest.Mo
         ]
     coarser = ActiveDataModule(pixdim=[5.0, 5.0, 5.0], crop_foreground=True, divisible_by=4)
     item_paths = dm.case(TEST).to_item()
-    assert CacheKey(coarser._preprocessing_settings())(item_paths) != CacheKey(
-        dm._preprocessing_settings()
+    assert CacheKey(coarser.preprocessing_settings())(item_paths) != CacheKey(
+        dm.preprocessing_settings()
     )(item_paths)
 
 

@@ -26,7 +26,7 @@ from lightning_ada.data import splits as split_rules
 from lightning_ada.data.epochs import LabeledEpoch, PreparingLoader, seed_worker
 from lightning_ada.data.pool_state import PoolState
 from lightning_ada.data.pools import ActivePool
-from lightning_ada.data.preprocessed import PreprocessedCases
+from lightning_ada.data.preprocessed import PreprocessedCases, cache_settings
 from lightning_ada.data.pseudo_set import PseudoLabel, PseudoLabelSet
 from lightning_ada.data.roots import CaseRoot, read_roots
 from lightning_ada.data.transforms import training_augmentation
@@ -324,7 +324,15 @@ class ActiveDataModule(L.LightningDataModule):
         return out
 
     # ------------------------------------------------------------------ items
-    def _preprocessed(self) -> PreprocessedCases:
+    def preprocessing_settings(self) -> dict[str, Any]:
+        """What the preprocessed cases depend on besides their files (the disk cache's key)."""
+        hp = self.hparams
+        return cache_settings(list(hp.labels.values()), list(hp.modalities), hp.pixdim,
+                              hp.crop_foreground, hp.divisible_by)
+
+    @property
+    def preprocessed(self) -> PreprocessedCases:
+        """The preprocessed cases (after :meth:`setup`)."""
         if self._data is None:
             raise RuntimeError("call setup() first")
         return self._data
@@ -335,7 +343,7 @@ class ActiveDataModule(L.LightningDataModule):
 
     def item(self, case_id: str) -> dict[str, Any]:
         """The preprocessed item of a case: ``image`` ``(C, H, W, D)``, ``label`` ``(1, H, W, D)``."""
-        return self._only_input(self._preprocessed().item(case_id))
+        return self._only_input(self.preprocessed.item(case_id))
 
     def _only_input(self, item: dict[str, Any], modality: str | None = None) -> dict[str, Any]:
         """Zero every channel but ``modality`` (or the ``modality:<name>`` of ``train_input``)."""
@@ -356,7 +364,7 @@ class ActiveDataModule(L.LightningDataModule):
     def training_item(self, case_id: str) -> dict[str, Any]:
         """Image with the delivered annotation (which may differ from the reference mask)."""
         annotation = self.train_pool.annotation(case_id)
-        item = self._preprocessed().with_label(case_id, annotation.label_path)
+        item = self.preprocessed.with_label(case_id, annotation.label_path)
         dominant = self.hparams.train_input == "dominant_only"
         return self._only_input(item, annotation.modality if dominant else None)
 
@@ -384,7 +392,7 @@ class ActiveDataModule(L.LightningDataModule):
         Returns a MetaTensor carrying the original affine, with on-disk label values
         (:func:`~lightning_ada.data.transforms.invert_prediction`).
         """
-        return self._preprocessed().invert(prediction, case_id)
+        return self.preprocessed.invert(prediction, case_id)
 
     # ------------------------------------------------------------------ loaders
     def epoch_seed(self) -> int:

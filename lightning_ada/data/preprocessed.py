@@ -22,6 +22,21 @@ from lightning_ada.data.validation import validate_label_file
 from lightning_ada.errors import DataError
 
 
+def cache_settings(
+    label_values: Sequence[int],
+    modalities: Sequence[str],
+    pixdim: Sequence[float] | None = None,
+    crop_foreground: bool = False,
+    divisible_by: int = 8,
+) -> dict[str, Any]:
+    """Everything the preprocessed output of a case depends on besides its files (the disk
+    cache's key, JSON-friendly): the chain's settings and the modalities."""
+    settings = dict(pixdim=pixdim, crop_foreground=crop_foreground, divisible_by=divisible_by)
+    return preprocessing_settings(list(label_values), with_label=True, **settings) | {
+        "modalities": list(modalities)
+    }
+
+
 class PreprocessedCases:
     """Preprocessed items ``{"image": (C, H, W, D), "label": (1, H, W, D), ...}`` by case id.
 
@@ -64,8 +79,8 @@ class PreprocessedCases:
         settings = dict(pixdim=pixdim, crop_foreground=crop_foreground, divisible_by=divisible_by)
         # one instance: MONAI inverts only with the very transform objects that were applied
         self.transform = preprocessing(self.label_values, with_label=True, **settings)
-        key = preprocessing_settings(self.label_values, with_label=True, **settings)
-        key |= {"modalities": list(modalities)}
+        #: what the preprocessed output depends on (:func:`cache_settings`)
+        self.settings = cache_settings(self.label_values, modalities, **settings)
         try:
             if cache_dir is None:
                 self.cache = CacheDataset(items, self.transform, progress=False, num_workers=0)
@@ -73,7 +88,7 @@ class PreprocessedCases:
                 # cached MetaTensors keep their applied_operations with the instance ids reset
                 # (reset_ops_id), so Invertd accepts them with ``self.transform``
                 on_disk = PersistentDataset(
-                    items, self.transform, cache_dir=cache_dir, hash_func=CacheKey(key),
+                    items, self.transform, cache_dir=cache_dir, hash_func=CacheKey(self.settings),
                     track_meta=True,
                 )
                 with cache_safe_globals():
