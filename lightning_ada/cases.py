@@ -13,6 +13,11 @@ from typing import Any
 
 from lightning_ada.errors import DataError
 
+#: the label value of a voxel nobody annotated (a partial label: slices, a box, scribbles), in
+#: delivered label files and, unchanged by preprocessing, in the network's class-index labels,
+#: where training ignores it
+NOT_ANNOTATED = 255
+
 
 @dataclass(frozen=True)
 class Case:

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "phantom": {"errors", "cases", "io"},
     "augment": {"errors", "io"},
     "data": {"errors", "cases", "io", "phantom", "augment"},
-    "models": {"errors", "io", "weights", "metrics"},
+    "models": {"errors", "cases", "io", "weights", "metrics"},
     "run": {"errors", "io", "weights"},
     "active": {"errors", "cases", "io", "weights", "metrics", "phantom", "data", "models", "run"},
     "cli": {"errors", "cases", "io", "weights", "runtime", "data", "models", "run", "active"},

@@ -11,13 +11,15 @@ from jsonargparse import lazy_instance
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_ada.active.cost import AnnotationTime, mean_case_voxels, query_cost
 from lightning_ada.active.open_set_filter import PrototypeFilter
 from lightning_ada.active.oracles import ORACLES, Oracle, Request
-from lightning_ada.active.preview import save_preview
+from lightning_ada.active.preview import save_preview, save_region_preview
 from lightning_ada.active.query_round import Election, ask_oracle, query_context, query_round
 from lightning_ada.active.self_training import SelfTraining
-from lightning_ada.active.strategies import RunInfo, Strategy
+from lightning_ada.active.strategies import REGISTRY, RunInfo, Strategy
 from lightning_ada.active.strategies.random import RandomStrategy
+from lightning_ada.active.units import UNITS, AnnotationUnit, Region
 from lightning_ada.data.pool_view import PoolView
 from lightning_ada.errors import AnnotationPending, ConfigError
 from lightning_ada.io import write_json_atomic, write_mask
@@ -36,6 +38,10 @@ from lightning_ada.weights import read_checkpoint
 
 #: the oracle of a run that names none: the registered ``simulated`` oracle (stored masks)
 DEFAULT_ORACLE = "simulated"
+#: the unit of a run that names none: the whole case
+DEFAULT_UNIT = "case"
+#: spent budget below this is the budget spent (float sums of scan equivalents)
+EPS = 1e-9
 
 
 class ActiveQueryCallback(L.Callback):
@@ -56,7 +62,9 @@ class ActiveQueryCallback(L.Callback):
     checkpoint asks again and continues once the label is delivered.
 
     Args:
-        budget: number of cases to label (0 disables querying, e.g. for source training).
+        budget: how much to annotate (0 disables querying, e.g. for source training): cases
+            with the ``case`` unit; whole-scan equivalents (annotated voxels / the mean voxels
+            of a pool case) with a sub-volume unit, one scan's worth per query round.
         stride: epochs between two queries (default 5 when neither ``stride`` nor
             ``stride_steps`` is given).
         stride_steps: optimiser steps between two queries instead (a query after every
@@ -86,6 +94,13 @@ class ActiveQueryCallback(L.Callback):
             labels (:class:`~lightning_ada.active.self_training.SelfTraining`,
             ``--active.self_training SelfTraining``, options ``--active.self_training.ratio``
             ...); None (default): train on the labeled cases only.
+        unit: what one query asks for (:mod:`lightning_ada.active.units`): ``case`` (the whole
+            case, the default), ``slices`` (options ``k``, ``axis``, ``modality_axes``) or
+            ``patch`` (option ``size``), as a short name or ``class_path``; a sub-volume unit
+            needs a strategy that ranks regions.
+        annotation_time: the annotation-time model recorded with every query's cost
+            (:class:`~lightning_ada.active.cost.AnnotationTime`; its defaults are assumptions);
+            None: no time recorded.
     """
 
     def __init__(
@@ -102,6 +117,8 @@ class ActiveQueryCallback(L.Callback):
         run_dir: str | None = None,
         open_set_filter: PrototypeFilter | None = None,
         self_training: SelfTraining | None = None,
+        unit: AnnotationUnit = lazy_instance(UNITS[DEFAULT_UNIT]),
+        annotation_time: AnnotationTime | None = None,
     ) -> None:
         if budget < 0:
             raise ValueError(f"active.budget must be >= 0, got {budget}")
@@ -124,6 +141,11 @@ class ActiveQueryCallback(L.Callback):
         self.run_dir = run_dir
         self.open_set_filter = open_set_filter
         self.self_training = self_training
+        self.unit = unit
+        self.annotation_time = annotation_time
+        #: whole-scan equivalents spent (sub-volume units; the case unit counts ``n_queried``)
+        self.spent = 0.0
+        self._scan_voxels = 1.0  # voxels of one whole-scan equivalent (set at setup)
         self.refused: list[str] = []
         self.restart_schedule = restart_schedule_each_round
         self.n_queried = 0
@@ -143,8 +165,9 @@ class ActiveQueryCallback(L.Callback):
         self.prepare(trainer, pl_module)
         available = len(self._pool().ids("pool"))
         if self.budget > available:
+            what = "" if self.unit.budget_in == "cases" else " (whole-scan equivalents)"
             raise ConfigError(
-                f"active.budget={self.budget} exceeds the target pool ({available} cases)"
+                f"active.budget={self.budget}{what} exceeds the target pool ({available} cases)"
             )
         if self.stride_steps is not None:
             check_step_schedule(trainer, self.budget, self.stride_steps, self.strategy.schedule)
@@ -184,6 +207,15 @@ class ActiveQueryCallback(L.Callback):
                 f"(it offers {sorted(offered)}; 'features' needs net: dynunet, 'source' a source split)"
             )
         self._with_features = "features" in offered
+        if self.unit.name not in self.strategy.units:
+            region_rules = sorted(n for n, c in REGISTRY.items() if self.unit.name in c.units)
+            raise ConfigError(
+                f"strategy {self.strategy.name!r} ranks {', '.join(sorted(self.strategy.units))} "
+                f"queries, not the {self.unit.name!r} unit; with --active.unit {self.unit.name} "
+                f"use one of: {', '.join(region_rules) or 'none registered'}"
+            )
+        pool = self.pool
+        self._scan_voxels = mean_case_voxels(tuple(pool.image(c).shape[1:]) for c in pool.ids("pool"))
         if self.strategy.source_callback is not None:
             self._load_source_artifacts(pl_module)
         self.oracle.configure(self._run_dir(trainer), self.pool)
@@ -204,12 +236,26 @@ class ActiveQueryCallback(L.Callback):
             raise RuntimeError("ActiveQueryCallback used before setup")
         return self.pool
 
+    @property
+    def by_scans(self) -> bool:
+        """The budget counts whole-scan equivalents (a sub-volume unit), not cases."""
+        return self.unit.budget_in == "scans"
+
+    def remaining(self) -> float:
+        """Budget left: cases (the case unit) or whole-scan equivalents."""
+        return self.budget - (self.spent if self.by_scans else self.n_queried)
+
+    def _region_context(self) -> bool:
+        """Whether rounds rank regions (a region rule), not whole cases (a case strategy)."""
+        return self.strategy.region_level
+
     def run_definition(self) -> dict[str, Any]:
         """This callback's entries of the run definition (:mod:`lightning_ada.run.definition`):
         the strategy's name, the budget and the self-training option."""
         st = self.self_training
         return {
             "strategy": self.strategy.name or type(self.strategy).__name__,
+            "unit": self.unit.describe(),
             "budget": int(self.budget),
             "self_training": None if st is None else repr(st),
         }
@@ -264,7 +310,7 @@ class ActiveQueryCallback(L.Callback):
         step = trainer.global_step
         if step == 0 or step % self.stride_steps or step == self.last_query_step:
             return  # not due, or a batch that accumulated gradients without a step
-        if self.n_queried >= self.budget or trainer.should_stop:
+        if self.remaining() <= EPS or trainer.should_stop:
             return
         if self._steps_in_run is None:
             self._steps_in_run = steps_in_run(trainer)
@@ -279,7 +325,7 @@ class ActiveQueryCallback(L.Callback):
         if (
             due
             and self.strategy.schedule == "sequential"
-            and self.n_queried < self.budget
+            and self.remaining() > EPS
             and self.last_query_epoch != epoch
         ):
             self._query(trainer, pl_module, 1, epoch=epoch)
@@ -288,24 +334,34 @@ class ActiveQueryCallback(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.budget:  # a run that ended short of its budget says so in the query log
-            self.history += shortfall_notes(trainer, self.budget, self.n_queried)
+            spent = round(self.spent, 6) if self.by_scans else self.n_queried
+            self.history += shortfall_notes(trainer, self.budget, spent)  # type: ignore[arg-type]
             self._write_log(trainer)
 
     # ------------------------------------------------------------------ one query
-    def _query(self, trainer: L.Trainer, pl_module: L.LightningModule, n: int, epoch: int) -> None:
+    def _query(self, trainer: L.Trainer, pl_module: L.LightningModule, n: float, epoch: int) -> None:
+        """One round: ``n`` cases, or ``n`` whole-scan equivalents of regions (sub-volume units),
+        within the budget left."""
         pool = self._pool()
-        n = min(n, self.budget - self.n_queried, len(pool.unlabeled()) - len(self.refused))
-        if n <= 0:
-            return
+        allowance = None
+        if self.by_scans:
+            scans = min(float(n), self.remaining())
+            if scans <= EPS:
+                return
+            allowance, n = int(round(scans * self._scan_voxels)), len(pool.ids("pool"))
+        else:
+            n = int(min(n, self.remaining(), len(pool.unlabeled()) - len(self.refused)))
+            if n <= 0:
+                return
         step = trainer.global_step  # 0 before training: the query's place in steps
         ctx = query_context(
             pool, pl_module, self.round, self.seed, self._run_dir(trainer), self._with_features,
-            exclude=self.refused,
+            exclude=self.refused, unit=self.unit if self._region_context() else None,
         )
         election = Election(pl_module.predict_case, self.election_per_class) if self.elect else None
         result = query_round(
-            self.strategy, ctx, n, trainer, pool, election=election, epoch=epoch,
-            prefilter=self.open_set_filter,
+            self.strategy, ctx, int(n), trainer, pool, election=election, epoch=epoch,
+            prefilter=self.open_set_filter, allowance=allowance,
         )
         self.pending.extend({**entry, "step": step} for entry in result.picks)
         self.last_query_epoch, self.last_query_step = epoch, step
@@ -321,6 +377,11 @@ class ActiveQueryCallback(L.Callback):
             self.n_queried += 1
             if entry.get("refused"):
                 self.refused.append(entry["case_id"])
+                entry["cost"] = self._refused_cost(entry)
+            else:
+                entry["cost"] = query_cost(entry.pop("added"), self._scan_voxels,
+                                           self.annotation_time)
+            self.spent += entry["cost"]["scans"]
             entry["ood"] = ood_kind(entry.get("case_meta") or {})
             self.history.append(entry)
             entry["purity"] = purity([e.get("case_meta") or {} for e in self.history])
@@ -344,8 +405,16 @@ class ActiveQueryCallback(L.Callback):
             logger.log_metrics({"active/n_labeled": len(pool.labeled())}, step=trainer.global_step)
         self._write_log(trainer)
         refused = [e for e in asked.delivered if e.get("refused")]
-        if refused:  # each refused case is replaced at once from the remaining budget
-            self._query(trainer, pl_module, len(refused), epoch=refused[-1]["epoch"])
+        if refused:  # each refused query is replaced at once from the remaining budget
+            n = sum(e["cost"]["scans"] for e in refused) if self.by_scans else len(refused)
+            self._query(trainer, pl_module, n, epoch=refused[-1]["epoch"])
+
+    def _refused_cost(self, entry: dict[str, Any]) -> dict[str, float]:
+        """A refused query spends what it asked for (its label is spent, nothing trained on)."""
+        shape = tuple(self._pool().image(entry["case_id"]).shape[1:])
+        voxels = Region.from_json(entry.get("region")).voxels(shape)
+        return {"voxels": 0.0, "slices": 0.0, "foreground_voxels": 0.0, "new_case": 0.0,
+                "scans": voxels / self._scan_voxels, "asked_voxels": float(voxels)}
 
     def _request(self, pl_module: Any, entry: dict[str, Any]) -> Request:
         """The oracle's request for a query, with the current prediction (computed at most once,
@@ -362,11 +431,29 @@ class ActiveQueryCallback(L.Callback):
         def write_prediction(path: Path) -> None:
             write_mask(pool.invert(prediction()[None], case_id), path)
 
-        def write_preview(path: Path) -> None:
-            save_preview(path, pool.image(case_id), prediction(), list(pool.modalities),
-                         entry["modality"], f"{case_id} (round {entry['round']})")
+        region = Region.from_json(entry["region"]) if entry.get("region") else None
+        title = f"{case_id} (round {entry['round']})"
 
-        return Request(pool.case(case_id), entry["modality"], entry, write_prediction, write_preview)
+        def write_preview(path: Path) -> None:
+            if region is None or region.kind == "case":
+                save_preview(path, pool.image(case_id), prediction(), list(pool.modalities),
+                             entry["modality"], title)
+            else:
+                save_region_preview(path, pool.image(case_id), prediction(), region,
+                                    list(pool.modalities), entry["modality"], f"{title}: {region.describe()}")
+
+        def asked() -> torch.Tensor:
+            assert region is not None
+            shape = tuple(pool.image(case_id).shape[1:])
+            return pool.invert(region.mask(shape)[None].long(), case_id)
+
+        def write_asked(path: Path) -> None:
+            write_mask(asked() > 0, path)
+
+        return Request(pool.case(case_id), entry["modality"], entry, write_prediction, write_preview,
+                       region=region,
+                       asked=(lambda: (asked()[0] > 0).numpy()) if region is not None else None,
+                       write_asked=write_asked if region is not None else None)
 
     # ------------------------------------------------------------------ log and state
     def _run_dir(self, trainer: L.Trainer) -> Path:
@@ -382,6 +469,7 @@ class ActiveQueryCallback(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "n_queried": self.n_queried,
+            "spent": self.spent,
             "round": self.round,
             "last_query_epoch": self.last_query_epoch,
             "last_query_step": self.last_query_step,
@@ -394,6 +482,7 @@ class ActiveQueryCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.n_queried = state_dict["n_queried"]
+        self.spent = float(state_dict.get("spent", 0.0))
         self.round = state_dict["round"]
         self.last_query_epoch = state_dict["last_query_epoch"]
         self.last_query_step = state_dict.get("last_query_step")

@@ -23,6 +23,7 @@ from lightning_ada.active.election import elect_modality
 from lightning_ada.active.open_set_filter import PrototypeFilter
 from lightning_ada.active.oracles import Answer, Oracle, Request
 from lightning_ada.active.strategies import QueryContext, Scored, Strategy
+from lightning_ada.active.units import AnnotationUnit
 from lightning_ada.data.pool_view import PoolView
 
 #: why the annotator is asked for the elected modality (recorded with each query)
@@ -40,6 +41,7 @@ def query_context(
     run_dir: Any = None,
     with_features: bool = True,
     exclude: Sequence[str] = (),
+    unit: AnnotationUnit | None = None,
 ) -> QueryContext:
     """What a strategy sees of the pool and the current model for one query round.
 
@@ -51,8 +53,17 @@ def query_context(
         run_dir: folder for caches.
         with_features: offer ``ctx.features`` (the net gives decoder features).
         exclude: unlabeled ids never to rank again (cases the oracle refused).
+        unit: the annotation unit when a region rule ranks the round (None: whole cases ranked
+            by a case-level strategy); the candidates are then every pool case not refused
+            with a voxel still unannotated.
     """
     refused = set(exclude)
+    candidates: list[str] = []
+    if unit is not None:
+        for cid in pool.ids("pool"):
+            done = pool.annotated(cid)
+            if cid not in refused and (done is None or not bool(done.all())):
+                candidates.append(cid)
     return QueryContext(
         unlabeled=[c for c in pool.unlabeled() if c not in refused],
         pool=pool.ids("pool"),
@@ -67,6 +78,10 @@ def query_context(
         source=pool.ids("source"),
         features=getattr(module, "case_features", None) if with_features else None,
         raw_image=lambda case_id: raw_case_image(pool.case(case_id)),
+        unit=unit,
+        candidates=candidates,
+        annotated=pool.annotated,
+        reference=pool.reference,
     )
 
 
@@ -126,65 +141,135 @@ def query_round(
     election: Election | None = None,
     epoch: int = -1,
     prefilter: PrototypeFilter | None = None,
+    allowance: int | None = None,
 ) -> RoundResult:
-    """Rank the unlabeled pool and elect a modality for the best ``n``.
+    """Rank the pool and elect a modality for the picks: the best ``n`` cases, or, with a
+    region unit (``ctx.unit``), the best regions until ``allowance`` voxels are spent.
 
     Args:
         strategy: the configured strategy.
         ctx: the round's context (:func:`query_context`).
-        n: cases to query (``len(ctx.unlabeled)``: every case, as ``lightning-ada query``).
+        n: cases to query (``len(ctx.unlabeled)``: every case, as ``lightning-ada query``); with
+            a region rule on the ``case`` unit, regions (whole cases) to query.
         trainer: the trainer (world size, rank, broadcast).
         pool: the pool view (case records).
-        election: elect the modality of each pick (None: no election).
+        election: elect the modality of each picked case (None: no election).
         epoch: the epoch after which the round runs (-1: before training).
         prefilter: OpenPath's open-set pre-filter: the strategy ranks only its candidates
             (and picks among them unless its ``sampling`` is ``egss`` or ``kmeans``).
+        allowance: region units: the voxels the round may ask for (regions are taken in rank
+            order while they fit; None: ``n`` regions).
 
     Returns:
-        The ranking and the entries (one per pick: round, epoch, case, rank, score, factors,
-        elected modality and its Dice, timings, pool size, case metadata).
+        The ranking and the entries (one per pick: round, epoch, case, region, rank, score,
+        factors, elected modality and its Dice, timings, pool size, case metadata).
     """
     t0 = time.perf_counter()
-    n_pool, filtered = len(ctx.unlabeled), None
+    n_pool, filtered = len(ctx.candidates if ctx.unit is not None else ctx.unlabeled), None
     if prefilter is not None:
         filtered = prefilter.candidates(ctx, n)
-        ctx = dataclasses.replace(ctx, unlabeled=filtered.candidates)
-    ranked = sharded_rank(strategy, ctx, trainer)
-    top = ranked[:n]
-    if filtered is not None and prefilter.sampling != "strategy":
-        by_id = {s.case_id: s for s in ranked}
-        ids = prefilter.pick(filtered, list(by_id), n, ctx.rng(), ctx.seed)
-        top = [by_id[c] for c in ids]
+        ctx = dataclasses.replace(ctx, unlabeled=filtered.candidates, candidates=[
+            c for c in ctx.candidates if c in set(filtered.candidates)])
+    regions = ctx.unit is not None and strategy.region_level
+    if regions:
+        ranked = strategy.rank_regions(ctx, ctx.unit)  # type: ignore[arg-type]
+        top = pick_regions(ranked, ctx, n, allowance)
+    else:
+        ranked = sharded_rank(strategy, ctx, trainer)
+        top = ranked[:n]
+        if filtered is not None and prefilter.sampling != "strategy":
+            by_id = {s.case_id: s for s in ranked}
+            ids = prefilter.pick(filtered, list(by_id), n, ctx.rng(), ctx.seed)
+            top = [by_id[c] for c in ids]
     seconds = time.perf_counter() - t0
     picks: list[Scored] = trainer.strategy.broadcast(top, src=0)
-    entries = []
+    entries, elected = [], {}
     for rank, pick in enumerate(picks):
         modality, dice = None, None
         if election is not None:
-            result = elect_modality(
-                ctx.image(pick.case_id), election.predict, ctx.modalities, multiclass=election.per_class
-            )
-            modality, dice = trainer.strategy.broadcast((result.modality, dict(result.dice)), src=0)
-        entries.append(
-            {
-                "round": ctx.round,
-                "epoch": epoch,
-                "case_id": pick.case_id,
-                "rank": rank,
-                "score": pick.score,
-                "factors": pick.factors | (filtered.factors(pick.case_id) if filtered else {}),
-                "modality": modality,
-                "election_dice": dice,
-                "why": ELECTION_WHY if dice else "",
-                "strategy": strategy.name or type(strategy).__name__,
-                "scoring_seconds": seconds,
-                "timings": dict(strategy.timings),
-                "pool_size": n_pool,
-                "candidates": len(ranked),
-                "case_meta": dict(pool.case(pick.case_id).meta),
-            }
-        )
+            if pick.case_id not in elected:
+                result = elect_modality(ctx.image(pick.case_id), election.predict, ctx.modalities,
+                                        multiclass=election.per_class)
+                elected[pick.case_id] = trainer.strategy.broadcast(
+                    (result.modality, dict(result.dice)), src=0)
+            modality, dice = elected[pick.case_id]
+            if regions:
+                pick = in_plane_of(strategy, ctx, pick, modality, picks[:rank])
+        entry = {
+            "round": ctx.round,
+            "epoch": epoch,
+            "case_id": pick.case_id,
+            "rank": rank,
+            "score": pick.score,
+            "factors": pick.factors | (filtered.factors(pick.case_id) if filtered else {}),
+            "modality": modality,
+            "election_dice": dice,
+            "why": ELECTION_WHY if dice else "",
+            "strategy": strategy.name or type(strategy).__name__,
+            "scoring_seconds": seconds,
+            "timings": dict(strategy.timings),
+            "pool_size": n_pool,
+            "candidates": len(ranked),
+            "case_meta": dict(pool.case(pick.case_id).meta),
+        }
+        if regions:
+            part = sum(1 for e in entries if e["case_id"] == pick.case_id)
+            entry |= {"region": pick.region.to_json(), "part": part}  # type: ignore[union-attr]
+        entries.append(entry)
     return RoundResult(ranked, entries)
+
+
+def pick_regions(
+    ranked: Sequence[Scored], ctx: QueryContext, n: int, allowance: int | None
+) -> list[Scored]:
+    """The round's regions: in rank order, each one that fits the voxel ``allowance`` (or the
+    first ``n`` without one) and does not overlap a region picked before it."""
+    picked: list[Scored] = []
+    spent = 0
+    masks: dict[str, torch.Tensor] = {}
+    for s in ranked:
+        if allowance is None and len(picked) >= n:
+            break
+        shape = tuple(ctx.image(s.case_id).shape[1:])
+        region = s.region
+        assert region is not None
+        voxels = region.voxels(shape)
+        if allowance is not None and spent + voxels > allowance:
+            continue
+        mask = region.mask(shape)
+        if s.case_id in masks and bool((masks[s.case_id] & mask).any()):
+            continue
+        masks[s.case_id] = masks.get(s.case_id, torch.zeros_like(mask)) | mask
+        picked.append(s)
+        spent += voxels
+    return picked
+
+
+def in_plane_of(
+    strategy: Strategy, ctx: QueryContext, pick: Scored, modality: str | None,
+    before: Sequence[Scored],
+) -> Scored:
+    """``pick`` cut again along the elected modality's slice axis when the unit maps that
+    modality to another plane (the best region of that case there not overlapping ``before``);
+    else ``pick`` unchanged."""
+    axis_for = getattr(ctx.unit, "axis_for", None)
+    region = pick.region
+    if axis_for is None or region is None or region.kind != "slices":
+        return pick
+    axis = axis_for(modality)
+    if axis == region.axis:
+        return pick
+    shape = tuple(ctx.image(pick.case_id).shape[1:])
+    taken = torch.zeros(shape, dtype=torch.bool)
+    for b in before:
+        if b.case_id == pick.case_id and b.region is not None:
+            taken |= b.region.mask(shape)
+    for other in sorted(strategy.case_regions(ctx, ctx.unit, pick.case_id, axis=axis),  # type: ignore[arg-type]
+                        key=lambda s: -s.score):
+        mask = other.region.mask(shape)  # type: ignore[union-attr]
+        if not bool((taken & mask).any()):
+            return Scored(other.case_id, other.score, other.factors | {"replaned": 1.0}, other.region)
+    return pick
 
 
 @dataclass
@@ -192,8 +277,9 @@ class Asked:
     """What the oracle answered for a list of entries, asked in order.
 
     Attributes:
-        delivered: entries answered (delivered or refused), each with ``label_path`` and
-            ``n_labeled`` (refused ones with ``refused`` and ``refused_reason``), in order.
+        delivered: entries answered (delivered or refused), each with ``label_path``,
+            ``n_labeled`` and what the delivery ``added`` (``PoolView.label``; refused ones
+            with ``refused`` and ``refused_reason`` instead), in order.
         pending: the entries from the first one still waiting for its label, in order.
         waiting: the oracle's answer for the first pending entry (None: nothing pending).
     """
@@ -233,8 +319,8 @@ def ask_oracle(
                      "n_labeled": len(pool.labeled())}
             asked.delivered.append(entry | spent)
             continue
-        pool.label(entry["case_id"], answer.label_path, entry["modality"], round=entry["round"],
-                   epoch=entry["epoch"])
-        asked.delivered.append(entry | {"label_path": answer.label_path,
+        added = pool.label(entry["case_id"], answer.label_path, entry["modality"],
+                           round=entry["round"], epoch=entry["epoch"], region=answer.region)
+        asked.delivered.append(entry | {"label_path": answer.label_path, "added": added,
                                         "n_labeled": len(pool.labeled())})
     return asked

@@ -12,11 +12,13 @@ from typing import Any
 
 from lightning_ada.active.oracles import ORACLES
 from lightning_ada.active.strategies import REGISTRY
+from lightning_ada.active.units import UNITS
 
 #: config keys whose value may be a registered short name, and the registry of each
 CHOICES: dict[str, Mapping[str, type]] = {
     "active.strategy": REGISTRY,
     "active.oracle": ORACLES,
+    "active.unit": UNITS,
 }
 
 #: command-line options whose value may be a short name (``help`` lists a class's options)
@@ -32,7 +34,8 @@ def class_path(cls: type) -> str:
 
 
 def expand_short_names(args: list[str]) -> list[str]:
-    """``--active.strategy mmacts`` -> the class path of ``mmacts`` (likewise ``--active.oracle``).
+    """``--active.strategy mmacts`` -> the class path of ``mmacts`` (likewise ``--active.oracle``,
+    ``--active.unit``).
 
     Class paths and ``class_path``/``init_args`` dicts pass through unchanged.
     """

@@ -21,13 +21,15 @@ from monai.data import list_data_collate
 from torch.utils.data import DataLoader
 
 from lightning_ada.augment.tumour_contrast import TumourContrast
-from lightning_ada.cases import Case, check_case_ids
+from lightning_ada.cases import NOT_ANNOTATED, Case, check_case_ids
+from lightning_ada.data import partial_labels
 from lightning_ada.data import splits as split_rules
 from lightning_ada.data.epochs import LabeledEpoch, PreparingLoader, seed_worker
 from lightning_ada.data.pool_state import PoolState
 from lightning_ada.data.pools import ActivePool
 from lightning_ada.data.preprocessed import PreprocessedCases, cache_settings
 from lightning_ada.data.pseudo_set import PseudoLabel, PseudoLabelSet
+from lightning_ada.data.regions import Region
 from lightning_ada.data.roots import CaseRoot, read_roots
 from lightning_ada.data.transforms import training_augmentation
 from lightning_ada.data.validation import (
@@ -164,6 +166,7 @@ class ActiveDataModule(L.LightningDataModule):
         self.split_ids: dict[str, list[str]] = {}
         self._source_pool: ActivePool | None = None
         self._data: PreprocessedCases | None = None
+        self._merged: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ set-up
     def prepare_data(self) -> None:
@@ -288,10 +291,41 @@ class ActiveDataModule(L.LightningDataModule):
         return self.state.unlabeled
 
     def label(
-        self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int
-    ) -> None:
-        """Move ``case_id`` to the labeled pool with the mask the oracle delivered."""
-        self.state.label(self.cases[case_id], label_path, modality, round=round, epoch=epoch)
+        self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int,
+        region: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record the mask an oracle delivered for ``case_id`` (within ``region``, a
+        ``Region.to_json()``; None: wherever the file annotates) in the labelled pool.
+
+        Returns:
+            What the delivery added, on the network grid: ``voxels`` annotated for the first
+            time, ``foreground_voxels`` among them, ``slices`` they touch along the region's
+            axis (axis 2 for boxes and whole cases), ``new_case`` (the case's first delivery),
+            ``partial`` (the case is annotated in parts).
+        """
+        before = self.annotated(case_id)
+        shape = tuple(self.item(case_id)["label"].shape[1:])
+        whole = region is None or region.get("kind", "case") == "case"
+        label = self.preprocessed.with_label(case_id, str(label_path))["label"]
+        partial = not whole or bool((label == NOT_ANNOTATED).any())
+        self.state.label(self.cases[case_id], label_path, modality, round=round, epoch=epoch,
+                         region=None if whole else region, partial=partial)
+        after = self.annotated(case_id)
+        assert after is not None
+        new = after if before is None else after & ~before
+        merged = self._partial_label(case_id)[0][0] if partial else label[0]
+        axis = int(region.get("axis", 2)) if region and region.get("kind") == "slices" else 2
+        others = tuple(a for a in range(3) if a != axis)
+        tumour = new & (merged > 0) & (merged != NOT_ANNOTATED)
+        return {
+            "voxels": int(new.sum()),
+            "foreground_voxels": int(tumour.sum()),
+            "slices": int(new.any(dim=others).sum()),
+            "slices_with_tumour": int(tumour.any(dim=others).sum()),
+            "new_case": before is None,
+            "partial": partial,
+            "case_voxels": int(torch.tensor(shape).prod()),
+        }
 
     def set_pseudo_labels(
         self, records: Sequence[PseudoLabel], ratio: float,
@@ -362,11 +396,49 @@ class ActiveDataModule(L.LightningDataModule):
         return self.item(case_id)["image"]
 
     def training_item(self, case_id: str) -> dict[str, Any]:
-        """Image with the delivered annotation (which may differ from the reference mask)."""
+        """Image with the delivered annotation (which may differ from the reference mask).
+
+        A case annotated in parts gets its deliveries merged (``NOT_ANNOTATED`` elsewhere) and
+        a ``sampling`` map (:mod:`lightning_ada.data.partial_labels`) for the training crop.
+        """
         annotation = self.train_pool.annotation(case_id)
-        item = self.preprocessed.with_label(case_id, annotation.label_path)
         dominant = self.hparams.train_input == "dominant_only"
+        if self.hparams.stage == "source" or not annotation.partial:
+            item = self.preprocessed.with_label(case_id, annotation.label_path)
+            return self._only_input(item, annotation.modality if dominant else None)
+        label, annotated = self._partial_label(case_id)
+        item = dict(self.item(case_id)) | {
+            "label": label, "sampling": partial_labels.sampling_map(label, annotated)
+        }
         return self._only_input(item, annotation.modality if dominant else None)
+
+    def _partial_label(self, case_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged partial label ``(1, H, W, D)`` of a case and its annotated mask (cached
+        until the case's next delivery)."""
+        deliveries = self.state.deliveries(case_id)
+        key = (case_id, len(deliveries))
+        if key not in self._merged:
+            shape = tuple(self.item(case_id)["label"].shape[1:])
+            parts = []
+            for a in deliveries:
+                label = self.preprocessed.with_label(case_id, a.label_path)["label"]
+                region = None if a.region is None else Region.from_json(a.region).mask(shape)
+                parts.append((label, partial_labels.delivered(label, region)))
+            self._merged[key] = partial_labels.merge(parts, self.item(case_id)["label"])
+        return self._merged[key]
+
+    def annotated(self, case_id: str) -> torch.Tensor | None:
+        """Boolean ``(H, W, D)`` of the voxels of a pool case annotated so far (None: none)."""
+        if self.state.pool is None or case_id not in self.state.pool or \
+                case_id not in self.state.labeled:
+            return None
+        if not self.state.pool.annotation(case_id).partial:
+            return torch.ones(tuple(self.item(case_id)["label"].shape[1:]), dtype=torch.bool)
+        return self._partial_label(case_id)[1][0]
+
+    def reference(self, case_id: str) -> torch.Tensor:
+        """The reference label ``(H, W, D)`` (class indices) of a case on the network grid."""
+        return self.item(case_id)["label"][0]
 
     def pseudo_item(self, case_id: str) -> dict[str, Any]:
         """The preprocessed image with its pseudo-label in place of the reference mask.
@@ -423,6 +495,8 @@ class ActiveDataModule(L.LightningDataModule):
             contrast=contrast.transform(self) if contrast is not None else None,
             contrast_pseudo=contrast is not None and contrast.on_pseudo_labels,
             offset=random.Random(seed).randrange(max(1, len(self.pseudo))),
+            partial_transform=training_augmentation(
+                self.hparams.patch_size, self.hparams.augment, partial=True),
         )
         epoch.set_random_state(seed)
         return PreparingLoader(
@@ -497,12 +571,24 @@ class DataModulePoolView:
     def case(self, case_id: str) -> Case:
         return self._dm.case(case_id)
 
-    def label(self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int) -> None:
-        self._dm.label(case_id, label_path, modality, round=round, epoch=epoch)
+    def label(
+        self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int,
+        region: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return self._dm.label(case_id, label_path, modality, round=round, epoch=epoch, region=region)
+
+    def annotated(self, case_id: str) -> torch.Tensor | None:
+        return self._dm.annotated(case_id)
+
+    def reference(self, case_id: str) -> torch.Tensor:
+        return self._dm.reference(case_id)
 
     def invert(self, prediction: torch.Tensor, case_id: str) -> torch.Tensor:
         return self._dm.invert(prediction, case_id)
 
-    def validate_label(self, path: str, case_id: str, allow_empty: bool = False) -> None:
-        validate_label_file(path, self._dm.case(case_id).images[0], self.label_values, allow_empty)
+    def validate_label(
+        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False
+    ) -> None:
+        validate_label_file(path, self._dm.case(case_id).images[0], self.label_values, allow_empty,
+                            allow_not_annotated=allow_not_annotated)
 

@@ -37,6 +37,8 @@ class LabeledEpoch(torch.utils.data.Dataset):
         labeled_item: case id -> preprocessed item with its delivered label.
         pseudo_item: case id -> preprocessed item with its pseudo-label.
         transform: the training augmentation (MONAI, seeded by :meth:`set_random_state`).
+        partial_transform: the augmentation of a partially annotated item (one with a
+            ``sampling`` map), or None (no partial labels in this run).
         length: items per epoch.
         contrast: the tumour-contrast transform, or None.
         contrast_pseudo: apply ``contrast`` to pseudo-labelled items too.
@@ -55,8 +57,10 @@ class LabeledEpoch(torch.utils.data.Dataset):
         contrast: Any = None,
         contrast_pseudo: bool = False,
         offset: int = 0,
+        partial_transform: Any = None,
     ) -> None:
         self.labeled, self.pseudo, self.pseudo_ratio = labeled, pseudo, pseudo_ratio
+        self.partial_transform = partial_transform
         self.labeled_item, self.pseudo_item = labeled_item, pseudo_item
         self.transform, self.length = transform, length
         self.contrast, self.contrast_pseudo, self.offset = contrast, contrast_pseudo, offset
@@ -72,6 +76,8 @@ class LabeledEpoch(torch.utils.data.Dataset):
     def set_random_state(self, seed: int) -> None:
         """Seed the augmentation (and the tumour-contrast transform with a derived seed)."""
         self.transform.set_random_state(seed=seed)
+        if self.partial_transform is not None:
+            self.partial_transform.set_random_state(seed=(seed * 17 + 5) % (2**31 - 1))
         if self.contrast is not None:
             self.contrast.set_random_state(seed=(seed * 31 + 17) % (2**31 - 1))
 
@@ -92,6 +98,8 @@ class LabeledEpoch(torch.utils.data.Dataset):
             alter = True
         if self.contrast is not None and alter:
             item = self.contrast(item)
+        if "sampling" in item and self.partial_transform is not None:
+            return self.partial_transform(item)
         return self.transform(item)
 
 

@@ -3,6 +3,8 @@
 - which pool cases are labelled, by which query, with which delivered label, and the content
   fingerprints of that label and of the case's images when it was accepted
   (:class:`~lightning_ada.data.pools.ActivePool`);
+- for cases annotated in parts (slices, boxes), every delivery in order: a case can be asked
+  again for more of it, and training merges its deliveries (:meth:`deliveries`);
 - the pseudo-labelled cases of self-training
   (:class:`~lightning_ada.data.pseudo_set.PseudoLabelSet`).
 
@@ -16,6 +18,7 @@ it had accepted, or stops naming the file that changed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import torch
 
 from lightning_ada.cases import Case
 from lightning_ada.data.cache import content_sha256
-from lightning_ada.data.pools import ActivePool
+from lightning_ada.data.pools import ActivePool, Annotation
 from lightning_ada.data.pseudo_set import PseudoLabel, PseudoLabelSet
 from lightning_ada.errors import DataError
 
@@ -41,6 +44,8 @@ class PoolState:
         self.pool: ActivePool | None = None
         #: the pseudo-labelled cases of self-training (empty unless self-training fills it)
         self.pseudo = PseudoLabelSet()
+        #: the deliveries after a partially annotated case's first, in order
+        self._more: dict[str, list[Annotation]] = {}
         self._restored: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -86,15 +91,35 @@ class PoolState:
         return self.pool.unlabeled if self.pool is not None else []
 
     def label(
-        self, case: Case, label_path: str, modality: str | None, round: int, epoch: int
+        self, case: Case, label_path: str, modality: str | None, round: int, epoch: int,
+        region: dict[str, Any] | None = None, partial: bool = False,
     ) -> None:
         """Record the mask an oracle delivered for ``case``, with the content fingerprints of
-        the label and of the case's images."""
-        self._started().label(
-            case.case_id, str(label_path), modality, round=round, epoch=epoch,
-            label_sha256=content_sha256([label_path]),
-            images_sha256=content_sha256(case.images),
+        the label and of the case's images; a partial delivery of a case annotated in parts
+        before is added to its deliveries.
+
+        Raises:
+            ValueError: a case delivered whole before, or a whole delivery of a case labelled
+                before.
+        """
+        pool = self._started()
+        fingerprints = dict(label_sha256=content_sha256([label_path]),
+                            images_sha256=content_sha256(case.images))
+        cid = case.case_id
+        if cid not in pool.labeled:
+            pool.label(cid, str(label_path), modality, round=round, epoch=epoch,
+                       region=region, partial=partial, **fingerprints)
+            return
+        if not (partial and pool.annotation(cid).partial):
+            raise ValueError(f"case {cid!r} is already labeled")
+        self._more.setdefault(cid, []).append(
+            Annotation(round, modality, str(label_path), epoch, region=region, partial=True,
+                       **fingerprints)
         )
+
+    def deliveries(self, case_id: str) -> list[Annotation]:
+        """Every delivery of a labelled case, in order (one for a case delivered whole)."""
+        return [self._started().annotation(case_id), *self._more.get(case_id, [])]
 
     def check_content(self, cases: Mapping[str, Case]) -> None:
         """Refuse labels or images that changed since they were accepted.
@@ -107,8 +132,7 @@ class PoolState:
             DataError: one line naming the case and the file(s) whose content changed.
         """
         pool = self._started()
-        for cid in pool.labeled:
-            a = pool.annotation(cid)
+        for cid, a in ((c, a) for c in pool.labeled for a in self.deliveries(c)):
             if a.label_sha256 is not None:
                 if not Path(a.label_path).is_file():
                     raise DataError(f"{a.label_path}: label of case {cid} accepted earlier is gone")
@@ -151,10 +175,13 @@ class PoolState:
     def state_dict(self) -> dict[str, Any]:
         """The pool (labelled ids with their round, modality, label file and fingerprints) and
         the pseudo-labelled set (ids, teacher pass and step, file and fingerprint, share)."""
-        return {
-            "pool": self.pool.state_dict() if self.pool is not None else self._restored,
-            "pseudo": self.pseudo.state_dict(),
-        }
+        if self.pool is not None:
+            pool = self.pool.state_dict() | {
+                "more": {c: [asdict(a) for a in more] for c, more in self._more.items()}
+            }
+        else:
+            pool = self._restored
+        return {"pool": pool, "pseudo": self.pseudo.state_dict()}
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], cases: Mapping[str, Case] | None = None
@@ -180,4 +207,5 @@ class PoolState:
             pool.load_state_dict(state)
         except ValueError as e:
             raise DataError(f"{self.source}: the saved pool state does not fit: {e}") from e
+        self._more = {c: [Annotation(**a) for a in more] for c, more in state.get("more", {}).items()}
         self.check_content(cases)

@@ -7,7 +7,7 @@ with ``datamodule.pool_view()`` (:class:`lightning_ada.data.datamodule.DataModul
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -48,16 +48,33 @@ class PoolView(Protocol):
         """The case record (file paths, per-modality masks, metadata)."""
         ...
 
-    def label(self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int) -> None:
-        """Move ``case_id`` to the labeled pool with the mask at ``label_path``."""
+    def label(
+        self, case_id: str, label_path: str, modality: str | None, round: int, epoch: int,
+        region: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record the mask at ``label_path`` for ``case_id`` (within ``region``, a
+        ``Region.to_json()``; None: wherever the file annotates); return what it added
+        (``voxels``, ``foreground_voxels``, ``slices``, ``new_case``, ``partial``,
+        ``case_voxels``, on the network grid)."""
+        ...
+
+    def annotated(self, case_id: str) -> torch.Tensor | None:
+        """Boolean ``(H, W, D)`` of the voxels of ``case_id`` annotated so far (None: none)."""
+        ...
+
+    def reference(self, case_id: str) -> torch.Tensor:
+        """The reference label ``(H, W, D)`` (class indices) on the network grid (simulation)."""
         ...
 
     def invert(self, prediction: torch.Tensor, case_id: str) -> torch.Tensor:
         """Class-index prediction ``(1, H, W, D)`` -> original geometry, on-disk label values."""
         ...
 
-    def validate_label(self, path: str, case_id: str, allow_empty: bool = False) -> None:
-        """Check a delivered mask against the case's image (shape, affine, label values).
+    def validate_label(
+        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False
+    ) -> None:
+        """Check a delivered mask against the case's image (shape, affine, label values;
+        ``NOT_ANNOTATED`` voxels of a partial label when allowed).
 
         Raises:
             DataError: naming ``path`` and the fault.

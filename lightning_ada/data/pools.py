@@ -23,6 +23,10 @@ class Annotation:
         label_sha256: content fingerprint of the label file when it was accepted (None: not
             recorded: a reference mask labeled at set-up, or a state from an older version).
         images_sha256: content fingerprint of the case's image files at that moment.
+        region: the part of the case the delivery covers (``Region.to_json()`` of
+            :mod:`lightning_ada.active.units`), None: every voxel the file annotates.
+        partial: the delivery annotates part of the case (a region, or a file with
+            ``NOT_ANNOTATED`` voxels); training ignores the rest.
     """
 
     round: int
@@ -31,6 +35,8 @@ class Annotation:
     epoch: int = -1
     label_sha256: str | None = None
     images_sha256: str | None = None
+    region: dict[str, Any] | None = None
+    partial: bool = False
 
 
 class ActivePool:
@@ -97,6 +103,8 @@ class ActivePool:
         epoch: int = -1,
         label_sha256: str | None = None,
         images_sha256: str | None = None,
+        region: dict[str, Any] | None = None,
+        partial: bool = False,
     ) -> None:
         """Move ``case_id`` from unlabeled to labeled (with the content fingerprints, if given).
 
@@ -109,7 +117,7 @@ class ActivePool:
         if case_id in self._annotations:
             raise ValueError(f"case {case_id!r} is already labeled")
         self._annotations[case_id] = Annotation(
-            round, modality, str(label_path), epoch, label_sha256, images_sha256
+            round, modality, str(label_path), epoch, label_sha256, images_sha256, region, partial
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -124,7 +124,8 @@ class PreprocessedCases:
 
     def with_label(self, case_id: str, path: str) -> dict[str, Any]:
         """The item of a case with the label file ``path`` (an oracle's delivery) instead of the
-        reference, validated and preprocessed once.
+        reference, validated and preprocessed once; ``NOT_ANNOTATED`` voxels of a partial label
+        keep that value (nearest-neighbour resampling; the label mapping leaves it alone).
 
         Raises:
             DataError: the file does not fit the case (geometry, values, size).
@@ -135,7 +136,7 @@ class PreprocessedCases:
         if key not in self._annotated:
             limit = {} if self.max_voxels is None else {"max_voxels": int(self.max_voxels)}
             validate_label_file(path, self.cases[case_id].images[0], self.label_values,
-                                allow_empty=True, **limit)
+                                allow_empty=True, allow_not_annotated=True, **limit)
             self._annotated[key] = self.transform(self.cases[case_id].to_item() | {"label": path})
         return self._annotated[key]
 

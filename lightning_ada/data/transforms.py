@@ -195,7 +195,8 @@ def preprocessing(
 
 
 def training_augmentation(
-    patch_size: Sequence[int], augment: bool = True, tumour_contrast: T.Transform | None = None
+    patch_size: Sequence[int], augment: bool = True, tumour_contrast: T.Transform | None = None,
+    partial: bool = False,
 ) -> T.Compose:
     """Random chain applied on top of the cached items for training.
 
@@ -203,23 +204,42 @@ def training_augmentation(
     33 % oversampling), then flips and intensity augmentation (brightness, contrast, gamma,
     noise) when ``augment``. ``tumour_contrast`` (e.g. a
     :class:`~lightning_ada.augment.tumour_contrast.RandTumourContrastd`; off by default) first
-    alters the whole case.
+    alters the whole case. ``partial``: the chain of a partially annotated item (its
+    ``sampling`` map, :mod:`lightning_ada.data.partial_labels`): the patch is centred on an
+    annotated voxel, on annotated foreground 1 time in 3, and the map is dropped after the crop.
     """
     keys = ["image", "label"]
-    chain: list[T.Transform] = [
-        T.SpatialPadd(keys=keys, spatial_size=tuple(patch_size)),
-        T.RandCropByPosNegLabeld(
-            keys=keys,
-            label_key="label",
-            spatial_size=tuple(patch_size),
-            pos=1,
-            neg=2,
-            num_samples=1,
-            image_key="image",
-            image_threshold=0.0,
-            allow_smaller=True,
-        ),
-    ]
+    if partial:
+        crop: list[T.Transform] = [
+            T.SpatialPadd(keys=[*keys, "sampling"], spatial_size=tuple(patch_size)),
+            T.RandCropByLabelClassesd(
+                keys=[*keys, "sampling"],
+                label_key="sampling",
+                spatial_size=tuple(patch_size),
+                ratios=[0, 2, 1],  # unannotated, annotated background, annotated foreground
+                num_classes=3,
+                num_samples=1,
+                allow_smaller=True,
+                warn=False,
+            ),
+            T.DeleteItemsd(keys="sampling"),
+        ]
+    else:
+        crop = [
+            T.SpatialPadd(keys=keys, spatial_size=tuple(patch_size)),
+            T.RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=tuple(patch_size),
+                pos=1,
+                neg=2,
+                num_samples=1,
+                image_key="image",
+                image_threshold=0.0,
+                allow_smaller=True,
+            ),
+        ]
+    chain: list[T.Transform] = list(crop)
     if augment:
         chain += [
             T.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lightning_ada.cases import Case
+from lightning_ada.cases import NOT_ANNOTATED, Case
 from lightning_ada.data.cache import CacheKey
 from lightning_ada.errors import DataError
 
@@ -130,8 +130,10 @@ def _check_label(
     allow_empty: bool,
     atol: float,
     max_voxels: int = MAX_VOXELS,
+    allow_not_annotated: bool = False,
 ) -> None:
-    """Load a label map; check grid, finiteness, values in ``{0} | label_values``, emptiness."""
+    """Load a label map; check grid, finiteness, values in ``{0} | label_values`` (and
+    ``NOT_ANNOTATED`` when allowed), emptiness."""
     arr, affine = _load(path, max_voxels)
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -151,10 +153,10 @@ def _check_label(
     else:
         values = np.unique(arr)
     if label_values is not None:
-        bad = sorted(set(values.tolist()) - {0, *map(int, label_values)})
+        allowed = {0, *map(int, label_values), *([NOT_ANNOTATED] if allow_not_annotated else [])}
+        bad = sorted(set(values.tolist()) - allowed)
         if bad:
-            allowed = sorted({0, *map(int, label_values)})
-            raise DataError(f"{path}: label values {bad} outside the declared set {allowed}")
+            raise DataError(f"{path}: label values {bad} outside the declared set {sorted(allowed)}")
     if not allow_empty and hi == 0 and lo == 0:
         raise DataError(f"{path}: label is empty (background only)")
 
@@ -230,6 +232,7 @@ def validate_label_file(
     allow_empty: bool = False,
     atol: float = 1e-3,
     max_voxels: int = MAX_VOXELS,
+    allow_not_annotated: bool = False,
 ) -> None:
     """Check a delivered annotation against the image it was drawn on.
 
@@ -240,6 +243,7 @@ def validate_label_file(
         allow_empty: whether an all-background label is acceptable.
         atol: absolute tolerance on affine entries.
         max_voxels: largest number of voxels accepted in the label file.
+        allow_not_annotated: accept ``NOT_ANNOTATED`` voxels (a partial label).
 
     Raises:
         DataError: naming ``path`` (or the reference image if that is unreadable) and the fault.
@@ -252,7 +256,8 @@ def validate_label_file(
         shape, affine = tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
     except Exception as e:
         raise DataError(f"{p}: unreadable reference image ({type(e).__name__}: {e})") from e
-    _check_label(path, (p, shape, affine), label_values, allow_empty, atol, max_voxels)
+    _check_label(path, (p, shape, affine), label_values, allow_empty, atol, max_voxels,
+                 allow_not_annotated)
 
 
 class ValidationMarkers:

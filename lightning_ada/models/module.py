@@ -11,10 +11,10 @@ import lightning.pytorch as L
 import torch
 from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
 
 from lightning_ada.errors import ChangedRunError, CheckpointError
 from lightning_ada.metrics.regions import RegionMetrics
+from lightning_ada.models.losses import PartialDiceCELoss
 from lightning_ada.models.nets import FeatureTap, NetName, build_net, decoder_head_input
 from lightning_ada.weights import check_finite_weights, load_state_dict_safely
 
@@ -99,8 +99,9 @@ class SegmentationModule(L.LightningModule):
         self.features = FeatureTap(self.net)
 
     def configure_losses(self) -> None:
-        """Dice (over the batch, foreground classes) + cross-entropy."""
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        """Dice (over the batch, foreground classes) + cross-entropy, both ignoring unannotated
+        voxels of partial labels (:class:`~lightning_ada.models.losses.PartialDiceCELoss`)."""
+        self.loss = PartialDiceCELoss(include_background=False, batch=True)
 
     def configure_metrics(self) -> None:
         """Per-region Dice / IoU (validation) and + HD95 / ASSD (test)."""

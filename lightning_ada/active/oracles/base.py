@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from lightning_ada.cases import Case
 from lightning_ada.data.pool_view import PoolView
+from lightning_ada.data.regions import Region
 
 Status = Literal["delivered", "refused", "pending", "timed_out"]
 
@@ -48,7 +49,13 @@ class Request:
             ``election_dice``, ... (JSON-friendly; the same on every ask of this query).
         write_prediction: writes the current model's prediction of the case as a NIfTI mask in
             the case's original geometry to the path given (a starting point to correct).
-        write_preview: writes a PNG preview of the case and the prediction to the path given.
+        write_preview: writes a PNG preview of the case and the prediction to the path given
+            (of exactly the asked slices or box when ``region`` is not the whole case).
+        region: the part of the case asked for, on the network grid (None: the whole case).
+        asked: the asked region as a boolean array on the grid of the case's image files
+            (computed on demand; None when ``region`` is None).
+        write_asked: writes ``asked`` as a NIfTI mask with the image's affine to the path
+            given (an annotator loads it as a guide).
     """
 
     case: Case
@@ -56,6 +63,14 @@ class Request:
     query: dict[str, Any]
     write_prediction: Callable[[Path], None] | None = None
     write_preview: Callable[[Path], None] | None = None
+    region: Region | None = None
+    asked: Callable[[], Any] | None = None
+    write_asked: Callable[[Path], None] | None = None
+
+    @property
+    def part(self) -> int:
+        """Which of the round's regions of this case the query is (0: the first)."""
+        return int(self.query.get("part", 0))
 
     @property
     def round(self) -> int:
@@ -70,6 +85,8 @@ class Answer:
     Attributes:
         status: ``delivered``, ``refused``, ``pending`` or ``timed_out``.
         label_path: the delivered mask (``delivered`` only).
+        region: the region the delivered mask covers (``Region.to_json()``; None: every voxel
+            the file annotates, i.e. the whole case unless it holds ``NOT_ANNOTATED`` voxels).
         reason: why a case was refused, or what the last look at a delivery found wrong.
         awaiting: what the oracle waits for (``pending`` / ``timed_out``), e.g. a file to create.
         details: anything the oracle records with the query (JSON-friendly).
@@ -77,6 +94,7 @@ class Answer:
 
     status: Status
     label_path: str | None = None
+    region: dict[str, Any] | None = None
     reason: str = ""
     awaiting: str = ""
     details: dict[str, Any] = field(default_factory=dict)
@@ -87,8 +105,12 @@ class Answer:
         return self.status in ("pending", "timed_out")
 
     @classmethod
-    def delivered(cls, label_path: str | Path, **details: Any) -> Answer:
-        return cls("delivered", label_path=str(label_path), details=details)
+    def delivered(
+        cls, label_path: str | Path, region: Region | None = None, **details: Any
+    ) -> Answer:
+        """The mask at ``label_path`` is delivered (valid inside ``region``; None: everywhere)."""
+        covers = None if region is None or region.kind == "case" else region.to_json()
+        return cls("delivered", label_path=str(label_path), region=covers, details=details)
 
     @classmethod
     def refused(cls, reason: str, **details: Any) -> Answer:

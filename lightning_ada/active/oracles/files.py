@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_ada.active.oracles.base import Answer, Oracle, Request
+from lightning_ada.cases import NOT_ANNOTATED
 from lightning_ada.data.pool_view import PoolView
 from lightning_ada.errors import DataError
 from lightning_ada.io import safe_child, write_json_atomic
@@ -21,6 +24,14 @@ class FileOracle(Oracle):
     For a query it writes ``requests/round_<k>_<case>.json`` (what to annotate and why), the
     current prediction as ``requests/round_<k>_<case>_prediction.nii.gz`` (a starting point to
     correct in 3D Slicer or ITK-SNAP) and a PNG preview, then waits for ``labels/<case>.nii.gz``.
+
+    A query for part of a case (the ``slices`` or ``patch`` unit) names the part in the request
+    (``region``: the slices along an axis or the box, in voxel indices and in mm of the image
+    files), writes it as a mask (``requests/round_<k>_<case>_asked.nii.gz``), previews exactly
+    those slices, and waits for ``labels/<case>_round<k>.nii.gz``: the asked part delineated,
+    the rest 0 or ``NOT_ANNOTATED`` (255). Inside the asked part a 255 voxel is not annotated (a
+    partial delivery is accepted and counted as what it gives); a tumour label outside it is
+    refused, naming how many voxels and where, and the request stays open.
     A delivered file is validated (shape and affine of the image, label values, not empty unless
     allowed); a bad one is reported and the request stays open. A file that was already in
     ``labels/`` when the request was written is not taken until the annotator re-saves it
@@ -71,9 +82,19 @@ class FileOracle(Oracle):
         """The file the annotator creates to refuse ``case_id`` as out of distribution."""
         return safe_child(self.run_dir / "labels", f"{case_id}.ood")
 
-    def request_path(self, round: int, case_id: str) -> Path:
-        """The request file of a query."""
-        return safe_child(self.run_dir / "requests", f"round_{int(round)}_{case_id}.json")
+    def request_path(self, round: int, case_id: str, part: int = 0) -> Path:
+        """The request file of a query (``part``: the round's j-th region of the case)."""
+        suffix = f"_{int(part)}" if part else ""
+        return safe_child(self.run_dir / "requests", f"round_{int(round)}_{case_id}{suffix}.json")
+
+    def label_path_of(self, request: Request) -> Path:
+        """Where the annotator puts the mask answering ``request``: ``labels/<case>.nii.gz``
+        for a whole case, ``labels/<case>_round<k>[_<j>].nii.gz`` for a part of it."""
+        case_id = request.case.case_id
+        if request.region is None or request.region.kind == "case":
+            return self.label_path(case_id)
+        suffix = f"_{request.part}" if request.part else ""
+        return safe_child(self.run_dir / "labels", f"{case_id}_round{request.round}{suffix}.nii.gz")
 
     def where(self) -> str:
         return f"see the request files and previews in {self.run_dir / 'requests'}"
@@ -87,12 +108,12 @@ class FileOracle(Oracle):
     def write_request(self, request: Request) -> Path:
         """Write the request JSON (+ prediction NIfTI and PNG preview) of a query, once."""
         case = request.case
-        path = self.request_path(request.round, case.case_id)
+        path = self.request_path(request.round, case.case_id, request.part)
         if path.exists():
             return path
         stem = path.with_suffix("")
         files: dict[str, Any] = {}
-        existing = self.label_path(case.case_id)
+        existing = self.label_path_of(request)
         if existing.exists():  # not an answer to this request (yet): remember which file it was
             files["label_present_before_request"] = {"mtime_ns": existing.stat().st_mtime_ns}
             rank_zero_warn(
@@ -105,6 +126,11 @@ class FileOracle(Oracle):
         if request.write_preview is not None:
             files["preview"] = str(stem) + "_preview.png"
             request.write_preview(Path(files["preview"]))
+        if request.region is not None and request.region.kind != "case":
+            files["region"] = self._region_record(request)
+            if request.write_asked is not None:
+                files["asked_region_mask"] = str(stem) + "_asked.nii.gz"
+                request.write_asked(Path(files["asked_region_mask"]))
         query = request.query
         write_json_atomic(
             path,
@@ -117,7 +143,7 @@ class FileOracle(Oracle):
                 "factors": query.get("factors"),
                 "round": request.round,
                 "images": dict(zip(case.modalities, case.images)),
-                "deliver_label_to": str(self.label_path(case.case_id)),
+                "deliver_label_to": str(self.label_path_of(request)),
                 "or_refuse_by_creating": str(self.refusal_path(case.case_id)),
                 "label_values": self.label_values,
                 **files,
@@ -134,7 +160,7 @@ class FileOracle(Oracle):
         if self._pool is None:
             raise RuntimeError("FileOracle.ask before configure()")
         case_id = request.case.case_id
-        target = self.label_path(case_id)
+        target = self.label_path_of(request)
         deadline = time.monotonic() + (self.timeout if self.wait else 0.0)
         last_error = ""
         announced = False
@@ -144,9 +170,14 @@ class FileOracle(Oracle):
                 return Answer.refused(_read_reason(refusal), refusal=str(refusal))
             if target.exists():
                 try:
-                    self._check_not_stale(target, case_id, request.round)
-                    self._pool.validate_label(str(target), case_id, self.allow_empty)
-                    return Answer.delivered(target)
+                    self._check_not_stale(target, request)
+                    if request.region is None or request.region.kind == "case":
+                        self._pool.validate_label(str(target), case_id, self.allow_empty)
+                    else:
+                        self._pool.validate_label(str(target), case_id, allow_empty=True,
+                                                  allow_not_annotated=True)
+                        self._check_inside(target, request)
+                    return Answer.delivered(target, request.region)
                 except DataError as e:
                     if str(e) != last_error:
                         rank_zero_info(f"[oracle] rejected {target}: {e}. The request stays open.")
@@ -159,11 +190,11 @@ class FileOracle(Oracle):
                 announced = True
             time.sleep(self.poll)
 
-    def _check_not_stale(self, target: Path, case_id: str, round: int) -> None:
+    def _check_not_stale(self, target: Path, request: Request) -> None:
         """Raise if ``target`` is the very file that was in ``labels/`` before the request."""
         if self.accept_existing_labels:
             return
-        path = self.request_path(round, case_id)
+        path = self.request_path(request.round, request.case.case_id, request.part)
         if not path.is_file():
             return
         try:
@@ -185,3 +216,59 @@ def _read_reason(refusal: Path) -> str:
     except OSError:
         text = []
     return text[0][:200] if text and text[0].strip() else "out of distribution"
+
+
+    # ------------------------------------------------------------------ regions
+    def _region_record(self, request: Request) -> dict[str, Any]:
+        """What the request says of the asked part: on the network grid and on the grid of the
+        image files (voxel indices per axis and, for slices, each slice's position in mm)."""
+        region = request.region
+        assert region is not None
+        record: dict[str, Any] = {"network_grid": region.to_json(), "text": region.describe()}
+        if request.asked is None:
+            return record
+        asked = np.asarray(request.asked(), dtype=bool)
+        image = nib.load(request.case.images[0])
+        affine = np.asarray(image.affine, dtype=np.float64)
+        support = [np.flatnonzero(asked.any(axis=tuple(a for a in range(3) if a != ax)))
+                   for ax in range(3)]
+        record["image_grid"] = {
+            "shape": list(asked.shape),
+            "voxels": int(asked.sum()),
+            "index_range": [[int(s.min()), int(s.max())] if s.size else [] for s in support],
+        }
+        if region.kind == "slices":
+            partial_axes = [ax for ax, s in enumerate(support) if 0 < s.size < asked.shape[ax]]
+            if len(partial_axes) == 1:
+                ax = partial_axes[0]
+                centre = [n // 2 for n in asked.shape]
+                positions = []
+                for i in support[ax]:
+                    voxel = list(centre)
+                    voxel[ax] = int(i)
+                    positions.append([round(float(v), 2) for v in (affine @ [*voxel, 1.0])[:3]])
+                record["image_grid"] |= {"slice_axis": ax, "slices": [int(i) for i in support[ax]],
+                                         "slice_centres_mm": positions}
+        return record
+
+    def _check_inside(self, target: Path, request: Request) -> None:
+        """Refuse a delivery that labels tumour outside the asked part.
+
+        Raises:
+            DataError: naming the file, the number of tumour voxels outside and where they are.
+        """
+        if request.asked is None:
+            return
+        asked = np.asarray(request.asked(), dtype=bool)
+        values = np.asanyarray(nib.load(str(target)).dataobj)
+        values = values[..., 0] if values.ndim == 4 else values
+        outside = (values != 0) & (values != NOT_ANNOTATED) & ~asked
+        n = int(outside.sum())
+        if n:
+            where = [int(np.median(a)) for a in np.nonzero(outside)]
+            raise DataError(
+                f"{target} labels {n} voxels outside the asked region ({request.region.describe()}"  # type: ignore[union-attr]
+                f" on the network grid; {int(asked.sum())} voxels of the image grid, see the "
+                f"request's asked_region_mask), around voxel {where}: delineate only the asked "
+                "part (0 or 255 elsewhere)"
+            )

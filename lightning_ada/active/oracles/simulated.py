@@ -12,7 +12,8 @@ OUT_OF_DISTRIBUTION = "out of distribution"
 
 class SimulatedOracle(Oracle):
     """Reveals stored masks: the delineation made on the elected modality when the dataset has
-    per-modality masks (the phantom), else the reference mask. Never pending.
+    per-modality masks (the phantom), else the reference mask; for a region of a case, that
+    mask inside the region only (an annotator who draws exactly what was asked). Never pending.
 
     Args:
         use_modality_masks: return the mask drawn on the requested modality when one exists.
@@ -36,7 +37,7 @@ class SimulatedOracle(Oracle):
         if self.refuse_ood and ood_kind(case.meta) is not None:
             return Answer.refused(OUT_OF_DISTRIBUTION)
         if self.use_modality_masks and modality is not None and modality in case.modality_labels:
-            return Answer.delivered(case.modality_labels[modality])
+            return Answer.delivered(case.modality_labels[modality], request.region)
         if case.label is None:
             raise DataError(f"case {case.case_id}: the simulated oracle needs a reference label")
-        return Answer.delivered(case.label)
+        return Answer.delivered(case.label, request.region)

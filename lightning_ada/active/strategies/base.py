@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from lightning_ada.active.units.base import AnnotationUnit, Candidate, Region
+
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 #: what a strategy may declare in ``needs``: ``embedding`` (``ctx.predict`` returns a case
@@ -49,6 +51,14 @@ class QueryContext:
             give them).
         raw_image: case id -> the case's image as stored on disk ``(M, X, Y, Z)``: raw
             intensities, full field of view, no preprocessing (None if the pool cannot read it).
+        unit: the annotation unit of the run (None: whole cases, the ``case`` unit).
+        candidates: ids of the cases that still have a region to ask for (region units: every
+            pool case not fully annotated nor refused; the case unit: ``unlabeled``).
+        annotated: case id -> boolean ``(H, W, D)`` of the voxels annotated so far, or None
+            (nothing yet).
+        reference: case id -> the reference label ``(H, W, D)`` (class indices) of a pool
+            case, for rules that exist only in simulation (they say so in their name); None
+            when the run does not offer it.
     """
 
     unlabeled: Sequence[str]
@@ -64,6 +74,10 @@ class QueryContext:
     source: Sequence[str] = ()
     features: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
     raw_image: Callable[[str], np.ndarray] | None = None
+    unit: AnnotationUnit | None = None
+    candidates: Sequence[str] = ()
+    annotated: Callable[[str], torch.Tensor | None] | None = None
+    reference: Callable[[str], torch.Tensor] | None = None
 
     def rng(self) -> np.random.Generator:
         """A generator seeded by ``(seed, round)``: identical on every rank and on resume."""
@@ -85,11 +99,19 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Scored:
-    """One ranked case: its score (higher = query first) and the factors that made it."""
+    """One ranked case (or region of a case): its score (higher = query first) and the factors
+    that made it; ``region`` is None for a whole case ranked by a case-level strategy."""
 
     case_id: str
     score: float
     factors: dict[str, float] = field(default_factory=dict)
+    region: Region | None = None
+
+    @classmethod
+    def of(cls, candidate: Candidate, score: float | None = None, **factors: float) -> Scored:
+        """A ranked region from a unit's candidate (its score, or ``score``), with more factors."""
+        value = candidate.score if score is None else float(score)
+        return cls(candidate.case_id, value, {**candidate.factors, **factors}, candidate.region)
 
 
 REGISTRY: dict[str, type[Strategy]] = {}
@@ -120,6 +142,10 @@ class Strategy:
     #: Lightning callback class to add to the SOURCE training (None: the strategy needs nothing
     #: from it); its output travels with the source checkpoint
     source_callback: ClassVar[type | None] = None
+    #: the annotation units (:mod:`lightning_ada.active.units`) the strategy can rank: a
+    #: case-level strategy ranks whole cases (:meth:`score`); a region rule implements
+    #: :meth:`case_regions` and lists the units it ranks
+    units: ClassVar[frozenset[str]] = frozenset({"case"})
 
     #: seconds spent in the last :meth:`score` call, by part (inference, statistics, density)
     timings: dict[str, float] = {}  # noqa: RUF012 - replaced per call, never mutated
@@ -183,6 +209,37 @@ class Strategy:
         if sorted(s.case_id for s in scored) != sorted(unlabeled):
             raise RuntimeError(f"strategy {self.name!r} must score exactly the unlabeled cases")
         return sorted(scored, key=lambda s: (-s.score, s.case_id))
+
+    # ------------------------------------------------------------------ regions
+    @property
+    def region_level(self) -> bool:
+        """Whether the strategy ranks regions (:meth:`case_regions`) rather than whole cases."""
+        return type(self).case_regions is not Strategy.case_regions
+
+    def prepare_round(self, ctx: QueryContext) -> None:
+        """Pool-level work a region rule does once per round before :meth:`case_regions`
+        (e.g. a density over the pool); default: none."""
+
+    def case_regions(
+        self, ctx: QueryContext, unit: AnnotationUnit, case_id: str, axis: int | None = None
+    ) -> list[Scored]:
+        """Score the candidate regions of one case (region rules; one inference pass per case).
+
+        Args:
+            ctx: the round's context.
+            unit: the run's annotation unit (``unit.candidates`` cuts the case).
+            case_id: the case.
+            axis: the slice axis to cut along instead of the unit's (the elected modality's
+                plane).
+        """
+        raise NotImplementedError
+
+    def rank_regions(self, ctx: QueryContext, unit: AnnotationUnit) -> list[Scored]:
+        """Every candidate region of ``ctx.candidates``, best first (ties by case id, then by
+        region); a region rule's ranking of one round."""
+        self.prepare_round(ctx)
+        scored = [s for cid in ctx.candidates for s in self.case_regions(ctx, unit, cid)]
+        return sorted(scored, key=lambda s: (-s.score, s.case_id, repr(s.region)))
 
     def state_dict(self) -> dict[str, Any]:
         """Caches to keep across a resume (none by default)."""
