@@ -10,6 +10,8 @@ faces but only (2, 2, 2) beyond a corner along the diagonal.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,7 @@ from lightning_ada.metrics.lesions import (
 )
 
 N = 24
+CONF = Path(__file__).parent / "conf"
 
 
 def mask(*boxes: tuple[slice, slice, slice], size: int = N) -> np.ndarray:
@@ -297,3 +300,64 @@ def test_lesion_metrics_per_case_spacing() -> None:
     m = LesionMetrics({"FG": [1]}, keep_per_case=True)
     m.update(torch.stack([p, p]), torch.stack([g, g]), spacing=[(2.0, 1.0, 1.0), (1.0, 1.0, 1.0)])
     assert [r["lesion_hd95_FG"] for r in m.per_case()] == pytest.approx([2.0, 1.0])
+
+
+# ------------------------------------------------------------------ the module option
+BRATS_EVAL = "{WT: [NCR, ED, ET], TC: [NCR, ET]}"
+
+
+def test_lesion_regions_of_the_module() -> None:
+    from lightning_ada.models.module import SegmentationModule
+
+    tiny = {"filters": [4, 8, 16]}
+    wt_tc = {"WT": ["NCR", "ED", "ET"], "TC": ["NCR", "ET"]}
+    brats = SegmentationModule(eval_regions=wt_tc, lesion_wise=True, **tiny)
+    assert brats.lesion_regions == brats_regions()  # WT, TC from eval_regions, ET a label
+    # without WT and TC, the BraTS regions that exist: ET
+    assert SegmentationModule(**tiny).lesion_regions == {"ET": [3]}
+    # none of WT, TC, ET (NPC): every label region
+    npc = SegmentationModule(labels={"GTV": 1}, lesion_wise=True, **tiny)
+    assert npc.lesion_regions == {"GTV": [1]}
+    # off: no lesion-wise metric is built; on or off, the weights are the same
+    assert not hasattr(SegmentationModule(**tiny), "test_lesion_metrics")
+    assert set(brats.state_dict()) == set(SegmentationModule(eval_regions=wt_tc, **tiny).state_dict())
+
+
+def test_cli_test_logs_lesion_wise_metrics_next_to_unchanged_voxel_metrics(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    """``--model.lesion_wise true``: test and extra-split keys in range, per-case rows carry them,
+    and every voxel metric is the one of the same run without the option."""
+    from lightning_ada.main import main
+
+    common = [
+        "test", "-c", str(CONF / "random_tiny.yaml"), "--data.root", str(phantom_root),
+        "--model.source_checkpoint", str(source_ckpt), "--model.eval_regions", BRATS_EVAL,
+        "--data.extra_test_splits", "[source_test]",
+    ]
+    off = main([*common, "--trainer.default_root_dir", str(tmp_path / "off")])
+    on = main([*common, "--model.lesion_wise", "true", "--trainer.default_root_dir", str(tmp_path / "on")])
+    m_off, m_on = off.trainer.callback_metrics, on.trainer.callback_metrics
+    lesion_keys = {f"{split}/lesion_{k}_{r}" for split in ("test", "source_test")
+                   for k in ("dice", "hd95") for r in ("WT", "TC", "ET", "mean")}
+    assert not any("lesion" in k for k in m_off)
+    assert set(m_on) == set(m_off) | lesion_keys
+    for k, v in m_off.items():  # the voxel metrics are unchanged
+        assert float(m_on[k]) == pytest.approx(float(v), nan_ok=True), k
+    for k in lesion_keys:
+        value = float(m_on[k])
+        assert (0.0 <= value <= 1.0) if "_dice_" in k else (0.0 <= value <= HD95_PENALTY), k
+
+    for rows, split in [(on.model.last_test_per_case, "test"),
+                        (on.model.last_extra_per_case["source_test"], "source_test")]:
+        assert sorted(r["case_id"] for r in rows) == sorted(on.datamodule.split_ids[split])
+        for r in ("WT", "TC", "ET"):
+            for k in ("dice", "hd95"):
+                mean = np.mean([row[f"lesion_{k}_{r}"] for row in rows])
+                assert float(m_on[f"{split}/lesion_{k}_{r}"]) == pytest.approx(mean, rel=1e-5)
+    # the per-case voxel values are those of the run without the option
+    drop = [{k: v for k, v in row.items() if not k.startswith("lesion_")}
+            for row in on.model.last_test_per_case]
+    assert len(drop) == len(off.model.last_test_per_case) == len(on.datamodule.split_ids["test"])
+    for a, b in zip(drop, off.model.last_test_per_case):
+        assert a == pytest.approx(b, nan_ok=True)
