@@ -244,7 +244,7 @@ def test_brats_regions_from_label_values_and_class_indices() -> None:
 
 
 def class_volume() -> torch.Tensor:
-    """NCR [2:6]^3 (64) inside ED [1:7]^3, ET [10:14, 2:6, 2:6] (64) next to it in ED [9:15, 1:7, 1:7]."""
+    """NCR [2:6]^3 (64) in ED [1:7]^3; ET [10:14, 2:6, 2:6] (64) in ED [9:15, 1:7, 1:7]."""
     v = torch.zeros(N, N, N, dtype=torch.long)
     v[1:7, 1:7, 1:7] = 2
     v[2:6, 2:6, 2:6] = 1
@@ -320,7 +320,8 @@ def test_lesion_regions_of_the_module() -> None:
     assert npc.lesion_regions == {"GTV": [1]}
     # off: no lesion-wise metric is built; on or off, the weights are the same
     assert not hasattr(SegmentationModule(**tiny), "test_lesion_metrics")
-    assert set(brats.state_dict()) == set(SegmentationModule(eval_regions=wt_tc, **tiny).state_dict())
+    off = SegmentationModule(eval_regions=wt_tc, **tiny)
+    assert set(brats.state_dict()) == set(off.state_dict())
 
 
 def test_cli_test_logs_lesion_wise_metrics_next_to_unchanged_voxel_metrics(
@@ -336,7 +337,8 @@ def test_cli_test_logs_lesion_wise_metrics_next_to_unchanged_voxel_metrics(
         "--data.extra_test_splits", "[source_test]",
     ]
     off = main([*common, "--trainer.default_root_dir", str(tmp_path / "off")])
-    on = main([*common, "--model.lesion_wise", "true", "--trainer.default_root_dir", str(tmp_path / "on")])
+    on = main([*common, "--model.lesion_wise", "true",
+               "--trainer.default_root_dir", str(tmp_path / "on")])
     m_off, m_on = off.trainer.callback_metrics, on.trainer.callback_metrics
     lesion_keys = {f"{split}/lesion_{k}_{r}" for split in ("test", "source_test")
                    for k in ("dice", "hd95") for r in ("WT", "TC", "ET", "mean")}
