@@ -13,6 +13,7 @@ from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
 
 from lightning_ada.errors import ChangedRunError, CheckpointError
+from lightning_ada.metrics.lesions import LesionMetrics
 from lightning_ada.metrics.regions import RegionMetrics
 from lightning_ada.models.losses import PartialDiceCELoss
 from lightning_ada.models.nets import FeatureTap, NetName, build_net, decoder_head_input
@@ -47,6 +48,13 @@ class SegmentationModule(L.LightningModule):
             was 22-26 % faster (benchmarks/run_profile.md); off by default because the
             published benchmark tables were trained without it (same results within float
             round-off, not bit-identical).
+        lesion_wise: also score the test splits with the BraTS 2023 lesion-wise Dice and HD95
+            (:mod:`lightning_ada.metrics.lesions`, BraTS-GLI parameters) of the regions WT, TC
+            and ET among the evaluation regions, or of every label region when there is none of
+            them (e.g. NPC's GTV): logged as ``test/lesion_dice_<region>``,
+            ``test/lesion_hd95_<region>``, ``test/lesion_dice_mean``, ``test/lesion_hd95_mean``
+            (extra splits under their own prefix) and kept in the per-case rows. Off: nothing
+            computed, every other metric unchanged.
     """
 
     #: metric monitored for checkpointing
@@ -71,6 +79,7 @@ class SegmentationModule(L.LightningModule):
         mirror_tta: bool = False,
         source_checkpoint: str | None = None,
         channels_last: bool = False,
+        lesion_wise: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -109,6 +118,16 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = RegionMetrics(self.regions, distances=True, keep_per_case=True)
         #: metrics of the datamodule's extra test splits, by loader index (built when first used)
         self._extra_test_metrics: dict[int, RegionMetrics] = {}
+        #: regions of the lesion-wise metrics: WT, TC, ET where they exist, else every label
+        brats = {r: self.regions[r] for r in ("WT", "TC", "ET") if r in self.regions}
+        self.lesion_regions: dict[str, list[int]] = brats or {
+            n: self.regions[n] for n in self.hparams.labels
+        }
+        self.lesion_wise = bool(self.hparams.get("lesion_wise", False))
+        if self.lesion_wise:
+            self.test_lesion_metrics = LesionMetrics(self.lesion_regions, keep_per_case=True)
+        #: lesion-wise metrics of the extra test splits, by loader index (``lesion_wise`` only)
+        self._extra_test_lesion_metrics: dict[int, LesionMetrics] = {}
 
     def load_source(self, path: str | Path) -> None:
         """Initialise the net from a source checkpoint, checking that the shapes agree.
@@ -287,6 +306,10 @@ class SegmentationModule(L.LightningModule):
         self._split_metrics(dataloader_idx).update(
             pred, batch["label"][:, 0], spacing=spacing, case_ids=list(batch["case_id"])
         )
+        if self.lesion_wise:
+            self._split_lesion_metrics(dataloader_idx).update(
+                pred, batch["label"][:, 0], spacing=spacing, case_ids=list(batch["case_id"])
+            )
 
     def _split_metrics(self, dataloader_idx: int) -> RegionMetrics:
         """Test metrics of loader ``dataloader_idx`` (0: the test split; >0: an extra split)."""
@@ -298,12 +321,38 @@ class SegmentationModule(L.LightningModule):
             ).to(self.device)
         return self._extra_test_metrics[dataloader_idx]
 
+    def _split_lesion_metrics(self, dataloader_idx: int) -> LesionMetrics:
+        """Lesion-wise metrics of loader ``dataloader_idx`` (``lesion_wise`` only)."""
+        if dataloader_idx == 0:
+            return self.test_lesion_metrics
+        if dataloader_idx not in self._extra_test_lesion_metrics:
+            self._extra_test_lesion_metrics[dataloader_idx] = LesionMetrics(
+                self.lesion_regions, keep_per_case=self.test_metrics.keep_per_case
+            ).to(self.device)
+        return self._extra_test_lesion_metrics[dataloader_idx]
+
+    def _split_results(
+        self, metrics: RegionMetrics, lesions: LesionMetrics | None
+    ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """Summary values and per-case rows of one split (lesion-wise keys added when scored);
+        resets the split's metrics."""
+        values, rows = metrics.compute(), metrics.per_case()
+        metrics.reset()
+        if lesions is not None:
+            values.update(lesions.compute())
+            lesion_rows = lesions.per_case()
+            lesions.reset()
+            if [r.get("case_id") for r in rows] != [r.get("case_id") for r in lesion_rows]:
+                raise RuntimeError("voxel and lesion-wise metrics saw different cases")
+            rows = [{**r, **lr} for r, lr in zip(rows, lesion_rows)]
+        return values, rows
+
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
+        lesions = self.test_lesion_metrics if self.lesion_wise else None
+        values, rows = self._split_results(self.test_metrics, lesions)
         self.log_dict({f"test/{k}": float(v) for k, v in values.items()})
         #: per-case rows of the last test run (this rank's cases), for tables and statistics
-        self.last_test_per_case = self.test_metrics.per_case()
-        self.test_metrics.reset()
+        self.last_test_per_case = rows
         # extra test splits of the datamodule (``data.extra_test_splits``), prefixed by name
         dm = getattr(self.trainer, "datamodule", None)
         names = dm.test_split_names() if hasattr(dm, "test_split_names") else []
@@ -311,10 +360,10 @@ class SegmentationModule(L.LightningModule):
         self.last_extra_per_case: dict[str, list[dict[str, Any]]] = {}
         for idx, metrics in sorted(self._extra_test_metrics.items()):
             name = names[idx] if idx < len(names) else f"test_{idx}"
-            values = metrics.compute()
+            lesions = self._extra_test_lesion_metrics.get(idx) if self.lesion_wise else None
+            values, rows = self._split_results(metrics, lesions)
             self.log_dict({f"{name}/{k}": float(v) for k, v in values.items()})
-            self.last_extra_per_case[name] = metrics.per_case()
-            metrics.reset()
+            self.last_extra_per_case[name] = rows
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Class-index masks ``(B, 1, H, W, D)`` and the case ids of the batch."""
