@@ -209,15 +209,6 @@ class FileOracle(Oracle):
             )
 
 
-def _read_reason(refusal: Path) -> str:
-    """The reason an annotator wrote into a ``.ood`` refusal file (first line), else a default."""
-    try:
-        text = refusal.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        text = []
-    return text[0][:200] if text and text[0].strip() else "out of distribution"
-
-
     # ------------------------------------------------------------------ regions
     def _region_record(self, request: Request) -> dict[str, Any]:
         """What the request says of the asked part: on the network grid and on the grid of the
@@ -272,3 +263,12 @@ def _read_reason(refusal: Path) -> str:
                 f"request's asked_region_mask), around voxel {where}: delineate only the asked "
                 "part (0 or 255 elsewhere)"
             )
+
+
+def _read_reason(refusal: Path) -> str:
+    """The reason an annotator wrote into a ``.ood`` refusal file (first line), else a default."""
+    try:
+        text = refusal.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        text = []
+    return text[0][:200] if text and text[0].strip() else "out of distribution"
