@@ -394,3 +394,198 @@ def test_penalty_matrix_of_the_constructed_power_run(named: None, tmp_path: Path
     assert power.write_penalties(bounds_only, tmp_path / "none") == []
     one = [r for r in constructed() if r["run"] in ("lower", "upper", "random")]
     assert power.write_penalties(one, tmp_path / "one") == []  # one strategy: nothing to rank
+
+
+# ---------------------------------------------------------------------------------- primary endpoint
+PROTOCOL = """\
+primary:
+  measure: AUBC
+  budgets: [1, 2, 3, 5]
+  baseline: random of the same schedule
+  methods: [mmacts, stdr, coverage, maxherding, typiclust, ugtst]
+  correction: holm
+  alpha: 0.05
+"""
+
+
+def primary_rows() -> list[dict[str, Any]]:
+    """:func:`constructed` plus three curve rules whose per-seed AUBC difference to random (in
+    points) has a known exact Wilcoxon p over 10 seeds: coverage +(s + 1) but -1 at seed 0
+    (W- = 1: p = 4 / 2^10), maxherding +(s + 1) but -2 at seed 1 (W- = 2: p = 6 / 2^10),
+    typiclust +(s + 1) at even and -(s + 1) at odd seeds (a large p). mmActS (+(s + 1) at every
+    seed) and STDR (-2 at every seed) have p = 2 / 2^10. Every run started at 10:00 of
+    2026-01-02 and ran 60 s."""
+    rows = constructed()
+    shift = {
+        "coverage": [-1 if s == 0 else s + 1 for s in range(10)],
+        "maxherding": [-2 if s == 1 else s + 1 for s in range(10)],
+        "typiclust": [(s + 1) * (1 if s % 2 == 0 else -1) for s in range(10)],
+    }
+    for run, points in shift.items():
+        for s in range(10):
+            curve = [
+                {"labels": b, "epoch": 2 * b - 1,
+                 "per_case": cases(0.5 + 0.02 * b + 0.01 * points[s])}
+                for b in range(1, 6)
+            ]
+            rows.append({"task": "glioma", "seed": s, "fold": 0, "run": run, "budget": 5,
+                         "per_case": cases(0.0), "curve": curve})
+    for r in rows:
+        r.update(time="2026-01-02 10:01:00", seconds=60.0)
+    return rows
+
+
+@pytest.fixture
+def rule_names(named: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_ada.active.strategies import REGISTRY
+
+    for name, shown, order in (("coverage", "ProbCover", 95), ("maxherding", "MaxHerding", 96),
+                               ("typiclust", "TypiClust", 97), ("ugtst", "UGTST", 70)):
+        monkeypatch.setattr(REGISTRY[name], "display_name", shown, raising=False)
+        monkeypatch.setattr(REGISTRY[name], "table_order", order, raising=False)
+
+
+def write_protocol(folder: Path, text: str = PROTOCOL) -> Any:
+    from ada_bench.endpoint import load_protocol
+
+    path = folder / "protocol_in.yaml"
+    path.write_text(text)
+    return load_protocol(path)
+
+
+def test_primary_table_holm_adjusts_over_its_rows_by_hand(rule_names: None, tmp_path: Path) -> None:
+    """Raw p (sorted): mmActS 2, STDR 2, ProbCover 4, MaxHerding 6 (/ 2^10), TypiClust p_t.
+    Holm over the m = 5 rows: 5 x 2 = 10, max(10, 4 x 2) = 10, 3 x 4 = 12, max(12, 2 x 6) = 12
+    (/ 2^10), max(12 / 2^10, 1 x p_t) = p_t."""
+    from scipy.stats import wilcoxon
+
+    from ada_bench import endpoint
+
+    protocol = write_protocol(tmp_path)
+    table = endpoint.primary_table(primary_rows(), protocol, tmp_path, "power_penalty.md")
+    by = {r[1]: dict(zip(table.csv_header, r)) for r in table.csv_rows}
+    assert list(by) == ["mmacts", "stdr", "coverage", "maxherding", "typiclust"]  # declared order
+    assert {r["measure"] for r in by.values()} == {"AUBC 1-5"}
+    assert by["stdr"]["baseline"] == "random" and by["mmacts"]["n"] == 10
+    p_t = float(wilcoxon([(s + 1) * (1 if s % 2 == 0 else -1) for s in range(10)]).pvalue)
+    raw = {"mmacts": 2, "stdr": 2, "coverage": 4, "maxherding": 6}
+    for m, k in raw.items():
+        assert by[m]["p"] == pytest.approx(k / 2**10)
+    assert by["typiclust"]["p"] == pytest.approx(p_t)
+    holm = {"mmacts": 10 / 2**10, "stdr": 10 / 2**10, "coverage": 12 / 2**10,
+            "maxherding": 12 / 2**10, "typiclust": p_t}
+    for m, q in holm.items():
+        assert by[m]["p_holm"] == pytest.approx(q), m
+    assert [by[m]["rejected"] for m in by] == [1, 1, 1, 1, 0]
+    assert by["coverage"]["diff_mean"] == pytest.approx(statistics.fmean(
+        [-1] + [s + 1 for s in range(1, 10)]))
+    md = table.markdown()
+    assert md.startswith("## Primary endpoint (post hoc: declared after the runs): AUBC 1-5, ")
+    assert "| Wilcoxon p | Holm p | MDD points |" in md
+    assert "| glioma | ProbCover | Random | AUBC 1-5 | 10 |" in md
+    assert "| 0.00391 | 0.0117 |" in md  # ProbCover: raw 4 / 2^10, Holm 12 / 2^10
+    assert "Holm-Bonferroni adjusted over the 5 comparisons of this table (5 methods x 1 task)" in md
+    assert "rejected (Holm p ≤ 0.05): glioma mmActS, glioma STDR, glioma ProbCover, glioma " \
+        "MaxHerding." in md
+    assert "Declared but without a comparison in these results: glioma UGTST." in md
+    assert "[pairwise penalty matrix](power_penalty.md)" in md
+    assert f"SHA-256 `{protocol.sha256[:12]}…`" in md
+    assert "No invocation in invocations.jsonl recorded this protocol" in md
+    assert "the 90 runs of this table" in md  # random + 4 curve rules x 10 seeds, STDR x 4 budgets
+    # Holm is what changes: the same rows without correction keep the raw p
+    plain = write_protocol(tmp_path, PROTOCOL.replace("holm", "none"))
+    flat = endpoint.primary_table(primary_rows(), plain, tmp_path)
+    assert [r[11] for r in flat.csv_rows] == [r[10] for r in flat.csv_rows]
+
+
+def test_the_declaration_is_the_first_invocation_that_recorded_the_protocols_hash(
+    rule_names: None, tmp_path: Path
+) -> None:
+    """Runs started at 10:00 (10:01 minus 60 s): a protocol recorded at 09:00 was declared
+    before them; one recorded at 10:30 after all of them; an edited protocol (another hash) is
+    not declared by the old record."""
+    import json
+
+    from ada_bench import endpoint
+    from ada_bench.publish import record_start
+
+    protocol = write_protocol(tmp_path)
+    rows = primary_rows()
+    log = tmp_path / "invocations.jsonl"
+
+    def start(stamp: str, proto: Any) -> None:
+        with log.open("a") as f:
+            f.write(json.dumps({"id": stamp, "event": "start", "argv": [], "start": stamp,
+                                "protocol": endpoint.protocol_record(proto)}) + "\n")
+
+    start("2026-01-02 10:30:00", protocol)
+    late = endpoint.declaration(rows, protocol, tmp_path)
+    assert (late.recorded, late.runs, late.before, late.prospective) == (
+        "2026-01-02 10:30:00", 90, 90, False)
+    assert (late.first, late.last) == ("2026-01-02 10:00", "2026-01-02 10:01")
+    md = endpoint.primary_table(rows, protocol, tmp_path).markdown()
+    assert "first recorded at 2026-01-02 10:30, after 90 of the 90 runs" in md
+    start("2026-01-02 09:00:00", protocol)
+    early = endpoint.declaration(rows, protocol, tmp_path)
+    assert early.recorded == "2026-01-02 09:00:00" and early.prospective
+    md = endpoint.primary_table(rows, protocol, tmp_path).markdown()
+    assert md.startswith("## Primary endpoint (declared before the runs): ")
+    assert "recorded in invocations.jsonl at 2026-01-02 09:00, before every one of the 90 runs" in md
+    edited = write_protocol(tmp_path, PROTOCOL.replace("alpha: 0.05", "alpha: 0.01"))
+    assert endpoint.declaration(rows, edited, tmp_path).recorded is None
+    # the harness's own start line records the protocol (file, hash, text)
+    out = tmp_path / "run"
+    out.mkdir()
+    record_start(out, ["--power"], 0.0, endpoint.protocol_record(protocol))
+    line = json.loads((out / "invocations.jsonl").read_text())
+    assert line["protocol"]["sha256"] == protocol.sha256
+    assert line["protocol"]["text"] == PROTOCOL
+    assert endpoint.declared_at(out, protocol.sha256) == line["start"]
+
+
+def test_power_md_opens_with_the_primary_table_and_heads_the_rest_secondary(
+    rule_names: None, tmp_path: Path
+) -> None:
+    protocol = write_protocol(tmp_path)
+    made = power.power_report(primary_rows(), tmp_path / "out", protocol=protocol)
+    md = (tmp_path / "out" / "power.md").read_text()
+    assert md == made.markdown and md.startswith("## Primary endpoint")
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings[0].startswith("## Primary endpoint")
+    assert all(h.startswith("## Secondary / exploratory (unadjusted p): ")
+               for h in headings[1:]), headings
+    assert (tmp_path / "out" / "protocol.yaml").read_text() == PROTOCOL
+    assert (tmp_path / "out" / "power_penalty.md").is_file()
+    csv = (tmp_path / "out" / "power_primary.csv").read_text().splitlines()
+    assert csv[0].startswith("task,strategy,baseline,measure,n,") and len(csv) == 1 + 5
+    without = power.power_report(primary_rows(), tmp_path / "plain")
+    assert without.primary is None and "Secondary" not in without.markdown
+
+
+def test_protocol_files_are_checked(tmp_path: Path) -> None:
+    from ada_bench import endpoint
+
+    good = endpoint.load_protocol(REPO / "configs" / "power" / "protocol.yaml")
+    assert (good.measure, good.label, good.budgets, good.correction, good.alpha) == (
+        "AUBC", "AUBC 1-5", (1, 2, 3, 5), "holm", 0.05)
+    assert good.baseline == endpoint.SCHEDULE_MATCHED and good.tasks == ("glioma", "npc")
+    assert good.shown_path == "configs/power/protocol.yaml"
+    one = write_protocol(tmp_path, "primary: {measure: Dice at 3, methods: [mmacts]}\n")
+    assert (one.label, one.budgets, one.correction) == ("Dice at 3", (3,), "holm")
+    for text, error in (
+        ("other: 1\n", "no 'primary:'"),
+        ("primary: {measure: mean, methods: [a]}\n", "measure must be"),
+        ("primary: {measure: AUBC, budgets: [3], methods: [a]}\n", "at least two budgets"),
+        ("primary: {measure: AUBC, budgets: [1, 3]}\n", "methods is empty"),
+        ("primary: {measure: AUBC, budgets: [1, 3], methods: [a], correction: bonf}\n",
+         "correction"),
+        ("primary: {measure: AUBC, budgets: [1, 3], methods: [a], alpha: 5}\n", "alpha"),
+    ):
+        with pytest.raises(ValueError, match=error):
+            write_protocol(tmp_path, text)
+    mod = load_script()
+    assert mod.protocol_file(mod.parser().parse_args(["--power"])) == endpoint.POWER_PROTOCOL
+    assert mod.protocol_file(mod.parser().parse_args([])) is None
+    assert mod.protocol_file(mod.parser().parse_args(["--power", "--protocol", "none"])) is None
+    assert mod.protocol_file(mod.parser().parse_args(["--protocol", "x.yaml"])) == Path("x.yaml")
+

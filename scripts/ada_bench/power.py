@@ -17,12 +17,17 @@ every addition when that is another run): the same paired summaries over seeds. 
 
 The pairwise penalty matrix of every task (:func:`penalty_table`, ``power_penalty.md``) ranks all
 strategies against each other over the budgets (:func:`ada_bench.stats.penalty_matrix`).
+
+With a protocol file (:mod:`ada_bench.endpoint`) ``power.md`` opens with the declared primary
+comparison, Holm-adjusted over its rows, and heads every other table "secondary / exploratory
+(unadjusted p)".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -484,32 +489,81 @@ def write_penalties(
     return [out / name for name in texts]
 
 
-def write_power(
-    rows: Sequence[Mapping[str, Any]], out: str | Path, pair_by: str = "seed"
-) -> tuple[Table, list[Path]]:
-    """Write ``power.md`` / ``power.csv`` (the additions' gains, when there are any, appended to
-    ``power.md`` and in ``power_additions.csv``), ``power_curve_<task>.png`` and the penalty
-    matrices (:func:`write_penalties`: ``power_penalty.md``, its CSVs) into ``out``.
+@dataclass
+class PowerReport:
+    """What :func:`power_report` wrote.
 
-    Returns:
-        The power table (its notes end with the additions' table in markdown, if any) and the
-        figures.
+    Attributes:
+        table: every strategy vs random (secondary when there is a primary table; its notes end
+            with the additions' and the gaps' tables in markdown, if any).
+        primary: the declared primary comparison (:mod:`ada_bench.endpoint`), if a protocol was
+            given.
+        figures: the PNG files.
+        markdown: the text of ``power.md``.
     """
+
+    table: Table
+    primary: Table | None = None
+    figures: list[Path] = field(default_factory=list)
+    markdown: str = ""
+
+
+def power_report(
+    rows: Sequence[Mapping[str, Any]],
+    out: str | Path,
+    pair_by: str = "seed",
+    protocol: Any = None,
+) -> PowerReport:
+    """Write ``power.md`` / ``power.csv`` (the additions' gains and the gaps, when there are
+    any, appended to ``power.md`` and in ``power_additions.csv`` / ``power_gaps.csv``), the
+    penalty matrices (:func:`write_penalties`: ``power_penalty.md``, its CSVs) and
+    ``power_curve_<task>.png`` into ``out``.
+
+    With a ``protocol`` (:class:`ada_bench.endpoint.Protocol`) ``power.md`` opens with its
+    primary table (also ``power_primary.md/.csv``; the protocol's copy as ``protocol.yaml``;
+    its declaration read from ``out/invocations.jsonl``) and every other table is headed
+    secondary / exploratory.
+    """
+    from ada_bench.endpoint import SECONDARY, copy_protocol, primary_table
+
     out = Path(out)
     table = power_table(rows, pair_by=pair_by)
     gains = additions_table(rows, pair_by=pair_by)
+    gaps = gap_table(rows, pair_by=pair_by)
+    if protocol is not None:
+        for t in (table, gains, gaps):
+            t.title = SECONDARY + t.title.removeprefix("Power: ")
     if gains.rows:
         gains.write(out, "power_additions")
         table.notes = [*table.notes, "", gains.markdown()]
-    gaps = gap_table(rows, pair_by=pair_by)
     if gaps.rows:
         gaps.write(out, "power_gaps")
         table.notes = [*table.notes, "", gaps.markdown()]
     table.write(out, "power")
-    write_penalties(rows, out, pair_by)
+    penalties = write_penalties(rows, out, pair_by)
     figures = [
         p
         for task in tasks_of(rows)
         if (p := power_figure(rows, task, out / f"power_curve_{task}.png")) is not None
     ]
-    return table, figures
+    primary = None
+    parts = []
+    if protocol is not None:
+        link = "power_penalty.md" if penalties else None
+        primary = primary_table(rows, protocol, out, link, pair_by)
+        primary.write(out, "power_primary")
+        copy_protocol(protocol, out)
+        parts.append(primary.markdown())
+    parts.append(table.markdown())
+    text = "\n".join(parts)
+    write_text_atomic(out / "power.md", text)
+    return PowerReport(table, primary, figures, text)
+
+
+def write_power(
+    rows: Sequence[Mapping[str, Any]], out: str | Path, pair_by: str = "seed",
+    protocol: Any = None,
+) -> tuple[Table, list[Path]]:
+    """:func:`power_report`; returns its table (every strategy vs random) and figures."""
+    report = power_report(rows, out, pair_by, protocol)
+    return report.table, report.figures

@@ -63,13 +63,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-def record_start(out: Path, argv: Sequence[str], start: float) -> str:
-    """Append the ``start`` line of an invocation; return its id."""
+def record_start(
+    out: Path, argv: Sequence[str], start: float, protocol: dict[str, Any] | None = None
+) -> str:
+    """Append the ``start`` line of an invocation; return its id.
+
+    ``protocol`` (:func:`ada_bench.endpoint.protocol_record`: file, SHA-256, text) is the
+    declaration of the benchmark's primary endpoint, recorded before any run of the invocation
+    starts.
+    """
     ident = f"{int(start * 1000)}-{os.getpid()}"
-    append_row(
-        out / "invocations.jsonl",
-        {"id": ident, "event": "start", "argv": list(argv), "start": _stamp(start)},
-    )
+    line: dict[str, Any] = {"id": ident, "event": "start", "argv": list(argv),
+                            "start": _stamp(start)}
+    if protocol is not None:
+        line["protocol"] = dict(protocol)
+    append_row(out / "invocations.jsonl", line)
     return ident
 
 

@@ -72,6 +72,7 @@ def write_report(
     figure_methods: Sequence[str] = ("mmacts",),
     wandb: WandbSettings | None = None,
     budget: int = HEADLINE_BUDGET,
+    protocol: Any = None,
 ) -> str:
     """Write the tables (``*.md``, ``*.csv``), plots (``*.png``) and ``summary.md`` into ``out``.
 
@@ -80,6 +81,9 @@ def write_report(
         figure_methods: methods whose picks are drawn (needs their checkpoints); empty: none.
         wandb: also log the tables and figures to one W&B ``summary`` run.
         budget: the headline budget (Table 1, box plot, figures).
+        protocol: the declared primary comparison of a power report
+            (:class:`ada_bench.endpoint.Protocol`; :mod:`ada_bench.power`), None: no primary
+            table.
 
     Returns:
         The text of ``summary.md``.
@@ -107,11 +111,14 @@ def write_report(
         images += queried_figures(rows, out, figure_methods, budget)
     power = []
     if curves:  # the power profile (sequential runs with a budget curve)
-        from ada_bench.power import write_power
+        from ada_bench.power import power_report
 
-        tables["power"], figures = write_power(rows, out)
-        images += figures
-        power = [tables["power"].markdown()]
+        made = power_report(rows, out, protocol=protocol)
+        tables["power"] = made.table
+        if made.primary is not None:
+            tables["power_primary"] = made.primary
+        images += made.figures
+        power = [made.markdown]
     elif paired_runs(rows):  # several folds x seeds per budget: paired over (fold, seed) runs
         from ada_bench.power import additions_table, power_table
 
