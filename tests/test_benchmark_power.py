@@ -553,7 +553,8 @@ def test_power_md_opens_with_the_primary_table_and_heads_the_rest_secondary(
     headings = [line for line in md.splitlines() if line.startswith("## ")]
     assert headings[0].startswith("## Primary endpoint")
     assert all(h.startswith("## Secondary / exploratory (unadjusted p): ")
-               for h in headings[1:]), headings
+               for h in headings[1:-1]), headings
+    assert headings[-1] == "## Budget curves (descriptive, no test)"
     assert (tmp_path / "out" / "protocol.yaml").read_text() == PROTOCOL
     assert (tmp_path / "out" / "power_penalty.md").is_file()
     csv = (tmp_path / "out" / "power_primary.csv").read_text().splitlines()
@@ -589,3 +590,59 @@ def test_protocol_files_are_checked(tmp_path: Path) -> None:
     assert mod.protocol_file(mod.parser().parse_args(["--power", "--protocol", "none"])) is None
     assert mod.protocol_file(mod.parser().parse_args(["--protocol", "x.yaml"])) == Path("x.yaml")
 
+
+def test_power_figures_are_small_multiples_with_captions_from_the_data(
+    rule_names: None, tmp_path: Path
+) -> None:
+    """Rules: one panel each with random in every one (and the one-off random with the one-off
+    STDR); additions: one panel per run they are added to; at most 6 curves a panel, one colour
+    per method, distinct within a panel; the captions state seeds, budgets, baselines, bounds."""
+    rows = primary_rows()
+    for s in range(10):
+        base = {"task": "glioma", "seed": s, "fold": 0}
+        rows += [{**base, "run": "random_one_off", "budget": b,
+                  "per_case": cases(0.5 + 0.02 * b + 0.03)} for b in (1, 2, 3, 5)]
+        for add in ("st", "gba", "dgst", "all", "gba_singan", "x1", "x2"):
+            curve = [{"labels": b, "epoch": 2 * b - 1, "per_case": cases(0.5 + 0.02 * b)}
+                     for b in range(1, 6)]
+            rows.append({**base, "run": f"random+{add}", "budget": 5, "per_case": cases(0.0),
+                         "curve": curve})
+        rows.append({**rows[-1], "run": "mmacts+st"})
+    norm = [normalise(r) for r in expand_curves(rows)]
+    rules = power.rule_panels(norm, "glioma")
+    assert [p.methods for p in rules] == [
+        ("random", "random_one_off"), ("random", "random_one_off", "stdr"),
+        ("random", "mmacts"), ("random", "coverage"), ("random", "maxherding"),
+        ("random", "typiclust"),
+    ]
+    adds = power.addition_panels(norm, "glioma")
+    assert [p.methods[0] for p in adds] == ["random", "random", "mmacts"]
+    assert all(len(p.methods) <= power.MAX_CURVES for p in rules + adds)
+    assert sum(len(p.methods) - 1 for p in adds[:2]) == 7  # random's 7 additions in 2 panels
+    assert power._chunks(["a"], ["b", "c"]) == [("a", "b", "c")]
+    assert len(power._chunks(["a", "b"], list("cdefgh"))) == 2  # 6 more: 4 + 2
+    colours = power.method_colours(norm)
+    assert colours["random"] == "#000000" and colours["random_one_off"] == "#7f7f7f"
+    for panel in rules + adds:
+        assert len({colours[m] for m in panel.methods}) == len(panel.methods), panel
+    assert len({colours[m] for m in ("stdr", "mmacts", "coverage", "maxherding",
+                                      "typiclust")}) == 5
+    assert colours["random+st"] == colours["mmacts+st"]  # an addition's colour (module doc)
+    made = power.power_figures(rows, tmp_path)
+    assert [p.name for p, _ in made] == ["power_curve_glioma.png",
+                                         "power_curve_additions_glioma.png"]
+    assert all(p.stat().st_size > 10_000 for p, _ in made)
+    rule_caption, add_caption = (c for _, c in made)
+    assert rule_caption.startswith("**glioma: selection rules vs random.** Mean Dice (%; per "
+                                   "case the mean over ET, NCR, ED) over 10 seeds")
+    assert "First panel: Random (one-off) vs Random" in rule_caption
+    assert "one panel per selection rule (5;" in rule_caption
+    assert "for the one-off STDR, Random (one-off) (grey)" in rule_caption
+    assert ("one run per seed tested after each query's stride (budgets 1, 2, 3, 4, 5): Random, "
+            "mmActS, ProbCover, MaxHerding, TypiClust") in rule_caption
+    assert "one run per seed and budget (budgets 1, 2, 3, 5): Random (one-off), STDR" in rule_caption
+    assert ("the lower bound (source model, 0 labels: mean Dice 40.0 %) and the upper bound "
+            "(every pool case labelled: mean Dice 90.0 %)") in rule_caption
+    assert "One panel per run that additions were added to (3)" in add_caption
+    md = power.figures_markdown(made)
+    assert "![power_curve_glioma](power_curve_glioma.png)\n\n**glioma: selection" in md
