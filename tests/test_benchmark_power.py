@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from ada_bench import power, stats
 from ada_bench.curve import labels_at
 from ada_bench.results import expand_curves, normalise, read_rows
@@ -396,7 +395,7 @@ def test_penalty_matrix_of_the_constructed_power_run(named: None, tmp_path: Path
     assert power.write_penalties(one, tmp_path / "one") == []  # one strategy: nothing to rank
 
 
-# ---------------------------------------------------------------------------------- primary endpoint
+# ------------------------------------------------------------------------------ primary endpoint
 PROTOCOL = """\
 primary:
   measure: AUBC
@@ -457,9 +456,8 @@ def test_primary_table_holm_adjusts_over_its_rows_by_hand(rule_names: None, tmp_
     """Raw p (sorted): mmActS 2, STDR 2, ProbCover 4, MaxHerding 6 (/ 2^10), TypiClust p_t.
     Holm over the m = 5 rows: 5 x 2 = 10, max(10, 4 x 2) = 10, 3 x 4 = 12, max(12, 2 x 6) = 12
     (/ 2^10), max(12 / 2^10, 1 x p_t) = p_t."""
-    from scipy.stats import wilcoxon
-
     from ada_bench import endpoint
+    from scipy.stats import wilcoxon
 
     protocol = write_protocol(tmp_path)
     table = endpoint.primary_table(primary_rows(), protocol, tmp_path, "power_penalty.md")
@@ -484,7 +482,8 @@ def test_primary_table_holm_adjusts_over_its_rows_by_hand(rule_names: None, tmp_
     assert "| Wilcoxon p | Holm p | MDD points |" in md
     assert "| glioma | ProbCover | Random | AUBC 1-5 | 10 |" in md
     assert "| 0.00391 | 0.0117 |" in md  # ProbCover: raw 4 / 2^10, Holm 12 / 2^10
-    assert "Holm-Bonferroni adjusted over the 5 comparisons of this table (5 methods x 1 task)" in md
+    assert ("Holm-Bonferroni adjusted over the 5 comparisons of this table (5 methods x 1 task)"
+            in md)
     assert "rejected (Holm p ≤ 0.05): glioma mmActS, glioma STDR, glioma ProbCover, glioma " \
         "MaxHerding." in md
     assert "Declared but without a comparison in these results: glioma UGTST." in md
@@ -530,7 +529,8 @@ def test_the_declaration_is_the_first_invocation_that_recorded_the_protocols_has
     assert early.recorded == "2026-01-02 09:00:00" and early.prospective
     md = endpoint.primary_table(rows, protocol, tmp_path).markdown()
     assert md.startswith("## Primary endpoint (declared before the runs): ")
-    assert "recorded in invocations.jsonl at 2026-01-02 09:00, before every one of the 90 runs" in md
+    assert ("recorded in invocations.jsonl at 2026-01-02 09:00, before every one of the 90 runs"
+            in md)
     edited = write_protocol(tmp_path, PROTOCOL.replace("alpha: 0.05", "alpha: 0.01"))
     assert endpoint.declaration(rows, edited, tmp_path).recorded is None
     # the harness's own start line records the protocol (file, hash, text)
@@ -640,9 +640,32 @@ def test_power_figures_are_small_multiples_with_captions_from_the_data(
     assert "for the one-off STDR, Random (one-off) (grey)" in rule_caption
     assert ("one run per seed tested after each query's stride (budgets 1, 2, 3, 4, 5): Random, "
             "mmActS, ProbCover, MaxHerding, TypiClust") in rule_caption
-    assert "one run per seed and budget (budgets 1, 2, 3, 5): Random (one-off), STDR" in rule_caption
+    assert ("one run per seed and budget (budgets 1, 2, 3, 5): Random (one-off), STDR"
+            in rule_caption)
     assert ("the lower bound (source model, 0 labels: mean Dice 40.0 %) and the upper bound "
             "(every pool case labelled: mean Dice 90.0 %)") in rule_caption
     assert "One panel per run that additions were added to (3)" in add_caption
     md = power.figures_markdown(made)
     assert "![power_curve_glioma](power_curve_glioma.png)\n\n**glioma: selection" in md
+
+
+def test_a_row_whose_baseline_is_not_of_its_schedule_is_flagged(named: None) -> None:
+    """Real data: UGTST queried one-off and no one-off random ran, so its row compares with the
+    sequential random: flagged †, and the caption says which baseline every row uses."""
+    rows = real_rows()
+    for r in rows:
+        r["schedule"] = "one_off" if r["run"] == "ugtst" else "sequential"
+    rows += [{**r, "run": "stdr", "strategy": "stdr"} for r in rows if r["run"] == "random"]
+    table = power.power_table(rows, pair_by="run")
+    assert [(r[1], r[2]) for r in table.rows] == [
+        ("STDR", "Random"), ("UGTST (MICCAI'24)", "Random †")]
+    assert table.title.startswith(
+        "Every strategy vs random (the baseline of the same schedule where one ran, † where not)")
+    text = "\n".join(table.notes)
+    assert "Baseline of each row, of the same query schedule: Random for STDR." in text
+    assert ("† Not the same schedule: UGTST (MICCAI'24) queried the whole budget at once "
+            "(one-off) but no Random (one-off) ran on the same units, so the row compares with "
+            "Random") in text
+    matched = power.power_table(real_rows(), pair_by="run")  # no schedules recorded: no flag
+    assert "†" not in matched.markdown()
+    assert "(the baseline of the same schedule)" in matched.title

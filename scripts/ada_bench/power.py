@@ -116,6 +116,9 @@ def power_table(
         "diff_mean", "ci_low", "ci_high", "p", "sd", "mdd", "strategy_source", "baseline_source",
     ]
     md, csv_rows = [], []
+    #: matched baseline (or "effect", "other") -> [(task, method, baseline)]
+    schedules: dict[str, list[tuple[str, str, str]]] = {}
+    mixed: list[str] = []  # the schedules of the "other" rows
     for task in tasks_of(rows):
         methods = present_methods([r for r in rows if r["task"] == task])
         if not seed_values(rows, task, baseline, pair_by=pair_by):
@@ -126,9 +129,19 @@ def power_table(
             src = source_of(rows, task, method)
             matched = matched_baseline(rows, task, method, methods, baseline, pair_by)
             base_src = source_of(rows, task, matched)
+            mine, theirs = schedule_of(rows, task, method), schedule_of(rows, task, matched)
+            if method == ONE_OFF_BASELINE:
+                schedules.setdefault("effect", []).append((task, method, matched))
+            elif mine and theirs and mine != theirs:
+                schedules.setdefault("other", []).append((task, method, matched))
+                mixed.append(mine)
+            else:
+                schedules.setdefault(matched, []).append((task, method, matched))
+            mark = " †" if mine and theirs and mine != theirs and method != ONE_OFF_BASELINE \
+                else ""
             for label, res, ma, mb in compare(rows, task, method, matched, budgets, pair_by):
                 md.append(
-                    [task, display_name(method), display_name(matched), label,
+                    [task, display_name(method), display_name(matched) + mark, label,
                      *_paired_cells(res, ma, mb)]
                 )
                 csv_rows.append(
@@ -164,9 +177,13 @@ def power_table(
             "the runs of one seed share its source model, so they are not fully independent."
         ]
     )
+    baseline_note = _baseline_note(schedules, mixed)
+    which = "the baseline of the same schedule" if "other" not in schedules else (
+        "the baseline of the same schedule where one ran, † where not"
+    )
     return Table(
         ("Power: every" if pair_by == "seed" else "Every")
-        + " strategy vs random (the baseline of the same schedule), paired over "
+        + f" strategy vs random ({which}), paired over "
         f"{units} (Dice in %)",
         header,
         md,
@@ -188,9 +205,71 @@ def power_table(
                 else []
             ),
             curve_note,
+            *baseline_note,
             *unit_note,
         ],
     )
+
+
+def schedule_of(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str | None:
+    """How ``method`` queried on ``task``: the ``schedule`` its rows record (``one_off``: the
+    whole budget at once; ``sequential``: one query per stride), None when unrecorded or mixed."""
+    found = {r.get("schedule") for r in rows if r["task"] == task and r["method"] == method}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def _baseline_note(
+    schedules: Mapping[str, Sequence[tuple[str, str, str]]], mixed: Sequence[str]
+) -> list[str]:
+    """Which baseline each row of the power table uses: ``schedules`` maps a baseline to its
+    ``(task, method, baseline)`` rows, ``"effect"`` to the one-off random's row, ``"other"`` to
+    the rows whose baseline recorded another schedule (``mixed``: theirs; a † row)."""
+
+    every = {t for items in schedules.values() for t, _, _ in items}
+
+    def names(items: Sequence[tuple[str, str, str]]) -> str:
+        by: dict[str, list[str]] = {}
+        for t, m, _ in items:
+            by.setdefault(m, []).append(t)
+        return ", ".join(
+            display_name(m) + ("" if set(ts) == every else f" ({', '.join(ts)})")
+            for m, ts in by.items()
+        )
+
+    named = {b: items for b, items in schedules.items() if b not in ("effect", "other")}
+    parts = [f"{display_name(b)} for {names(items)}" for b, items in named.items()
+             if b != BASELINE]
+    if BASELINE in named:
+        rest = named[BASELINE]
+        parts.append(
+            f"{display_name(BASELINE)} for "
+            + (names(rest) if len(rest) <= 4 or not parts else "every other row")
+        )
+    notes = []
+    if parts:
+        notes.append("Baseline of each row, of the same query schedule: " + "; ".join(parts) + ".")
+    if "effect" in schedules:
+        notes.append(
+            f"{display_name(ONE_OFF_BASELINE)} vs {display_name(BASELINE)}: the two schedules "
+            "compared (the schedule effect)."
+        )
+    if "other" in schedules:
+        other = schedules["other"]
+        bases = ", ".join(dict.fromkeys(display_name(b) for _, _, b in other))
+        one_off = all(mine == "one_off" for mine in mixed)
+        notes.append(
+            f"† Not the same schedule: {names(other)} "
+            + (
+                f"queried the whole budget at once (one-off) but no "
+                f"{display_name(ONE_OFF_BASELINE)} ran on the same units, so the row compares "
+                f"with {bases}, which queried one case per stride (sequential)"
+                if one_off
+                else f"and {bases} recorded different query schedules"
+            )
+            + ": its Δ mixes the selection rule with the query schedule."
+        )
+    return notes
 
 
 def addition_references(method: str) -> list[str]:
@@ -365,7 +444,7 @@ def _family(method: str) -> str:
 def _chunks(fixed: Sequence[str], members: Sequence[str]) -> list[tuple[str, ...]]:
     """``fixed`` + ``members`` in panels of at most :data:`MAX_CURVES` curves, ``fixed`` in each."""
     room = max(1, MAX_CURVES - len(fixed))
-    return [tuple([*fixed, *members[i:i + room]]) for i in range(0, len(members), room)] or [
+    return [(*fixed, *members[i:i + room]) for i in range(0, len(members), room)] or [
         tuple(fixed)
     ]
 
@@ -388,7 +467,7 @@ def rule_panels(rows: Sequence[Mapping[str, Any]], task: str) -> list[Panel]:
         if m in baselines or _additions(m):
             continue
         families.setdefault(_family(m), []).append(m)
-    for family, members in families.items():
+    for members in families.values():
         matched = list(dict.fromkeys(
             matched_baseline(rows, task, m, methods) for m in members
         ))
@@ -428,7 +507,8 @@ def method_colours(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         if m in BASELINE_COLOURS:
             colours[m] = BASELINE_COLOURS[m]
         elif _additions(m):
-            colours[m] = ADDITION_COLOURS[adds.index("+".join(_additions(m))) % len(ADDITION_COLOURS)]
+            k = adds.index("+".join(_additions(m)))
+            colours[m] = ADDITION_COLOURS[k % len(ADDITION_COLOURS)]
         else:
             colours[m] = RULE_COLOURS[rules.index(m) % len(RULE_COLOURS)]
     return colours
@@ -620,7 +700,8 @@ def power_figures(
     made = []
     for task in tasks_of(rows):
         for additions, panels, name, what in (
-            (False, rule_panels(rows, task), f"power_curve_{task}.png", "selection rules vs random"),
+            (False, rule_panels(rows, task), f"power_curve_{task}.png",
+             "selection rules vs random"),
             (True, addition_panels(rows, task), f"power_curve_additions_{task}.png",
              "additions vs the run they are added to"),
         ):
