@@ -93,8 +93,15 @@ def write_report(
     curves = any(r.get("curve") for r in rows)
     rows = expand_curves(rows)  # a sequential run's curve: one row per budget
     tables = write_tables(rows, out)
-    tables["query_overhead"] = overhead_table(rows)
-    tables["query_overhead"].write(out, "query_overhead")
+    overhead = overhead_table(rows)
+    kept = out / "query_overhead.md"
+    if overhead.rows or not kept.is_file() or not any(r.get("queries") for r in rows):
+        overhead.write(out, "query_overhead")
+        overhead_text = overhead.markdown()
+        tables["query_overhead"] = overhead
+    else:  # the run folders (their config.yaml) are gone: keep the table made when they were
+        print(f"{kept}: kept (the run folders with each run's config.yaml are not there)")
+        overhead_text = kept.read_text()
     forgetting = forgetting_table(rows)
     if forgetting.rows:  # runs that scored extra test splits (source test, other institutions)
         tables["forgetting"] = forgetting
@@ -123,6 +130,10 @@ def write_report(
         from ada_bench.power import additions_table, power_table
 
         tables["paired"] = power_table(rows, pair_by="run")
+        tables["paired"].notes.append(
+            "Wilcoxon p: not adjusted for multiplicity (no primary endpoint was declared for this "
+            "benchmark; scripts/ada_bench/endpoint.py)."
+        )
         gains = additions_table(rows, pair_by="run")
         if gains.rows:
             tables["paired_additions"] = gains
@@ -141,11 +152,11 @@ def write_report(
             tables["ablation_schedule"].markdown(),
             tables["budget_curve"].markdown(),
             *([tables["forgetting"].markdown()] if "forgetting" in tables else []),
-            tables["query_overhead"].markdown(),
+            overhead_text,
             picks_summary(rows),
             suspect_summary(rows),
             "Files: "
-            + ", ".join(sorted(f"{n}.md/.csv" for n in tables))
+            + ", ".join(sorted(f"{n}.md/.csv" for n in {*tables, "query_overhead"}))
             + ", "
             + ", ".join(p.name for p in images),
             "",
