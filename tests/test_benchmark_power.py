@@ -669,3 +669,21 @@ def test_a_row_whose_baseline_is_not_of_its_schedule_is_flagged(named: None) -> 
     matched = power.power_table(real_rows(), pair_by="run")  # no schedules recorded: no flag
     assert "†" not in matched.markdown()
     assert "(the baseline of the same schedule)" in matched.title
+
+
+def test_the_primary_table_flags_a_baseline_of_another_schedule(
+    rule_names: None, tmp_path: Path
+) -> None:
+    """A one-off STDR without a one-off random: its primary row compares with the sequential
+    random, flagged †, and not listed as schedule-matched."""
+    from ada_bench import endpoint
+
+    rows = primary_rows()
+    for r in rows:
+        r["schedule"] = "one_off" if r["run"] == "stdr" else "sequential"
+    table = endpoint.primary_table(rows, write_protocol(tmp_path), tmp_path)
+    cells = {r[1]: r[2] for r in table.rows}
+    assert cells["STDR"] == "Random †" and cells["mmActS"] == "Random"
+    text = "\n".join(table.notes)
+    assert "Baselines: Random for MaxHerding, ProbCover, TypiClust, mmActS." in text
+    assert "† Not the same schedule: STDR and its baseline recorded different query" in text

@@ -330,8 +330,10 @@ def primary_table(
         hit = not math.isnan(q) and q <= protocol.alpha
         if hit:
             rejected.append(f"{task} {display_name(method)}")
+        mark = " †" if _other_schedule(norm, task, method, base) else ""
         md.append([
-            task, display_name(method), display_name(base), label, str(res.n), _fmt(ma), _fmt(mb),
+            task, display_name(method), display_name(base) + mark, label, str(res.n), _fmt(ma),
+            _fmt(mb),
             _fmt(res.mean), f"[{_fmt(res.ci_low)}, {_fmt(res.ci_high)}]", format_p(res.p),
             format_p(q), _fmt(res.mdd),
         ])
@@ -347,6 +349,14 @@ def primary_table(
         title, header, md, csv_header, csv_rows,
         _notes(norm, protocol, found, adjusted, rejected, decl, penalty_link, units),
     )
+
+
+def _other_schedule(norm: Sequence[Mapping[str, Any]], task: str, method: str, base: str) -> bool:
+    """Whether ``method`` and its baseline recorded different query schedules."""
+    from ada_bench.power import schedule_of
+
+    mine, theirs = schedule_of(norm, task, method), schedule_of(norm, task, base)
+    return bool(mine and theirs and mine != theirs)
 
 
 def _baseline_words(protocol: Protocol) -> str:
@@ -381,9 +391,11 @@ def _notes(
         f"{', '.join(protocol.tasks) if protocol.tasks else 'every task of the results'}; "
         f"baseline: {_baseline_words(protocol)}.",
     ]
+    other = sorted({display_name(f[1]) for f in found if _other_schedule(norm, *f[:3])})
     if protocol.baseline == SCHEDULE_MATCHED:
         one_off = sorted({display_name(f[1]) for f in found if f[2] == ONE_OFF_BASELINE})
-        seq = sorted({display_name(f[1]) for f in found if f[2] == BASELINE})
+        seq = sorted({display_name(f[1]) for f in found if f[2] == BASELINE
+                      and display_name(f[1]) not in other})
         parts = []
         if seq:
             parts.append(f"{display_name(BASELINE)} for {', '.join(seq)}")
@@ -394,6 +406,12 @@ def _notes(
             )
         if parts:
             notes.append("Baselines: " + "; ".join(parts) + ".")
+    if other:
+        notes.append(
+            f"† Not the same schedule: {', '.join(other)} and its baseline recorded different "
+            "query schedules (no random of its own schedule ran on its units): its Δ mixes the "
+            "selection rule with the query schedule."
+        )
     if protocol.correction == "holm":
         notes.append(
             f"Holm p: Holm-Bonferroni adjusted over the {n_tests} comparisons of this table "
