@@ -671,6 +671,7 @@ def figure_caption(
     for m in methods:
         found = ", ".join(str(p[0]) for p in curve_points(rows, task, m))
         groups.setdefault((source_of(rows, task, m), found), []).append(display_name(m))
+
     def budget_words(budgets: str) -> str:
         return f"budget{'s' if ',' in budgets else ''} {budgets}"
 
