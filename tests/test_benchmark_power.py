@@ -4,6 +4,7 @@ budget curves from one sequential run, and a tiny ``--power`` run end to end."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import shutil
 import statistics
@@ -333,7 +334,14 @@ def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
     assert int(stdr2["n_seeds"]) == 2 and stdr2["baseline_source"] == "curve"
     assert [line.split(",")[2] for line in csv[1:]] == ["Dice at 1", "Dice at 2", "AUBC 1-2"]
     assert (out / "power_curve_glioma.png").is_file()
-    assert "## Power" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    # the default protocol (configs/power/protocol.yaml) was recorded at the start and its
+    # primary table opens power.md; the rest is secondary
+    assert "## Primary endpoint (" in summary
+    assert "## Secondary / exploratory (unadjusted p): every strategy vs random" in summary
+    start = json.loads((out / "invocations.jsonl").read_text().splitlines()[0])
+    assert start["protocol"]["file"] == "configs/power/protocol.yaml"
+    assert (out / "protocol.yaml").read_text() == start["protocol"]["text"]
 
 
 def test_gap_table_gives_the_change_of_a_rules_lead_over_random_with_an_addition() -> None:
@@ -531,6 +539,13 @@ def test_the_declaration_is_the_first_invocation_that_recorded_the_protocols_has
     assert md.startswith("## Primary endpoint (declared before the runs): ")
     assert ("recorded in invocations.jsonl at 2026-01-02 09:00, before every one of the 90 runs"
             in md)
+    # whole-second stamps: a declaration 1 s after a run's estimated start is not after it
+    close = tmp_path / "close"
+    close.mkdir()
+    log, kept_log = close / "invocations.jsonl", log
+    start("2026-01-02 10:00:01", protocol)
+    assert endpoint.declaration(rows, protocol, close).prospective
+    log = kept_log
     edited = write_protocol(tmp_path, PROTOCOL.replace("alpha: 0.05", "alpha: 0.01"))
     assert endpoint.declaration(rows, edited, tmp_path).recorded is None
     # the harness's own start line records the protocol (file, hash, text)

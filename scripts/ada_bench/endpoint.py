@@ -27,8 +27,10 @@ Declaration (:func:`declaration`): ``scripts/benchmark.py`` records the protocol
 SHA-256 and text in the ``start`` line of every invocation (``invocations.jsonl``, next to
 ``results.jsonl``; published with it). The protocol counts as declared at the start of the
 earliest invocation that recorded a file with the same hash. A run started at its row's
-``time`` minus its ``seconds``; every run that feeds the primary table and started before that
-declaration (or with no declaration recorded at all) makes the table *post hoc*. The harness
+``time`` minus its ``seconds`` (both stamps are whole seconds, so a run counts as started
+before the declaration only when it started more than one second before it); every run that
+feeds the primary table and started before that declaration (or with no declaration recorded at
+all) makes the table *post hoc*. The harness
 still builds it, and its title and caption say so, with the counts and dates: editing the
 protocol after seeing results changes its hash, so it becomes a new, later declaration.
 """
@@ -67,6 +69,8 @@ SCHEDULE_MATCHED = "random of the same schedule"
 CORRECTIONS = ("holm", "none")
 #: the name of the protocol's copy in a results folder (and the published one)
 COPY_NAME = "protocol.yaml"
+#: the resolution of the start and end stamps (``YYYY-MM-DD HH:MM:SS``), seconds
+STAMP_RESOLUTION = 1.0
 #: the heading prefix of every table that is not the primary one
 SECONDARY = "Secondary / exploratory (unadjusted p): "
 
@@ -268,7 +272,9 @@ def declaration(
             spans[key] = (math.nan, math.nan)
     n = len(spans)
     spans_ = list(spans.values())
-    t0 = _parse(recorded) if recorded else math.inf
+    # both stamps are whole seconds: a run counts as before only if it started before the
+    # declaration by more than that resolution
+    t0 = _parse(recorded) - STAMP_RESOLUTION if recorded else math.inf
     before = sum(1 for s, _ in spans_ if math.isnan(s) or s < t0)
     timed = [s for s in spans_ if not math.isnan(s[0])]
     return Declaration(
