@@ -65,7 +65,16 @@ ablation_schedule.md/.csv, budget_curve.md/.csv, all_runs.md/.csv, forgetting.md
 scored extra test splits: source test cases, other institutions), budget_curve_<task>.png,
 boxplot_<task>_b3.png, queried_<task>_*.png, summary.md (``--power``: power.md/.csv,
 power_curve_<task>.png, power_penalty.md/.csv: the pairwise penalty matrix of every task, and
-power_penalty_tests.csv); errors.jsonl for failed runs; jobs/ (one log per parallel job).
+power_penalty_tests.csv); errors.jsonl for failed runs; jobs/ (one log per parallel job);
+invocations.jsonl (a start and an end line per invocation).
+
+The primary endpoint (scripts/ada_bench/endpoint.py): ``--protocol FILE`` (with ``--power`` by
+default configs/power/protocol.yaml) declares one comparison, e.g. the AUBC of each selection rule
+vs the random of its own schedule, Holm-corrected over those rules. Its path, SHA-256 and text
+are recorded in the start line of the invocation before any run starts; power.md opens with its
+table (power_primary.csv; the file copied as protocol.yaml), titled "declared before the runs"
+only when every run of the table started after the first invocation that recorded that hash,
+else "post hoc"; every other table is headed secondary / exploratory (unadjusted p).
 
 ``--quick`` is the reduced protocol that fits in an hour on 2 CPU cores: fold 0, seeds 0 and 1,
 phantoms at 24^3 with 20 pool / 10 test cases, source training 24 epochs, target runs 12 epochs
@@ -101,6 +110,7 @@ import sys
 import time
 from pathlib import Path
 
+from ada_bench.endpoint import load_protocol, protocol_record
 from ada_bench.folds import FoldScheme
 from ada_bench.jobs import Cluster, run_units, units_of
 from ada_bench.loop import BenchConfig, BenchmarkLoop, stop_on_signals
@@ -215,6 +225,13 @@ def parser() -> argparse.ArgumentParser:
         "--additions-dir",
         help="folder of the <addition>.yaml overlays of '<run>+<addition>' names "
         "(default: configs/additions)",
+    )
+    p.add_argument(
+        "--protocol",
+        help="the protocol file declaring the primary endpoint (scripts/ada_bench/endpoint.py): "
+        "recorded with its SHA-256 in invocations.jsonl when the benchmark starts, its primary "
+        "table printed first in power.md (default with --power: configs/power/protocol.yaml; "
+        "'none': no primary table)",
     )
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots")
     p.add_argument(
@@ -421,6 +438,16 @@ def build_config(
     )
 
 
+def protocol_file(args: argparse.Namespace) -> Path | None:
+    """The protocol file of the primary endpoint: ``--protocol`` (``none``: None), else with
+    ``--power`` the power one (:data:`ada_bench.endpoint.POWER_PROTOCOL`), else None."""
+    from ada_bench.endpoint import POWER_PROTOCOL
+
+    if args.protocol:
+        return None if args.protocol.lower() == "none" else Path(args.protocol)
+    return POWER_PROTOCOL if args.power else None
+
+
 def cluster_of(args: argparse.Namespace, workers: int) -> Cluster:
     """Where parallel jobs run (``--cluster``, ``--workers``, ``--timeout-min``, ``--slurm``)."""
     slurm = []
@@ -458,10 +485,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:  # a bad run name, option or addition: one line, before anything runs
+    try:  # a bad run name, option, addition or protocol: one line, before anything runs
         cfg = build_config(args, extra, extra_configs)
         BenchmarkLoop(cfg).validate()
-    except ValueError as e:
+        path = protocol_file(args)
+        protocol = load_protocol(path) if path is not None else None
+    except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     workers = args.workers or (QUICK["workers"] if args.quick or args.power else 1)
     failed = 0
@@ -478,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         invocation = None
         if not args.dry_run:
             cfg.out.mkdir(parents=True, exist_ok=True)
-            invocation = record_start(cfg.out, argv, start)
+            invocation = record_start(
+                cfg.out, argv, start, protocol_record(protocol) if protocol else None
+            )
         if (workers > 1 or args.cluster != "local") and not args.dry_run:
             failed = run_parallel(cfg, cluster_of(args, workers))
         else:
@@ -502,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no results in {cfg.out}")
         return 1
     figures = [] if args.figures in ([], ["none"]) else args.figures
-    print(write_report(cfg.out, figures, cfg.wandb))
+    print(write_report(cfg.out, figures, cfg.wandb, protocol=protocol))
     if args.publish:
         dest = Path(args.publish)
         text = publish(cfg.out, dest, f"Results: {dest.name}")

@@ -279,14 +279,38 @@ def real_centre_summary(out: Path, name: str, budgets: list[int] | None) -> str:
     pooled = [{**r, "fold": 0} for r in rows]
     table = group_table(
         pooled, [name], f"One adaptation to {name} (real data, folds pooled)", "centre",
-        budgets=budgets or present,
+        budgets=budgets or present, real=True,
     )
+    folds = sorted({int(r["fold"]) for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
+    runs = sorted({len({(r["fold"], r["seed"]) for r in rows if r["run"] == run})
+                   for run in {r["run"] for r in rows}})
+    tests = sorted({int(r["n_test"]) for r in rows if r.get("n_test") is not None})
+    pools = sorted({int(r["n_pool"]) for r in rows if r.get("n_pool") is not None})
+
+    def counts(values: list[int]) -> str:
+        return "/".join(map(str, values))
+
     table.notes.append(
-        f"Folds pooled: every fold's test cases are {name} cases, each run paired with the upper "
-        "bound of its own fold and seed (all of that fold's pool labelled)."
+        f"Real scans, folds pooled: {len(folds)} fold{'s' if len(folds) != 1 else ''} x "
+        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} = {counts(runs)} runs per method, "
+        f"{counts(tests)} {name} test cases and a pool of {counts(pools)} per fold; each run "
+        "paired with the upper bound of its own fold and seed (all of that fold's pool "
+        "labelled)."
     )
     table.write(out, f"centre_{name}")
     return table.markdown()
+
+
+def made_with(previous: Path) -> str:
+    """The commands of the "Made with:" block of a ``summary.md`` ("" if none): a committed
+    folder summarised again keeps them (its ``commands.txt`` stayed in the runs folder)."""
+    if not previous.is_file():
+        return ""
+    text = previous.read_text()
+    if "\nMade with:\n\n```\n" not in text:
+        return ""
+    return text.split("\nMade with:\n\n```\n", 1)[1].split("\n```", 1)[0].strip()
 
 
 def summary(args: argparse.Namespace) -> str:
@@ -321,7 +345,7 @@ def summary(args: argparse.Namespace) -> str:
     n_tests = sorted({int(r.get("n_test") or 0) for r in rows if r["run"] != "source"})
     n_pools = sorted({int(r.get("n_pool") or 0) for r in rows if r["run"] != "source"})
     record = out / "commands.txt"
-    commands = record.read_text().strip() if record.is_file() else ""
+    commands = record.read_text().strip() if record.is_file() else made_with(out / "summary.md")
     quick = any(str(r.get("quick")) == "True" for r in rows) or "--quick" in commands
     head = [
         f"# Protocol: {rec['protocol']} ({args.task})", "",

@@ -557,3 +557,24 @@ def test_wandb_offline_runs_receive_the_metrics_and_the_run_attributes(
     assert table["columns"][:2] == ["method", "labels"]
     assert [r[:2] for r in table["data"]] == [["random", "1"]]
     assert table["data"][0][2] == pytest.approx(100 * run["test"]["dice_ET"], abs=1e-6)
+
+
+def test_captions_name_only_the_methods_that_ran(named: None) -> None:
+    """Without mmActS (the p-values' reference) no caption names it; the ablations without
+    runs say so in their title."""
+    rows = [r for r in make_rows() if not r["run"].startswith("mmacts")]
+    texts = {
+        "table1": tables.table1(rows).markdown(),
+        "distances": tables.table1_distances(rows).markdown(),
+        "table2": tables.table2(rows).markdown(),
+        "schedule": tables.schedule_table(rows).markdown(),
+        "all_runs": tables.all_runs_table(rows).markdown(),
+    }
+    for name, text in texts.items():
+        assert "mmActS" not in text, name
+    assert tables.NO_REFERENCE in texts["table1"] and tables.NO_REFERENCE in texts["all_runs"]
+    assert texts["table2"].startswith(
+        "## Table 2: modality ablation at budget 3: no runs in this benchmark")
+    assert "| p |" in texts["all_runs"].splitlines()[2]
+    full = tables.table1(make_rows()).markdown()
+    assert "of mmActS vs the row" in full and tables.NO_REFERENCE not in full

@@ -4,6 +4,7 @@ budget curves from one sequential run, and a tiny ``--power`` run end to end."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import shutil
 import statistics
@@ -12,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from ada_bench import power, stats
 from ada_bench.curve import labels_at
 from ada_bench.results import expand_curves, normalise, read_rows
@@ -334,7 +334,14 @@ def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
     assert int(stdr2["n_seeds"]) == 2 and stdr2["baseline_source"] == "curve"
     assert [line.split(",")[2] for line in csv[1:]] == ["Dice at 1", "Dice at 2", "AUBC 1-2"]
     assert (out / "power_curve_glioma.png").is_file()
-    assert "## Power" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    # the default protocol (configs/power/protocol.yaml) was recorded at the start and its
+    # primary table opens power.md; the rest is secondary
+    assert "## Primary endpoint (" in summary
+    assert "## Secondary / exploratory (unadjusted p): every strategy vs random" in summary
+    start = json.loads((out / "invocations.jsonl").read_text().splitlines()[0])
+    assert start["protocol"]["file"] == "configs/power/protocol.yaml"
+    assert (out / "protocol.yaml").read_text() == start["protocol"]["text"]
 
 
 def test_gap_table_gives_the_change_of_a_rules_lead_over_random_with_an_addition() -> None:
@@ -394,3 +401,304 @@ def test_penalty_matrix_of_the_constructed_power_run(named: None, tmp_path: Path
     assert power.write_penalties(bounds_only, tmp_path / "none") == []
     one = [r for r in constructed() if r["run"] in ("lower", "upper", "random")]
     assert power.write_penalties(one, tmp_path / "one") == []  # one strategy: nothing to rank
+
+
+# ------------------------------------------------------------------------------ primary endpoint
+PROTOCOL = """\
+primary:
+  measure: AUBC
+  budgets: [1, 2, 3, 5]
+  baseline: random of the same schedule
+  methods: [mmacts, stdr, coverage, maxherding, typiclust, ugtst]
+  correction: holm
+  alpha: 0.05
+"""
+
+
+def primary_rows() -> list[dict[str, Any]]:
+    """:func:`constructed` plus three curve rules whose per-seed AUBC difference to random (in
+    points) has a known exact Wilcoxon p over 10 seeds: coverage +(s + 1) but -1 at seed 0
+    (W- = 1: p = 4 / 2^10), maxherding +(s + 1) but -2 at seed 1 (W- = 2: p = 6 / 2^10),
+    typiclust +(s + 1) at even and -(s + 1) at odd seeds (a large p). mmActS (+(s + 1) at every
+    seed) and STDR (-2 at every seed) have p = 2 / 2^10. Every run started at 10:00 of
+    2026-01-02 and ran 60 s."""
+    rows = constructed()
+    shift = {
+        "coverage": [-1 if s == 0 else s + 1 for s in range(10)],
+        "maxherding": [-2 if s == 1 else s + 1 for s in range(10)],
+        "typiclust": [(s + 1) * (1 if s % 2 == 0 else -1) for s in range(10)],
+    }
+    for run, points in shift.items():
+        for s in range(10):
+            curve = [
+                {"labels": b, "epoch": 2 * b - 1,
+                 "per_case": cases(0.5 + 0.02 * b + 0.01 * points[s])}
+                for b in range(1, 6)
+            ]
+            rows.append({"task": "glioma", "seed": s, "fold": 0, "run": run, "budget": 5,
+                         "per_case": cases(0.0), "curve": curve})
+    for r in rows:
+        r.update(time="2026-01-02 10:01:00", seconds=60.0)
+    return rows
+
+
+@pytest.fixture
+def rule_names(named: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_ada.active.strategies import REGISTRY
+
+    for name, shown, order in (("coverage", "ProbCover", 95), ("maxherding", "MaxHerding", 96),
+                               ("typiclust", "TypiClust", 97), ("ugtst", "UGTST", 70)):
+        monkeypatch.setattr(REGISTRY[name], "display_name", shown, raising=False)
+        monkeypatch.setattr(REGISTRY[name], "table_order", order, raising=False)
+
+
+def write_protocol(folder: Path, text: str = PROTOCOL) -> Any:
+    from ada_bench.endpoint import load_protocol
+
+    path = folder / "protocol_in.yaml"
+    path.write_text(text)
+    return load_protocol(path)
+
+
+def test_primary_table_holm_adjusts_over_its_rows_by_hand(rule_names: None, tmp_path: Path) -> None:
+    """Raw p (sorted): mmActS 2, STDR 2, ProbCover 4, MaxHerding 6 (/ 2^10), TypiClust p_t.
+    Holm over the m = 5 rows: 5 x 2 = 10, max(10, 4 x 2) = 10, 3 x 4 = 12, max(12, 2 x 6) = 12
+    (/ 2^10), max(12 / 2^10, 1 x p_t) = p_t."""
+    from ada_bench import endpoint
+    from scipy.stats import wilcoxon
+
+    protocol = write_protocol(tmp_path)
+    table = endpoint.primary_table(primary_rows(), protocol, tmp_path, "power_penalty.md")
+    by = {r[1]: dict(zip(table.csv_header, r)) for r in table.csv_rows}
+    assert list(by) == ["mmacts", "stdr", "coverage", "maxherding", "typiclust"]  # declared order
+    assert {r["measure"] for r in by.values()} == {"AUBC 1-5"}
+    assert by["stdr"]["baseline"] == "random" and by["mmacts"]["n"] == 10
+    p_t = float(wilcoxon([(s + 1) * (1 if s % 2 == 0 else -1) for s in range(10)]).pvalue)
+    raw = {"mmacts": 2, "stdr": 2, "coverage": 4, "maxherding": 6}
+    for m, k in raw.items():
+        assert by[m]["p"] == pytest.approx(k / 2**10)
+    assert by["typiclust"]["p"] == pytest.approx(p_t)
+    holm = {"mmacts": 10 / 2**10, "stdr": 10 / 2**10, "coverage": 12 / 2**10,
+            "maxherding": 12 / 2**10, "typiclust": p_t}
+    for m, q in holm.items():
+        assert by[m]["p_holm"] == pytest.approx(q), m
+    assert [by[m]["rejected"] for m in by] == [1, 1, 1, 1, 0]
+    assert by["coverage"]["diff_mean"] == pytest.approx(statistics.fmean(
+        [-1] + [s + 1 for s in range(1, 10)]))
+    md = table.markdown()
+    assert md.startswith("## Primary endpoint (post hoc: declared after the runs): AUBC 1-5, ")
+    assert "| Wilcoxon p | Holm p | MDD points |" in md
+    assert "| glioma | ProbCover | Random | AUBC 1-5 | 10 |" in md
+    assert "| 0.00391 | 0.0117 |" in md  # ProbCover: raw 4 / 2^10, Holm 12 / 2^10
+    assert ("Holm-Bonferroni adjusted over the 5 comparisons of this table (5 methods x 1 task)"
+            in md)
+    assert "rejected (Holm p ≤ 0.05): glioma mmActS, glioma STDR, glioma ProbCover, glioma " \
+        "MaxHerding." in md
+    assert "Declared but without a comparison in these results: glioma UGTST." in md
+    assert "[pairwise penalty matrix](power_penalty.md)" in md
+    assert f"SHA-256 `{protocol.sha256[:12]}…`" in md
+    assert "No invocation in invocations.jsonl recorded this protocol" in md
+    assert "the 90 runs of this table" in md  # random + 4 curve rules x 10 seeds, STDR x 4 budgets
+    # Holm is what changes: the same rows without correction keep the raw p
+    plain = write_protocol(tmp_path, PROTOCOL.replace("holm", "none"))
+    flat = endpoint.primary_table(primary_rows(), plain, tmp_path)
+    assert [r[11] for r in flat.csv_rows] == [r[10] for r in flat.csv_rows]
+
+
+def test_the_declaration_is_the_first_invocation_that_recorded_the_protocols_hash(
+    rule_names: None, tmp_path: Path
+) -> None:
+    """Runs started at 10:00 (10:01 minus 60 s): a protocol recorded at 09:00 was declared
+    before them; one recorded at 10:30 after all of them; an edited protocol (another hash) is
+    not declared by the old record."""
+    import json
+
+    from ada_bench import endpoint
+    from ada_bench.publish import record_start
+
+    protocol = write_protocol(tmp_path)
+    rows = primary_rows()
+    log = tmp_path / "invocations.jsonl"
+
+    def start(stamp: str, proto: Any) -> None:
+        with log.open("a") as f:
+            f.write(json.dumps({"id": stamp, "event": "start", "argv": [], "start": stamp,
+                                "protocol": endpoint.protocol_record(proto)}) + "\n")
+
+    start("2026-01-02 10:30:00", protocol)
+    late = endpoint.declaration(rows, protocol, tmp_path)
+    assert (late.recorded, late.runs, late.before, late.prospective) == (
+        "2026-01-02 10:30:00", 90, 90, False)
+    assert (late.first, late.last) == ("2026-01-02 10:00", "2026-01-02 10:01")
+    md = endpoint.primary_table(rows, protocol, tmp_path).markdown()
+    assert "first recorded at 2026-01-02 10:30, after 90 of the 90 runs" in md
+    start("2026-01-02 09:00:00", protocol)
+    early = endpoint.declaration(rows, protocol, tmp_path)
+    assert early.recorded == "2026-01-02 09:00:00" and early.prospective
+    md = endpoint.primary_table(rows, protocol, tmp_path).markdown()
+    assert md.startswith("## Primary endpoint (declared before the runs): ")
+    assert ("recorded in invocations.jsonl at 2026-01-02 09:00, before every one of the 90 runs"
+            in md)
+    # whole-second stamps: a declaration 1 s after a run's estimated start is not after it
+    close = tmp_path / "close"
+    close.mkdir()
+    log, kept_log = close / "invocations.jsonl", log
+    start("2026-01-02 10:00:01", protocol)
+    assert endpoint.declaration(rows, protocol, close).prospective
+    log = kept_log
+    edited = write_protocol(tmp_path, PROTOCOL.replace("alpha: 0.05", "alpha: 0.01"))
+    assert endpoint.declaration(rows, edited, tmp_path).recorded is None
+    # the harness's own start line records the protocol (file, hash, text)
+    out = tmp_path / "run"
+    out.mkdir()
+    record_start(out, ["--power"], 0.0, endpoint.protocol_record(protocol))
+    line = json.loads((out / "invocations.jsonl").read_text())
+    assert line["protocol"]["sha256"] == protocol.sha256
+    assert line["protocol"]["text"] == PROTOCOL
+    assert endpoint.declared_at(out, protocol.sha256) == line["start"]
+
+
+def test_power_md_opens_with_the_primary_table_and_heads_the_rest_secondary(
+    rule_names: None, tmp_path: Path
+) -> None:
+    protocol = write_protocol(tmp_path)
+    made = power.power_report(primary_rows(), tmp_path / "out", protocol=protocol)
+    md = (tmp_path / "out" / "power.md").read_text()
+    assert md == made.markdown and md.startswith("## Primary endpoint")
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings[0].startswith("## Primary endpoint")
+    assert all(h.startswith("## Secondary / exploratory (unadjusted p): ")
+               for h in headings[1:-1]), headings
+    assert headings[-1] == "## Budget curves (descriptive, no test)"
+    assert (tmp_path / "out" / "protocol.yaml").read_text() == PROTOCOL
+    assert (tmp_path / "out" / "power_penalty.md").is_file()
+    csv = (tmp_path / "out" / "power_primary.csv").read_text().splitlines()
+    assert csv[0].startswith("task,strategy,baseline,measure,n,") and len(csv) == 1 + 5
+    without = power.power_report(primary_rows(), tmp_path / "plain")
+    assert without.primary is None and "Secondary" not in without.markdown
+
+
+def test_protocol_files_are_checked(tmp_path: Path) -> None:
+    from ada_bench import endpoint
+
+    good = endpoint.load_protocol(REPO / "configs" / "power" / "protocol.yaml")
+    assert (good.measure, good.label, good.budgets, good.correction, good.alpha) == (
+        "AUBC", "AUBC 1-5", (1, 2, 3, 5), "holm", 0.05)
+    assert good.baseline == endpoint.SCHEDULE_MATCHED and good.tasks == ("glioma", "npc")
+    assert good.shown_path == "configs/power/protocol.yaml"
+    one = write_protocol(tmp_path, "primary: {measure: Dice at 3, methods: [mmacts]}\n")
+    assert (one.label, one.budgets, one.correction) == ("Dice at 3", (3,), "holm")
+    for text, error in (
+        ("other: 1\n", "no 'primary:'"),
+        ("primary: {measure: mean, methods: [a]}\n", "measure must be"),
+        ("primary: {measure: AUBC, budgets: [3], methods: [a]}\n", "at least two budgets"),
+        ("primary: {measure: AUBC, budgets: [1, 3]}\n", "methods is empty"),
+        ("primary: {measure: AUBC, budgets: [1, 3], methods: [a], correction: bonf}\n",
+         "correction"),
+        ("primary: {measure: AUBC, budgets: [1, 3], methods: [a], alpha: 5}\n", "alpha"),
+    ):
+        with pytest.raises(ValueError, match=error):
+            write_protocol(tmp_path, text)
+    mod = load_script()
+    assert mod.protocol_file(mod.parser().parse_args(["--power"])) == endpoint.POWER_PROTOCOL
+    assert mod.protocol_file(mod.parser().parse_args([])) is None
+    assert mod.protocol_file(mod.parser().parse_args(["--power", "--protocol", "none"])) is None
+    assert mod.protocol_file(mod.parser().parse_args(["--protocol", "x.yaml"])) == Path("x.yaml")
+
+
+def test_power_figures_are_small_multiples_with_captions_from_the_data(
+    rule_names: None, tmp_path: Path
+) -> None:
+    """Rules: one panel each with random in every one (and the one-off random with the one-off
+    STDR); additions: one panel per run they are added to; at most 6 curves a panel, one colour
+    per method, distinct within a panel; the captions state seeds, budgets, baselines, bounds."""
+    rows = primary_rows()
+    for s in range(10):
+        base = {"task": "glioma", "seed": s, "fold": 0}
+        rows += [{**base, "run": "random_one_off", "budget": b,
+                  "per_case": cases(0.5 + 0.02 * b + 0.03)} for b in (1, 2, 3, 5)]
+        for add in ("st", "gba", "dgst", "all", "gba_singan", "x1", "x2"):
+            curve = [{"labels": b, "epoch": 2 * b - 1, "per_case": cases(0.5 + 0.02 * b)}
+                     for b in range(1, 6)]
+            rows.append({**base, "run": f"random+{add}", "budget": 5, "per_case": cases(0.0),
+                         "curve": curve})
+        rows.append({**rows[-1], "run": "mmacts+st"})
+    norm = [normalise(r) for r in expand_curves(rows)]
+    rules = power.rule_panels(norm, "glioma")
+    assert [p.methods for p in rules] == [
+        ("random", "random_one_off"), ("random", "random_one_off", "stdr"),
+        ("random", "mmacts"), ("random", "coverage"), ("random", "maxherding"),
+        ("random", "typiclust"),
+    ]
+    adds = power.addition_panels(norm, "glioma")
+    assert [p.methods[0] for p in adds] == ["random", "random", "mmacts"]
+    assert all(len(p.methods) <= power.MAX_CURVES for p in rules + adds)
+    assert sum(len(p.methods) - 1 for p in adds[:2]) == 7  # random's 7 additions in 2 panels
+    assert power._chunks(["a"], ["b", "c"]) == [("a", "b", "c")]
+    assert len(power._chunks(["a", "b"], list("cdefgh"))) == 2  # 6 more: 4 + 2
+    colours = power.method_colours(norm)
+    assert colours["random"] == "#000000" and colours["random_one_off"] == "#7f7f7f"
+    for panel in rules + adds:
+        assert len({colours[m] for m in panel.methods}) == len(panel.methods), panel
+    assert len({colours[m] for m in ("stdr", "mmacts", "coverage", "maxherding",
+                                      "typiclust")}) == 5
+    assert colours["random+st"] == colours["mmacts+st"]  # an addition's colour (module doc)
+    made = power.power_figures(rows, tmp_path)
+    assert [p.name for p, _ in made] == ["power_curve_glioma.png",
+                                         "power_curve_additions_glioma.png"]
+    assert all(p.stat().st_size > 10_000 for p, _ in made)
+    rule_caption, add_caption = (c for _, c in made)
+    assert rule_caption.startswith("**glioma: selection rules vs random.** Mean Dice (%; per "
+                                   "case the mean over ET, NCR, ED) over 10 seeds")
+    assert "First panel: Random (one-off) vs Random" in rule_caption
+    assert "one panel per selection rule (5;" in rule_caption
+    assert "for the one-off STDR, Random (one-off) (grey)" in rule_caption
+    assert ("one run per seed tested after each query's stride (budgets 1, 2, 3, 4, 5): Random, "
+            "mmActS, ProbCover, MaxHerding, TypiClust") in rule_caption
+    assert ("one run per seed and budget (budgets 1, 2, 3, 5): Random (one-off), STDR"
+            in rule_caption)
+    assert ("the lower bound (source model, 0 labels: mean Dice 40.0 %) and the upper bound "
+            "(every pool case labelled: mean Dice 90.0 %)") in rule_caption
+    assert "One panel per run that additions were added to (3)" in add_caption
+    md = power.figures_markdown(made)
+    assert "![power_curve_glioma](power_curve_glioma.png)\n\n**glioma: selection" in md
+
+
+def test_a_row_whose_baseline_is_not_of_its_schedule_is_flagged(named: None) -> None:
+    """Real data: UGTST queried one-off and no one-off random ran, so its row compares with the
+    sequential random: flagged †, and the caption says which baseline every row uses."""
+    rows = real_rows()
+    for r in rows:
+        r["schedule"] = "one_off" if r["run"] == "ugtst" else "sequential"
+    rows += [{**r, "run": "stdr", "strategy": "stdr"} for r in rows if r["run"] == "random"]
+    table = power.power_table(rows, pair_by="run")
+    assert [(r[1], r[2]) for r in table.rows] == [
+        ("STDR", "Random"), ("UGTST (MICCAI'24)", "Random †")]
+    assert table.title.startswith(
+        "Every strategy vs random (the baseline of the same schedule where one ran, † where not)")
+    text = "\n".join(table.notes)
+    assert "Baseline of each row, of the same query schedule: Random for STDR." in text
+    assert ("† Not the same schedule: UGTST (MICCAI'24) queried the whole budget at once "
+            "(one-off) but no Random (one-off) ran on the same units, so the row compares with "
+            "Random") in text
+    matched = power.power_table(real_rows(), pair_by="run")  # no schedules recorded: no flag
+    assert "†" not in matched.markdown()
+    assert "(the baseline of the same schedule)" in matched.title
+
+
+def test_the_primary_table_flags_a_baseline_of_another_schedule(
+    rule_names: None, tmp_path: Path
+) -> None:
+    """A one-off STDR without a one-off random: its primary row compares with the sequential
+    random, flagged †, and not listed as schedule-matched."""
+    from ada_bench import endpoint
+
+    rows = primary_rows()
+    for r in rows:
+        r["schedule"] = "one_off" if r["run"] == "stdr" else "sequential"
+    table = endpoint.primary_table(rows, write_protocol(tmp_path), tmp_path)
+    cells = {r[1]: r[2] for r in table.rows}
+    assert cells["STDR"] == "Random †" and cells["mmActS"] == "Random"
+    text = "\n".join(table.notes)
+    assert "Baselines: Random for MaxHerding, ProbCover, TypiClust, mmActS." in text
+    assert "† Not the same schedule: STDR and its baseline recorded different query" in text

@@ -428,3 +428,80 @@ def test_query_overhead_uses_the_saved_schedule(tmp_path: Path) -> None:
     t = overhead_table([row, {**row, "run_dir": str(tmp_path / "gone")}])
     # 2 s per round; (24 - 4) / 10 epochs x 2 = 4 s per stride; the run without config is skipped
     assert t.csv_rows == [["npc", "mmacts", 1, 2.0, 4.0, 50.0]]
+
+
+def test_publish_again_in_place_keeps_the_header_and_embeds_figures_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed folder (no invocations.jsonl) summarised again and published onto itself: the
+    block keeps its commands / machine lines, a table's relative links resolve from the
+    repository root, a figure a table embeds is not listed again; a run folder's protocol and
+    invocation log are published with the tables."""
+    from ada_bench.publish import publish, record_start
+
+    monkeypatch.chdir(tmp_path)
+    dest = Path("benchmarks") / "power"
+    dest.mkdir(parents=True)
+    (dest / "results.jsonl").write_text("")
+    (dest / "README.md").write_text(
+        "### Results: power\n\nCommands:\n```bash\npython scripts/benchmark.py --power\n```\n"
+        "Machine: 2 CPU cores. Wall time 1.0 min.\n\n#### Old table\n\nold\n"
+    )
+    (dest / "power.md").write_text(
+        "## Primary\n\n| a |\n|---|\n| 1 |\n\nSee [m](power_penalty.md).\n\n"
+        "![power_curve_glioma](power_curve_glioma.png)\n\n**caption**\n"
+    )
+    (dest / "power_curve_glioma.png").write_bytes(b"png")
+    (dest / "boxplot_glioma_b3.png").write_bytes(b"png")
+    text = publish(dest, dest, "Results: power")
+    assert text.startswith("### Results: power\n\nCommands:\n```bash\npython scripts/benchmark.py "
+                           "--power\n```\nMachine: 2 CPU cores. Wall time 1.0 min.\n\n#### Primary")
+    assert "[m](benchmarks/power/power_penalty.md)" in text and "Old table" not in text
+    assert text.count("power_curve_glioma.png)") == 1
+    assert "![boxplot_glioma_b3](benchmarks/power/boxplot_glioma_b3.png)" in text
+    readme = (dest / "README.md").read_text()
+    assert "[m](power_penalty.md)" in readme and "](power_curve_glioma.png)" in readme
+    out = Path("run")
+    out.mkdir()
+    (out / "results.jsonl").write_text("")
+    (out / "protocol.yaml").write_text("primary: {}\n")
+    record_start(out, ["--power"], 1.7e9, {"file": "p.yaml", "sha256": "ab", "text": "x"})
+    publish(out, Path("benchmarks") / "other", "Results: other")
+    assert (Path("benchmarks") / "other" / "protocol.yaml").read_text() == "primary: {}\n"
+    assert '"sha256": "ab"' in (Path("benchmarks") / "other" / "invocations.jsonl").read_text()
+
+
+def test_a_report_without_the_run_folders_keeps_the_query_overhead_table(tmp_path: Path) -> None:
+    """The overhead needs each run's config.yaml (its run folder): a committed results folder
+    summarised again keeps the table made when the folders were there."""
+    import json
+
+    from ada_bench.report import write_report
+
+    rows = [{"task": "npc", "run": run, "seed": 0, "fold": 0, "budget": b, "test": {},
+             "per_case": [{"case_id": "c0", "dice_GTV": 0.5}], "run_dir": str(tmp_path / "gone"),
+             "fit_seconds": 10.0, "queries": [{"round": 0}] if run == "random" else []}
+            for run, b in (("lower", 0), ("random", 1))]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = "## Query overhead\n\n| Task |\n|---|\n| npc |\n"
+    (tmp_path / "query_overhead.md").write_text(kept)
+    text = write_report(tmp_path, ())
+    assert (tmp_path / "query_overhead.md").read_text() == kept and kept in text
+    assert "query_overhead.md/.csv" in text
+    (tmp_path / "query_overhead.md").unlink()
+    write_report(tmp_path, ())
+    assert "(none)" in (tmp_path / "query_overhead.md").read_text()  # nothing to keep
+
+
+def test_a_summary_again_keeps_the_commands_it_was_made_with(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import protocols
+
+    (tmp_path / "summary.md").write_text(
+        "# Protocol\n\nMade with:\n\n```\npython scripts/protocols.py centres   # started x\n```\n"
+        "\n## Table\n")
+    assert protocols.made_with(tmp_path / "summary.md") == (
+        "python scripts/protocols.py centres   # started x")
+    assert protocols.made_with(tmp_path / "none.md") == ""

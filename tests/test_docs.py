@@ -5,8 +5,11 @@
 - every result a paragraph, list item or table row states next to a link to a committed table
   (``benchmarks/**/*.md`` or ``.csv``; a list item without one: the tables of the paragraph that
   introduces its list) is found in that table: each number with a decimal point, a sign or a
-  ``%`` (rounded as stated), and each ``a / b`` count; the rows of the README's "Which strategy
-  when" table must each cite such a table;
+  ``%`` (rounded as stated), each ``a / b`` count and each count of runs, rows or pairs; a count
+  of seeds is the number of seeds in the cited folder's results.jsonl; the rows of the README's
+  "Which strategy when" table must each cite such a table, and so must every count of runs,
+  rows or seeds on the pages that report results (README.md, docs/findings.md);
+- the seed counts benchmarks/README.md states next to a benchmark folder are that folder's;
 - the result blocks of benchmarks/README.md are the published text of their folders (the
   harness writes both, nothing is typed);
 - no issue numbers, config files that exist, and a README that stays short.
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -37,6 +41,17 @@ NUMBER = re.compile(r"(?<![\w.\-−+])([+\-−]?)(\d+(?:\.\d+)?)(\s?%)?")
 #: any number in a table file
 ANY_NUMBER = re.compile(r"([+\-−]?)(\d+(?:\.\d+)?)")
 FRACTION = re.compile(r"(?<![\w.])(\d+) / (\d+)(?![\w.])")
+#: a stated count of runs, rows, seeds, invocations or case pairs (digits or a number word)
+COUNT = re.compile(
+    r"(?<![\w.,])(\d+|one|two|three|four|five|six|seven|eight|nine|ten)\s+"
+    r"(?:paired\s+|out-of-pool\s+)?(runs?|rows|seeds?|invocations?|test-case pairs|case-runs)"
+    r"\b",
+    re.IGNORECASE,
+)
+WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten".split())}
+#: pages that report results: every count of runs, rows or seeds they state cites a table
+RESULT_PAGES = [README, ROOT / "docs" / "findings.md"]
 RESULT_FILE = re.compile(r"(^|/)benchmarks/.+\.(md|csv)$")
 
 
@@ -198,6 +213,28 @@ def stated(block: str) -> tuple[list[tuple[str, str]], list[str]]:
     return numbers, fractions
 
 
+def counts(block: str) -> list[tuple[int, str]]:
+    """The (number, unit) counts of runs, rows, seeds ... a block states (links and code
+    dropped)."""
+    text = LINK.sub(" ", without_inline_code(block))
+    return [(int(n) if n.isdigit() else WORDS[n.lower()], unit.lower())
+            for n, unit in COUNT.findall(text)]
+
+
+@functools.lru_cache(maxsize=None)
+def seeds_of(folder: Path) -> int | None:
+    """How many seeds the results.jsonl of a benchmark folder holds (None: no results file)."""
+    path = folder / "results.jsonl"
+    if not path.is_file():
+        return None
+    seeds = set()
+    for line in path.read_text().splitlines():
+        m = re.search(r'"seed": (\d+)', line)
+        if m:
+            seeds.add(int(m.group(1)))
+    return len(seeds)
+
+
 def table_values(paths: list[Path]) -> tuple[list[Decimal], str]:
     text = "\n".join(p.read_text() for p in paths)
     values = [Decimal((s.replace("−", "-") if s != "+" else "") + d)
@@ -225,6 +262,14 @@ def check_block(page: Path, line: int, block: str, tables: list[Path]) -> list[s
     bad = [f"{page.name}:{line}: {s}{d} not in {names}" for s, d in numbers
            if not found(s, d, values)]
     bad += [f"{page.name}:{line}: '{f}' not in {names}" for f in fractions if f not in flat]
+    seeds = {n for t in tables if (n := seeds_of(t.parent)) is not None}
+    for n, unit in counts(block):  # seeds: read against the tables' results.jsonl if any
+        if unit.startswith("seed") and seeds:
+            if n not in seeds:
+                bad.append(f"{page.name}:{line}: {n} {unit}, but the results of {names} hold "
+                           f"{' or '.join(map(str, sorted(seeds)))} seeds")
+        elif not found("", str(n), values):
+            bad.append(f"{page.name}:{line}: {n} {unit} not in {names}")
     return bad
 
 
@@ -245,6 +290,45 @@ def test_stated_results_are_in_the_tables_they_cite(page: Path) -> None:
     assert not bad, "\n".join(bad)
     if page.name == "findings.md":
         assert checked >= 10
+
+
+@pytest.mark.parametrize("page", RESULT_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_stated_counts_of_runs_and_seeds_cite_a_table(page: Path) -> None:
+    """A count of runs, rows or seeds on a page that reports results sits in a block that cites
+    the table it comes from (so the check above reads it against that table and its data)."""
+    bad: list[str] = []
+    intro: list[Path] = []
+    for line, block, kind in blocks(page.read_text()):
+        tables = cited_tables(page, block) if kind != "heading" else []
+        if kind == "item":
+            tables = tables or intro
+        else:
+            intro = tables if kind == "paragraph" else []
+        if counts(block) and not tables:
+            bad.append(f"{page.name}:{line}: {counts(block)} cite no committed table")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_benchmark_folders_seed_counts_are_their_data() -> None:
+    """benchmarks/README.md's own text (outside the generated blocks): a count of seeds next to
+    a link to a benchmark folder is the number of seeds in that folder's results.jsonl."""
+    doc = re.sub(r"<!-- results:([\w.-]+):start -->.*?<!-- results:\1:end -->", "",
+                 BENCH_README.read_text(), flags=re.DOTALL)
+    checked, bad = 0, []
+    for line, block, _ in blocks(doc):
+        folders = [BENCH_README.parent / t.rstrip("/") for _, t in LINK.findall(block)
+                   if not is_external(t) and t.endswith("/")]
+        known = {f.name: n for f in folders if (n := seeds_of(f)) is not None}
+        said = [n for n, unit in counts(block) if unit.startswith("seed")]
+        if not known or not said:
+            continue
+        checked += 1
+        if len(known) == 1:
+            bad += [f"README:{line}: {n} seeds, {known}" for n in said if n not in known.values()]
+    assert not bad, "\n".join(bad)
+    assert checked >= 3
+    assert counts("10 seeds, one seed, 9 paired runs, 670 rows, 36 out-of-pool case-runs") == [
+        (10, "seeds"), (1, "seed"), (9, "runs"), (670, "rows"), (36, "case-runs")]
 
 
 def strategy_section() -> str:
@@ -280,6 +364,21 @@ def test_the_number_check_catches_a_wrong_number(tmp_path: Path) -> None:
     # a list item without a link of its own is read with its introducing paragraph's tables
     kinds = [k for _, _, k in blocks("# H\nIntro [t](benchmarks/t.md):\n- +2.5\n  more\n- 1.0\n\nText\n")]
     assert kinds == ["heading", "paragraph", "item", "item", "paragraph"]
+
+
+def test_the_count_check_catches_a_wrong_count(tmp_path: Path) -> None:
+    table = tmp_path / "benchmarks" / "t" / "t.md"
+    table.parent.mkdir(parents=True)
+    table.write_text("| Runs | 9 |\n")
+    (table.parent / "results.jsonl").write_text(
+        "".join(f'{{"task": "x", "run": "r", "seed": {s}}}\n' for s in (0, 1, 2)))
+    page = tmp_path / "page.md"
+    assert check_block(page, 1, "3 seeds x 3 folds = 9 paired runs [t](benchmarks/t/t.md)",
+                       [table]) == []
+    assert check_block(page, 1, "9 seeds [t](benchmarks/t/t.md)", [table]) == [
+        "page.md:1: 9 seeds, but the results of t.md hold 3 seeds"]
+    assert check_block(page, 1, "three seeds, 7 runs [t](benchmarks/t/t.md)", [table]) == [
+        "page.md:1: 7 runs not in t.md"]
 
 
 def test_benchmark_blocks_are_the_published_text_of_their_folders() -> None:

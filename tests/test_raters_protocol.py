@@ -215,3 +215,43 @@ def test_real_centre_summary_pools_the_folds_of_one_institution(tmp_path: Path) 
     assert random["n"] == "6" and random["budget"] == "3"
     assert float(random["dsc_diff"]) == pytest.approx(-0.1)  # mean of 0, 0, -0.1, -0.1, -0.2, -0.2
     assert "folds pooled" in text
+
+
+def test_group_table_shows_each_rows_seeds_and_the_20_percent_row_once() -> None:
+    """Group B (pools of 10 in both seeds): its 20 % is 2 labels for every seed, the budget-2
+    row, shown once as '2 (= 20 %)'. Group C: pools of 20 and 10, so 4 and 2 labels, a row of
+    its own. Group D: random ran for seed 1 only (a pool of 4 in seed 0, under the budget of 5):
+    1 seed, and the caption says which seeds and why. The CSV keeps every budget's row."""
+    rows = constructed()
+    for r in rows:
+        if r["fold"] == 1 and r["seed"] == 1:
+            r["n_pool"] = 10
+    for s in (0, 1):
+        base = {"task": "glioma", "seed": s, "fold": 2, "n_pool": 4 if s == 0 else 5, "n_test": 4}
+        rows.append({**base, "run": "upper", "per_case": per_case([0.8] * 4, hd=2.0)})
+        if s == 1:
+            curve = [{"labels": k, "epoch": k, "per_case": per_case([0.5] * 4)}
+                     for k in range(1, 6)]
+            rows.append({**base, "run": "random", "budget": 5, "per_case": [], "curve": curve})
+    table = group_table(rows, ["B", "C", "D"], "t", "centre")
+    assert table.header[:6] == ["centre", "method", "budget", "labels", "seeds", "n"]
+    shown = {(r[0], r[2]): r for r in table.rows if r[1] == "Random"}
+    assert [b for g, b in shown if g == "B"] == ["1", "2 (= 20 %)", "3", "4", "5"]
+    assert [b for g, b in shown if g == "C"] == [SHARE_ROW, "1", "2", "3", "4", "5"]
+    assert shown[("C", SHARE_ROW)][3] == "2/4"  # seed 1: 20 % of 10; seed 0: of 20
+    assert shown[("D", "1 (= 20 %)")][4:6] == ["1", "4"]  # one seed, its 4 cases
+    assert [r[4:6] for r in table.rows if r[0] == "D" and r[1] == "Upper bound"] == [["2", "8"]]
+    csv_rows = {(r[0], r[2]): dict(zip(table.csv_header, r)) for r in table.csv_rows
+                if r[1] == "random"}
+    assert csv_rows[("B", SHARE_ROW)]["share_20"] == csv_rows[("B", "2")]["share_20"] == 1
+    assert csv_rows[("B", "3")]["share_20"] == 0 and csv_rows[("D", "2")]["seeds"] == 1
+    text = "\n".join(table.notes)
+    assert "'k (= 20 %)' (B: 2, D: 1), not a second row (the CSV keeps both)" in text
+    assert ("D Random: seed 1 only, no run for seed 0: the pool has 4 cases there, fewer than "
+            "the budget 5 the run was planned at") in text
+    assert "Random: one sequential run per seed at the largest budget, tested after each" in text
+    assert "a phantom draw" in text and "every seed;" in text
+    real = group_table(rows, ["B", "C", "D"], "t", "centre", budgets=[3], real=True)
+    text = "\n".join(real.notes)
+    assert "phantom" not in text and "20 %" not in text and "every fold and seed" in text
+    assert "the runs of one seed their source model" in text

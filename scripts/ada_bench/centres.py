@@ -265,6 +265,10 @@ def select_budget(
     return out
 
 
+def _names(methods: Sequence[str]) -> str:
+    return ", ".join(display_name(m) for m in methods)
+
+
 def group_table(
     rows: Sequence[Mapping[str, Any]],
     groups: Sequence[str],
@@ -273,9 +277,16 @@ def group_table(
     budgets: Sequence[int | str] = (SHARE_ROW, *BUDGETS),
     extra: Callable[[list[dict[str, Any]], list[str]], dict[str, str]] | None = None,
     extra_header: Sequence[str] = (),
+    real: bool = False,
 ) -> Table:
     """Per group, method and budget: DSC and HD95 median [IQR], paired difference to the upper
     bound of the group (module doc).
+
+    The markdown shows a 20 % row only where it differs from every budget row (where each seed's
+    20 % is the same label count k, the row of budget k is marked ``k (= 20 %)``); the CSV keeps
+    every budget's row. Each row gives its seeds and n (the (seed, case) pairs); the notes are
+    written from the rows: the schedule of each method, the 20 % rule where it is shown, the
+    cells with fewer seeds than the group's upper bound and why.
 
     Args:
         rows: result rows of one task (raw).
@@ -285,27 +296,40 @@ def group_table(
         budgets: budgets shown for every strategy (:data:`SHARE_ROW`: each seed's 20 %).
         extra: optional ``(selected rows, regions) -> {column: cell}`` for ``extra_header``.
         extra_header: the extra columns.
+        real: real scans (folds pooled into one group), not a phantom draw per seed.
     """
     norm = expanded(rows)
+    # the runs as planned (a curve run: at its largest budget)
+    planned_rows = [normalise(r) for r in rows if r["run"] != "source"]
     tasks = sorted({r["task"] for r in norm})
     if len(tasks) > 1:
         raise ValueError(f"group_table expects one task, got {tasks}")
     regions = regions_of(norm, tasks[0]) if tasks else []
     methods = sorted({r["method"] for r in norm if r["method"] != "source"}, key=table_order)
-    header = [group_label, "method", "labels", "n", "DSC % median [IQR]", "HD95 mm median [IQR]",
-              "ΔDSC vs upper (95 % CI)", "p DSC", "ΔHD95 vs upper (95 % CI)", "p HD95",
-              *extra_header]
+    header = [group_label, "method", "budget", "labels", "seeds", "n", "DSC % median [IQR]",
+              "HD95 mm median [IQR]", "ΔDSC vs upper (95 % CI)", "p DSC",
+              "ΔHD95 vs upper (95 % CI)", "p HD95", *extra_header]
     csv_header = [group_label, "method", "budget", "labels", "n", "dsc_median", "dsc_q1",
                   "dsc_q3", "hd95_median", "hd95_q1", "hd95_q3", "dsc_diff", "dsc_diff_low",
                   "dsc_diff_high", "dsc_p", "hd95_diff", "hd95_diff_low", "hd95_diff_high",
-                  "hd95_p", *extra_header]
+                  "hd95_p", "seeds", "share_20", *extra_header]
     cells, numbers = [], []
+    merged: dict[str, int] = {}  # group -> the budget its 20 % row is
+    fewer: list[str] = []
     for fold, gname in enumerate(groups):
         upper = select_budget(norm, fold, "upper", None)
         up = {m: per_seed_case(upper, f"{m}_mean", regions) for m in ("dice", "hd95")}
+        upper_seeds = sorted({int(r["seed"]) for r in upper})
+        short: dict[tuple[int, ...], list[str]] = {}
         for method in methods:
-            for budget in ([None] if method in BUDGETLESS else budgets):
-                sel = select_budget(norm, fold, method, budget)
+            chosen = {b: select_budget(norm, fold, method, b)
+                      for b in ([None] if method in BUDGETLESS else budgets)}
+            same_as = {}  # budget -> the 20 % row is this budget's row
+            share = chosen.get(SHARE_ROW)
+            for b, sel in chosen.items():
+                if share and b != SHARE_ROW and sel and _keys(sel) == _keys(share):
+                    same_as[b] = SHARE_ROW
+            for budget, sel in chosen.items():
                 if not sel:
                     continue
                 dsc = per_seed_case(sel, "dice_mean", regions)
@@ -313,37 +337,135 @@ def group_table(
                 dq, hq = quartiles(list(dsc.values())), quartiles(list(hd.values()))
                 labels = sorted({int(r["labels"]) for r in sel if r.get("labels") is not None})
                 lab = "/".join(map(str, labels)) if labels else "–"
+                seeds = sorted({int(r["seed"]) for r in sel})
                 shown = "upper" if method == "upper" else (
                     "lower" if method == "lower" else str(budget))
+                is_share = budget == SHARE_ROW or budget in same_as
                 if method in ("lower", "upper") or not upper:
                     pd = ph = (0, math.nan, math.nan, math.nan, math.nan)
                 else:
                     pd, ph = paired_vs(dsc, up["dice"]), paired_vs(hd, up["hd95"])
                 ext = extra(sel, regions) if extra else {}
+                numbers.append([
+                    gname, method, shown, lab, len(dsc), *dq, *hq, *pd[1:5], *ph[1:5],
+                    len(seeds), int(is_share), *(ext.get(h, "") for h in extra_header),
+                ])
+                if budget == SHARE_ROW and same_as:
+                    continue  # shown once, as the row of its budget
+                if budget in same_as:
+                    merged[gname] = int(budget)
+                budget_cell = (
+                    "–" if method in BUDGETLESS
+                    else f"{budget} (= {SHARE_ROW})" if budget in same_as else str(budget)
+                )
                 cells.append([
-                    gname, display_name(method), lab, str(len(dsc)),
-                    _fmt_iqr(*dq, scale=100), _fmt_iqr(*hq),
+                    gname, display_name(method), budget_cell, lab, str(len(seeds)),
+                    str(len(dsc)), _fmt_iqr(*dq, scale=100), _fmt_iqr(*hq),
                     _fmt_ci(*pd[1:4], scale=100), format_p(pd[4]),
                     _fmt_ci(*ph[1:4]), format_p(ph[4]),
                     *(ext.get(h, "–") for h in extra_header),
                 ])
-                numbers.append([
-                    gname, method, shown, lab, len(dsc), *dq, *hq, *pd[1:5], *ph[1:5],
-                    *(ext.get(h, "") for h in extra_header),
-                ])
+                if upper_seeds and method not in BUDGETLESS and seeds != upper_seeds:
+                    short.setdefault(tuple(seeds), [])
+                    if method not in short[tuple(seeds)]:
+                        short[tuple(seeds)].append(method)
+        for seeds, ms in short.items():
+            missing = [s for s in upper_seeds if s not in seeds]
+            pools = sorted({int(r["n_pool"]) for r in upper if int(r["seed"]) in missing
+                            and r.get("n_pool") is not None})
+            planned = max((int(r["budget"]) for r in planned_rows if r["fold"] == fold
+                           and r["method"] in ms), default=None)
+            why = (
+                f": the pool has {'/'.join(map(str, pools))} cases there, fewer than the budget "
+                f"{planned} the run was planned at"
+                if pools and planned is not None and max(pools) < planned
+                else ""
+            )
+            plural = "s" if len(missing) != 1 else ""
+            fewer.append(
+                f"{gname} {_names(ms)}: seed{'s' if len(seeds) != 1 else ''} "
+                f"{', '.join(map(str, seeds))} only, no run for seed{plural} "
+                f"{', '.join(map(str, missing))}{why}"
+            )
+    notes = _group_notes(norm, group_label, regions, budgets, merged, fewer, real, len(groups))
+    return Table(title, header, cells, csv_header, numbers, notes)
+
+
+def _keys(rows: Sequence[Mapping[str, Any]]) -> set[tuple[Any, ...]]:
+    """Which runs (and which budget point of each) ``rows`` are."""
+    return {(r["run"], r["seed"], r["budget"], r.get("from_curve", False)) for r in rows}
+
+
+def _group_notes(
+    norm: Sequence[Mapping[str, Any]],
+    group_label: str,
+    regions: Sequence[str],
+    budgets: Sequence[int | str],
+    merged: Mapping[str, int],
+    fewer: Sequence[str],
+    real: bool,
+    n_groups: int,
+) -> list[str]:
+    """The notes of :func:`group_table`, from its rows."""
+    strategies = sorted({r["method"] for r in norm if r["method"] not in BUDGETLESS},
+                        key=table_order)
+    curves = [m for m in strategies if any(r.get("from_curve") for r in norm if r["method"] == m)]
+    once = [m for m in strategies if m not in curves]
+    shared = (
+        "The cases of one run share its model and the runs of one seed their source model"
+        if real
+        else "The cases of one seed share a model and a phantom draw"
+    )
     notes = [
         f"Per {group_label}: medians and inter-quartile ranges over the test cases of every "
-        "seed (DSC = per-case mean over the regions "
-        f"{', '.join(regions)}; HD95 in mm, cases with an empty prediction or reference left out).",
+        f"{'fold and seed' if real else 'seed'}; n = the (seed, test case) pairs of the row, "
+        f"seeds = how many seeds they come from (DSC = per-case mean over the regions "
+        f"{', '.join(regions)}; HD95 in mm, cases "
+        "with an empty prediction or reference left out).",
         "Δ = method − upper bound of the same group, paired over the same test cases (seed, "
-        "case): mean difference with its 95 % bootstrap CI (BCa over the case pairs) and the "
-        "two-sided Wilcoxon signed-rank p over those pairs. The cases of one seed share a "
-        "model and a phantom draw, so pairs are not independent and the CIs and p-values are "
-        "optimistic with few seeds.",
+        "case) both have: mean difference with its 95 % bootstrap CI (BCa over the case pairs) "
+        f"and the two-sided Wilcoxon signed-rank p over those pairs. {shared}, so pairs are not "
+        "independent and the CIs and p-values are optimistic with few seeds.",
         NOT_EQUIVALENCE,
-        f"Budget '{SHARE_ROW}': round(0.2 x the group's pool), at least 1, per seed; labels "
-        "column: the label counts that gives. Sequential strategies' budgets come from one run "
-        "tested after each query's stride (a point with k labels trained k x stride epochs, "
-        "fewer than the upper bound).",
     ]
-    return Table(title, header, cells, csv_header, numbers, notes)
+    schedule = []
+    if curves:
+        points = sorted({int(r["budget"]) for r in norm if r.get("from_curve")})
+        schedule.append(
+            f"{_names(curves)}: one sequential run per seed at the largest budget, tested after "
+            f"each query's stride (labels {', '.join(map(str, points))}; a point with k labels "
+            "trained k x stride epochs, fewer than the upper bound)"
+        )
+    if once:
+        shown = sorted({int(r["budget"]) for r in norm if r["method"] in once})
+        schedule.append(
+            f"{_names(once)}: one run per seed and budget "
+            f"({', '.join(map(str, shown))} label{'s' if shown != [1] else ''}), tested once at "
+            "the end of its schedule"
+        )
+    if schedule:
+        notes.append("; ".join(schedule) + ".")
+    if SHARE_ROW in budgets:
+        text = (
+            f"Budget '{SHARE_ROW}': round(0.2 x the group's pool), at least 1, per seed; labels "
+            "column: the label counts that gives."
+        )
+        if merged:
+            text += (
+                " Where every seed's 20 % is the same label count k, the 20 % point is the row "
+                f"of budget k, marked 'k (= {SHARE_ROW})' ("
+                + (
+                    f"every {group_label}: {next(iter(merged.values()))}"
+                    if len(merged) == n_groups and len(set(merged.values())) == 1
+                    else ", ".join(f"{g}: {k}" for g, k in merged.items())
+                )
+                + "), not a second row (the CSV keeps both)."
+            )
+        notes.append(text)
+    if fewer:
+        notes.append(
+            "Fewer seeds than the group's upper bound (their Δ pairs only those seeds' cases): "
+            + "; ".join(fewer)
+            + "."
+        )
+    return notes

@@ -17,12 +17,19 @@ every addition when that is another run): the same paired summaries over seeds. 
 
 The pairwise penalty matrix of every task (:func:`penalty_table`, ``power_penalty.md``) ranks all
 strategies against each other over the budgets (:func:`ada_bench.stats.penalty_matrix`).
+
+With a protocol file (:mod:`ada_bench.endpoint`) ``power.md`` opens with the declared primary
+comparison, Holm-adjusted over its rows, and heads every other table "secondary / exploratory
+(unadjusted p)". Its figures (:func:`power_figures`) are small multiples: the selection rules
+against random, one panel each, and the additions against the run they are added to, the bounds
+dashed in every panel, with captions written from the rows they draw.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +54,14 @@ from ada_bench.stats import (
     seed_values,
     source_of,
 )
-from ada_bench.tables import Table, display_name, present_methods, tasks_of
+from ada_bench.tables import (
+    BOUND_DISPLAY,
+    Table,
+    display_name,
+    present_methods,
+    table_order,
+    tasks_of,
+)
 from lightning_ada.io import write_text_atomic
 
 
@@ -102,6 +116,9 @@ def power_table(
         "diff_mean", "ci_low", "ci_high", "p", "sd", "mdd", "strategy_source", "baseline_source",
     ]
     md, csv_rows = [], []
+    #: matched baseline (or "effect", "other") -> [(task, method, baseline)]
+    schedules: dict[str, list[tuple[str, str, str]]] = {}
+    mixed: list[str] = []  # the schedules of the "other" rows
     for task in tasks_of(rows):
         methods = present_methods([r for r in rows if r["task"] == task])
         if not seed_values(rows, task, baseline, pair_by=pair_by):
@@ -112,9 +129,19 @@ def power_table(
             src = source_of(rows, task, method)
             matched = matched_baseline(rows, task, method, methods, baseline, pair_by)
             base_src = source_of(rows, task, matched)
+            mine, theirs = schedule_of(rows, task, method), schedule_of(rows, task, matched)
+            if method == ONE_OFF_BASELINE:
+                schedules.setdefault("effect", []).append((task, method, matched))
+            elif mine and theirs and mine != theirs:
+                schedules.setdefault("other", []).append((task, method, matched))
+                mixed.append(mine)
+            else:
+                schedules.setdefault(matched, []).append((task, method, matched))
+            mark = " †" if mine and theirs and mine != theirs and method != ONE_OFF_BASELINE \
+                else ""
             for label, res, ma, mb in compare(rows, task, method, matched, budgets, pair_by):
                 md.append(
-                    [task, display_name(method), display_name(matched), label,
+                    [task, display_name(method), display_name(matched) + mark, label,
                      *_paired_cells(res, ma, mb)]
                 )
                 csv_rows.append(
@@ -150,9 +177,13 @@ def power_table(
             "the runs of one seed share its source model, so they are not fully independent."
         ]
     )
+    baseline_note = _baseline_note(schedules, mixed)
+    which = "the baseline of the same schedule" if "other" not in schedules else (
+        "the baseline of the same schedule where one ran, † where not"
+    )
     return Table(
         ("Power: every" if pair_by == "seed" else "Every")
-        + " strategy vs random (the baseline of the same schedule), paired over "
+        + f" strategy vs random ({which}), paired over "
         f"{units} (Dice in %)",
         header,
         md,
@@ -174,9 +205,71 @@ def power_table(
                 else []
             ),
             curve_note,
+            *baseline_note,
             *unit_note,
         ],
     )
+
+
+def schedule_of(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str | None:
+    """How ``method`` queried on ``task``: the ``schedule`` its rows record (``one_off``: the
+    whole budget at once; ``sequential``: one query per stride), None when unrecorded or mixed."""
+    found = {r.get("schedule") for r in rows if r["task"] == task and r["method"] == method}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def _baseline_note(
+    schedules: Mapping[str, Sequence[tuple[str, str, str]]], mixed: Sequence[str]
+) -> list[str]:
+    """Which baseline each row of the power table uses: ``schedules`` maps a baseline to its
+    ``(task, method, baseline)`` rows, ``"effect"`` to the one-off random's row, ``"other"`` to
+    the rows whose baseline recorded another schedule (``mixed``: theirs; a † row)."""
+
+    every = {t for items in schedules.values() for t, _, _ in items}
+
+    def names(items: Sequence[tuple[str, str, str]]) -> str:
+        by: dict[str, list[str]] = {}
+        for t, m, _ in items:
+            by.setdefault(m, []).append(t)
+        return ", ".join(
+            display_name(m) + ("" if set(ts) == every else f" ({', '.join(ts)})")
+            for m, ts in by.items()
+        )
+
+    named = {b: items for b, items in schedules.items() if b not in ("effect", "other")}
+    parts = [f"{display_name(b)} for {names(items)}" for b, items in named.items()
+             if b != BASELINE]
+    if BASELINE in named:
+        rest = named[BASELINE]
+        parts.append(
+            f"{display_name(BASELINE)} for "
+            + (names(rest) if len(rest) <= 4 or not parts else "every other row")
+        )
+    notes = []
+    if parts:
+        notes.append("Baseline of each row, of the same query schedule: " + "; ".join(parts) + ".")
+    if "effect" in schedules:
+        notes.append(
+            f"{display_name(ONE_OFF_BASELINE)} vs {display_name(BASELINE)}: the two schedules "
+            "compared (the schedule effect)."
+        )
+    if "other" in schedules:
+        other = schedules["other"]
+        bases = ", ".join(dict.fromkeys(display_name(b) for _, _, b in other))
+        one_off = all(mine == "one_off" for mine in mixed)
+        notes.append(
+            f"† Not the same schedule: {names(other)} "
+            + (
+                f"queried the whole budget at once (one-off) but no "
+                f"{display_name(ONE_OFF_BASELINE)} ran on the same units, so the row compares "
+                f"with {bases}, which queried one case per stride (sequential)"
+                if one_off
+                else f"and {bases} recorded different query schedules"
+            )
+            + ": its Δ mixes the selection rule with the query schedule."
+        )
+    return notes
 
 
 def addition_references(method: str) -> list[str]:
@@ -301,48 +394,335 @@ def gap_table(
     )
 
 
-def power_figure(rows: Sequence[Mapping[str, Any]], task: str, path: str | Path) -> Path | None:
-    """Budget curves (mean Dice over seeds, %) with 95 % bootstrap bands; bounds as lines.
+#: at most this many curves in one panel of the power figures
+MAX_CURVES = 6
+#: colours of the baselines (the same in every panel and figure)
+BASELINE_COLOURS = {BASELINE: "#000000", ONE_OFF_BASELINE: "#7f7f7f"}
+#: qualitative colours of the selection rules, one per rule in table order (tab10 without its
+#: grey, then Dark2's and Set1's)
+RULE_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+    "#17becf", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
+    "#e41a1c", "#377eb8", "#4daf4a", "#984ea3",
+)
+#: qualitative colours of the additions (Dark2 and Set2): in the additions figure a curve's
+#: colour is its addition's, its panel names the run it is added to
+ADDITION_COLOURS = (
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#66c2a5", "#fc8d62",
+    "#8da0cb", "#e78ac3",
+)
+#: the bounds: dashed in every panel
+BOUND_STYLE = {"lower": ("#555555", (0, (5, 3))), "upper": ("#222222", (0, (2, 2)))}
 
-    Returns None when ``task`` has no strategy rows.
-    """
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a power figure: its title and the methods it draws, in order."""
+
+    title: str
+    methods: tuple[str, ...]
+
+
+def _additions(method: str) -> tuple[str, ...]:
+    try:
+        return parse_run_name(method).additions
+    except ValueError:
+        return ()
+
+
+def _family(method: str) -> str:
+    """The strategy a run name belongs to (a preset or options: its strategy's)."""
+    from ada_bench.protocol import PRESETS
+
+    try:
+        base = parse_run_name(method).base_method
+    except ValueError:
+        return method
+    return PRESETS[base].strategy if base in PRESETS else base
+
+
+def _chunks(fixed: Sequence[str], members: Sequence[str]) -> list[tuple[str, ...]]:
+    """``fixed`` + ``members`` in panels of at most :data:`MAX_CURVES` curves, ``fixed`` in each."""
+    room = max(1, MAX_CURVES - len(fixed))
+    return [(*fixed, *members[i:i + room]) for i in range(0, len(members), room)] or [
+        tuple(fixed)
+    ]
+
+
+def rule_panels(rows: Sequence[Mapping[str, Any]], task: str) -> list[Panel]:
+    """Panels of the selection rules of ``task``: random vs one-off random (when both ran), then
+    one panel per selection rule (its presets and option variants with it), each with random and,
+    for a rule paired with the one-off random, that baseline too. Runs with additions are not
+    here (:func:`addition_panels`)."""
+    methods = [m for m in present_methods([r for r in rows if r["task"] == task])
+               if not budgetless(m)]
+    baselines = [m for m in (BASELINE, ONE_OFF_BASELINE) if m in methods]
+    panels = []
+    if len(baselines) == 2:
+        panels.append(Panel(
+            f"{display_name(ONE_OFF_BASELINE)} vs {display_name(BASELINE)}", tuple(baselines)
+        ))
+    families: dict[str, list[str]] = {}
+    for m in methods:
+        if m in baselines or _additions(m):
+            continue
+        families.setdefault(_family(m), []).append(m)
+    for members in families.values():
+        matched = list(dict.fromkeys(
+            matched_baseline(rows, task, m, methods) for m in members
+        ))
+        fixed = [b for b in baselines if b == BASELINE or b in matched]
+        for chunk in _chunks(fixed, members):
+            shown = [m for m in chunk if m not in fixed]
+            panels.append(Panel(", ".join(display_name(m) for m in shown), chunk))
+    return panels
+
+
+def addition_panels(rows: Sequence[Mapping[str, Any]], task: str) -> list[Panel]:
+    """One panel per run that additions were added to: that run and every run with additions on
+    it (``random``, ``random+st``, ``random+gba`` ...), in table order."""
+    methods = [m for m in present_methods([r for r in rows if r["task"] == task])
+               if not budgetless(m)]
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        if _additions(m):
+            groups.setdefault(parse_run_name(m).without_additions(), []).append(m)
+    panels = []
+    for base, members in sorted(groups.items(), key=lambda kv: table_order(kv[0])):
+        fixed = [base] if base in methods else []
+        for chunk in _chunks(fixed, members):
+            panels.append(Panel(f"{display_name(base)} + additions", chunk))
+    return panels
+
+
+def method_colours(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """One colour per method of ``rows`` (every task, so a method has the same colour in every
+    figure): the baselines black and grey, the selection rules :data:`RULE_COLOURS` in table
+    order, a run with additions its additions' colour (:data:`ADDITION_COLOURS`)."""
+    methods = [m for m in present_methods(rows) if not budgetless(m)]
+    colours: dict[str, str] = {}
+    rules = [m for m in methods if m not in BASELINE_COLOURS and not _additions(m)]
+    adds = list(dict.fromkeys("+".join(_additions(m)) for m in methods if _additions(m)))
+    for m in methods:
+        if m in BASELINE_COLOURS:
+            colours[m] = BASELINE_COLOURS[m]
+        elif _additions(m):
+            k = adds.index("+".join(_additions(m)))
+            colours[m] = ADDITION_COLOURS[k % len(ADDITION_COLOURS)]
+        else:
+            colours[m] = RULE_COLOURS[rules.index(m) % len(RULE_COLOURS)]
+    return colours
+
+
+def _legend_label(method: str, base: str | None) -> str:
+    """A curve's legend entry: its name, or ``+ <additions>`` in a panel of additions to
+    ``base``."""
+    from ada_bench.protocol import ADDITION_DISPLAY
+
+    adds = _additions(method)
+    if base is None or not adds or method == base:
+        return display_name(method)
+    return "+ " + " + ".join(ADDITION_DISPLAY.get(a, a) for a in adds)
+
+
+def draw_panels(
+    rows: Sequence[Mapping[str, Any]],
+    task: str,
+    panels: Sequence[Panel],
+    colours: Mapping[str, str],
+    path: str | Path,
+    title: str,
+    additions: bool = False,
+) -> Path | None:
+    """Small multiples: each panel's curves (mean Dice over seeds, %, with 95 % bootstrap bands),
+    both bounds dashed in every panel, one legend outside the axes. None without panels."""
     from ada_bench.plots import _pyplot, _save
 
-    rows = [normalise(r) for r in expand_curves(rows) if r["task"] == task and r["run"] != "source"]
-    methods = [m for m in present_methods(rows) if not budgetless(m)]
-    if not methods:
+    if not panels:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    low = bound_point(rows, task, "lower")
-    for i, m in enumerate(methods):
-        pts = curve_points(rows, task, m)
-        if low:
-            pts = [(0, *low), *pts]
-        x = np.array([p[0] for p in pts], float)
-        y = np.array([p[1] for p in pts]) * 100
-        band_lo = np.array([p[2] for p in pts]) * 100
-        band_hi = np.array([p[3] for p in pts]) * 100
-        (line,) = ax.plot(
-            x, y, marker="o", ms=3.5, label=display_name(m), color=f"C{i % 10}",
-            lw=2.5 if m == BASELINE else 1.3,
-        )
-        ok = ~(np.isnan(band_lo) | np.isnan(band_hi))
-        ax.fill_between(x[ok], band_lo[ok], band_hi[ok], color=line.get_color(), alpha=0.15, lw=0)
-    upper = bound_point(rows, task, "upper")
-    if upper:
-        mean, lo, hi, _ = upper
-        ax.axhline(mean * 100, color="k", ls="--", lw=1, label="Upper bound")
-        if not math.isnan(lo):
-            ax.axhspan(lo * 100, hi * 100, color="k", alpha=0.06)
-    n = len({r["seed"] for r in rows})
-    ax.set_xticks(sorted({0, *(r["budget"] for r in rows if not budgetless(r["run"]))}))
-    ax.set_xlabel("number of labelled target cases (0 = lower bound)")
-    ax.set_ylabel("mean Dice (%)")
-    ax.set_title(f"{task}: mean over {n} seeds, 95 % bootstrap bands")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
+    n = len(panels)
+    ncols = n if n <= 3 else (3 if n <= 9 else 4)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), sharex=True, sharey=True,
+        squeeze=False,
+    )
+    points = {m: curve_points(rows, task, m) for p in panels for m in p.methods}
+    bounds = {b: bound_point(rows, task, b) for b in ("lower", "upper")}
+    # legend: the baselines (and the runs additions are added to) first, the bounds last
+    first: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    dashed: dict[str, Any] = {}
+    budgets = sorted({b for pts in points.values() for b, *_ in pts})
+    for ax, panel in zip(axes.flat, panels):
+        base = panel.methods[0] if additions else None
+        for m in panel.methods:
+            pts = points[m]
+            if not pts:
+                continue
+            x = np.array([p[0] for p in pts], float)
+            y = np.array([p[1] for p in pts]) * 100
+            lo = np.array([p[2] for p in pts]) * 100
+            hi = np.array([p[3] for p in pts]) * 100
+            label = _legend_label(m, base)
+            is_base = m in BASELINE_COLOURS or (additions and m == base)
+            (line,) = ax.plot(
+                x, y, marker="s" if is_base else "o", ms=3.5 if is_base else 3,
+                color=colours[m], lw=2.2 if is_base else 1.4, label=label,
+                zorder=3 if is_base else 4,
+            )
+            ok = ~(np.isnan(lo) | np.isnan(hi))
+            if len(x) == 1 and ok.all():  # one point: its CI as an error bar
+                ax.errorbar(x, y, yerr=[y - lo, hi - y], color=colours[m], capsize=3, lw=1.2)
+            ax.fill_between(x[ok], lo[ok], hi[ok], color=colours[m],
+                            alpha=0.10 if is_base else 0.16, lw=0)
+            (first if is_base else rest).setdefault(label, line)
+        for b, point in bounds.items():
+            if point is None:
+                continue
+            colour, dash = BOUND_STYLE[b]
+            line = ax.axhline(point[0] * 100, color=colour, ls=dash, lw=1.0, zorder=1,
+                              label=BOUND_DISPLAY[b])
+            dashed.setdefault(BOUND_DISPLAY[b], line)
+        ax.set_title(panel.title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelbottom=True, labelsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean Dice (%)", fontsize=9)
+    for i, ax in enumerate(axes.flat):
+        if i < n and i + ncols >= n:  # the lowest panel of its column
+            ax.set_xlabel("labelled target cases (labels)", fontsize=9)
+    if budgets:
+        axes[0, 0].set_xticks(budgets)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    handles = {**first, **{k: v for k, v in rest.items() if k not in first}, **dashed}
+    fig.legend(
+        list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.0, 0.95),
+        fontsize=8, frameon=False,
+    )
     return _save(fig, path)
+
+
+def _seeds_words(rows: Sequence[Mapping[str, Any]], task: str, methods: Iterable[str]) -> str:
+    ns = sorted({p[4] for m in methods for p in curve_points(rows, task, m)})
+    if not ns:
+        return "no seeds"
+    return f"{ns[0]} seeds" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} seeds (per point)"
+
+
+def _bound_words(rows: Sequence[Mapping[str, Any]], task: str) -> str:
+    parts = []
+    low, up = bound_point(rows, task, "lower"), bound_point(rows, task, "upper")
+    if low:
+        parts.append(f"the lower bound (source model, 0 labels: mean Dice {low[0] * 100:.1f} %)")
+    if up:
+        pools = sorted({int(r["labels"]) for r in rows if r["task"] == task
+                        and r["method"] == "upper" and r.get("labels")})
+        pool = "/".join(map(str, pools))
+        every = f"all {pool} pool cases labelled" if pools else "every pool case labelled"
+        parts.append(f"the upper bound ({every}: mean Dice {up[0] * 100:.1f} %)")
+    return ("Dashed lines, the same in every panel: " + " and ".join(parts) + ".") if parts else ""
+
+
+def figure_caption(
+    rows: Sequence[Mapping[str, Any]], task: str, panels: Sequence[Panel], additions: bool
+) -> str:
+    """The caption of a power figure, from the rows it draws: measure, seeds, bands, panels,
+    baselines, where each curve's points come from, and the bounds."""
+    from ada_bench.tables import regions_of
+
+    methods = list(dict.fromkeys(m for p in panels for m in p.methods))
+    regions = ", ".join(regions_of(rows, task))
+    what = "additions vs the run they are added to" if additions else "selection rules vs random"
+    head = (
+        f"**{task}: {what}.** Mean Dice (%; per case the mean over {regions}) over "
+        f"{_seeds_words(rows, task, methods)} against the number of labelled target cases "
+        "(labels); bands: 95 % bootstrap CI (BCa) of the mean over seeds."
+    )
+    if additions:
+        layout = (
+            f" One panel per run that additions were added to ({len(panels)}): that run (thick, "
+            "squares) and each addition on it; in this figure a colour is an addition, the same "
+            "in every panel."
+        )
+    else:
+        rules = [p for p in panels if not set(p.methods) <= set(BASELINE_COLOURS)]
+        one_off = [m for m in methods if m not in BASELINE_COLOURS
+                   and matched_baseline(rows, task, m, methods) == ONE_OFF_BASELINE]
+        layout = (
+            (f" First panel: {display_name(ONE_OFF_BASELINE)} vs {display_name(BASELINE)} (the "
+             "schedule effect)." if len(rules) < len(panels) else "")
+            + f" Then one panel per selection rule ({len(rules)}; presets and option variants "
+            f"with their rule), each with {display_name(BASELINE)} (black)"
+            + (
+                f" and, for the one-off {', '.join(display_name(m) for m in one_off)}, "
+                f"{display_name(ONE_OFF_BASELINE)} (grey), the baseline they are paired with in "
+                "the tables"
+                if one_off
+                else ""
+            )
+            + "; one colour per method, the same in every panel."
+        )
+    groups: dict[tuple[str, str], list[str]] = {}
+    for m in methods:
+        found = ", ".join(str(p[0]) for p in curve_points(rows, task, m))
+        groups.setdefault((source_of(rows, task, m), found), []).append(display_name(m))
+
+    def budget_words(budgets: str) -> str:
+        return f"budget{'s' if ',' in budgets else ''} {budgets}"
+
+    sources = [
+        (
+            f"one run per seed tested after each query's stride ({budget_words(budgets)}): "
+            if src == "curve"
+            else f"one run per seed and budget ({budget_words(budgets)}): "
+        )
+        + ", ".join(names)
+        for (src, budgets), names in groups.items()
+    ]
+    return " ".join(
+        [head + layout, "Points: " + "; ".join(sources) + ".", _bound_words(rows, task)]
+    ).strip()
+
+
+def power_figures(
+    rows: Sequence[Mapping[str, Any]], out: str | Path
+) -> list[tuple[Path, str]]:
+    """Write ``power_curve_<task>.png`` (:func:`rule_panels`) and, when runs with additions are
+    present, ``power_curve_additions_<task>.png`` (:func:`addition_panels`) into ``out``;
+    return ``(path, caption)`` of each."""
+    out = Path(out)
+    rows = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
+    colours = method_colours(rows)
+    made = []
+    for task in tasks_of(rows):
+        for additions, panels, name, what in (
+            (False, rule_panels(rows, task), f"power_curve_{task}.png",
+             "selection rules vs random"),
+            (True, addition_panels(rows, task), f"power_curve_additions_{task}.png",
+             "additions vs the run they are added to"),
+        ):
+            n = _seeds_words(rows, task, [m for p in panels for m in p.methods])
+            path = draw_panels(rows, task, panels, colours, out / name,
+                               f"{task}: {what}, mean over {n}, 95 % CI bands", additions)
+            if path is not None:
+                made.append((path, figure_caption(rows, task, panels, additions)))
+    return made
+
+
+def figures_markdown(figures: Sequence[tuple[Path, str]]) -> str:
+    """The figures section of ``power.md``: each figure (linked relative to its folder) and its
+    caption."""
+    if not figures:
+        return ""
+    lines = ["## Budget curves (descriptive, no test)", ""]
+    for path, caption in figures:
+        lines += [f"![{path.stem}]({path.name})", "", caption, ""]
+    return "\n".join(lines)
 
 
 def task_penalty(
@@ -484,32 +864,79 @@ def write_penalties(
     return [out / name for name in texts]
 
 
-def write_power(
-    rows: Sequence[Mapping[str, Any]], out: str | Path, pair_by: str = "seed"
-) -> tuple[Table, list[Path]]:
-    """Write ``power.md`` / ``power.csv`` (the additions' gains, when there are any, appended to
-    ``power.md`` and in ``power_additions.csv``), ``power_curve_<task>.png`` and the penalty
-    matrices (:func:`write_penalties`: ``power_penalty.md``, its CSVs) into ``out``.
+@dataclass
+class PowerReport:
+    """What :func:`power_report` wrote.
 
-    Returns:
-        The power table (its notes end with the additions' table in markdown, if any) and the
-        figures.
+    Attributes:
+        table: every strategy vs random (secondary when there is a primary table; its notes end
+            with the additions' and the gaps' tables in markdown, if any).
+        primary: the declared primary comparison (:mod:`ada_bench.endpoint`), if a protocol was
+            given.
+        figures: the PNG files.
+        markdown: the text of ``power.md``.
     """
+
+    table: Table
+    primary: Table | None = None
+    figures: list[Path] = field(default_factory=list)
+    markdown: str = ""
+
+
+def power_report(
+    rows: Sequence[Mapping[str, Any]],
+    out: str | Path,
+    pair_by: str = "seed",
+    protocol: Any = None,
+) -> PowerReport:
+    """Write ``power.md`` / ``power.csv`` (the additions' gains and the gaps, when there are
+    any, appended to ``power.md`` and in ``power_additions.csv`` / ``power_gaps.csv``), the
+    penalty matrices (:func:`write_penalties`: ``power_penalty.md``, its CSVs) and the figures
+    (:func:`power_figures`, embedded at the end of ``power.md`` with their captions) into ``out``.
+
+    With a ``protocol`` (:class:`ada_bench.endpoint.Protocol`) ``power.md`` opens with its
+    primary table (also ``power_primary.md/.csv``; the protocol's copy as ``protocol.yaml``;
+    its declaration read from ``out/invocations.jsonl``) and every other table is headed
+    secondary / exploratory.
+    """
+    from ada_bench.endpoint import SECONDARY, copy_protocol, primary_table
+
     out = Path(out)
     table = power_table(rows, pair_by=pair_by)
     gains = additions_table(rows, pair_by=pair_by)
+    gaps = gap_table(rows, pair_by=pair_by)
+    if protocol is not None:
+        for t in (table, gains, gaps):
+            t.title = SECONDARY + t.title.removeprefix("Power: ")
     if gains.rows:
         gains.write(out, "power_additions")
         table.notes = [*table.notes, "", gains.markdown()]
-    gaps = gap_table(rows, pair_by=pair_by)
     if gaps.rows:
         gaps.write(out, "power_gaps")
         table.notes = [*table.notes, "", gaps.markdown()]
     table.write(out, "power")
-    write_penalties(rows, out, pair_by)
-    figures = [
-        p
-        for task in tasks_of(rows)
-        if (p := power_figure(rows, task, out / f"power_curve_{task}.png")) is not None
-    ]
-    return table, figures
+    penalties = write_penalties(rows, out, pair_by)
+    figures = power_figures(rows, out)
+    primary = None
+    parts = []
+    if protocol is not None:
+        link = "power_penalty.md" if penalties else None
+        primary = primary_table(rows, protocol, out, link, pair_by)
+        primary.write(out, "power_primary")
+        copy_protocol(protocol, out)
+        parts.append(primary.markdown())
+    parts.append(table.markdown())
+    if figures:
+        parts.append(figures_markdown(figures))
+    text = "\n".join(parts)
+    write_text_atomic(out / "power.md", text)
+    return PowerReport(table, primary, [p for p, _ in figures], text)
+
+
+def write_power(
+    rows: Sequence[Mapping[str, Any]], out: str | Path, pair_by: str = "seed",
+    protocol: Any = None,
+) -> tuple[Table, list[Path]]:
+    """:func:`power_report`; returns its table (every strategy vs random) and figures."""
+    report = power_report(rows, out, pair_by, protocol)
+    return report.table, report.figures

@@ -24,8 +24,22 @@ from typing import Any
 from ada_bench.results import append_row, read_rows
 from lightning_ada.io import write_text_atomic
 
-#: the files of a results folder that are published
-PUBLISHED = ("*.md", "*.csv", "*.png")
+#: the files of a results folder that are published (with results.jsonl): tables, figures, the
+#: protocol of the primary endpoint and the invocation log that records its declaration
+PUBLISHED = ("*.md", "*.csv", "*.png", "protocol.yaml", "invocations.jsonl")
+#: the tables of the README block, in order
+README_TABLES = (
+    "power",
+    "power_penalty",
+    "paired",
+    "table1",
+    "table1_distances",
+    "table2",
+    "ablation_schedule",
+    "budget_curve",
+    "forgetting",
+    "query_overhead",
+)
 
 #: a markdown link or image target: ``](target)``
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -63,13 +77,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-def record_start(out: Path, argv: Sequence[str], start: float) -> str:
-    """Append the ``start`` line of an invocation; return its id."""
+def record_start(
+    out: Path, argv: Sequence[str], start: float, protocol: dict[str, Any] | None = None
+) -> str:
+    """Append the ``start`` line of an invocation; return its id.
+
+    ``protocol`` (:func:`ada_bench.endpoint.protocol_record`: file, SHA-256, text) is the
+    declaration of the benchmark's primary endpoint, recorded before any run of the invocation
+    starts.
+    """
     ident = f"{int(start * 1000)}-{os.getpid()}"
-    append_row(
-        out / "invocations.jsonl",
-        {"id": ident, "event": "start", "argv": list(argv), "start": _stamp(start)},
-    )
+    line: dict[str, Any] = {"id": ident, "event": "start", "argv": list(argv),
+                            "start": _stamp(start)}
+    if protocol is not None:
+        line["protocol"] = dict(protocol)
+    append_row(out / "invocations.jsonl", line)
     return ident
 
 
@@ -119,19 +141,45 @@ def invocations(out: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _header(readme: Path) -> list[str]:
+    """The command / machine / wall-time lines of a README written by :func:`publish` (between
+    its title and its first table), [] if there are none."""
+    if not readme.is_file():
+        return []
+    lines = readme.read_text().splitlines()
+    if not lines or not lines[0].startswith("### "):
+        return []
+    head = []
+    for line in lines[1:]:
+        if line.startswith("#### "):
+            break
+        head.append(line)
+    while head and not head[0].strip():
+        head.pop(0)
+    while head and not head[-1].strip():
+        head.pop()
+    return [*head, ""] if head else []
+
+
 def publish(out: Path, dest: Path, title: str) -> str:
     """Copy the tables and plots of ``out`` (and its ``results.jsonl``) into ``dest``.
 
+    ``out`` may be ``dest`` itself (a committed folder summarised again in place). The block's
+    header (commands, machine, wall time) comes from ``out/invocations.jsonl``; without one (a
+    committed folder published before the log was), the header of ``dest/README.md`` is kept.
+
     Returns:
         The README text of ``dest``: command, machine, wall time, the tables and links to the
-        plots, paths relative to the working directory (the repository root); also written to
-        ``dest/README.md`` with its links relative to ``dest``.
+        plots not embedded in a table, paths relative to the working directory (the repository
+        root); also written to ``dest/README.md`` with its links relative to ``dest``.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    for pattern in PUBLISHED:
-        for f in sorted(out.glob(pattern)):
-            shutil.copy2(f, dest / f.name)
-    shutil.copy2(out / "results.jsonl", dest / "results.jsonl")
+    same = out.resolve() == dest.resolve()
+    if not same:
+        for pattern in PUBLISHED:
+            for f in sorted(out.glob(pattern)):
+                shutil.copy2(f, dest / f.name)
+        shutil.copy2(out / "results.jsonl", dest / "results.jsonl")
     inv = [i for i in invocations(out) if i.get("ran")]
     rows = read_rows(out / "results.jsonl")
     lines = [f"### {title}", ""]
@@ -155,22 +203,19 @@ def publish(out: Path, dest: Path, title: str) -> str:
             f"{sum(int(i['failed']) for i in inv)} failed); {len(rows)} rows in results.jsonl.",
             "",
         ]
-    for name in (
-        "power",
-        "paired",
-        "table1",
-        "table1_distances",
-        "table2",
-        "ablation_schedule",
-        "budget_curve",
-        "forgetting",
-        "query_overhead",
-    ):
+    else:
+        lines += _header(dest / "README.md")
+    tables = ""
+    for name in README_TABLES:
         f = dest / f"{name}.md"
         if f.exists():
-            lines += [f.read_text().replace("\n## ", "\n#### ").replace("## ", "#### ", 1), ""]
+            text = relink(f.read_text(), dest, ".")  # the table's links, from the working dir
+            text = text.replace("\n## ", "\n#### ").replace("## ", "#### ", 1)
+            lines += [text, ""]
+            tables += text
     for png in sorted(dest.glob("*.png")):
-        lines.append(f"![{png.stem}]({png.as_posix()})")
+        if f"]({png.as_posix()})" not in tables:  # a figure no table embeds
+            lines.append(f"![{png.stem}]({png.as_posix()})")
     lines += ["", f"All files: `{dest.as_posix()}/` (all_runs.md lists every run group)."]
     text = "\n".join(lines) + "\n"
     (dest / "README.md").write_text(relink(text, ".", dest))

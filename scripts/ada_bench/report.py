@@ -72,6 +72,7 @@ def write_report(
     figure_methods: Sequence[str] = ("mmacts",),
     wandb: WandbSettings | None = None,
     budget: int = HEADLINE_BUDGET,
+    protocol: Any = None,
 ) -> str:
     """Write the tables (``*.md``, ``*.csv``), plots (``*.png``) and ``summary.md`` into ``out``.
 
@@ -80,6 +81,9 @@ def write_report(
         figure_methods: methods whose picks are drawn (needs their checkpoints); empty: none.
         wandb: also log the tables and figures to one W&B ``summary`` run.
         budget: the headline budget (Table 1, box plot, figures).
+        protocol: the declared primary comparison of a power report
+            (:class:`ada_bench.endpoint.Protocol`; :mod:`ada_bench.power`), None: no primary
+            table.
 
     Returns:
         The text of ``summary.md``.
@@ -89,8 +93,15 @@ def write_report(
     curves = any(r.get("curve") for r in rows)
     rows = expand_curves(rows)  # a sequential run's curve: one row per budget
     tables = write_tables(rows, out)
-    tables["query_overhead"] = overhead_table(rows)
-    tables["query_overhead"].write(out, "query_overhead")
+    overhead = overhead_table(rows)
+    kept = out / "query_overhead.md"
+    if overhead.rows or not kept.is_file() or not any(r.get("queries") for r in rows):
+        overhead.write(out, "query_overhead")
+        overhead_text = overhead.markdown()
+        tables["query_overhead"] = overhead
+    else:  # the run folders (their config.yaml) are gone: keep the table made when they were
+        print(f"{kept}: kept (the run folders with each run's config.yaml are not there)")
+        overhead_text = kept.read_text()
     forgetting = forgetting_table(rows)
     if forgetting.rows:  # runs that scored extra test splits (source test, other institutions)
         tables["forgetting"] = forgetting
@@ -107,15 +118,22 @@ def write_report(
         images += queried_figures(rows, out, figure_methods, budget)
     power = []
     if curves:  # the power profile (sequential runs with a budget curve)
-        from ada_bench.power import write_power
+        from ada_bench.power import power_report
 
-        tables["power"], figures = write_power(rows, out)
-        images += figures
-        power = [tables["power"].markdown()]
+        made = power_report(rows, out, protocol=protocol)
+        tables["power"] = made.table
+        if made.primary is not None:
+            tables["power_primary"] = made.primary
+        images += made.figures
+        power = [made.markdown]
     elif paired_runs(rows):  # several folds x seeds per budget: paired over (fold, seed) runs
         from ada_bench.power import additions_table, power_table
 
         tables["paired"] = power_table(rows, pair_by="run")
+        tables["paired"].notes.append(
+            "Wilcoxon p: not adjusted for multiplicity (no primary endpoint was declared for this "
+            "benchmark; scripts/ada_bench/endpoint.py)."
+        )
         gains = additions_table(rows, pair_by="run")
         if gains.rows:
             tables["paired_additions"] = gains
@@ -134,11 +152,11 @@ def write_report(
             tables["ablation_schedule"].markdown(),
             tables["budget_curve"].markdown(),
             *([tables["forgetting"].markdown()] if "forgetting" in tables else []),
-            tables["query_overhead"].markdown(),
+            overhead_text,
             picks_summary(rows),
             suspect_summary(rows),
             "Files: "
-            + ", ".join(sorted(f"{n}.md/.csv" for n in tables))
+            + ", ".join(sorted(f"{n}.md/.csv" for n in {*tables, "query_overhead"}))
             + ", "
             + ", ".join(p.name for p in images),
             "",

@@ -363,6 +363,19 @@ def present_methods(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return sorted(found, key=table_order)
 
 
+#: the p note of a table whose reference strategy has no run (names no absent method)
+NO_REFERENCE = (
+    "p: not computed: the strategy these p-values take as reference did not run in this "
+    "benchmark."
+)
+
+
+def has_runs(rows: Iterable[Mapping[str, Any]], entry: Entry, budget: int) -> bool:
+    """Whether ``entry`` has a run at ``budget`` on any task of ``rows``."""
+    norm = [normalise(r) for r in rows]
+    return any(entry.rows(norm, t, budget) for t in tasks_of(norm))
+
+
 def method_entries(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
     """One table row per method present (all modalities as input), in table order."""
     return [Entry(display_name(m), (m,), "all", m) for m in present_methods(rows)]
@@ -371,9 +384,11 @@ def method_entries(rows: Sequence[Mapping[str, Any]]) -> list[Entry]:
 def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
     """The paper's Table 1: lower / upper bound and every strategy at ``budget`` labels."""
     rows = list(rows)
+    entries = method_entries(rows)
+    with_ref = any(e.key == REFERENCE and has_runs(rows, e, budget) for e in entries)
     return comparison_table(
         rows,
-        method_entries(rows),
+        entries,
         budget,
         REFERENCE,
         f"Table 1: adaptation results at budget {budget} (Dice / mIoU in %, mean ± std over runs)",
@@ -383,9 +398,11 @@ def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
                 "mean among the strategies (bounds excluded)."
             ),
             (
-                "p: paired Wilcoxon signed-rank test (two-sided) of mmActS vs the row, over the "
-                "same test cases (fold, seed, case), on the per-case Dice averaged over the "
-                "task's regions."
+                f"p: paired Wilcoxon signed-rank test (two-sided) of {display_name(REFERENCE)} "
+                "vs the row, over the same test cases (fold, seed, case), on the per-case Dice "
+                "averaged over the task's regions."
+                if with_ref
+                else NO_REFERENCE
             ),
         ],
     )
@@ -394,9 +411,11 @@ def table1(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
 def table1_distances(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
     """Table 1's runs in surface distances: HD95 and ASSD per region (mm, lower is better)."""
     rows = list(rows)
+    entries = method_entries(rows)
+    with_ref = any(e.key == REFERENCE and has_runs(rows, e, budget) for e in entries)
     return comparison_table(
         rows,
-        method_entries(rows),
+        entries,
         budget,
         REFERENCE,
         f"Table 1 (distances): HD95 / ASSD in mm at budget {budget}, mean ± std over runs",
@@ -406,7 +425,8 @@ def table1_distances(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Tabl
             (
                 "Bold: lowest mean among the strategies. A case whose region is empty in exactly "
                 "one of reference and prediction has no distance (ALGORITHMS.md 12) and is left "
-                "out of that cell (both empty: 0 mm); p as in Table 1 (per-case Dice)."
+                "out of that cell (both empty: 0 mm); "
+                + ("p as in Table 1 (per-case Dice)." if with_ref else NO_REFERENCE)
             ),
         ],
     )
@@ -437,22 +457,32 @@ def table2(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
         Entry("Elected only", ("mmacts", "mmacts_dominant_only"), "dominant_only", "dominant_only")
     )
     entries.append(Entry("Multiple (all)", ("mmacts",), "all", "all"))
-    return comparison_table(
-        norm,
-        entries,
-        budget,
-        "all",
-        f"Table 2: modality ablation, mmActS at budget {budget} (Dice / mIoU in %)",
-        bold_best=False,
-        labels_column=False,
-        first_column="Training input",
-        notes=[
+    if not any(has_runs(norm, e, budget) for e in entries):
+        title = f"Table 2: modality ablation at budget {budget}: no runs in this benchmark"
+        notes = [
+            "No run trained on one modality (train_input modality:<name>), on the elected "
+            "modality of each case (dominant_only) or on all of them at this budget is in "
+            "results.jsonl (scripts/benchmark.py --ablations modality makes them)."
+        ]
+    else:
+        title = f"Table 2: modality ablation, mmActS at budget {budget} (Dice / mIoU in %)"
+        notes = [
             "p: paired Wilcoxon test of all modalities vs the row (per-case Dice, region mean).",
             (
                 "Needs the datamodule's train_input: modality:<name> (single-modality training) "
                 "and dominant_only (the elected modality of each case)."
             ),
-        ],
+        ]
+    return comparison_table(
+        norm,
+        entries,
+        budget,
+        "all",
+        title,
+        bold_best=False,
+        labels_column=False,
+        first_column="Training input",
+        notes=notes,
     )
 
 
@@ -464,16 +494,27 @@ def schedule_table(rows: Iterable[Mapping[str, Any]], budget: int = 3) -> Table:
         Entry(display_name("lamda"), ("lamda",), "all", "lamda"),
         Entry(display_name("stdr"), ("stdr",), "all", "stdr"),
     ]
+    rows = list(rows)
+    title = f"Ablation: one-off vs sequential querying at budget {budget} (Dice in %)"
+    if not any(has_runs(rows, e, budget) for e in entries):
+        title = f"Ablation: one-off vs sequential querying at budget {budget}: no runs in this " \
+            "benchmark"
+        notes = ["No run of this ablation at this budget is in results.jsonl "
+                 "(scripts/benchmark.py --ablations schedule makes them)."]
+    elif has_runs(rows, entries[1], budget):
+        notes = ["p: paired Wilcoxon test of sequential mmActS vs the row."]
+    else:
+        notes = [NO_REFERENCE]
     return comparison_table(
         rows,
         entries,
         budget,
         "mmacts",
-        f"Ablation: one-off vs sequential querying at budget {budget} (Dice in %)",
+        title,
         metrics=(("dice", "Dice"),),
         bold_best=False,
         labels_column=False,
-        notes=["p: paired Wilcoxon test of sequential mmActS vs the row."],
+        notes=notes,
     )
 
 
@@ -549,12 +590,13 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
     csv_header = ["task", "method", "budget", "train_input", "runs"]
     regions_by_task = {t: regions_of(norm, t) for t in tasks_of(norm)}
     region_cols = [(t, g) for t, gs in regions_by_task.items() for g in gs]
+    with_ref = any(r["method"] == reference and r["train_input"] == "all" for r in norm)
     header += [f"Dice {g}" for _, g in region_cols] + [
         "Dice mean",
         "IoU mean",
         "HD95 mean (mm)",
         "ASSD mean (mm)",
-        "p vs mmActS",
+        f"p vs {display_name(reference)}" if with_ref else "p",
     ]
     csv_header += [f"{t}_dice_{g}" for t, g in region_cols] + metric_names + ["p", "n_pairs"]
     md_rows, csv_rows = [], []
@@ -607,7 +649,12 @@ def all_runs_table(rows: Iterable[Mapping[str, Any]], reference: str = REFERENCE
         md_rows,
         csv_header,
         csv_rows,
-        ["p: paired Wilcoxon test of mmActS (same budget; budget 3 for the bounds) vs the group."],
+        [
+            f"p: paired Wilcoxon test of {display_name(reference)} (same budget; budget 3 for the "
+            "bounds) vs the group."
+            if with_ref
+            else NO_REFERENCE
+        ],
     )
 
 
