@@ -135,6 +135,8 @@ class RegionRule(Strategy):
 
     def prepare_round(self, ctx: QueryContext) -> None:
         self.timings = {"inference": 0.0, "scoring": 0.0}
+        #: case id -> network grid ``(H, W, D)`` of the cases scored this round
+        self.shapes: dict[str, tuple[int, int, int]] = {}
 
     def rank_regions(self, ctx: QueryContext, unit: AnnotationUnit) -> list[Scored]:
         """Every candidate region of ``ctx.candidates`` (one pass per case), then :meth:`order`."""
@@ -160,6 +162,9 @@ class RegionRule(Strategy):
         """``(image (C, H, W, D), grid (H, W, D), annotated voxels or None)`` of a case."""
         image = ctx.image(case_id)
         shape = tuple(int(s) for s in image.shape[1:])
+        if not hasattr(self, "shapes"):
+            self.shapes = {}
+        self.shapes[case_id] = shape  # type: ignore[assignment]
         annotated = ctx.annotated(case_id) if ctx.annotated is not None else None
         return image, shape, annotated  # type: ignore[return-value]
 
