@@ -89,6 +89,9 @@ def test_every_registered_rule_lists_its_units() -> None:
         assert "slices" in cls.units
     assert REGISTRY["stdr_slices"].units == REGISTRY["sparse_slices"].units == {"slices"}
     assert "reference" in REGISTRY["fg_random_region_reference"].display_name
+    for name in ("mmacts_region", "stdr_slices"):  # never their case-level parent's ranking
+        with pytest.raises(NotImplementedError, match="region rule"):
+            build_strategy(name).score(make_ctx({"a": probs_from_slices({})}))
 
 
 def test_a_case_level_rule_rejects_a_sub_volume_unit_and_names_the_region_rules() -> None:

@@ -138,6 +138,14 @@ class RegionRule(Strategy):
         #: case id -> network grid ``(H, W, D)`` of the cases scored this round
         self.shapes: dict[str, tuple[int, int, int]] = {}
 
+    def score(self, ctx: QueryContext) -> list[Scored]:
+        """Refused: a region rule ranks regions (:meth:`rank_regions`), never whole cases alone
+        (a rule built on a case-level one must not fall back to its parent's ranking)."""
+        raise NotImplementedError(
+            f"{self.name} is a region rule: it ranks the regions of an annotation unit "
+            "(rank_regions with ctx.unit), not whole cases"
+        )
+
     def rank_regions(self, ctx: QueryContext, unit: AnnotationUnit) -> list[Scored]:
         """Every candidate region of ``ctx.candidates`` (one pass per case), then :meth:`order`."""
         self.prepare_round(ctx)
