@@ -279,6 +279,9 @@ def test_mmacts_round_elects_a_modality_and_logs_every_factor(
 def test_every_strategy_runs_one_round_through_fit(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, strategy: str
 ) -> None:
+    # a rule that ranks no whole cases runs on 4-slice queries: one scan's worth of them
+    sub_volume = "case" not in REGISTRY[strategy].units
+    unit = ["--active.unit", "slices", "--active.unit.k", "4"] if sub_volume else []
     main(
         [
             "fit", "-c", str(CONF / "random_tiny.yaml"),
@@ -286,12 +289,16 @@ def test_every_strategy_runs_one_round_through_fit(
             "--model.source_checkpoint", str(source_ckpt),  # carries STDR's source anchors
             "--trainer.default_root_dir", str(tmp_path),
             "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
-            "--active.budget", "1", "--active.strategy", strategy,
+            "--active.budget", "1", "--active.strategy", strategy, *unit,
         ]
     )
     log = json.loads((tmp_path / "query_log.json").read_text())
-    assert len(log) == 1 and log[0]["strategy"] == strategy
-    assert log[0]["case_id"].startswith("glioma_pool_")
+    assert log and all(q["strategy"] == strategy for q in log)
+    assert all(q["case_id"].startswith("glioma_pool_") for q in log)
+    if sub_volume:
+        assert sum(q["cost"]["scans"] for q in log) == pytest.approx(1.0)
+    else:
+        assert len(log) == 1
 
 
 def test_default_root_dir_moves_everything_a_run_writes(

@@ -24,6 +24,7 @@ __all__ = [
     "compute_case_stats",
     "entropy_map",
     "foreground_volume",
+    "inner_border",
     "mean_entropy",
     "stream_pool_stats",
 ]
@@ -49,6 +50,32 @@ def entropy_map(probs: Tensor, eps: float = 1e-10) -> Tensor:
     p = p.clamp(eps, 1.0)
     p = p / p.sum(0, keepdim=True)
     return -(p * p.log()).sum(0)
+
+
+def inner_border(mask: Tensor) -> Tensor:
+    """The inner border of a binary ``(H, W, D)`` mask: its voxels with a 6-neighbour outside it.
+
+    The mask minus its erosion by the 6-connected unit ball (the centre and its 6 face
+    neighbours), voxels beyond the grid counting as outside (so mask voxels on the grid's edge
+    are border): nnActive's ``border`` of a class (``mask - erosion(mask, ball(1))``, zero
+    padding; ALGORITHMS.md section 18.2).
+
+    Args:
+        mask: boolean (or 0/1) ``(H, W, D)``.
+
+    Returns:
+        Boolean ``(H, W, D)``.
+    """
+    m = mask.detach().bool()
+    padded = torch.nn.functional.pad(m[None, None].float(), (1, 1, 1, 1, 1, 1))[0, 0].bool()
+    eroded = m.clone()
+    h, w, d = m.shape
+    for axis in range(3):
+        for shift in (0, 2):
+            index = [slice(1, 1 + h), slice(1, 1 + w), slice(1, 1 + d)]
+            index[axis] = slice(shift, shift + m.shape[axis])
+            eroded &= padded[tuple(index)]
+    return m & ~eroded
 
 
 def mean_entropy(probs: Tensor, eps: float = 1e-10, roi: Tensor | None = None) -> float:

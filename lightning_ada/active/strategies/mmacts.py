@@ -56,6 +56,26 @@ def boundary_band(mask: Tensor, width: int) -> Tensor:
     return (dilated > 0.5)[0, 0] & ~(eroded > 0.5)[0, 0]
 
 
+def entropy_and_foreground(probs: Tensor, classes: Sequence[int] | None) -> tuple[Tensor, Tensor]:
+    """The voxel maps behind mmActS' informativeness, for all foreground or one region.
+
+    Args:
+        probs: ``(K, H, W, D)`` softmax.
+        classes: the region's class indices (entropy of its binary posterior
+            ``p_r = sum_{c in r} p_c``, foreground ``argmax in classes``); None: the multi-class
+            entropy and ``argmax != 0``.
+
+    Returns:
+        ``(entropy (H, W, D) in nats, predicted foreground (H, W, D) bool)``.
+    """
+    label = probs.argmax(0)
+    if classes is None:
+        return entropy_map(probs), label != 0
+    idx = torch.as_tensor(list(classes), device=probs.device)
+    p = probs.index_select(0, idx).sum(0).clamp(0.0, 1.0)
+    return entropy_map(torch.stack([1.0 - p, p])), torch.isin(label, idx)
+
+
 def region_stats(
     probs: Tensor, classes: Sequence[int] | None, roi: EntropyROI = "volume", width: int = 2
 ) -> tuple[float, int]:
@@ -72,13 +92,7 @@ def region_stats(
     Returns:
         ``(mean entropy in nats, volume in voxels)``; an empty ROI gives entropy 0.
     """
-    label = probs.argmax(0)
-    if classes is None:
-        h, fg = entropy_map(probs), label != 0
-    else:
-        idx = torch.as_tensor(list(classes), device=probs.device)
-        p = probs.index_select(0, idx).sum(0).clamp(0.0, 1.0)
-        h, fg = entropy_map(torch.stack([1.0 - p, p])), torch.isin(label, idx)
+    h, fg = entropy_and_foreground(probs, classes)
     if roi == "foreground":
         h = h[fg]
     elif roi == "boundary":
