@@ -358,7 +358,7 @@ def build_config(
     args: argparse.Namespace, extra: dict, extra_configs: list[str] | None = None
 ) -> BenchConfig:
     """The :class:`BenchConfig` of parsed arguments (defaults resolved as documented)."""
-    from lightning_ada.active.strategies import REGISTRY
+    from lightning_ada.active.strategies import REGISTRY, Strategy
 
     quick, power = args.quick, args.power
     tasks = args.tasks or (["glioma"] if power else list(PHANTOM_TASKS))
@@ -410,7 +410,9 @@ def build_config(
             continue
         default = BUDGETS if task in PHANTOM_TASKS else REAL_BUDGETS
         budgets = args.budgets or list(default)
-        strategies = args.strategies or ["lower", "upper", *REGISTRY]
+        # every whole-case strategy by default; region rules are named (they need a unit)
+        strategies = args.strategies or ["lower", "upper", *(
+            n for n, c in REGISTRY.items() if c.case_regions is Strategy.case_regions)]
         runs[task] = plan(strategies, budgets, ablations, mods)
     out = Path(args.out or (POWER["out"] if power else "runs/bench"))
     wandb = None

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from ada_bench import power, stats
+from ada_bench.seeds import seed_ranges
 from ada_bench.curve import labels_at
 from ada_bench.results import expand_curves, normalise, read_rows
 
@@ -257,7 +258,8 @@ def test_power_profile_plan() -> None:
     mod = load_script()
     args = mod.parser().parse_args(["--power", "--strategies", "mmacts", "stdr", "--dry-run"])
     cfg = mod.build_config(args, {})
-    assert cfg.seeds == list(range(10)) and cfg.folds == [0] and cfg.curve
+    assert cfg.seeds == seed_ranges()["evaluation"] == list(range(10, 20))
+    assert cfg.folds == [0] and cfg.curve
     task = cfg.task("glioma")
     assert task.scheme.n_test == 50 and task.scheme.n_folds == 1
     # sequential strategies once at the largest budget (their curve), one-off ones per budget
