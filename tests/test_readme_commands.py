@@ -173,37 +173,40 @@ def test_demo_refuses_an_unknown_strategy_before_training(
 
 
 @pytest.mark.slow
-def test_demo_runs_any_registered_strategy_each_stage_in_its_own_folder(
-    phantom_root: Path, tmp_path: Path
+def test_demo_runs_one_draw_of_the_power_protocol_and_compares_it_with_committed_seeds(
+    tmp_path: Path,
 ) -> None:
+    """The demo on tiny power-like configs: one seed's runs through the harness, its table next
+    to the mean and CI of the same rows over the seeds of a results file (here: two seeds the
+    harness made just before, standing in for the committed ones)."""
     import subprocess
     import sys
 
+    from test_benchmark_power import power_configs
+
+    conf = power_configs(tmp_path / "conf")
+    tiny = ["--config-dir", str(conf / "{task}"), "--data-base", str(tmp_path / "data"),
+            "--budgets", "1", "3", "--n-test", "4", "--n-pool", "4"]
+    committed = tmp_path / "committed"
+    bench = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--power", "--tasks", "glioma",
+             "--seeds", "0", "1", "--strategies", "random", "--workers", "1", "--no-report",
+             "--out", str(committed), *tiny]
+    done = subprocess.run(bench, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "demo"
-    cmd = [sys.executable, str(REPO / "scripts" / "demo.py"), "--configs", "tests/conf/demo_tiny",
-           "--out", str(out), "--strategies", "entropy", "ugtst", "--", "--data.root",
-           str(phantom_root)]
+    cmd = [sys.executable, str(REPO / "scripts" / "demo.py"), "--seed", "0", "--strategies",
+           "random", "--out", str(out), "--results", str(committed / "results.jsonl"), *tiny]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    for stage in ("source", "lower_bound", "entropy", "ugtst", "upper_bound"):
-        assert (out / stage / "metrics.csv").is_file(), stage
-    assert "test/dice_mean" in (out / "lower_bound" / "metrics.csv").read_text()
-    result = json.loads((out / "demo_results.json").read_text())
-    rows = set(result["rows"])
-    assert {"target after 3 labels (entropy)", "target after 3 labels (ugtst)"} <= rows
-    assert [len(result["queried"][s]) for s in ("entropy", "ugtst")] == [3, 3]
-    assert "[5/5] upper bound" in done.stdout
-    assert done.stdout.count("mask used: the reference mask") == 6
-    trained_source = result["rows"]["source domain (centre A)"]
-
-    # --reuse-source re-tests the source model into its own folder; the source run is untouched
-    source = snapshot(out / "source")
-    done = subprocess.run([*cmd[:7], "random", "--reuse-source", *cmd[9:]],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    after = snapshot(out / "source")
-    assert {k: after[k] for k in source} == source
-    assert all(k.startswith("test/") for k in set(after) - set(source))
-    result = json.loads((out / "demo_results.json").read_text())
-    # the same (trained) weights as the first run, not a fresh initialisation
-    assert result["rows"]["source domain (centre A)"] == pytest.approx(trained_source)
+    table = (out / "demo_results.md").read_text()
+    for row in ("source model", "target lower bound", "target, 3 labels by random",
+                "target upper bound"):
+        line = next(x for x in table.splitlines() if x.startswith(f"| {row}"))
+        assert ", 2 seeds |" in line  # the committed mean [CI] over both seeds
+    assert "What one run can show" in table and "wall time:" in table
+    # the demo's run of seed 0 is the committed run of seed 0 made again: the same Dice
+    mine = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    theirs = [json.loads(x) for x in (committed / "results.jsonl").read_text().splitlines()]
+    pick = lambda rows: {(r["run"], r.get("budget")): r["test"]["dice_mean"]  # noqa: E731
+                         for r in rows if r["seed"] == 0}
+    assert pick(mine) == pytest.approx(pick(theirs), abs=1e-6)
