@@ -701,8 +701,10 @@ def curves_caption(norm: Sequence[Mapping[str, Any]], task: str, panels: Sequenc
         f"One panel per unit setting ({len(panels)}: "
         + "; ".join(p.title for p in panels)
         + f"), each with {display_name(BASELINE)} on whole cases (black, budget = cases; "
-        f"{scan_words(norm, task)}) and random regions of that unit (thick, squares) as "
-        "baselines; one colour per run, the same in every panel.",
+        f"{scan_words(norm, task)})"
+        + (" and, where they ran, random regions of that unit (thick, squares) as baselines"
+           if any(parse_run_name(m).base_method == REGION_RANDOM for m in methods) else "")
+        + "; one colour per run, the same in every panel.",
         ("Dashed, the same in every panel: " + " and ".join(bounds) + ".") if bounds else "",
     ]))
 

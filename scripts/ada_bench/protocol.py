@@ -269,10 +269,16 @@ def run_spec(name: str, modalities: list[str], additions_dir: str | Path | None 
     return spec
 
 
+def _annotation_time() -> dict[str, float]:
+    from lightning_ada.active.cost import AnnotationTime
+
+    return dataclasses.asdict(AnnotationTime())
+
+
 #: the annotation-time model every run with a unit records (``active.annotation_time``): the
-#: library's :class:`~lightning_ada.active.cost.AnnotationTime` defaults, which are assumptions
-#: (seconds per slice with and without tumour), not measurements
-ANNOTATION_TIME: dict[str, float] = {"seconds_with_tumour": 60.0, "seconds_without_tumour": 3.0}
+#: library's :class:`~lightning_ada.active.cost.AnnotationTime` defaults (seconds per slice with
+#: and without tumour), which are assumptions, not measurements
+ANNOTATION_TIME: dict[str, float] = _annotation_time()
 
 
 def unit_options(unit: str) -> list[str]:
