@@ -21,6 +21,9 @@ composed into one config dict and run through ``lightning_ada.main.main(args=<di
         --strategies lower upper random@0 random@1 mmacts entropy_only --out runs/bench_glioma
     # the power profile: >= 10 seeds, 50 test cases per seed, budgets 1 2 3 5, paired tables
     python scripts/benchmark.py --power --strategies random mmacts ugtst stdr
+    # at equal annotation cost: units in the run names (budgets in whole-scan equivalents)
+    python scripts/benchmark.py --power --tasks glioma npc --strategies random_region@slices:k=3 \
+        random_region@patch:size=8 'clasp_pe@patch:size=8' --out runs/bench_equal_cost
     # strategy options, presets and additions as run names (quote them in the shell)
     python scripts/benchmark.py --power --strategies mmacts_paper \
         'mmacts:density_rule=inclusive,ranking=per_region' random+st upper+dgst \
@@ -52,7 +55,16 @@ Run names (``--strategies``; scripts/ada_bench/names.py, protocol.py):
   (one_off);
 * ``<run>+<addition>[+<addition>...]``: the overlay ``configs/additions/<addition>.yaml``
   (``--additions-dir``) composed onto the run: ``random+st`` (self-training), ``mmacts+gba``
-  (tumour-contrast augmentation), ``upper+dgst`` (sparse fine-tuning), ``random+st+gba+dgst``.
+  (tumour-contrast augmentation), ``upper+dgst`` (sparse fine-tuning), ``random+st+gba+dgst``;
+* ``<rule>@<unit>[:<options>]``: the annotation unit, less than a whole scan per query
+  (``random_region@slices``, ``random_region@slices:k=3``, ``random_region@patch:size=8``,
+  ``clasp_pe@patch:size=8``, ``entropy_region@slices:k=3,power=2``): the run passes
+  ``--active.unit <unit>`` with the options the unit accepts (the rest go to the rule;
+  ``unit.<key>`` / ``strategy.<key>`` when both accept a key) and records every query's cost
+  under the annotation-time model (``active.annotation_time``, assumed constants); its budget
+  counts whole-scan equivalents. The rule must rank that unit (its ``units``): ``random@slices``
+  is refused (``random_region@slices`` is random regions), as is an unknown unit, before
+  anything runs. ``random`` (no ``@``) is the whole-scan baseline, planned exactly as before.
 
 The result row's ``run`` is the full name; the tables show it readably (``mmActS
 (ranking=per_region) + self-training``); power.md compares every run with ``random`` and each
@@ -75,6 +87,20 @@ are recorded in the start line of the invocation before any run starts; power.md
 table (power_primary.csv; the file copied as protocol.yaml), titled "declared before the runs"
 only when every run of the table started after the first invocation that recorded that hash,
 else "post hoc"; every other table is headed secondary / exploratory (unadjusted p).
+
+At equal annotation cost (scripts/ada_bench/equal_cost.py, docs/benchmarks.md "At equal
+annotation cost"): a run with a unit is a budget curve against whole-scan equivalents (point b:
+the first stride end after its queries' ``cost.scans`` sum to b; the rows carry the cost totals
+of each point and the pool's per-case sizes), compared with ``random`` on whole cases at the
+same b (b cases = b scans on the phantom, whose cases all have one grid). When such runs are
+present the summary also writes equal_cost.md/.csv (each unit and rule vs whole-scan random and
+vs ``random_region`` at the same unit, paired over seeds, per budget and AUBC),
+equal_cost_primary.md/.csv (the primary endpoint declared in ``--equal-cost-protocol``, by
+default with ``--power`` configs/power/protocol_equal_cost.yaml, recorded in invocations.jsonl
+at the start like the other one, its copy protocol_equal_cost.yaml), equal_cost_penalty.md/.csv,
+equal_cost_costs.md/.csv (cases touched, slices, foreground per scan, minutes under the assumed
+annotation-time model), equal_cost_fg_efficiency.md/.csv (nnActive's foreground efficiency) and
+the figures equal_cost_curves_<task>.png and equal_cost_fg_<task>.png.
 
 ``--quick`` is the reduced protocol that fits in an hour on 2 CPU cores: fold 0, seeds 0 and 1,
 phantoms at 24^3 with 20 pool / 10 test cases, source training 24 epochs, target runs 12 epochs
@@ -110,7 +136,7 @@ import sys
 import time
 from pathlib import Path
 
-from ada_bench.endpoint import load_protocol, protocol_record
+from ada_bench.endpoint import Protocol, load_protocol, protocol_record
 from ada_bench.folds import FoldScheme
 from ada_bench.jobs import Cluster, run_units, units_of
 from ada_bench.loop import BenchConfig, BenchmarkLoop, stop_on_signals
@@ -232,6 +258,15 @@ def parser() -> argparse.ArgumentParser:
         "recorded with its SHA-256 in invocations.jsonl when the benchmark starts, its primary "
         "table printed first in power.md (default with --power: configs/power/protocol.yaml; "
         "'none': no primary table)",
+    )
+    p.add_argument(
+        "--equal-cost-protocol",
+        help="the protocol file declaring the primary endpoint at equal annotation cost (runs "
+        "with an annotation unit, scripts/ada_bench/equal_cost.py): recorded with the other one "
+        "when the benchmark starts, its primary table first in equal_cost.md (default with "
+        "--power when a run with a unit is planned or, with --summary, in the results: "
+        "configs/power/protocol_equal_cost.yaml; 'none': no primary table there). Every run it "
+        "names must be one the planner knows",
     )
     p.add_argument("--no-report", action="store_true", help="skip the tables and plots")
     p.add_argument(
@@ -450,6 +485,41 @@ def protocol_file(args: argparse.Namespace) -> Path | None:
     return POWER_PROTOCOL if args.power else None
 
 
+def planned_units(cfg: BenchConfig) -> bool:
+    """Whether a planned run has an annotation unit (``<rule>@<unit>``)."""
+    from ada_bench.names import parse_run_name
+
+    return any(parse_run_name(name).unit for runs in cfg.runs.values() for name, _ in runs)
+
+
+def equal_cost_protocol_file(args: argparse.Namespace, cfg: BenchConfig) -> Path | None:
+    """The protocol of the primary endpoint at equal annotation cost: ``--equal-cost-protocol``
+    (``none``: None), else with ``--power`` :data:`ada_bench.endpoint.EQUAL_COST_PROTOCOL` when a
+    run with a unit is planned (or, with ``--summary``, in the results), else None."""
+    from ada_bench.endpoint import EQUAL_COST_PROTOCOL
+    from ada_bench.equal_cost import has_unit_runs
+
+    if args.equal_cost_protocol:
+        given = args.equal_cost_protocol
+        return None if given.lower() == "none" else Path(given)
+    if not args.power:
+        return None
+    if planned_units(cfg):
+        return EQUAL_COST_PROTOCOL
+    if args.summary and has_unit_runs(read_rows(cfg.out / "results.jsonl")):
+        return EQUAL_COST_PROTOCOL
+    return None
+
+
+def check_protocol_runs(protocol: Protocol, cfg: BenchConfig) -> None:
+    """Refuse a protocol naming a run the planner does not know, for every task of ``cfg``
+    (:func:`ada_bench.endpoint.check_runs`)."""
+    from ada_bench.endpoint import check_runs
+
+    for task in cfg.tasks:
+        check_runs(protocol, cfg.task(task).modalities, cfg.additions_dir)
+
+
 def cluster_of(args: argparse.Namespace, workers: int) -> Cluster:
     """Where parallel jobs run (``--cluster``, ``--workers``, ``--timeout-min``, ``--slurm``)."""
     slurm = []
@@ -492,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         BenchmarkLoop(cfg).validate()
         path = protocol_file(args)
         protocol = load_protocol(path) if path is not None else None
+        ec_path = equal_cost_protocol_file(args, cfg)
+        equal_cost = load_protocol(ec_path) if ec_path is not None else None
+        if equal_cost is not None and not args.summary:
+            check_protocol_runs(equal_cost, cfg)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     workers = args.workers or (QUICK["workers"] if args.quick or args.power else 1)
@@ -509,8 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         invocation = None
         if not args.dry_run:
             cfg.out.mkdir(parents=True, exist_ok=True)
+            more = [protocol_record(equal_cost)] if equal_cost is not None and (
+                protocol is None or equal_cost.sha256 != protocol.sha256) else []
             invocation = record_start(
-                cfg.out, argv, start, protocol_record(protocol) if protocol else None
+                cfg.out, argv, start, protocol_record(protocol) if protocol else None, more
             )
         if (workers > 1 or args.cluster != "local") and not args.dry_run:
             failed = run_parallel(cfg, cluster_of(args, workers))
@@ -535,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no results in {cfg.out}")
         return 1
     figures = [] if args.figures in ([], ["none"]) else args.figures
-    print(write_report(cfg.out, figures, cfg.wandb, protocol=protocol))
+    print(write_report(cfg.out, figures, cfg.wandb, protocol=protocol,
+                       equal_cost_protocol=equal_cost))
     if args.publish:
         dest = Path(args.publish)
         text = publish(cfg.out, dest, f"Results: {dest.name}")

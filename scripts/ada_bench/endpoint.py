@@ -25,8 +25,10 @@ one family: every declared method on every declared task), the MDD and n; all co
 
 Declaration (:func:`declaration`): ``scripts/benchmark.py`` records the protocol file's path,
 SHA-256 and text in the ``start`` line of every invocation (``invocations.jsonl``, next to
-``results.jsonl``; published with it). The protocol counts as declared at the start of the
-earliest invocation that recorded a file with the same hash. A run started at its row's
+``results.jsonl``; published with it); a second declared endpoint of the same invocation (the
+equal-cost one, :data:`EQUAL_COST_PROTOCOL`) goes to the line's ``protocols`` list. The
+protocol counts as declared at the start of the earliest invocation that recorded a file with
+the same hash. A run started at its row's
 ``time`` minus its ``seconds`` (both stamps are whole seconds, so a run counts as started
 before the declaration only when it started more than one second before it); every run that
 feeds the primary table and started before that declaration (or with no declaration recorded at
@@ -64,11 +66,16 @@ from ada_bench.tables import Table, display_name, present_methods, tasks_of
 REPO = Path(__file__).resolve().parents[2]
 #: the power benchmark's protocol, relative to the repository root
 POWER_PROTOCOL = Path("configs/power/protocol.yaml")
+#: the protocol of the equal-cost comparison (runs with an annotation unit,
+#: :mod:`ada_bench.equal_cost`), relative to the repository root
+EQUAL_COST_PROTOCOL = Path("configs/power/protocol_equal_cost.yaml")
 #: the ``baseline`` value that pairs each method with the random of its own schedule
 SCHEDULE_MATCHED = "random of the same schedule"
 CORRECTIONS = ("holm", "none")
 #: the name of the protocol's copy in a results folder (and the published one)
 COPY_NAME = "protocol.yaml"
+#: the name of the equal-cost protocol's copy
+EQUAL_COST_COPY_NAME = "protocol_equal_cost.yaml"
 #: the resolution of the start and end stamps (``YYYY-MM-DD HH:MM:SS``), seconds
 STAMP_RESOLUTION = 1.0
 #: the heading prefix of every table that is not the primary one
@@ -171,6 +178,30 @@ def load_protocol(path: str | Path) -> Protocol:
     )
 
 
+def check_runs(
+    protocol: Protocol, modalities: Sequence[str], additions_dir: str | Path | None = None
+) -> None:
+    """Refuse a protocol that names a run the planner does not know (its methods, and its
+    baseline unless it is :data:`SCHEDULE_MATCHED`): checked before anything runs.
+
+    Raises:
+        ValueError: one line naming the file, the run and why
+            (:func:`ada_bench.protocol.run_spec`'s message).
+    """
+    from ada_bench.protocol import run_spec
+
+    names = list(protocol.methods)
+    if protocol.baseline != SCHEDULE_MATCHED:
+        names.append(protocol.baseline)
+    for name in names:
+        try:
+            run_spec(name, list(modalities), additions_dir)
+        except ValueError as e:
+            raise ValueError(
+                f"{protocol.shown_path}: {name!r} is not a run the planner knows ({e})"
+            ) from None
+
+
 def protocol_record(protocol: Protocol) -> dict[str, Any]:
     """What an invocation's ``start`` line records of the protocol: file, SHA-256, text."""
     return {"file": protocol.shown_path, "sha256": protocol.sha256, "text": protocol.text}
@@ -212,7 +243,8 @@ class Declaration:
 
 def declared_at(out: str | Path | None, sha256: str) -> str | None:
     """``start`` of the earliest invocation of ``out/invocations.jsonl`` that recorded a protocol
-    with this hash (``YYYY-MM-DD HH:MM:SS``), None if none did."""
+    with this hash (as its ``protocol`` or in its ``protocols``; ``YYYY-MM-DD HH:MM:SS``), None
+    if none did."""
     path = Path(out) / "invocations.jsonl" if out is not None else None
     if path is None or not path.is_file():
         return None
@@ -222,8 +254,9 @@ def declared_at(out: str | Path | None, sha256: str) -> str | None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        proto = rec.get("protocol") or {}
-        if rec.get("event") == "start" and proto.get("sha256") == sha256 and rec.get("start"):
+        protos = [rec.get("protocol") or {}, *(rec.get("protocols") or [])]
+        hit = any(isinstance(p, Mapping) and p.get("sha256") == sha256 for p in protos)
+        if rec.get("event") == "start" and hit and rec.get("start"):
             found.append(rec["start"])
     return min(found, key=_parse) if found else None
 
@@ -297,6 +330,7 @@ def primary_table(
     out: str | Path | None = None,
     penalty_link: str | None = None,
     pair_by: str = "seed",
+    copy_name: str = COPY_NAME,
 ) -> Table:
     """The declared comparison, Holm-adjusted over its rows (module doc).
 
@@ -307,6 +341,7 @@ def primary_table(
             record, the table is post hoc).
         penalty_link: a link target of the pairwise penalty matrix, named in the caption.
         pair_by: ``"seed"`` (the power profile) or ``"run"``.
+        copy_name: the name of the protocol's copy in ``out`` (linked in the caption).
     """
     norm = [normalise(r) for r in expand_curves(rows) if r["run"] != "source"]
     unit = "Seeds" if pair_by == "seed" else "Runs"
@@ -353,7 +388,7 @@ def primary_table(
     )
     return Table(
         title, header, md, csv_header, csv_rows,
-        _notes(norm, protocol, found, adjusted, rejected, decl, penalty_link, units),
+        _notes(norm, protocol, found, adjusted, rejected, decl, penalty_link, units, copy_name),
     )
 
 
@@ -380,6 +415,7 @@ def _notes(
     decl: Declaration,
     penalty_link: str | None,
     units: str,
+    copy_name: str = COPY_NAME,
 ) -> list[str]:
     tasks = sorted({f[0] for f in found}, key=lambda t: tasks_of(norm).index(t))
     budgets = ", ".join(map(str, protocol.budgets))
@@ -391,7 +427,7 @@ def _notes(
     )
     n_tests = sum(1 for q in adjusted.values() if not math.isnan(q))
     notes = [
-        f"Declared in [{COPY_NAME}]({COPY_NAME}) (SHA-256 `{protocol.short_hash}…`, copied from "
+        f"Declared in [{copy_name}]({copy_name}) (SHA-256 `{protocol.short_hash}…`, copied from "
         f"`{protocol.shown_path}`): measure {measure}; methods "
         f"{', '.join(display_name(m) for m in protocol.methods)}; tasks "
         f"{', '.join(protocol.tasks) if protocol.tasks else 'every task of the results'}; "
@@ -478,11 +514,12 @@ def _notes(
     return notes
 
 
-def copy_protocol(protocol: Protocol, out: str | Path) -> Path:
-    """Write the protocol's text to ``out/protocol.yaml`` (unless it is that file); return it."""
+def copy_protocol(protocol: Protocol, out: str | Path, name: str = COPY_NAME) -> Path:
+    """Write the protocol's text to ``out/<name>`` (``protocol.yaml``; unless it is that file);
+    return it."""
     from lightning_ada.io import write_text_atomic
 
-    dest = Path(out) / COPY_NAME
+    dest = Path(out) / name
     if not (dest.exists() and dest.resolve() == protocol.path.resolve()):
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(dest, protocol.text)

@@ -220,28 +220,38 @@ def _source_checkpoint(rows: list[dict[str, Any]], task: str, seed: int) -> Path
     return None
 
 
+#: what a result row keeps of each query of the log
+QUERY_FIELDS = (
+    "round", "epoch", "case_id", "score", "factors", "modality", "election_dice", "case_meta",
+    "timings", "scoring_seconds", "step",
+)
+#: what it also keeps of each query of a run with a unit (``fields["unit"]``): the region asked
+#: for, its place among the round's regions of that case, and its cost
+UNIT_QUERY_FIELDS = ("region", "part", "cost")
+
+
 def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """The result row of a finished run (``res`` from ``run_experiment``)."""
+    """The result row of a finished run (``res`` from ``run_experiment``).
+
+    A run with a unit (``fields["unit"]``, :func:`ada_bench.protocol.unit_spec`) also keeps each
+    query's ``region``, ``part`` and ``cost``, the run's ``cost`` totals
+    (:func:`ada_bench.curve.cost_totals`) and, when measured, ``pool_cases`` (the pool's cases
+    on the network grid: ``[voxels, slices along axis 2, foreground voxels, slices with
+    tumour]``, what a whole-case query of each would cost: :func:`ada_bench.runner.pool_costs`);
+    a run without one gives the same row as before units existed.
+    """
+    from ada_bench.curve import cost_totals
+
+    keep = QUERY_FIELDS + (UNIT_QUERY_FIELDS if fields.get("unit") else ())
     queries = [
-        {
-            k: q.get(k)
-            for k in (
-                "round",
-                "epoch",
-                "case_id",
-                "score",
-                "factors",
-                "modality",
-                "election_dice",
-                "case_meta",
-                "timings",
-                "scoring_seconds",
-                "step",
-            )
-        }
+        {k: q.get(k) for k in keep}
         for q in res.get("query_log", [])
         if q.get("case_id") is not None  # events (ended_short, nothing_to_train, ...) go below
     ]
+    if fields.get("unit"):
+        fields = {**fields, "cost": cost_totals([q.get("cost") or {} for q in queries])}
+        if res.get("pool_cases"):
+            fields["pool_cases"] = res["pool_cases"]
     events = [q for q in res.get("query_log", []) if q.get("case_id") is None]
     label_fit = res.get("label_fit")
     if label_fit:  # each labelled case's loss under the final model, suspect labels flagged
@@ -341,11 +351,13 @@ class BenchmarkLoop:
         if self.cfg.dry_run:
             data = config.get("data", {})
             active = config.get("active", {})
+            unit = active.get("unit")
             print(
                 "would run:", task, run, f"seed {seed}",
                 f"fold {key[3]}" if key[3] is not None else "",
                 f"budget {active.get('budget')}" if fit and key[2] is not None else "",
                 f"strategy {active.get('strategy')}" if key[2] is not None else "",
+                f"unit {unit}" if unit is not None else "",
                 f"root {data.get('root')}", "" if fit else "(test only)",
                 "(budget curve)" if curve else "",
             )
@@ -501,6 +513,14 @@ class BenchmarkLoop:
         config = self._config(
             task, seed, self._files(task, spec.config, *split.configs, *spec.configs), overrides
         )
+        if spec.unit:  # what the run's unit is and the annotation-time model it recorded
+            from ada_bench.protocol import unit_settings
+
+            fields |= {
+                "unit": spec.unit,
+                "unit_options": unit_settings(spec.unit, spec.unit_options),
+                "annotation_time": (config.get("active") or {}).get("annotation_time"),
+            }
         self._execute(
             (task, name, budget, fold, seed), config, spec.fit, fields, folder, curve=curve
         )

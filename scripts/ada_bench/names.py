@@ -1,10 +1,17 @@
-"""The grammar of run names: ``<base>[:<key>=<value>,...][+<addition>...]``.
+"""The grammar of run names: ``<base>[@<unit>][:<key>=<value>,...][+<addition>...]``.
 
 * ``<base>``: a bound (``lower``, ``upper``), a registered strategy (``mmacts``), a repeated draw
   (``random@1``), an ablation (``mmacts_one_off``) or a preset (``mmacts_paper``), as
   :func:`ada_bench.protocol.run_spec` knows them;
-* ``:<key>=<value>,...``: options of the base's strategy (its ``init_args``); each value is read
-  as a YAML scalar or flow collection (``density_rule=inclusive``, ``exponents=[1, 0, 1]``,
+* ``@<unit>``: the annotation unit of the run (``random_region@slices``, ``clasp_pe@patch``): a
+  name of :data:`lightning_ada.active.units.UNITS` (``case``, ``slices``, ``patch``); without it
+  the run asks for whole cases (the library's default unit). ``@`` followed by digits is a
+  repeated draw (``random@1``), by a name a unit;
+* ``:<key>=<value>,...``: options of the base's strategy (its ``init_args``) and, with a unit,
+  of the unit (``entropy_region@slices:k=3,power=2``: ``k`` is the slices unit's, ``power`` the
+  rule's; :func:`ada_bench.protocol.run_spec` routes each key to the one that accepts it, and a
+  key both accept is written ``unit.<key>`` or ``strategy.<key>``); each value is read as a YAML
+  scalar or flow collection (``density_rule=inclusive``, ``exponents=[1, 0, 1]``,
   ``density_delta=0.5``); commas inside brackets or quotes belong to the value;
 * ``+<addition>``: an overlay config ``configs/additions/<addition>.yaml`` composed onto the run
   (``random+st``, ``upper+dgst``, ``mmacts:ranking=per_region+st+gba``).
@@ -24,7 +31,10 @@ from typing import Any
 #: the runs whose result does not depend on the query budget (and their name in ``run``)
 BUDGETLESS = frozenset({"source", "lower", "upper"})
 _ADDITION = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: an option key, optionally qualified by whose option it is (``unit.k``, ``strategy.power``)
+_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*")
+#: the name of an annotation unit after ``@`` (digits after ``@`` are a draw)
+_UNIT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _DRAW = re.compile(r"^(?P<name>[^:+@]+)@(?P<draw>\d+)")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
 _OPEN, _CLOSE = "[{(", "]})"
@@ -36,10 +46,13 @@ class RunName:
 
     Attributes:
         text: the name as given (the ``run`` field of its result rows).
-        base: the part before the options and additions (``random@1``, ``mmacts_paper``).
-        options: the strategy options, in the order given (values read as YAML).
+        base: the part before the unit, options and additions (``random@1``, ``mmacts_paper``,
+            ``random_region`` of ``random_region@slices``).
+        options: the strategy's (and the unit's) options, in the order given (values read as
+            YAML).
         option_text: the options as written (``density_rule=inclusive,ranking=per_region``).
         additions: the overlay names, in order.
+        unit: the annotation unit after ``@`` (``slices``), None without one (whole cases).
     """
 
     text: str
@@ -47,6 +60,7 @@ class RunName:
     options: dict[str, Any] = field(default_factory=dict)
     option_text: str = ""
     additions: tuple[str, ...] = ()
+    unit: str | None = None
 
     @property
     def base_method(self) -> str:
@@ -63,28 +77,33 @@ class RunName:
     @property
     def method(self) -> str:
         """The name without the ``@draw`` suffix: repeated draws of one method share it."""
-        return compose_name(self.base_method, self.option_text, self.additions)
+        return compose_name(self.base_method, self.option_text, self.additions, self.unit)
 
     @property
     def is_variant(self) -> bool:
-        """Options or additions given (a method of its own in the tables)."""
-        return bool(self.option_text or self.additions)
+        """Options, additions or a unit given (a method of its own in the tables)."""
+        return bool(self.option_text or self.additions or self.unit)
 
     def without_last_addition(self) -> str | None:
         """The method this one adds its last addition to (``random+st+gba`` -> ``random+st``),
         or None without additions."""
         if not self.additions:
             return None
-        return compose_name(self.base_method, self.option_text, self.additions[:-1])
+        return compose_name(self.base_method, self.option_text, self.additions[:-1], self.unit)
 
     def without_additions(self) -> str:
         """The method without any addition (``mmacts:x=1+st`` -> ``mmacts:x=1``)."""
-        return compose_name(self.base_method, self.option_text, ())
+        return compose_name(self.base_method, self.option_text, (), self.unit)
 
 
-def compose_name(base: str, option_text: str = "", additions: tuple[str, ...] = ()) -> str:
-    """The run name of ``base`` with options (as written) and additions."""
-    return base + (f":{option_text}" if option_text else "") + "".join(f"+{a}" for a in additions)
+def compose_name(
+    base: str, option_text: str = "", additions: tuple[str, ...] = (), unit: str | None = None
+) -> str:
+    """The run name of ``base`` with a unit, options (as written) and additions."""
+    return (
+        base + (f"@{unit}" if unit else "") + (f":{option_text}" if option_text else "")
+        + "".join(f"+{a}" for a in additions)
+    )
 
 
 def _scan(text: str):
@@ -160,6 +179,7 @@ def parse_run_name(text: str) -> RunName:
     base, colon, option_text = head.partition(":")
     if not base:
         raise ValueError(f"run {text!r}: no run before ':'")
+    base, unit = _split_unit(text, base)
     if colon and not option_text:
         raise ValueError(f"run {text!r}: ':' needs options, e.g. {base}:key=value")
     options: dict[str, Any] = {}
@@ -178,7 +198,24 @@ def parse_run_name(text: str) -> RunName:
                 options[key] = read_value(value.strip())
             except ValueError as e:
                 raise ValueError(f"run {text!r}: option {key}: {e}") from None
-    return RunName(text, base, options, option_text, tuple(additions))
+    return RunName(text, base, options, option_text, tuple(additions), unit)
+
+
+def _split_unit(text: str, base: str) -> tuple[str, str | None]:
+    """``name@unit`` -> ``(name, unit)``; ``name@<digits>`` (a draw) and a plain name stay.
+
+    Raises:
+        ValueError: more than one ``@``, or ``@`` followed by neither digits nor a unit name.
+    """
+    name, at, after = base.partition("@")
+    if not at or after.isdigit():
+        return base, None
+    if not name or "@" in after or not _UNIT.fullmatch(after):
+        raise ValueError(
+            f"run {text!r}: '@' takes a draw number (random@1) or an annotation unit "
+            "(random_region@slices), once"
+        )
+    return name, after
 
 
 def method_of(run: str) -> str:
@@ -207,11 +244,13 @@ def budgetless(run: str) -> bool:
 
 
 def folder_name(run: str) -> str:
-    """A file-system name of a run: ``@`` -> ``_``; a name with other characters than letters,
-    digits and ``_ . + -`` gets them replaced and a short hash of the full name (unique)."""
+    """A file-system name of a run: ``@<draw>`` -> ``_<draw>``, ``@<unit>`` -> ``-<unit>`` (no
+    strategy name holds a ``-``, so ``stdr@slices`` never meets a strategy ``stdr_slices``); a
+    name with other characters than letters, digits and ``_ . + -`` gets them replaced and a
+    short hash of the full name (unique)."""
     import hashlib
 
-    plain = run.replace("@", "_")
+    plain = re.sub(r"@(?=[A-Za-z])", "-", run).replace("@", "_")
     if re.fullmatch(r"[A-Za-z0-9_.+-]+", plain):
         return plain
     safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", plain).strip("_")[:80]

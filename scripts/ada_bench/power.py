@@ -533,9 +533,14 @@ def draw_panels(
     path: str | Path,
     title: str,
     additions: bool = False,
+    xlabel: str = "labelled target cases (labels)",
+    bases: Sequence[str] = (),
 ) -> Path | None:
     """Small multiples: each panel's curves (mean Dice over seeds, %, with 95 % bootstrap bands),
-    both bounds dashed in every panel, one legend outside the axes. None without panels."""
+    both bounds dashed in every panel, one legend outside the axes. None without panels.
+
+    ``xlabel`` names the budget axis; ``bases`` are more methods drawn as baselines (thick,
+    squares, listed first), beside random and the one-off random."""
     from ada_bench.plots import _pyplot, _save
 
     if not panels:
@@ -566,7 +571,7 @@ def draw_panels(
             lo = np.array([p[2] for p in pts]) * 100
             hi = np.array([p[3] for p in pts]) * 100
             label = _legend_label(m, base)
-            is_base = m in BASELINE_COLOURS or (additions and m == base)
+            is_base = m in BASELINE_COLOURS or m in bases or (additions and m == base)
             (line,) = ax.plot(
                 x, y, marker="s" if is_base else "o", ms=3.5 if is_base else 3,
                 color=colours[m], lw=2.2 if is_base else 1.4, label=label,
@@ -594,7 +599,7 @@ def draw_panels(
         ax.set_ylabel("mean Dice (%)", fontsize=9)
     for i, ax in enumerate(axes.flat):
         if i < n and i + ncols >= n:  # the lowest panel of its column
-            ax.set_xlabel("labelled target cases (labels)", fontsize=9)
+            ax.set_xlabel(xlabel, fontsize=9)
     if budgets:
         axes[0, 0].set_xticks(budgets)
     fig.suptitle(title, fontsize=10)

@@ -18,7 +18,16 @@ seed (except the lower bound, which only tests it). Names:
   ...`` sets the strategy's options (``mmacts:density_rule=inclusive,ranking=per_region``; unknown
   keys and bad values fail at plan time, a ``schedule`` option sets the run's schedule), and
   ``<run>+<addition>...`` composes ``configs/additions/<addition>.yaml`` onto the run
-  (``random+st``, ``upper+dgst``, ``mmacts_paper+st+gba``).
+  (``random+st``, ``upper+dgst``, ``mmacts_paper+st+gba``);
+* a unit (:func:`unit_spec`): ``<strategy or preset>@<unit>[:<options>]`` asks for less than a
+  whole scan per query (``random_region@slices``, ``random_region@slices:k=3``,
+  ``random_region@patch:size=8``): the run passes ``active.unit`` (the unit's ``class_path`` and
+  the options the unit accepts) and records the annotation time of every query
+  (``active.annotation_time``, :data:`ANNOTATION_TIME`); ``active.budget`` then counts
+  whole-scan equivalents. A unit the library does not know, a strategy whose ``units`` do not
+  hold it, an option neither accepts, and ``<case-level strategy>@case`` (the default unit:
+  name the run without it) are refused at plan time. A name without ``@<unit>`` plans exactly
+  what it planned before units existed (``random``: whole cases, no ``active.unit`` key).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ada_bench.names import RunName, budgetless, parse_run_name
+from ada_bench.names import RunName, budgetless, compose_name, parse_run_name
 
 #: where ``<run>+<addition>`` finds ``<addition>.yaml`` (the repository's configs/additions)
 ADDITIONS_DIR = Path(__file__).resolve().parents[2] / "configs" / "additions"
@@ -115,6 +124,9 @@ class RunSpec:
         train_input: the datamodule's ``train_input``.
         schedule: ``sequential`` / ``one_off`` for strategies, None for the bounds.
         configs: config files composed after the run's own (the additions' overlays).
+        unit: the annotation unit of a ``<run>@<unit>`` name (None: whole cases, no
+            ``active.unit`` override).
+        unit_options: the unit's options as given in the name (its ``init_args``).
     """
 
     name: str
@@ -126,6 +138,8 @@ class RunSpec:
     train_input: str = "all"
     schedule: str | None = None
     configs: tuple[str, ...] = ()
+    unit: str | None = None
+    unit_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def strategy_overrides(strategy: str, **init_args: Any) -> dict[str, Any]:
@@ -243,7 +257,7 @@ def run_spec(name: str, modalities: list[str], additions_dir: str | Path | None 
         ValueError: unknown name, option or addition (the message lists the known ones).
     """
     parsed = parse_run_name(name)
-    spec = _base_spec(parsed, modalities)
+    spec = unit_spec(parsed) if parsed.unit else _base_spec(parsed, modalities)
     if parsed.additions:
         if spec.strategy == "lower":
             raise ValueError(
@@ -253,6 +267,161 @@ def run_spec(name: str, modalities: list[str], additions_dir: str | Path | None 
         files = tuple(str(addition_file(a, additions_dir)) for a in parsed.additions)
         spec = dataclasses.replace(spec, configs=spec.configs + files)
     return spec
+
+
+def _annotation_time() -> dict[str, float]:
+    from lightning_ada.active.cost import AnnotationTime
+
+    return dataclasses.asdict(AnnotationTime())
+
+
+#: the annotation-time model every run with a unit records (``active.annotation_time``): the
+#: library's :class:`~lightning_ada.active.cost.AnnotationTime` defaults (seconds per slice with
+#: and without tumour), which are assumptions, not measurements
+ANNOTATION_TIME: dict[str, float] = _annotation_time()
+
+
+def unit_options(unit: str) -> list[str]:
+    """The options (``init_args``) a registered annotation unit accepts: its constructor's
+    parameters (``k``, ``axis``, ``modality_axes`` of ``slices``; ``size`` of ``patch``)."""
+    from lightning_ada.active.units import UNITS
+
+    params = inspect.signature(UNITS[unit].__init__).parameters
+    return [p for p in params if p not in ("self", "args", "kwargs")]
+
+
+def unit_settings(unit: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The unit's constructor defaults updated by ``options``: what the run's unit is, however
+    its name spells it (``random_region@slices`` and ``...@slices:k=3`` have the same slices
+    unit when 3 is the default)."""
+    from lightning_ada.active.units import UNITS
+
+    params = inspect.signature(UNITS[unit].__init__).parameters
+    out = {
+        k: p.default for k, p in params.items()
+        if k not in ("self", "args", "kwargs") and p.default is not inspect.Parameter.empty
+    }
+    return {**out, **dict(options)}
+
+
+def route_options(
+    run: str, strategy: str, unit: str, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a unit run's options into the unit's and the strategy's: a key goes to the one that
+    accepts it; ``unit.<key>`` / ``strategy.<key>`` say it explicitly.
+
+    Raises:
+        ValueError: a key neither accepts, or one both accept without a prefix.
+    """
+    mine, theirs = set(unit_options(unit)), set(strategy_options(strategy))
+    to_unit: dict[str, Any] = {}
+    to_strategy: dict[str, Any] = {}
+    for key, value in options.items():
+        owner, dot, bare = key.partition(".")
+        if dot and owner not in ("unit", "strategy"):
+            raise ValueError(
+                f"run {run!r}: option {key!r}: a prefix must be 'unit.' or 'strategy.'"
+            )
+        if not dot:
+            bare, owner = key, ""
+            if bare in mine and bare in theirs:
+                raise ValueError(
+                    f"run {run!r}: option {bare!r} is an option of the {unit!r} unit and of "
+                    f"strategy {strategy!r}: write unit.{bare}=... or strategy.{bare}=..."
+                )
+            owner = "unit" if bare in mine else "strategy" if bare in theirs else ""
+        if owner == "unit" and bare in mine:
+            to_unit[bare] = value
+        elif owner == "strategy" and bare in theirs:
+            to_strategy[bare] = value
+        else:
+            raise ValueError(
+                f"run {run!r}: no option {bare!r} for "
+                + (f"the {unit!r} unit" if owner == "unit" else f"strategy {strategy!r}"
+                   if owner == "strategy" else f"the {unit!r} unit or strategy {strategy!r}")
+                + f"; the unit accepts: {', '.join(sorted(mine)) or 'none'}; the strategy: "
+                f"{', '.join(sorted(theirs)) or 'none'}"
+            )
+    return to_unit, to_strategy
+
+
+def check_unit_options(run: str, unit: str, options: Mapping[str, Any]) -> None:
+    """Type-check the unit's options as the CLI does and build the unit once (its own checks,
+    e.g. ``k >= 1``).
+
+    Raises:
+        ValueError: naming the run and what is wrong.
+    """
+    from lightning_ada.active.units import UNITS
+
+    cls = UNITS[unit]
+    parser = _options_parser(cls)
+    if parser is not None:
+        try:
+            parser.parse_object({"options": dict(options)})
+        except Exception as e:  # noqa: BLE001 - jsonargparse's ArgumentError (and friends)
+            raise ValueError(
+                f"run {run!r}: options {dict(options)} of the {unit!r} unit: {_one_line(e)}"
+            ) from None
+    try:
+        cls(**options)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"run {run!r}: {_one_line(e)}") from None
+
+
+def unit_spec(parsed: RunName) -> RunSpec:
+    """The spec of ``<strategy or preset>@<unit>[:<options>]`` (module doc): the strategy's
+    spec (the mmActS config with the strategy and its options) plus ``active.unit`` and
+    ``active.annotation_time``.
+
+    Raises:
+        ValueError: an unknown unit, a base that is not a strategy or preset, a strategy that
+            cannot rank the unit, ``<case-level strategy>@case``, or a bad option (one line
+            naming the run).
+    """
+    from lightning_ada.active.strategies import REGISTRY
+    from lightning_ada.active.units import UNITS
+    from lightning_ada.cli.short_names import class_path
+
+    name, unit, base = parsed.text, str(parsed.unit), parsed.base
+    if parsed.draw is not None:
+        raise ValueError(f"run {name!r}: a run with a unit has no @<draw>")
+    if unit not in UNITS:
+        raise ValueError(
+            f"run {name!r}: unknown annotation unit {unit!r}; units: {', '.join(sorted(UNITS))}"
+        )
+    if base in PRESETS:
+        strategy, args = PRESETS[base].strategy, dict(PRESETS[base].options)
+    elif base in REGISTRY:
+        strategy, args = base, {}
+    else:
+        raise ValueError(
+            f"run {name!r}: a unit needs a registered strategy or a preset before '@', not "
+            f"{base!r} (bounds, draws and ablations ask for whole cases)"
+        )
+    ranks = REGISTRY[strategy].units
+    if unit not in ranks:
+        rules = sorted(n for n, c in REGISTRY.items() if unit in c.units)
+        raise ValueError(
+            f"run {name!r}: strategy {strategy!r} ranks {', '.join(sorted(ranks))} queries, not "
+            f"the {unit!r} unit; rules that rank it: {', '.join(rules) or 'none registered'}"
+        )
+    if unit == "case" and set(ranks) == {"case"}:
+        raise ValueError(
+            f"run {name!r}: 'case' is the default unit of {strategy!r}: name the run "
+            f"{compose_name(base, parsed.option_text, ())!r}"
+        )
+    to_unit, to_strategy = route_options(name, strategy, unit, parsed.options)
+    args.update(to_strategy)
+    check_strategy_options(name, strategy, args)
+    check_unit_options(name, unit, to_unit)
+    spec = _strategy_spec(name, strategy, args)
+    overrides = {
+        **spec.overrides,
+        "active.unit": {"class_path": class_path(UNITS[unit]), "init_args": dict(to_unit)},
+        "active.annotation_time": dict(ANNOTATION_TIME),
+    }
+    return dataclasses.replace(spec, overrides=overrides, unit=unit, unit_options=dict(to_unit))
 
 
 def _base_spec(parsed: RunName, modalities: list[str]) -> RunSpec:

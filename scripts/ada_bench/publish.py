@@ -26,11 +26,12 @@ from lightning_ada.io import write_text_atomic
 
 #: the files of a results folder that are published (with results.jsonl): tables, figures, the
 #: protocol of the primary endpoint and the invocation log that records its declaration
-PUBLISHED = ("*.md", "*.csv", "*.png", "protocol.yaml", "invocations.jsonl")
+PUBLISHED = ("*.md", "*.csv", "*.png", "protocol.yaml", "protocol_*.yaml", "invocations.jsonl")
 #: the tables of the README block, in order
 README_TABLES = (
     "power",
     "power_penalty",
+    "equal_cost",  # every equal-cost table and figure (ada_bench.equal_cost)
     "paired",
     "table1",
     "table1_distances",
@@ -78,19 +79,23 @@ def machine() -> dict[str, Any]:
 
 
 def record_start(
-    out: Path, argv: Sequence[str], start: float, protocol: dict[str, Any] | None = None
+    out: Path, argv: Sequence[str], start: float, protocol: dict[str, Any] | None = None,
+    protocols: Sequence[dict[str, Any]] = (),
 ) -> str:
     """Append the ``start`` line of an invocation; return its id.
 
     ``protocol`` (:func:`ada_bench.endpoint.protocol_record`: file, SHA-256, text) is the
     declaration of the benchmark's primary endpoint, recorded before any run of the invocation
-    starts.
+    starts; ``protocols`` the declarations of further endpoints of the same invocation (the
+    equal-cost one), recorded under ``protocols``.
     """
     ident = f"{int(start * 1000)}-{os.getpid()}"
     line: dict[str, Any] = {"id": ident, "event": "start", "argv": list(argv),
                             "start": _stamp(start)}
     if protocol is not None:
         line["protocol"] = dict(protocol)
+    if protocols:
+        line["protocols"] = [dict(p) for p in protocols]
     append_row(out / "invocations.jsonl", line)
     return ident
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ada_bench.equal_cost import equal_cost_report, has_unit_runs
 from ada_bench.forgetting import forgetting_table
 from ada_bench.label_check import suspect_summary
 from ada_bench.loop import last_rows
@@ -73,6 +74,7 @@ def write_report(
     wandb: WandbSettings | None = None,
     budget: int = HEADLINE_BUDGET,
     protocol: Any = None,
+    equal_cost_protocol: Any = None,
 ) -> str:
     """Write the tables (``*.md``, ``*.csv``), plots (``*.png``) and ``summary.md`` into ``out``.
 
@@ -84,6 +86,11 @@ def write_report(
         protocol: the declared primary comparison of a power report
             (:class:`ada_bench.endpoint.Protocol`; :mod:`ada_bench.power`), None: no primary
             table.
+        equal_cost_protocol: the declared primary comparison at equal annotation cost
+            (``configs/power/protocol_equal_cost.yaml``), None: no primary table there. The
+            equal-cost report (:mod:`ada_bench.equal_cost`: ``equal_cost*.md/.csv/.png``) is
+            written whenever runs with an annotation unit are present, paired over seeds with
+            budget curves (the power profile), else over ``(fold, seed)`` runs.
 
     Returns:
         The text of ``summary.md``.
@@ -141,11 +148,20 @@ def write_report(
             tables["paired"].notes = [*tables["paired"].notes, "", gains.markdown()]
         tables["paired"].write(out, "paired")
         power = [tables["paired"].markdown()]
+    equal = []
+    if has_unit_runs(rows):  # runs with an annotation unit: the comparison at equal cost
+        made_ec = equal_cost_report(rows, out, "seed" if curves else "run", equal_cost_protocol)
+        tables["equal_cost"] = made_ec.table
+        if made_ec.primary is not None:
+            tables["equal_cost_primary"] = made_ec.primary
+        images += made_ec.figures
+        equal = [made_ec.markdown]
     text = "\n".join(
         [
             f"# Benchmark results ({len(rows)} runs)",
             "",
             *power,
+            *equal,
             tables["table1"].markdown(),
             tables["table1_distances"].markdown(),
             tables["table2"].markdown(),

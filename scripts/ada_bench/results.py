@@ -148,6 +148,11 @@ def expand_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     A point with ``k`` labels becomes a row of budget ``k`` holding that point's test results
     (``from_curve``: True, ``curve_epoch``: the epoch it was taken after, ``queries``: the first
     ``k``); the run's final test is kept only when the curve has no point at the run's budget.
+    A point on the cost axis (a run with a sub-volume unit: its points have ``scans``) becomes a
+    row of budget ``b`` = its ``scans`` (whole-scan equivalents; ``labels`` is ``b`` too), with
+    the queries made before it and their ``cost`` totals (and ``spent``, the exact scans); such
+    a run's final test is never a budget point of its own (its rounds may have spent less than
+    its budget, and its last point is already the final model when they did not).
     Other rows are returned unchanged.
     """
     out: list[dict[str, Any]] = []
@@ -157,8 +162,11 @@ def expand_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not curve:
             out.append(row)
             continue
-        points = {int(p["labels"]): p for p in curve if int(p["labels"]) > 0}
+        by_scans = any("scans" in p for p in curve)
+        key = "scans" if by_scans else "labels"
+        points = {int(p[key]): p for p in curve if int(p[key]) > 0}
         for k, p in sorted(points.items()):
+            n_queries = int(p["labels"]) if by_scans else k
             out.append(
                 {
                     **row,
@@ -167,12 +175,14 @@ def expand_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "test": p.get("test", {}),
                     "per_case": p.get("per_case", []),
                     "extra_splits": p.get("extra_splits", {}),
-                    "queries": list(row.get("queries", []))[:k],
+                    "queries": list(row.get("queries", []))[:n_queries],
                     "from_curve": True,
                     "curve_epoch": p.get("epoch"),
                     **({"curve_step": p["step"]} if "step" in p else {}),
+                    **({"cost": dict(p.get("cost") or {}), "spent": p.get("spent")}
+                       if by_scans else {}),
                 }
             )
-        if row.get("budget") is not None and int(row["budget"]) not in points:
+        if row.get("budget") is not None and int(row["budget"]) not in points and not by_scans:
             out.append(row)
     return out

@@ -200,6 +200,9 @@ def run_experiment(
         label_check: after the fit, measure every labelled case's loss under the final model
             and flag suspect annotations (:mod:`ada_bench.label_check`), under ``"label_fit"``.
 
+    A run whose config sets ``active.unit`` also returns ``"pool_cases"`` (:func:`pool_costs`,
+    measured after the test: nothing of the run depends on it).
+
     Returns:
         ``{"test": {metric: value}, "per_case": [...], "extra_splits": {split: {...}}, "query_log":
         [...], "fit_seconds", "seconds", "log_dir"}`` (+ ``"curve"``); test metrics are keyed
@@ -231,9 +234,41 @@ def run_experiment(
         out["label_fit"] = label_fit(model, dm)
     if test:
         out.update(test_model(trainer, model, dm))
+    if fit and (config.get("active") or {}).get("unit") is not None:
+        out["pool_cases"] = pool_costs(dm)
     log = Path(trainer.log_dir or trainer.default_root_dir) / "query_log.json"
     out["query_log"] = json.loads(log.read_text()) if fit and log.exists() else []
     out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def pool_costs(dm: Any) -> dict[str, list[int]]:
+    """What annotating each whole case of the target pool costs, on the network grid: ``{case id:
+    [voxels, slices along axis 2, foreground voxels, slices along axis 2 with foreground]}``
+    (the counts a whole-case delivery gives, :meth:`ActiveDataModule.label`); from the
+    reference labels, so {} when the pool has none (a human-in-the-loop pool) or no pool view.
+
+    The benchmark stores it in the rows of runs with a unit: the denominator of the foreground
+    share (the pool's foreground voxels) and the cost of the whole-case baseline's queries, whose
+    rows record no cost (:mod:`ada_bench.equal_cost`).
+    """
+    from lightning_ada.cases import NOT_ANNOTATED
+
+    view = getattr(dm, "pool_view", None)
+    if view is None:
+        return {}
+    pool = view()
+    out: dict[str, list[int]] = {}
+    try:
+        for cid in pool.ids("pool"):
+            label = pool.reference(cid)
+            tumour = (label > 0) & (label != NOT_ANNOTATED)
+            out[cid] = [
+                int(label.numel()), int(label.shape[2]), int(tumour.sum()),
+                int(tumour.any(dim=0).any(dim=0).sum()),
+            ]
+    except (KeyError, OSError, RuntimeError, ValueError):  # no reference label (DataError)
+        return {}
     return out
 
 

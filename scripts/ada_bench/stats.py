@@ -34,6 +34,9 @@ over that range.
 
 Multiplicity: :func:`holm` (Holm-Bonferroni adjusted p-values) and :func:`penalty_matrix` (the
 pairwise penalty matrix of nnActive / BADGE over budgets, Holm-corrected).
+
+Annotation cost: :func:`foreground_efficiency` (nnActive's foreground efficiency: how fast the
+Dice closes its gap to the upper bound per share of the pool's foreground annotated).
 """
 
 from __future__ import annotations
@@ -798,3 +801,80 @@ def budget_values(
             for b in budgets
         }
     return out
+
+
+# ---------------------------------------------------------------------------------- annotation cost
+@dataclass(frozen=True)
+class FgEfficiency:
+    """A fit of :func:`foreground_efficiency`.
+
+    Attributes:
+        beta: the fitted rate (per unit of foreground share; NaN when it cannot be fitted).
+        se: its standard error from the fit's covariance (NaN when undefined).
+        n: the points fitted.
+        rmse: root mean squared residual of the fit (Dice, fraction).
+        upper: the curve's limit (the Dice with every pool case labelled).
+        lower: its value at share 0 (the Dice with nothing annotated).
+    """
+
+    beta: float
+    se: float
+    n: int
+    rmse: float
+    upper: float
+    lower: float
+
+
+def efficiency_curve(share: Any, beta: float, upper: float, lower: float) -> Any:
+    """``upper - (upper - lower) * exp(-beta * share)``: the curve of :func:`foreground_efficiency`
+    (``share`` a number or an array)."""
+    return upper - (upper - lower) * np.exp(-beta * np.asarray(share, float))
+
+
+def foreground_efficiency(
+    shares: Sequence[float], dice: Sequence[float], upper: float, lower: float
+) -> FgEfficiency:
+    """nnActive's foreground efficiency (FG-Eff) of one method: the rate ``beta`` of the least
+    squares fit of ``Dice(x) = upper - (upper - lower) * exp(-beta * x)`` to the points
+    ``(x, Dice)``, ``x`` the share (0-1) of the pool's foreground voxels annotated.
+
+    Definition read in nnActive's code (MIC-DKFZ/nnActive, ``nnactive/analyze/metrics.py``,
+    ``DatasetBeta``: ``y = c - a exp(-b (x - x_offset))`` fitted per query method with
+    ``scipy.optimize.curve_fit``, ``c`` the Dice of the model trained on the whole data set,
+    ``x_offset`` the smallest ``x`` of the setting and ``a = c -`` the mean Dice there; ``x`` =
+    ``percentage_of_voxels_foreground`` of ``analyze/experiment_statistics.py``: annotated
+    foreground voxels over those of the whole training set, a fraction), the metric the paper
+    (Lüth et al., TMLR 2025, arXiv 2511.19183) calls FG-Eff. Here ``c`` is the upper bound (every
+    pool case labelled), and the common starting point, where nnActive's runs share their
+    starting budget, is the source model with nothing annotated: ``x_offset = 0`` and ``a =
+    upper - lower``. A larger ``beta`` closes the gap to the upper bound with less annotated
+    foreground; it says nothing of the background a rule also had annotated (the point of the
+    metric: background is cheap to annotate).
+
+    ``scipy.optimize.curve_fit`` (Levenberg-Marquardt, start ``beta = 1`` as nnActive's default);
+    NaN when there is no point, ``upper == lower``, or the fit does not converge.
+    """
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    pts = [(float(x), float(y)) for x, y in zip(shares, dice)
+           if not (math.isnan(float(x)) or math.isnan(float(y)))]
+    n = len(pts)
+    nan = FgEfficiency(math.nan, math.nan, n, math.nan, upper, lower)
+    if n == 0 or math.isnan(upper) or math.isnan(lower) or upper == lower:
+        return nan
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            popt, pcov = curve_fit(
+                lambda s, b: efficiency_curve(s, b, upper, lower), x, y, p0=[1.0]
+            )
+    except (RuntimeError, ValueError):
+        return nan
+    beta = float(popt[0])
+    var = float(pcov[0, 0]) if np.size(pcov) else math.nan
+    se = math.sqrt(var) if math.isfinite(var) and var >= 0 else math.nan
+    rmse = float(np.sqrt(np.mean((efficiency_curve(x, beta, upper, lower) - y) ** 2)))
+    return FgEfficiency(beta, se, n, rmse, upper, lower)

@@ -76,8 +76,9 @@ def _base_display(base: str) -> str:
 
 def display_name(method: str) -> str:
     """Name of a method in the tables: the bound's, the preset's, the strategy class's
-    ``display_name``, the ablation's, else the method itself; strategy options follow in
-    parentheses and additions after ``+`` (``mmActS (ranking=per_region) + self-training``)."""
+    ``display_name``, the ablation's, else the method itself; the annotation unit after ``@``,
+    strategy (and unit) options in parentheses and additions after ``+`` (``mmActS
+    (ranking=per_region) + self-training``, ``Random region @ slices (k=3)``)."""
     from ada_bench.protocol import ADDITION_DISPLAY
 
     try:
@@ -85,6 +86,8 @@ def display_name(method: str) -> str:
     except ValueError:
         return method
     text = _base_display(parsed.base_method)
+    if parsed.unit:
+        text = f"{text} @ {parsed.unit}"
     if parsed.option_text:
         options = ", ".join(item.strip() for item in split_top_level(parsed.option_text, ","))
         text = f"{text[:-1]}; {options})" if text.endswith(")") else f"{text} ({options})"
