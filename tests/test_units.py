@@ -141,6 +141,7 @@ def test_query_cost_in_scans_and_seconds() -> None:
     assert scan == 2000
     cost = query_cost({"voxels": 500, "slices": 5, "foreground_voxels": 40, "new_case": True,
                        "slices_with_tumour": 2}, scan, AnnotationTime(60.0, 3.0))
-    assert cost == {"voxels": 500.0, "slices": 5.0, "foreground_voxels": 40.0, "new_case": 1.0,
+    assert cost == {"voxels": 500.0, "slices": 5.0, "slices_with_tumour": 2.0,
+                    "foreground_voxels": 40.0, "new_case": 1.0,
                     "scans": 0.25, "seconds": 2 * 60.0 + 3 * 3.0}
     assert total_cost([cost, cost])["scans"] == 0.5

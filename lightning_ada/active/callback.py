@@ -145,6 +145,9 @@ class ActiveQueryCallback(L.Callback):
         self.annotation_time = annotation_time
         #: whole-scan equivalents spent (sub-volume units; the case unit counts ``n_queried``)
         self.spent = 0.0
+        #: whole-scan equivalents the rounds made so far were to spend (the next round may spend
+        #: what an earlier one could not, when regions do not tile a scan)
+        self.target = 0.0
         self._scan_voxels = 1.0  # voxels of one whole-scan equivalent (set at setup)
         self.refused: list[str] = []
         self.restart_schedule = restart_schedule_each_round
@@ -345,7 +348,8 @@ class ActiveQueryCallback(L.Callback):
         pool = self._pool()
         allowance = None
         if self.by_scans:
-            scans = min(float(n), self.remaining())
+            self.target = min(float(self.budget), self.target + float(n))
+            scans = self.target - self.spent
             if scans <= EPS:
                 return
             allowance, n = int(round(scans * self._scan_voxels)), len(pool.ids("pool"))
@@ -413,8 +417,10 @@ class ActiveQueryCallback(L.Callback):
         """A refused query spends what it asked for (its label is spent, nothing trained on)."""
         shape = tuple(self._pool().image(entry["case_id"]).shape[1:])
         voxels = Region.from_json(entry.get("region")).voxels(shape)
-        return {"voxels": 0.0, "slices": 0.0, "foreground_voxels": 0.0, "new_case": 0.0,
-                "scans": voxels / self._scan_voxels, "asked_voxels": float(voxels)}
+        cost = {"voxels": 0.0, "slices": 0.0, "slices_with_tumour": 0.0,
+                "foreground_voxels": 0.0, "new_case": 0.0, "scans": voxels / self._scan_voxels,
+                "asked_voxels": float(voxels)}
+        return cost | ({"seconds": 0.0} if self.annotation_time is not None else {})
 
     def _request(self, pl_module: Any, entry: dict[str, Any]) -> Request:
         """The oracle's request for a query, with the current prediction (computed at most once,
@@ -470,6 +476,7 @@ class ActiveQueryCallback(L.Callback):
         return {
             "n_queried": self.n_queried,
             "spent": self.spent,
+            "target": self.target,
             "round": self.round,
             "last_query_epoch": self.last_query_epoch,
             "last_query_step": self.last_query_step,
@@ -483,6 +490,7 @@ class ActiveQueryCallback(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.n_queried = state_dict["n_queried"]
         self.spent = float(state_dict.get("spent", 0.0))
+        self.target = float(state_dict.get("target", self.spent))
         self.round = state_dict["round"]
         self.last_query_epoch = state_dict["last_query_epoch"]
         self.last_query_step = state_dict.get("last_query_step")

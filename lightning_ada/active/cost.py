@@ -4,7 +4,7 @@ Every query records, on the network grid (what the model learns from):
 
 - ``voxels``: voxels annotated for the first time (a partial delivery counts what it gives);
 - ``slices``: slices those voxels touch along the query's slice axis (axis 2, axial, for boxes
-  and whole cases);
+  and whole cases), ``slices_with_tumour`` of them (a time model can be applied afterwards);
 - ``foreground_voxels``: tumour voxels among them;
 - ``new_case``: 1 if the case had no annotation before (cases touched);
 - ``scans``: ``voxels`` / the mean voxels of a pool case (whole-scan equivalents, the unit of
@@ -68,6 +68,7 @@ def query_cost(
     cost = {
         "voxels": float(added["voxels"]),
         "slices": float(added["slices"]),
+        "slices_with_tumour": float(added.get("slices_with_tumour", 0)),
         "foreground_voxels": float(added["foreground_voxels"]),
         "new_case": float(bool(added["new_case"])),
         "scans": float(added["voxels"]) / scan_voxels,
