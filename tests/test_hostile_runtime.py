@@ -126,11 +126,14 @@ def test_non_finite_loss_or_weight_stops_naming_the_cases_and_keeps_the_last_goo
 
     monkeypatch.setattr(SegmentationModule, "training_step", training_step)
     monkeypatch.setattr(SegmentationModule, "optimizer_step", optimizer_step)
-    code, err = run_cli(fit_args(phantom_root, out), monkeypatch, capsys)
+    # weights are checked every few steps (a broken weight breaks the next loss anyway): at every
+    # step here, so that the weight check, not the next loss, finds the poisoned weight
+    every = ["--guard.check_weights_every", "1"] if poison == "weight" else []
+    code, err = run_cli(fit_args(phantom_root, out, *every), monkeypatch, capsys)
     line = one_error(err)
     assert code == 2
     assert ("non-finite training loss" if poison == "loss" else "non-finite weight net.") in line
-    assert f"batch of cases {seen['cases']}" in line and "at epoch 1" in line
+    assert f"of cases {seen['cases']}" in line and "at epoch 1" in line
     last = out / "checkpoints" / "last.ckpt"
     assert f"the last good checkpoint is {last}" in line
     assert snapshot(out) == seen["before"]  # nothing written after the fault
@@ -451,3 +454,37 @@ def test_resume_changed_flag_continues_and_records_the_change(
     assert len(notes) == 1 and notes[0]["changes"] == "budget 2 -> 3"
     assert notes[0]["checkpoint"] == str(out / "checkpoints" / "last.ckpt")
     assert [q["epoch"] for q in log if "case_id" in q] == [-1, 0, 2]  # epochs 2, 3 follow the resume
+
+
+def test_a_weight_broken_by_an_epochs_last_step_is_found_before_its_checkpoint(
+    phantom_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Weights are checked every ``check_weights_every`` steps and at each epoch's end: a weight
+    broken by the last step of an epoch (no later loss to show it) is found before the epoch's
+    checkpoint is written, naming the cases of every batch since the last check."""
+    out = tmp_path / "run"
+    seen: dict[str, Any] = {"cases": []}
+    train, step = SegmentationModule.training_step, SegmentationModule.optimizer_step
+
+    def training_step(self: SegmentationModule, batch: dict[str, Any], idx: int) -> torch.Tensor:
+        if self.current_epoch == 1:
+            seen.setdefault("before", snapshot(out))
+            seen["cases"] += list(batch["case_id"])
+        return train(self, batch, idx)
+
+    def optimizer_step(self: SegmentationModule, epoch: int, batch_idx: int, *args: Any,
+                       **kwargs: Any) -> None:
+        step(self, epoch, batch_idx, *args, **kwargs)
+        if epoch == 1 and batch_idx == self.trainer.num_training_batches - 1:
+            with torch.no_grad():
+                next(self.net.parameters()).view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(SegmentationModule, "training_step", training_step)
+    monkeypatch.setattr(SegmentationModule, "optimizer_step", optimizer_step)
+    code, err = run_cli(fit_args(phantom_root, out), monkeypatch, capsys)
+    line = one_error(err)
+    assert code == 2 and "non-finite weight net." in line and "at epoch 1, found after step 4" in line
+    assert "checked every 25 optimiser steps and at each epoch's end" in line
+    assert f"batches of cases {seen['cases']}" in line  # both batches of epoch 1
+    assert snapshot(out) == seen["before"]  # the epoch's checkpoint was never written

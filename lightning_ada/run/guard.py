@@ -42,9 +42,14 @@ class RunGuard(L.Callback):
     """Always-on guards of ``fit`` (installed by the CLI as the ``guard`` section).
 
     Args:
-        check_finite: stop at the first non-finite training loss (before its backward pass, so
-            the weights are untouched) or weight (after an optimiser step), naming the case ids
-            of the batch; no checkpoint of the broken state is written.
+        check_finite: stop at the first non-finite training loss (checked at every step, before
+            its backward pass, so the weights are untouched; the message names the batch's case
+            ids) or weight (checked every ``check_weights_every`` optimiser steps and at each
+            epoch's end, before any checkpoint is written; the message names the steps and the
+            cases of the batches since the last check that passed); no checkpoint of the broken
+            state is written (the checkpoint writer also refuses non-finite weights).
+        check_weights_every: optimiser steps between two checks of the weights (each check
+            reads every weight once: per step it cost the 2-core CPU about a tenth of a step).
         lock_run_folder: hold ``<run folder>/run.lock`` while ``fit`` runs (refuses a second
             live run in the same folder; a killed run's lock does not block its resume) and,
             once held, delete the temporary files a killed checkpoint write left there.
@@ -53,14 +58,22 @@ class RunGuard(L.Callback):
     """
 
     def __init__(
-        self, check_finite: bool = True, lock_run_folder: bool = True, resume_changed: bool = False
+        self, check_finite: bool = True, lock_run_folder: bool = True, resume_changed: bool = False,
+        check_weights_every: int = 25,
     ) -> None:
+        if check_weights_every < 1:
+            raise ValueError(
+                f"guard.check_weights_every must be >= 1 step, got {check_weights_every}")
         self.check_finite = check_finite
+        self.check_weights_every = check_weights_every
         self.lock_run_folder = lock_run_folder
         self.resume_changed = resume_changed
         self.notes: list[dict[str, Any]] = []
         self._lock: RunFolderLock | None = None
         self._case_ids: list[str] = []
+        #: cases of the batches since the last weight check that passed, and its step
+        self._since_check: list[str] = []
+        self._checked_at = 0
 
     # -------------------------------------------------------------- run folder lock
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -125,29 +138,55 @@ class RunGuard(L.Callback):
     ) -> None:
         ids = batch.get("case_id", []) if isinstance(batch, dict) else []
         self._case_ids = [str(i) for i in ids]
+        self._since_check += self._case_ids
 
     def _stop(self, trainer: L.Trainer, bad: bool, what: str) -> None:
+        """Raise (on every rank, if one rank found ``bad``) naming ``what`` and the last good
+        checkpoint."""
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):
             return
-        cases = self._case_ids if bad else "on another rank"
+        if not bad:
+            what = f"a non-finite value on another rank at epoch {trainer.current_epoch}"
         last = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
             trainer.checkpoint_callback, "best_model_path", ""
         )
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise NonFiniteError(
-            f"{what} at epoch {trainer.current_epoch}, step {trainer.global_step}, batch of cases "
-            f"{cases}: run stopped and {kept} (check these cases' images as the network sees "
+            f"{what}: run stopped and {kept} (check these cases' images as the network sees "
             "them, or lower model.lr)"
         )
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
     ) -> None:
-        if self.check_finite:
-            value = loss.detach().float()
-            bad = not bool(torch.isfinite(value).all())
-            what = f"non-finite training loss ({value.mean().item()}) before the optimiser step"
-            self._stop(trainer, bad, what)
+        if not self.check_finite:
+            return
+        value = loss.detach()
+        bad = not bool(torch.isfinite(value).all())
+        what = ""
+        if bad:  # the message (another host sync) only when it is needed
+            what = (f"non-finite training loss ({value.float().mean().item()}) before the "
+                    f"optimiser step at epoch {trainer.current_epoch}, step "
+                    f"{trainer.global_step}, batch of cases {self._case_ids}")
+        self._stop(trainer, bad, what)
+
+    def _check_weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop if a weight is not finite, naming it, the steps and the cases of the batches
+        since the last check that passed."""
+        params = list(pl_module.parameters())
+        bad = bool(params) and not bool(
+            torch.stack([torch.isfinite(p).all() for p in params]).all())
+        what = ""
+        if bad:  # the name is looked up only when a check failed
+            broken = next(n for n, p in pl_module.named_parameters()
+                          if not bool(torch.isfinite(p).all()))
+            what = (f"non-finite weight {broken} at epoch {trainer.current_epoch}, found after "
+                    f"step {trainer.global_step} (weights are checked every "
+                    f"{self.check_weights_every} optimiser steps and at each epoch's end; the "
+                    f"last check that passed was after step {self._checked_at}), batches of "
+                    f"cases {self._since_check}")
+        self._stop(trainer, bad, what)
+        self._since_check, self._checked_at = [], trainer.global_step
 
     def on_train_batch_end(
         self,
@@ -157,12 +196,14 @@ class RunGuard(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not self.check_finite:
-            return
-        params = list(pl_module.named_parameters())
-        finite = [torch.isfinite(p.detach()).all() for _, p in params]
-        broken = None  # one device sync per step; the name is looked up only when it failed
-        if finite and not bool(torch.stack(finite).all()):
-            broken = next(n for (n, _), ok in zip(params, finite) if not bool(ok))
-        what = f"non-finite weight {broken} after the optimiser step"
-        self._stop(trainer, broken is not None, what)
+        step = trainer.global_step
+        due = step and step % self.check_weights_every == 0 and step != self._checked_at
+        if self.check_finite and due:
+            with torch.no_grad():
+                self._check_weights(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # before the checkpoint callbacks, which Lightning runs after every other callback
+        if self.check_finite and trainer.global_step != self._checked_at:
+            with torch.no_grad():
+                self._check_weights(trainer, pl_module)
