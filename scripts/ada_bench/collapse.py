@@ -23,7 +23,6 @@ see whether a regularised recipe (``random+dgst``) collapses less than plain fin
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -51,7 +51,7 @@ from typing import Any
 import yaml
 
 from ada_bench.markdown import format_p
-from ada_bench.results import budgetless, expand_curves, normalise
+from ada_bench.results import budgetless, expand_curves, normalise, schedule_of
 from ada_bench.stats import (
     ALPHA,
     BASELINE,
@@ -394,8 +394,6 @@ def primary_table(
 
 def _other_schedule(norm: Sequence[Mapping[str, Any]], task: str, method: str, base: str) -> bool:
     """Whether ``method`` and its baseline recorded different query schedules."""
-    from ada_bench.power import schedule_of
-
     mine, theirs = schedule_of(norm, task, method), schedule_of(norm, task, base)
     return bool(mine and theirs and mine != theirs)
 

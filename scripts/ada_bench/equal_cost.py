@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from ada_bench.endpoint import EQUAL_COST_COPY_NAME, copy_protocol, primary_table
 from ada_bench.markdown import format_p
 from ada_bench.names import budgetless, parse_run_name
 from ada_bench.power import (
@@ -66,9 +67,8 @@ from ada_bench.power import (
     method_colours,
     penalty_table,
     penalty_tests_table,
-    schedule_of,
 )
-from ada_bench.results import expand_curves, normalise
+from ada_bench.results import expand_curves, normalise, schedule_of
 from ada_bench.stats import (
     BASELINE,
     ONE_OFF_BASELINE,
@@ -831,8 +831,6 @@ def equal_cost_primary(
     """The primary endpoint of ``configs/power/protocol_equal_cost.yaml``
     (:func:`ada_bench.endpoint.primary_table`, its copy linked as
     ``protocol_equal_cost.yaml``), its budgets read as whole-scan equivalents."""
-    from ada_bench.endpoint import EQUAL_COST_COPY_NAME, primary_table
-
     table = primary_table(rows, protocol, out, penalty_link, pair_by,
                           copy_name=EQUAL_COST_COPY_NAME)
     table.title = table.title.replace("Primary endpoint (", "Primary endpoint at equal annotation "
@@ -854,8 +852,6 @@ def equal_cost_report(
     """Write every table and figure of the module doc into ``out``; ``equal_cost.md`` holds
     them in order: the primary endpoint (with a ``protocol``), the headline table, the costs,
     the foreground efficiency, the penalty matrices and the figures."""
-    from ada_bench.endpoint import EQUAL_COST_COPY_NAME, copy_protocol
-
     out = Path(out)
     norm = _norm(rows)
     budgets = budgets_of(norm)

@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from ada_bench.endpoint import SECONDARY, copy_protocol, primary_table
 from ada_bench.markdown import format_p
 from ada_bench.names import compose_name, parse_run_name
-from ada_bench.results import budgetless, expand_curves, normalise
+from ada_bench.results import budgetless, expand_curves, normalise, regions_of, schedule_of
 from ada_bench.stats import (
     ALPHA,
     BASELINE,
@@ -209,14 +210,6 @@ def power_table(
             *unit_note,
         ],
     )
-
-
-def schedule_of(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str | None:
-    """How ``method`` queried on ``task``: the ``schedule`` its rows record (``one_off``: the
-    whole budget at once; ``sequential``: one query per stride), None when unrecorded or mixed."""
-    found = {r.get("schedule") for r in rows if r["task"] == task and r["method"] == method}
-    found.discard(None)
-    return found.pop() if len(found) == 1 else None
 
 
 def _baseline_note(
@@ -638,8 +631,6 @@ def figure_caption(
 ) -> str:
     """The caption of a power figure, from the rows it draws: measure, seeds, bands, panels,
     baselines, where each curve's points come from, and the bounds."""
-    from ada_bench.tables import regions_of
-
     methods = list(dict.fromkeys(m for p in panels for m in p.methods))
     regions = ", ".join(regions_of(rows, task))
     what = "additions vs the run they are added to" if additions else "selection rules vs random"
@@ -904,8 +895,6 @@ def power_report(
     its declaration read from ``out/invocations.jsonl``) and every other table is headed
     secondary / exploratory.
     """
-    from ada_bench.endpoint import SECONDARY, copy_protocol, primary_table
-
     out = Path(out)
     table = power_table(rows, pair_by=pair_by)
     gains = additions_table(rows, pair_by=pair_by)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +186,34 @@ def expand_curves(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if row.get("budget") is not None and int(row["budget"]) not in points and not by_scans:
             out.append(row)
     return out
+
+
+#: each task's regions in the paper's order (tables, statistics)
+TASK_REGIONS: dict[str, list[str]] = {
+    "glioma": ["ET", "NCR", "ED"],
+    "npc": ["GTV"],
+    "brats18": ["ET", "NCR", "ED"],
+}
+
+
+def regions_of(rows: Iterable[Mapping[str, Any]], task: str) -> list[str]:
+    """Regions of ``task``: the paper's order when known, else those found in the rows."""
+    if task in TASK_REGIONS:
+        return list(TASK_REGIONS[task])
+    found: dict[str, None] = {}
+    for r in rows:
+        if r["task"] != task:
+            continue
+        for c in r.get("per_case", []):
+            for k in c:
+                if k.startswith("dice_") and k != "dice_mean":
+                    found[k[5:]] = None
+    return list(found)
+
+
+def schedule_of(rows: Sequence[Mapping[str, Any]], task: str, method: str) -> str | None:
+    """How ``method`` queried on ``task``: the ``schedule`` its rows record (``one_off``: the
+    whole budget at once; ``sequential``: one query per stride), None when unrecorded or mixed."""
+    found = {r.get("schedule") for r in rows if r["task"] == task and r["method"] == method}
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None

@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ada_bench.results import budgetless, expand_curves, normalise
+from ada_bench.results import budgetless, expand_curves, normalise, regions_of
 
 # ---------------------------------------------------------------------------------- aggregation
 RunId = tuple[int, int]  # (fold, seed)
@@ -361,8 +361,6 @@ def seed_values(
     ``pair_by="seed"``: the unit is the seed, its folds averaged; ``"run"``: the unit is the
     ``(fold, seed)`` pair.
     """
-    from ada_bench.tables import regions_of  # tables imports this module
-
     if pair_by not in PAIR_BY:
         raise ValueError(f"pair_by must be one of {PAIR_BY}, not {pair_by!r}")
     norm = [

@@ -19,16 +19,11 @@ from typing import Any
 
 from ada_bench.markdown import format_mean_std, format_p, markdown_table
 from ada_bench.names import bound_of, budgetless, parse_run_name, split_top_level
-from ada_bench.results import normalise
+from ada_bench.results import TASK_REGIONS, normalise, regions_of  # noqa: F401 - re-exported
 from ada_bench.stats import MeanStd, mean_std, per_case, per_run, wilcoxon_paired
 from lightning_ada.io import write_text_atomic
 
 #: regions in the order of the paper's tables
-TASK_REGIONS: dict[str, list[str]] = {
-    "glioma": ["ET", "NCR", "ED"],
-    "npc": ["GTV"],
-    "brats18": ["ET", "NCR", "ED"],
-}
 #: regions shown in the comparison tables but not averaged into the mean (BraTS evaluation regions)
 EXTRA_REGIONS: dict[str, list[str]] = {"brats18": ["WT", "TC"]}
 #: metrics where lower is better (distances, mm)
@@ -175,21 +170,6 @@ def extra_regions(rows: Iterable[Mapping[str, Any]], task: str) -> list[str]:
     """:data:`EXTRA_REGIONS` of ``task`` that the rows' per-case values hold."""
     found = {k for r in rows if r["task"] == task for c in r.get("per_case", []) for k in c}
     return [g for g in EXTRA_REGIONS.get(task, []) if f"dice_{g}" in found]
-
-
-def regions_of(rows: Iterable[Mapping[str, Any]], task: str) -> list[str]:
-    """Regions of ``task``: the paper's order when known, else those found in the rows."""
-    if task in TASK_REGIONS:
-        return list(TASK_REGIONS[task])
-    found: dict[str, None] = {}
-    for r in rows:
-        if r["task"] != task:
-            continue
-        for c in r.get("per_case", []):
-            for k in c:
-                if k.startswith("dice_") and k != "dice_mean":
-                    found[k[5:]] = None
-    return list(found)
 
 
 @dataclass(frozen=True)
