@@ -55,6 +55,8 @@ class SegmentationModule(L.LightningModule):
             ``test/lesion_hd95_<region>``, ``test/lesion_dice_mean``, ``test/lesion_hd95_mean``
             (extra splits under their own prefix) and kept in the per-case rows. Off: nothing
             computed, every other metric unchanged.
+        test_distances: score HD95 and ASSD at test (default); off: Dice and IoU only, the same
+            values, at a fraction of the test's time (the distance transforms dominate it).
     """
 
     #: metric monitored for checkpointing
@@ -80,6 +82,7 @@ class SegmentationModule(L.LightningModule):
         source_checkpoint: str | None = None,
         channels_last: bool = False,
         lesion_wise: bool = False,
+        test_distances: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -115,7 +118,8 @@ class SegmentationModule(L.LightningModule):
     def configure_metrics(self) -> None:
         """Per-region Dice / IoU (validation) and + HD95 / ASSD (test)."""
         self.val_metrics = RegionMetrics(self.regions, distances=False)
-        self.test_metrics = RegionMetrics(self.regions, distances=True, keep_per_case=True)
+        distances = bool(self.hparams.get("test_distances", True))
+        self.test_metrics = RegionMetrics(self.regions, distances=distances, keep_per_case=True)
         #: metrics of the datamodule's extra test splits, by loader index (built when first used)
         self._extra_test_metrics: dict[int, RegionMetrics] = {}
         #: regions of the lesion-wise metrics: WT, TC, ET where they exist, else every label
@@ -317,7 +321,8 @@ class SegmentationModule(L.LightningModule):
             return self.test_metrics
         if dataloader_idx not in self._extra_test_metrics:
             self._extra_test_metrics[dataloader_idx] = RegionMetrics(
-                self.regions, distances=True, keep_per_case=self.test_metrics.keep_per_case
+                self.regions, distances=self.test_metrics.distances,
+                keep_per_case=self.test_metrics.keep_per_case
             ).to(self.device)
         return self._extra_test_metrics[dataloader_idx]
 
