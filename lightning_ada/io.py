@@ -25,19 +25,23 @@ import numpy as np
 from lightning_ada.errors import UnsafePathError
 
 
-def safe_child(folder: str | Path, name: str) -> Path:
+def safe_child(folder: str | Path, name: str, follow_links: bool = True) -> Path:
     """``folder / name``, refusing a ``name`` that is not a plain file name inside ``folder``.
 
     Args:
         folder: the folder the file belongs to (need not exist yet).
         name: a file name, typically built from a case id (``f"{case_id}_pred.nii.gz"``).
+        follow_links: also refuse a ``name`` that resolves (through a symbolic link already
+            there) outside ``folder``: for files the project writes. False checks the name only:
+            for files someone else puts there to be read (a delivered label may be a link to
+            the annotator's own folder; what it points to is validated like any file).
 
     Returns:
         ``Path(folder) / name``.
 
     Raises:
         UnsafePathError: if ``name`` is empty, absolute, holds a path separator or ``..``, or
-            resolves (through symbolic links) outside ``folder``.
+            (``follow_links``) resolves through symbolic links outside ``folder``.
     """
     folder = Path(folder)
     seps = {os.sep, "/", *([os.altsep] if os.altsep else [])}
@@ -50,6 +54,8 @@ def safe_child(folder: str | Path, name: str) -> Path:
     ):
         raise UnsafePathError(f"{name!r} is not a plain file name inside {folder}")
     child = folder / name
+    if not follow_links:
+        return child
     base = folder.resolve()
     if not child.resolve().is_relative_to(base):
         raise UnsafePathError(f"{child} resolves outside {folder}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,8 @@ class ActiveQueryCallback(L.Callback):
         self.pending: list[dict[str, Any]] = []
         self.pool: PoolView | None = None
         self._with_features = False
+        #: nothing asked or answered since the state was loaded from a checkpoint
+        self._as_loaded = False
 
     # ------------------------------------------------------------------ schedule
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -369,6 +372,7 @@ class ActiveQueryCallback(L.Callback):
         )
         self.pending.extend({**entry, "step": step} for entry in result.picks)
         self.last_query_epoch, self.last_query_step = epoch, step
+        self._as_loaded = False
         self._drain(trainer, pl_module)
 
     def _drain(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -395,13 +399,17 @@ class ActiveQueryCallback(L.Callback):
                 f"-> {entry['n_labeled']} labeled"
             )
         self.pending = asked.pending
+        if asked.delivered:
+            self._as_loaded = False
         if asked.waiting is not None:
             self._write_log(trainer)
             ckpt = self._run_dir(trainer) / "checkpoints" / "pending.ckpt"
-            trainer.save_checkpoint(ckpt, weights_only=False)
+            if not (self._as_loaded and _same_file(trainer.ckpt_path, ckpt)):
+                # a resume that found nothing new leaves its checkpoint (and the folder) as it was
+                trainer.save_checkpoint(ckpt, weights_only=False)
             waiting = asked.waiting
             awaiting = waiting.awaiting or f"the annotation of {self.pending[0]['case_id']}"
-            raise AnnotationPending(ckpt, [awaiting], self.oracle.where())
+            raise AnnotationPending(ckpt, [awaiting], self.oracle.where(), waiting.reason)
         self.round += 1
         if self.restart_schedule and hasattr(pl_module, "restart_lr_schedule"):
             pl_module.restart_lr_schedule()
@@ -470,7 +478,8 @@ class ActiveQueryCallback(L.Callback):
         path = self._run_dir(trainer) / "query_log.json"
         if trainer.is_global_zero:
             with write_errors_named(path):
-                write_json_atomic(path, self.history)
+                if not _holds_json(path, self.history):  # unchanged: left as it is
+                    write_json_atomic(path, self.history)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -496,7 +505,25 @@ class ActiveQueryCallback(L.Callback):
         self.last_query_step = state_dict.get("last_query_step")
         self.history = list(state_dict["history"])
         self.pending = list(state_dict.get("pending", []))
+        self._as_loaded = True
         self.refused = list(state_dict.get("refused", []))
         self.strategy.load_state_dict(state_dict.get("strategy", {}))
         if self.self_training is not None:
             self.self_training.load_state_dict(state_dict.get("self_training", {}))
+
+
+def _same_file(a: str | Path | None, b: Path) -> bool:
+    """Whether ``a`` names the existing file ``b``."""
+    try:
+        return a is not None and b.is_file() and Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _holds_json(path: Path, obj: Any) -> bool:
+    """Whether ``path`` already holds ``obj`` as :func:`~lightning_ada.io.write_json_atomic`
+    writes it."""
+    try:
+        return path.read_text() == json.dumps(obj, indent=2, sort_keys=False, default=str)
+    except (OSError, UnicodeDecodeError):
+        return False

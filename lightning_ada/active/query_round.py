@@ -321,6 +321,7 @@ def ask_oracle(
             continue
         added = pool.label(entry["case_id"], answer.label_path, entry["modality"],
                            round=entry["round"], epoch=entry["epoch"], region=answer.region)
+        notes = {"oracle": dict(answer.details)} if answer.details else {}
         asked.delivered.append(entry | {"label_path": answer.label_path, "added": added,
-                                        "n_labeled": len(pool.labeled())})
+                                        "n_labeled": len(pool.labeled()), **notes})
     return asked

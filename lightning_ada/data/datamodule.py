@@ -587,8 +587,12 @@ class DataModulePoolView:
         return self._dm.invert(prediction, case_id)
 
     def validate_label(
-        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False
-    ) -> None:
-        validate_label_file(path, self._dm.case(case_id).images[0], self.label_values, allow_empty,
-                            allow_not_annotated=allow_not_annotated)
+        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False,
+        reorient: bool = False,
+    ) -> str | None:
+        return validate_label_file(
+            path, self._dm.case(case_id).images[0], self.label_values, allow_empty,
+            max_voxels=int(self._dm.hparams.max_voxels), allow_not_annotated=allow_not_annotated,
+            reorient=reorient,
+        )
 
