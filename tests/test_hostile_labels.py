@@ -242,3 +242,63 @@ def test_label_linked_to_a_missing_or_bad_file_keeps_the_request_open(
     expected = f"a symbolic link to {own}, which does not exist" if target == "missing" else \
         "unreadable or truncated NIfTI header"
     assert expected in line
+
+
+# ------------------------------------------------------------------ a labels folder on a share
+def _flaky_share(
+    monkeypatch: pytest.MonkeyPatch, labels: Path, failures: int, deliver: Path | None,
+    source: Path,
+) -> list[int]:
+    """Make every look into ``labels`` fail ``failures`` times (a stale network handle), then
+    let the annotator's file appear at ``deliver``; return the count of failed looks."""
+    real = Path.exists
+    failed = [0]
+
+    def exists(self: Path, *args: Any, **kwargs: Any) -> bool:
+        if self.parent == labels:
+            if failed[0] < failures:
+                failed[0] += 1
+                raise OSError(116, "Stale file handle", str(self))
+            if deliver is not None and not real(deliver):
+                labels.mkdir(exist_ok=True)
+                shutil.copy(source, deliver)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    return failed
+
+
+def test_labels_folder_briefly_unavailable_is_retried_not_fatal(
+    phantom_root: Path, waiting: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    run, case = waiting
+    label = run / "labels" / f"{case}.nii.gz"
+    failed = _flaky_share(monkeypatch, run / "labels", 5, label,
+                          phantom_root / case / f"{case}_seg.nii.gz")
+    caplog.set_level("INFO")
+    args = [*resume_args(phantom_root, run), "--active.oracle.wait", "true",
+            "--active.oracle.poll", "0.01", "--active.oracle.timeout", "60"]
+    code, out = run_cli(args, monkeypatch, capsys)
+    assert code == 0, out[-3000:]
+    assert failed[0] == 5
+    [entry] = delivered(run)
+    assert entry["label_path"] == str(label) and entry["oracle"] == {"unavailable_looks": 5}
+    logged = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(logged) == 1 and "Stale file handle" in logged[0] and "retrying every 0.01 s" in logged[0]
+
+
+def test_labels_folder_unavailable_without_waiting_leaves_the_request_pending(
+    phantom_root: Path, waiting: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    run, case = waiting
+    failed = _flaky_share(monkeypatch, run / "labels", 1000, None, Path())
+    before = snapshot(run)
+    args = [*resume_args(phantom_root, run), "--active.oracle.poll", "0.01"]
+    code, out = run_cli(args, monkeypatch, capsys)
+    assert code == 3, out[-3000:]  # pending, as with no label yet: resume later
+    assert failed[0] == 4  # the look and its 3 retries (--active.oracle.retries)
+    assert f"not taken yet: the labels folder {run / 'labels'} could not be read" in out
+    monkeypatch.undo()
+    assert snapshot(run) == before
