@@ -118,3 +118,19 @@ def check_unique_ids(cases: Sequence[Case], source: str) -> None:
     if dups:
         raise DataError(f"{source}: duplicate case ids {dups}")
 
+
+
+def classes_differ(trained: Mapping[str, int], configured: Mapping[str, int]) -> bool:
+    """Whether a network trained with label classes ``trained`` (name -> on-disk value, in class
+    order) would read ``configured`` wrongly.
+
+    The network predicts class indices (position + 1); the datamodule maps on-disk values to
+    them. The classes agree when there are as many and each position keeps its name or its value:
+    the same classes stored with other values (BraTS 2021's ET = 4, BraTS 2023's ET = 3) or
+    renamed (``NCR`` as ``necrosis``) agree; a reordering (``{ED: 2, NCR: 1}`` for
+    ``{NCR: 1, ED: 2}``) or another set does not.
+    """
+    a, b = list(dict(trained).items()), list(dict(configured).items())
+    if len(a) != len(b):
+        return True
+    return any(na != nb and int(va) != int(vb) for (na, va), (nb, vb) in zip(a, b))
