@@ -20,7 +20,7 @@ import torch
 
 from lightning_ada.active.density import raw_case_image
 from lightning_ada.active.election import elect_modality
-from lightning_ada.active.open_set_filter import PrototypeFilter
+from lightning_ada.active.open_set_filter import FilterResult, PrototypeFilter
 from lightning_ada.active.oracles import Answer, Oracle, Request
 from lightning_ada.active.strategies import QueryContext, Scored, Strategy
 from lightning_ada.active.units import AnnotationUnit
@@ -125,10 +125,13 @@ class RoundResult:
     Attributes:
         ranked: the whole ranking (best first).
         picks: one entry per pick, in rank order (what the oracle is to be asked).
+        filtered: the open-set pre-filter's candidates and distances (None: no pre-filter).
     """
 
     ranked: list[Scored]
     picks: list[dict[str, Any]] = field(default_factory=list)
+    #: the open-set pre-filter's decision (None: no pre-filter)
+    filtered: FilterResult | None = None
 
 
 def query_round(
@@ -142,6 +145,7 @@ def query_round(
     epoch: int = -1,
     prefilter: PrototypeFilter | None = None,
     allowance: int | None = None,
+    round_size: int | None = None,
 ) -> RoundResult:
     """Rank the pool and elect a modality for the picks: the best ``n`` cases, or, with a
     region unit (``ctx.unit``), the best regions until ``allowance`` voxels are spent.
@@ -159,6 +163,9 @@ def query_round(
             (and picks among them unless its ``sampling`` is ``egss`` or ``kmeans``).
         allowance: region units: the voxels the round may ask for (regions are taken in rank
             order while they fit; None: ``n`` regions).
+        round_size: the cases a round of ``fit`` queries, for the pre-filter's candidates (at
+            least that many); None: ``n``. ``lightning-ada query`` ranks every candidate
+            (``n`` = the pool) of the round ``fit`` would make next.
 
     Returns:
         The ranking and the entries (one per pick: round, epoch, case, region, rank, score,
@@ -167,7 +174,7 @@ def query_round(
     t0 = time.perf_counter()
     n_pool, filtered = len(ctx.candidates if ctx.unit is not None else ctx.unlabeled), None
     if prefilter is not None:
-        filtered = prefilter.candidates(ctx, n)
+        filtered = prefilter.candidates(ctx, n if round_size is None else round_size)
         ctx = dataclasses.replace(ctx, unlabeled=filtered.candidates, candidates=[
             c for c in ctx.candidates if c in set(filtered.candidates)])
     regions = ctx.unit is not None and strategy.region_level
@@ -179,7 +186,7 @@ def query_round(
         top = ranked[:n]
         if filtered is not None and prefilter.sampling != "strategy":
             by_id = {s.case_id: s for s in ranked}
-            ids = prefilter.pick(filtered, list(by_id), n, ctx.rng(), ctx.seed)
+            ids = prefilter.pick(filtered, list(by_id), min(n, len(by_id)), ctx.rng(), ctx.seed)
             top = [by_id[c] for c in ids]
     seconds = time.perf_counter() - t0
     picks: list[Scored] = trainer.strategy.broadcast(top, src=0)
@@ -216,7 +223,7 @@ def query_round(
             part = sum(1 for e in entries if e["case_id"] == pick.case_id)
             entry |= {"region": pick.region.to_json(), "part": part}  # type: ignore[union-attr]
         entries.append(entry)
-    return RoundResult(ranked, entries)
+    return RoundResult(ranked, entries, filtered)
 
 
 def pick_regions(
