@@ -118,3 +118,52 @@ def test_wandb_logger_writes_into_the_run_folder(phantom_root: Path, tmp_path: P
                 "--trainer.default_root_dir", str(out),
                 "--trainer.logger.init_args.save_dir", str(explicit)], run=False)
     assert Path(cli.trainer.logger.save_dir) == explicit  # an explicit save_dir is kept
+
+
+# ------------------------------------------------------------------ query and the open-set filter
+def test_query_applies_the_open_set_prefilter_fit_applies(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    from lightning_ada.main import main
+
+    prefilter = ["--active.open_set_filter", "PrototypeFilter",
+                 "--active.open_set_filter.id_ratio", "0.5", "--active.budget", "1"]
+    main(tiny("query", phantom_root, "--trainer.default_root_dir", str(tmp_path / "q"),
+              "--ckpt_path", str(source_ckpt), "--out", str(tmp_path / "ranking"), *prefilter))
+    rows = json.loads((tmp_path / "ranking.json").read_text())
+    ranked = [r for r in rows if r["rank"] is not None]
+    left_out = [r for r in rows if r["rank"] is None]
+    assert len(rows) == 6 and len(ranked) == 3  # id_ratio 0.5 of 6 pool cases
+    assert all(r["open_set_candidate"] for r in ranked) and not any(r["open_set_candidate"] for r in left_out)
+    assert max(r["prototype_distance"] for r in ranked) <= min(r["prototype_distance"] for r in left_out)
+    # fit's first round, from the same model, picks the first of that ranking among the same 3
+    out = tmp_path / "fit"
+    main(tiny("fit", phantom_root, "--model.source_checkpoint", str(source_ckpt),
+              "--trainer.default_root_dir", str(out), "--trainer.max_epochs", "1",
+              "--trainer.limit_val_batches", "0", *prefilter))
+    [first] = [q for q in json.loads((out / "query_log.json").read_text()) if "case_id" in q]
+    assert (first["case_id"], first["candidates"]) == (ranked[0]["case_id"], 3)
+
+
+# ------------------------------------------------------------------ EarlyStopping and the last query
+def test_no_query_in_the_epoch_early_stopping_ends_and_its_patience_is_untouched(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    """Stop at epoch 1's end (patience 1; after epoch 0 nothing improves by min_delta): the query
+    due there is not made; the one due at epoch 0's end, where EarlyStopping went on, is."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from lightning_ada.main import main
+
+    out = tmp_path / "run"
+    cli = main(tiny("fit", phantom_root, "--trainer.default_root_dir", str(out),
+                    "--trainer.limit_val_batches", "0", "--active.budget", "3",
+                    "--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=train/loss",
+                    "--trainer.callbacks.patience=1", "--trainer.callbacks.min_delta=1e9",
+                    "--trainer.callbacks.check_on_train_epoch_end=true"))
+    log = json.loads((out / "query_log.json").read_text())
+    assert [q["epoch"] for q in log if "case_id" in q] == [-1, 0]
+    assert cli.trainer.current_epoch == 2  # epochs 0 and 1 trained, then stopped
+    [stopper] = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert stopper.stopped_epoch == 1 and stopper.wait_count == 1  # counted once, not twice
+    assert log[-1]["event"] == "ended_short" and log[-1]["n_queried"] == 2

@@ -30,6 +30,7 @@ from lightning_ada.run.guard import resume_notes
 from lightning_ada.run.schedule import (
     check_schedule,
     check_step_schedule,
+    early_stopping_now,
     epochs_in_run,
     nothing_to_train_note,
     shortfall_notes,
@@ -270,16 +271,42 @@ class ActiveQueryCallback(L.Callback):
         """Rank every unlabeled case with the strategy and elect the modality of each, without
         asking the oracle or labelling anything (``lightning-ada query``).
 
+        With the open-set pre-filter (``open_set_filter``), as ``fit`` applies it to its next
+        round: the strategy ranks only the filter's candidates (at least as many as that round
+        queries), and every case the filter leaves out follows them, unranked, with
+        ``filtered_out`` and its prototype distance. Cases the oracle refused are left out.
+
         Returns:
-            One entry per case, best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`).
+            One entry per case, best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`),
+            then the cases the pre-filter left out (``rank`` None).
         """
         self.prepare(trainer, pl_module)
         pool = self._pool()
         ctx = query_context(pool, pl_module, self.round, self.seed, self._run_dir(trainer),
-                            self._with_features)
+                            self._with_features, exclude=self.refused)
         election = Election(pl_module.predict_case, self.election_per_class)
-        return query_round(self.strategy, ctx, len(ctx.unlabeled), trainer, pool,
-                           election=election).picks
+        result = query_round(self.strategy, ctx, len(ctx.unlabeled), trainer, pool,
+                             election=election, prefilter=self.open_set_filter,
+                             round_size=self._next_round_size(len(ctx.unlabeled)))
+        picks = [e | ({"open_set_candidate": True} if result.filtered else {})
+                 for e in result.picks]
+        if result.filtered is not None:
+            ranked = {e["case_id"] for e in picks}
+            picks += [
+                {"round": self.round, "case_id": cid, "rank": None, "score": None,
+                 "factors": result.filtered.factors(cid), "modality": None,
+                 "election_dice": None, "open_set_candidate": False, "filtered_out": True}
+                for cid in sorted(ctx.unlabeled, key=lambda c: result.filtered.distances.get(c, 0.0))
+                if cid not in ranked
+            ]
+        return picks
+
+    def _next_round_size(self, unlabeled: int) -> int:
+        """Cases the next round of ``fit`` queries: the whole budget left for a one-off
+        strategy's round 0, else one."""
+        if self.strategy.schedule == "one_off" and self.n_queried == 0 and not self.by_scans:
+            return max(1, min(int(self.budget), unlabeled))
+        return 1
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Round 0, before any training (the source model scores the pool), or a pending one."""
@@ -333,6 +360,7 @@ class ActiveQueryCallback(L.Callback):
             and self.strategy.schedule == "sequential"
             and self.remaining() > EPS
             and self.last_query_epoch != epoch
+            and not early_stopping_now(trainer)  # the run stops here: no epoch would train on it
         ):
             self._query(trainer, pl_module, 1, epoch=epoch)
         if self.self_training is not None:  # after the query: the new label is not pseudo-labelled
