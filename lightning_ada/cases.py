@@ -134,3 +134,19 @@ def classes_differ(trained: Mapping[str, int], configured: Mapping[str, int]) ->
     if len(a) != len(b):
         return True
     return any(na != nb and int(va) != int(vb) for (na, va), (nb, vb) in zip(a, b))
+
+
+#: other names of the same MRI sequences (BraTS 2023, MSD, nnU-Net), lower-cased -> BraTS 2021's
+MODALITY_ALIASES = {
+    "t2f": "flair", "t2-flair": "flair", "t2flair": "flair",
+    "t1n": "t1", "t1w": "t1", "t1-native": "t1",
+    "t1c": "t1ce", "t1gd": "t1ce", "t1-gd": "t1ce", "t1ce": "t1ce",
+    "t2w": "t2",
+}
+
+
+def canonical_modality(name: str) -> str:
+    """A modality name as BraTS 2021 spells it when it is a known alias (``T2F``, ``t2f`` and
+    ``FLAIR`` are all ``flair``), else lower-cased."""
+    low = str(name).strip().lower()
+    return MODALITY_ALIASES.get(low, low)

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.active.strategies import REGISTRY
-from lightning_ada.cli.checkpoint_fit import reconcile
+from lightning_ada.cli.checkpoint_fit import check_source, reconcile
 from lightning_ada.cli.eval_dirs import (
     add_evaluation_arguments,
     follow_root_dir,
@@ -100,6 +100,7 @@ class ADACLI(LightningCLI):
         config = self.config.get(str(self.subcommand), self.config)
         redirect_evaluation(config, self.subcommand)  # validate/test/predict: their own folder
         follow_root_dir(config.get("trainer"))  # a logger without a folder of its own (W&B)
+        check_source(self.subcommand, config.get("model"), config.get("data"))  # channel order
         add_progress_bar(config.get("trainer"))  # epoch bars with the total epochs and an ETA
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

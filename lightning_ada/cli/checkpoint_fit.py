@@ -17,6 +17,10 @@ puts it right after Lightning's merge:
 - every other option the config sets (other than its default) keeps the config's value; the
   checkpoint's fills in the options left at their defaults (as Lightning intends: ``test
   --ckpt_path X`` runs X's network without repeating its options).
+
+:func:`check_source` does the same for ``model.source_checkpoint`` at ``fit``: the source model's
+modalities listed in another channel order are refused before anything is written
+(:func:`~lightning_ada.models.module.source_fits`; the model warns about the rest at setup).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from jsonargparse import Namespace
 
 from lightning_ada.cases import classes_differ
 from lightning_ada.errors import CheckpointError
+from lightning_ada.models.module import source_fits
+from lightning_ada.weights import read_checkpoint
 
 #: model options that fix the network's shape when set explicitly
 SHAPE_OPTIONS = ("net", "filters")
@@ -107,3 +113,21 @@ def reconcile(
             key == "labels" or plain(value) != plain(defaults.get(key))
         ):
             merged[key] = value  # labels: the data's names (the values may differ, same classes)
+
+
+def check_source(subcommand: str | None, model: Namespace | None, data: Namespace | None) -> None:
+    """Refuse, before anything is written, a ``fit`` whose data lists the source checkpoint's
+    modalities in another channel order (:func:`~lightning_ada.models.module.source_fits`).
+
+    Raises:
+        CheckpointError: one line naming the source checkpoint and both orders.
+    """
+    if subcommand != "fit" or model is None or data is None:
+        return
+    path = model.get("source_checkpoint")
+    if not path or not Path(path).is_file():
+        return  # a missing file is named when the model loads it
+    ckpt = read_checkpoint(path)
+    source_fits(path, dict(ckpt.get("hyper_parameters") or {}),
+                dict(ckpt.get("datamodule_hyper_parameters") or {}),
+                plain(model), plain(data))

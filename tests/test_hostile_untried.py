@@ -1,0 +1,122 @@
+"""Hostile inputs, round three (issue 28): what nobody had tried, through ``lightning-ada`` with
+the tiny configs.
+
+- a source checkpoint that does not fit the target config (modalities in another order, other
+  label classes, another patch size);
+- a pool whose cases differ in voxel spacing and orientation from each other and the source;
+- a run folder copied to another path (and its data to another root) and resumed there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+CONF = Path(__file__).parent / "conf"
+
+
+def run_cli(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """Run ``lightning-ada ARGS`` in this process; return (exit code, stderr)."""
+    from lightning_ada.main import cli_main
+
+    monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
+    capsys.readouterr()
+    try:
+        cli_main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+def one_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "run.lock"
+    }
+
+
+def fit_args(root: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "-c", str(CONF / "random_tiny.yaml"), "--data.root", str(root),
+        "--data.phantom", "null", "--trainer.default_root_dir", str(run),
+        "--trainer.limit_val_batches", "0", *extra,
+    ]
+
+
+# ------------------------------------------------------------------ a source that does not fit
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--data.modalities", "[t2, flair, t1, t1ce]"],
+         "the source model was trained on modalities ['flair', 't1', 't1ce', 't2'] in this channel "
+         "order; data.modalities lists ['t2', 'flair', 't1', 't1ce']: list them in the source's order"),
+        (["--data.labels", "{ED: 2, NCR: 1, ET: 4}"],
+         "the source model's classes are {NCR: 1, ED: 2, ET: 4} (class order), the config's "
+         "data.labels {ED: 2, NCR: 1, ET: 4}"),
+        (["--data.labels", "{NCR: 1, ED: 2}"],
+         "the source model's classes are {NCR: 1, ED: 2, ET: 4} (class order), the config's "
+         "data.labels {NCR: 1, ED: 2}"),
+    ],
+    ids=["modality-order", "class-order", "class-count"],
+)
+def test_source_checkpoint_that_does_not_fit_the_target_is_refused_naming_it(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, extra: list[str], words: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = tmp_path / "run"
+    args = fit_args(phantom_root, run, "--model.source_checkpoint", str(source_ckpt), *extra)
+    code, err = run_cli(args, monkeypatch, capsys)
+    line = one_error(err)
+    assert code == 2
+    assert line.startswith(f"error: {source_ckpt}: ") and words in line, line
+    assert not run.exists()  # refused before the run folder is made
+
+
+def test_source_trained_on_another_patch_size_is_warned_about(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    from lightning_ada.main import main
+
+    with pytest.warns(UserWarning, match=r"trained with data\.patch_size \[16\.0, 16\.0, 16\.0\], "
+                                         r"this run uses \[8\.0, 8\.0, 8\.0\]"):
+        main(fit_args(phantom_root, tmp_path / "run", "--model.source_checkpoint", str(source_ckpt),
+                      "--data.patch_size", "[8, 8, 8]", "--trainer.max_epochs", "1",
+                      "--active.budget", "1"))
+
+
+def test_what_a_source_checkpoint_records_is_compared_by_meaning() -> None:
+    from lightning_ada.cases import classes_differ
+    from lightning_ada.errors import CheckpointError
+    from lightning_ada.models.module import source_fits
+
+    brats21 = {"NCR": 1, "ED": 2, "ET": 4}
+    assert not classes_differ(brats21, {"NCR": 1, "ED": 2, "ET": 3})  # BraTS 2023's values
+    assert not classes_differ(brats21, {"necrosis": 1, "edema": 2, "enhancing": 4})  # renamed
+    assert classes_differ(brats21, {"ED": 2, "NCR": 1, "ET": 4})
+    data = {"modalities": ["flair", "t1", "t1ce", "t2"], "patch_size": [32, 32, 32], "pixdim": None}
+    same = source_fits("s.ckpt", {}, data, {}, dict(data, modalities=["t2f", "t1n", "t1c", "t2w"]))
+    assert same == []  # BraTS 2023's names of the same sequences, same order
+    with pytest.raises(CheckpointError, match="in this channel order"):
+        source_fits("s.ckpt", {}, data, {}, dict(data, modalities=["T1c", "T2F", "t1n", "T2w"]))
+    [line] = source_fits("s.ckpt", {}, data, {}, dict(data, modalities=["a", "b", "c", "d"]))
+    assert "check they are the same sequences in the same order" in line
+    [line] = source_fits("s.ckpt", {}, data, {}, dict(data, pixdim=[3, 3, 3]))
+    assert "data.pixdim (spacing, mm) None, this run uses [3.0, 3.0, 3.0]" in line
