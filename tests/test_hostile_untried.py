@@ -120,3 +120,86 @@ def test_what_a_source_checkpoint_records_is_compared_by_meaning() -> None:
     assert "check they are the same sequences in the same order" in line
     [line] = source_fits("s.ckpt", {}, data, {}, dict(data, pixdim=[3, 3, 3]))
     assert "data.pixdim (spacing, mm) None, this run uses [3.0, 3.0, 3.0]" in line
+
+
+# ------------------------------------------------------------------ a pool of mixed grids
+FLIP_XY = np.array([[0, -1], [1, -1], [2, 1]])  # LPS <-> RAS: the same voxels, stored otherwise
+
+
+def _case_files(root: Path, case: str) -> list[Path]:
+    return sorted((root / case).glob("*.nii.gz"))
+
+
+def _rewrite(path: Path, change: Any) -> None:
+    img = nib.load(path)
+    out = change(img)
+    nib.save(nib.Nifti1Image(np.asarray(out.dataobj), out.affine), path)
+
+
+def _twice_finer(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """The same scan on a grid of half the spacing (each voxel split in 2 x 2 x 2)."""
+    data = np.asarray(img.dataobj)
+    finer = data.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    half = np.diag([0.5, 0.5, 0.5, 1.0])
+    half[:3, 3] = -0.25
+    return nib.Nifti1Image(finer, img.affine @ half)
+
+
+@pytest.fixture(scope="module")
+def mixed_pool(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """The tiny phantom with one pool case stored in another axis order (RAS, the others LPS)
+    and one at half the spacing (6 mm, the others 12 mm)."""
+    root = tmp_path_factory.mktemp("mixed") / "data"
+    shutil.copytree(phantom_root, root)
+    reoriented, finer = "glioma_pool_001", "glioma_pool_003"
+    for f in _case_files(root, reoriented):
+        _rewrite(f, lambda img: img.as_reoriented(FLIP_XY))
+    for f in _case_files(root, finer):
+        _rewrite(f, _twice_finer)
+    return root, reoriented, finer
+
+
+def test_pool_of_mixed_spacing_and_orientation_is_resampled_to_the_configured_grid(
+    phantom_root: Path, mixed_pool: tuple[Path, str, str]
+) -> None:
+    from lightning_ada.data.datamodule import ActiveDataModule
+
+    root, reoriented, finer = mixed_pool
+    assert "".join(nib.aff2axcodes(nib.load(_case_files(root, reoriented)[0]).affine)) == "RAS"
+    assert nib.load(_case_files(root, finer)[0]).shape == (32, 32, 32)
+    grid = {"pixdim": [12.0, 12.0, 12.0], "divisible_by": 4}
+    mixed = ActiveDataModule(root=str(root), **grid)
+    mixed.setup("fit")
+    original = ActiveDataModule(root=str(phantom_root), **grid)
+    original.setup("fit")
+    for case in (reoriented, finer):  # what the network sees is the case as the others are stored
+        a, b = mixed.item(case), original.item(case)
+        assert a["image"].shape == b["image"].shape == (4, 16, 16, 16)
+        assert np.allclose(a["image"].numpy(), b["image"].numpy(), atol=1e-4)
+        assert np.array_equal(a["label"].numpy(), b["label"].numpy())
+    with pytest.warns(UserWarning, match=rf"voxel spacings differ \({finer}: 6, 6, 6 mm; .*: 12, 12, "
+                                         r"12 mm\) and data\.pixdim is null"):
+        ActiveDataModule(root=str(root), divisible_by=4).setup("fit")
+
+
+def test_mixed_pool_runs_and_predictions_keep_each_cases_own_grid(
+    mixed_pool: tuple[Path, str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, reoriented, finer = mixed_pool
+    run = tmp_path / "run"
+    grid = ["--data.pixdim", "[12, 12, 12]"]
+    code, err = run_cli(fit_args(root, run, *grid, "--trainer.max_epochs", "1", "--active.budget", "1"),
+                        monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    out = tmp_path / "predictions"
+    code, err = run_cli(["predict", "-c", str(CONF / "random_tiny.yaml"), "--data.root", str(root),
+                         "--data.phantom", "null", *grid, "--data.predict_split", "pool",
+                         "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                         "--eval_dir", str(tmp_path / "eval"), "--writer.output_dir", str(out)],
+                        monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    for case in (reoriented, finer):
+        image = nib.load(_case_files(root, case)[0])
+        pred = nib.load(out / f"{case}_pred.nii.gz")
+        assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)

@@ -8,6 +8,7 @@ adaptation state of the pool (:mod:`.pool_state`) and the training epochs (:mod:
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import warnings
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 from monai.data import list_data_collate
+from monai.data.utils import affine_to_spacing
 from torch.utils.data import DataLoader
 
 from lightning_ada.augment.tumour_contrast import TumourContrast
@@ -224,6 +226,29 @@ class ActiveDataModule(L.LightningDataModule):
             divisible_by=self.hparams.divisible_by, cache_dir=self.hparams.cache_dir,
             max_voxels=int(self.hparams.max_voxels), source=str(self.hparams.root),
         )
+        if self.hparams.pixdim is None:
+            self._warn_mixed_spacing(used)
+
+    def _warn_mixed_spacing(self, ids: Sequence[str]) -> None:
+        """Warn once when the cases' voxel spacings differ and ``pixdim`` keeps each native grid
+        (the network would see voxels of different physical sizes)."""
+        spacing = {
+            cid: tuple(float(v) for v in affine_to_spacing(self.preprocessed.item(cid)["image"].affine, r=3))
+            for cid in ids
+        }
+        if not spacing:
+            return
+        smallest = min(spacing, key=lambda c: (math.prod(spacing[c]), c))
+        largest = max(spacing, key=lambda c: (math.prod(spacing[c]), c))
+        lo, hi = spacing[smallest], spacing[largest]
+        if any(abs(a - b) > 0.01 * max(a, b) for a, b in zip(lo, hi)):
+            warnings.warn(
+                f"{self.hparams.root}: the cases' voxel spacings differ ({smallest}: "
+                f"{', '.join(f'{v:g}' for v in lo)} mm; {largest}: {', '.join(f'{v:g}' for v in hi)} "
+                "mm) and data.pixdim is null (each case keeps its own grid): set data.pixdim to "
+                "resample every case to one spacing",
+                UserWarning, stacklevel=2,
+            )
 
     def _validate(self, case_id: str) -> None:
         """:func:`validate_case`, remembered in ``<cache_dir>/validated`` once passed."""
