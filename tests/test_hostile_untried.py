@@ -203,3 +203,73 @@ def test_mixed_pool_runs_and_predictions_keep_each_cases_own_grid(
         image = nib.load(_case_files(root, case)[0])
         pred = nib.load(out / f"{case}_pred.nii.gz")
         assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
+
+
+# ------------------------------------------------------------------ a run folder moved elsewhere
+def _last(run: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_run_folder_and_dataset_moved_to_another_place_resume_there(
+    phantom_root: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As on another machine: the run folder and the dataset both at other paths, the old ones
+    gone. The labels the simulated oracle took from the dataset are found where it is now."""
+    data, run = tmp_path / "old" / "data", tmp_path / "old" / "run"
+    shutil.copytree(phantom_root, data)
+    code, err = run_cli(fit_args(data, run, "--trainer.max_epochs", "2"), monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    new = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "old", new)  # the old paths no longer exist
+    resume = fit_args(new / "data", new / "run", "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    code, err = run_cli(resume, monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    state = _last(new / "run")
+    assert state["epoch"] == 2  # one more epoch trained
+    labeled = state["ActiveDataModule"]["pool"]["labeled"]
+    assert len(labeled) == 2 and all(a["label_path"].startswith(str(new / "data")) for a in labeled.values())
+    dirpath = next(v["dirpath"] for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert dirpath == str(new / "run" / "checkpoints")
+
+
+def test_run_folder_with_delivered_labels_copied_elsewhere_resumes_or_says_why(
+    phantom_root: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The file oracle's labels live in the run folder: a copy of the folder resumes on its own
+    copies of them; a copy without one says which label is gone, and changes nothing."""
+    run = tmp_path / "run"
+    files = ["--active.oracle", "files", "--active.oracle.wait", "false", "--active.budget", "1",
+             "--trainer.max_epochs", "1"]
+    code, err = run_cli(fit_args(phantom_root, run, *files), monkeypatch, capsys)
+    assert code == 3, err[-3000:]
+    [request] = (run / "requests").glob("round_0_*.json")
+    case = json.loads(request.read_text())["case_id"]
+    (run / "labels").mkdir()
+    reference = nib.load(phantom_root / case / f"{case}_seg.nii.gz")  # drawn again: other bytes
+    nib.save(nib.Nifti1Image(np.asarray(reference.dataobj), reference.affine), run / "labels" / f"{case}.nii.gz")
+    pending = ["--ckpt_path", str(run / "checkpoints" / "pending.ckpt")]
+    code, err = run_cli(fit_args(phantom_root, run, *files, *pending), monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    copy = tmp_path / "copied" / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(run)  # the original is gone (another machine)
+    more = fit_args(phantom_root, copy, *files[:-2], "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    broken = tmp_path / "broken" / "run"
+    shutil.copytree(copy, broken)
+    code, err = run_cli(more, monkeypatch, capsys)
+    assert code == 0, err[-3000:]
+    [annotation] = _last(copy)["ActiveDataModule"]["pool"]["labeled"].values()
+    assert annotation["label_path"] == str(copy / "labels" / f"{case}.nii.gz")
+    (broken / "labels" / f"{case}.nii.gz").unlink()
+    before = snapshot(broken)
+    code, err = run_cli([*fit_args(phantom_root, broken, *files[:-2], "--trainer.max_epochs", "2"),
+                         "--ckpt_path", "last"], monkeypatch, capsys)
+    line = one_error(err)
+    assert code == 2
+    assert line.startswith(f"error: {broken / 'labels' / case}.nii.gz: label of case {case} "
+                           "accepted earlier is gone")
+    assert snapshot(broken) == before
