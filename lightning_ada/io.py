@@ -115,9 +115,13 @@ def write_nifti_atomic(image: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_mask(mask: Any, path: str | Path) -> Path:
+def write_mask(mask: Any, path: str | Path, description: str | None = None) -> Path:
     """Save a class-label mask ``(1, H, W, D)`` carrying its affine (a MetaTensor, e.g. from
     ``ActiveDataModule.invert``: on-disk label values, original geometry) as uint8 NIfTI at
-    ``path``, atomically."""
+    ``path``, atomically; ``description`` goes into the header's ``descrip`` field (at most 80
+    bytes, shown by viewers)."""
     data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
-    return write_nifti_atomic(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)), path)
+    image = nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64))
+    if description:
+        image.header["descrip"] = description.encode("utf-8")[:79]
+    return write_nifti_atomic(image, path)

@@ -196,7 +196,8 @@ def query_round(
         if election is not None:
             if pick.case_id not in elected:
                 result = elect_modality(ctx.image(pick.case_id), election.predict, ctx.modalities,
-                                        multiclass=election.per_class)
+                                        multiclass=election.per_class,
+                                        exclude=pool.case(pick.case_id).missing)
                 elected[pick.case_id] = trainer.strategy.broadcast(
                     (result.modality, dict(result.dice)), src=0)
             modality, dice = elected[pick.case_id]
@@ -219,6 +220,8 @@ def query_round(
             "candidates": len(ranked),
             "case_meta": dict(pool.case(pick.case_id).meta),
         }
+        if pool.case(pick.case_id).missing:  # zero-filled (data.missing_modality zero_fill)
+            entry["missing_modalities"] = list(pool.case(pick.case_id).missing)
         if regions:
             part = sum(1 for e in entries if e["case_id"] == pick.case_id)
             entry |= {"region": pick.region.to_json(), "part": part}  # type: ignore[union-attr]

@@ -105,7 +105,7 @@ class PoolState:
         """
         pool = self._started()
         fingerprints = dict(label_sha256=content_sha256([label_path]),
-                            images_sha256=content_sha256(case.images))
+                            images_sha256=content_sha256(case.present_images))
         cid = case.case_id
         if cid not in pool.labeled:
             pool.label(cid, str(label_path), modality, round=round, epoch=epoch,
@@ -147,10 +147,10 @@ class PoolState:
                         f"{a.round}); restore that file or start a new run"
                     )
             if a.images_sha256 is not None and cid in cases:
-                if content_sha256(cases[cid].images) != a.images_sha256:
+                if content_sha256(cases[cid].present_images) != a.images_sha256:
                     raise DataError(
                         f"case {cid}: images differ from those it was labeled on "
-                        f"({', '.join(cases[cid].images)}); is this the run's dataset?"
+                        f"({', '.join(cases[cid].present_images)}); is this the run's dataset?"
                     )
 
     # ------------------------------------------------------------------ pseudo-labels

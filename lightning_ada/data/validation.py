@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lightning_ada.cases import NOT_ANNOTATED, Case
+from lightning_ada.cases import MISSING, NOT_ANNOTATED, Case
 from lightning_ada.data.cache import CacheKey
 from lightning_ada.errors import DataError
 
@@ -251,7 +251,8 @@ def validate_case(
     Checks: every header declares at most ``max_voxels`` voxels and a data size its file can
     hold (before reading data); every file is readable (truncated gzip included); images are
     3-D (or one 4-D file with one channel per modality on the last axis); shapes and affines
-    (within ``atol``) agree between modalities, the label and any per-modality labels; no
+    (within ``atol``) agree between modalities, the label and any per-modality labels (a
+    modality the case lacks, :data:`~lightning_ada.cases.MISSING`, is skipped); no
     NaN/inf voxels, and none once scaled by the header and cast to float32 (what the network
     sees); no modality channel is constant (e.g. all zeros); label values lie in
     ``{0} | label_values``.
@@ -273,6 +274,8 @@ def validate_case(
         )
     ref: _Ref | None = None
     for i, path in enumerate(case.images):
+        if path == MISSING:  # a modality the case lacks (data.missing_modality zero_fill)
+            continue
         arr, affine = _load(path, max_voxels)
         if len(case.images) == 1 and n_mod > 1:
             if arr.ndim != 4 or arr.shape[-1] != n_mod:
@@ -296,7 +299,8 @@ def validate_case(
             if lo == hi:
                 fault = "all zeros" if lo == 0 else f"constant (every voxel = {float(lo):g})"
                 raise DataError(f"{path}: modality {name!r} is {fault}")
-    assert ref is not None
+    if ref is None:
+        raise DataError(f"case {case.case_id!r}: no image at all")
     if case.label is not None:
         _check_label(case.label, ref, label_values, allow_empty_label, atol, max_voxels)
     for path in case.modality_labels.values():

@@ -192,7 +192,8 @@ class FileOracle(Oracle):
                 "score": query.get("score"),
                 "factors": query.get("factors"),
                 "round": request.round,
-                "images": dict(zip(case.modalities, case.images)),
+                "images": {m: p for m, p in zip(case.modalities, case.images) if m not in case.missing},
+                **({"missing_modalities": list(case.missing)} if case.missing else {}),
                 "deliver_label_to": str(self.label_path_of(request)),
                 "or_uncompressed_as": str(self.label_candidates(request)[1]),
                 "or_refuse_by_creating": str(self.refusal_path(case.case_id)),
@@ -286,7 +287,7 @@ class FileOracle(Oracle):
                                               allow_not_annotated=True, **options)
             except DataError as e:
                 raise DataError(f"{e}{hint}") from e
-            image = label_on_image_grid(target, request.case.images[0]) if change else None
+            image = label_on_image_grid(target, request.case.reference_image) if change else None
             if not whole:
                 values = None if image is None else np.asanyarray(image.dataobj)
                 self._check_inside(target, request, values)
@@ -307,7 +308,7 @@ class FileOracle(Oracle):
         (e.g. ``"LPS -> RAS"``); ``(None, hint)`` otherwise (``hint``: a note for the refusal
         of a label stored in other axis directions that is not the image's grid)."""
         try:
-            label, image = nib.load(str(target)), nib.load(request.case.images[0])
+            label, image = nib.load(str(target)), nib.load(request.case.reference_image)
             shape = tuple(int(n) for n in label.shape[:3])
             ref_shape = tuple(int(n) for n in image.shape[:3])
             own, ref = np.asarray(label.affine, np.float64), np.asarray(image.affine, np.float64)
@@ -351,7 +352,7 @@ class FileOracle(Oracle):
         if request.asked is None:
             return record
         asked = np.asarray(request.asked(), dtype=bool)
-        image = nib.load(request.case.images[0])
+        image = nib.load(request.case.reference_image)
         affine = np.asarray(image.affine, dtype=np.float64)
         support = [np.flatnonzero(asked.any(axis=tuple(a for a in range(3) if a != ax)))
                    for ax in range(3)]
