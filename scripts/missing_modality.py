@@ -95,7 +95,9 @@ def _seed_overlay(args: argparse.Namespace, data: dict[str, Any], seed: int, out
         raise SystemExit("error: --config sets no data.phantom: this measurement needs the phantom")
     phantom.update(seed=seed, progress=False)
     overlay = {"seed_everything": seed,
-               "data": {"root": args.data_root.format(seed=seed), "phantom": phantom}}
+               "data": {"root": args.data_root.format(seed=seed), "phantom": phantom,
+                        # preprocessed once, read back by the model pair's ten tests
+                        "cache_dir": str((out / "cache").resolve())}}
     path = out / "configs" / f"seed{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(overlay, sort_keys=False))

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+# imported before any test captures stderr: Lightning's log handler binds the stderr of its
+# first import, and a test's captured stream is closed when that test ends
+from lightning_ada.main import cli_main  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
 

@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+# imported before any test captures stderr: Lightning's log handler binds the stderr of its
+# first import, and a test's captured stream is closed when that test ends
+from lightning_ada.main import cli_main  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
 

@@ -20,6 +20,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+# imported before any test captures stderr: Lightning's log handler binds the stderr of its
+# first import, and a test's captured stream is closed when that test ends
+from lightning_ada.main import cli_main  # noqa: F401
+
 CONF = Path(__file__).parent / "conf"
 
 

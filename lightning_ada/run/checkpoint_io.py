@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import pickle
 import re
 import shutil
@@ -194,7 +195,9 @@ def moved_run_folder(checkpoint: dict[str, Any], path: str | Path) -> dict[str, 
     the annotator delivered there, the reoriented copies, pseudo-label files, the checkpoint
     folder of ``ModelCheckpoint``) is rewritten to the same file under the folder it is loaded
     from, so that the resumed run reads its own copies; their contents are checked as ever (the
-    pool state's fingerprints). A checkpoint written before this was recorded is left as it is.
+    pool state's fingerprints). A path whose new place does not exist while its old one still
+    does (only the checkpoint file was copied) is left as it is. A checkpoint written before
+    this was recorded is left as it is.
     """
     saved = checkpoint.get(SAVED_AS)
     if not isinstance(saved, dict):
@@ -211,7 +214,9 @@ def moved_run_folder(checkpoint: dict[str, Any], path: str | Path) -> dict[str, 
         if isinstance(value, str):
             for old, new in pairs:
                 if value == old or value.startswith(old + "/"):
-                    return new + value[len(old):]
+                    moved = new + value[len(old):]
+                    if os.path.exists(moved) or not os.path.exists(value):
+                        return moved
             return value
         if isinstance(value, dict):
             return {k: move(v) for k, v in value.items()}
@@ -221,8 +226,7 @@ def moved_run_folder(checkpoint: dict[str, Any], path: str | Path) -> dict[str, 
             return tuple(move(v) for v in value)
         return value
 
-    out = {k: (v if k == "state_dict" else move(v)) for k, v in checkpoint.items()}
-    return out
+    return {k: (v if k == "state_dict" else move(v)) for k, v in checkpoint.items()}
 
 
 def check_ckpt_path(config: Any) -> None:
