@@ -179,11 +179,11 @@ def summary(args: argparse.Namespace) -> str:
     lines = [
         "# Missing modality: a model trained with and without modality dropout",
         "",
-        f"Dice (%, per case the mean over the task's regions, mean over the target test cases) of "
+        (f"Dice (%, per case the mean over the task's regions, mean over the target test cases) of "
         f"the source model trained without (0) and with modality dropout ({drop:g}), tested with "
         "the removed modality's channel zero-filled (`--data.missing_modality zero_fill`); mean ± "
         "SD over seeds (each seed: its own phantom draw and training seed). Δ = with − without, "
-        "paired by seed, with its 95 % t interval.",
+        "paired by seed, with its 95 % t interval."),
         "",
         "| removed | seeds | without dropout | with dropout | Δ (points) | 95 % CI |",
         "|---|---|---|---|---|---|",

@@ -21,7 +21,7 @@ import pytest
 
 # imported before any test captures stderr: Lightning's log handler binds the stderr of its
 # first import, and a test's captured stream is closed when that test ends
-from lightning_ada.main import cli_main  # noqa: F401
+from lightning_ada.main import cli_main
 
 CONF = Path(__file__).parent / "conf"
 
@@ -30,8 +30,6 @@ def run_cli(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
     """Run ``lightning-ada ARGS`` in this process; return (exit code, stdout + stderr)."""
-    from lightning_ada.main import cli_main
-
     monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
     capsys.readouterr()
     try:
@@ -296,7 +294,7 @@ def test_labels_folder_unavailable_without_waiting_leaves_the_request_pending(
     phantom_root: Path, waiting: tuple[Path, str],
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    run, case = waiting
+    run, _case = waiting
     failed = _flaky_share(monkeypatch, run / "labels", 1000, None, Path())
     before = snapshot(run)
     args = [*resume_args(phantom_root, run), "--active.oracle.poll", "0.01"]

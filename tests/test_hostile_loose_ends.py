@@ -20,7 +20,7 @@ import pytest
 
 # imported before any test captures stderr: Lightning's log handler binds the stderr of its
 # first import, and a test's captured stream is closed when that test ends
-from lightning_ada.main import cli_main  # noqa: F401
+from lightning_ada.main import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
@@ -30,8 +30,6 @@ def run_cli(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
     """Run ``lightning-ada ARGS`` in this process; return (exit code, stderr)."""
-    from lightning_ada.main import cli_main
-
     monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
     capsys.readouterr()
     try:
@@ -71,8 +69,8 @@ def tiny(sub: str, root: Path, *extra: str) -> list[str]:
         ("validate", ["--data.labels", "{ED: 2, NCR: 1, ET: 4}"],
          "data.labels {ED=2, NCR=1, ET=4} (the checkpoint's classes, in order: {NCR=1, ED=2, ET=4})"),
         ("test", ["--data.modalities", "[t2, flair, t1, t1ce]"],
-         "data.modalities ['t2', 'flair', 't1', 't1ce'] (the checkpoint's, in channel order: "
-         "['flair', 't1', 't1ce', 't2'])"),
+         ("data.modalities ['t2', 'flair', 't1', 't1ce'] (the checkpoint's, in channel order: "
+         "['flair', 't1', 't1ce', 't2'])")),
         ("fit", ["--model.filters", "[4, 8, 32]"], "model.filters=[4, 8, 32]"),
     ],
     ids=["test-filters", "predict-net", "validate-labels", "test-modality-order", "fit-filters"],

@@ -6,10 +6,8 @@ flagged; modality dropout in training; the measurement harness (``scripts/missin
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -18,7 +16,7 @@ import torch
 
 # imported before any test captures stderr: Lightning's log handler binds the stderr of its
 # first import, and a test's captured stream is closed when that test ends
-from lightning_ada.main import cli_main  # noqa: F401
+from lightning_ada.main import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
@@ -27,8 +25,6 @@ CONF = Path(__file__).parent / "conf"
 def run_cli(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
-    from lightning_ada.main import cli_main
-
     monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
     capsys.readouterr()
     try:

@@ -22,7 +22,7 @@ import pytest
 
 # imported before any test captures stderr: Lightning's log handler binds the stderr of its
 # first import, and a test's captured stream is closed when that test ends
-from lightning_ada.main import cli_main  # noqa: F401
+from lightning_ada.main import cli_main
 
 CONF = Path(__file__).parent / "conf"
 
@@ -31,8 +31,6 @@ def run_cli(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
     """Run ``lightning-ada ARGS`` in this process; return (exit code, stderr)."""
-    from lightning_ada.main import cli_main
-
     monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
     capsys.readouterr()
     try:
@@ -70,14 +68,14 @@ def fit_args(root: Path, run: Path, *extra: str) -> list[str]:
     ("extra", "words"),
     [
         (["--data.modalities", "[t2, flair, t1, t1ce]"],
-         "the source model was trained on modalities ['flair', 't1', 't1ce', 't2'] in this channel "
-         "order; data.modalities lists ['t2', 'flair', 't1', 't1ce']: list them in the source's order"),
+         ("the source model was trained on modalities ['flair', 't1', 't1ce', 't2'] in this channel "
+         "order; data.modalities lists ['t2', 'flair', 't1', 't1ce']: list them in the source's order")),
         (["--data.labels", "{ED: 2, NCR: 1, ET: 4}"],
-         "the source model's classes are {NCR: 1, ED: 2, ET: 4} (class order), the config's "
-         "data.labels {ED: 2, NCR: 1, ET: 4}"),
+         ("the source model's classes are {NCR: 1, ED: 2, ET: 4} (class order), the config's "
+         "data.labels {ED: 2, NCR: 1, ET: 4}")),
         (["--data.labels", "{NCR: 1, ED: 2}"],
-         "the source model's classes are {NCR: 1, ED: 2, ET: 4} (class order), the config's "
-         "data.labels {NCR: 1, ED: 2}"),
+         ("the source model's classes are {NCR: 1, ED: 2, ET: 4} (class order), the config's "
+         "data.labels {NCR: 1, ED: 2}")),
     ],
     ids=["modality-order", "class-order", "class-count"],
 )
@@ -124,6 +122,10 @@ def test_what_a_source_checkpoint_records_is_compared_by_meaning() -> None:
     assert "check they are the same sequences in the same order" in line
     [line] = source_fits("s.ckpt", {}, data, {}, dict(data, pixdim=[3, 3, 3]))
     assert "data.pixdim (spacing, mm) None, this run uses [3.0, 3.0, 3.0]" in line
+    [line] = source_fits("s.ckpt", {}, data, {}, dict(data, missing_modality="zero_fill"))
+    assert "trained without modality dropout and this run adds none" in line
+    assert source_fits("s.ckpt", {}, dict(data, modality_dropout=0.5), {},
+                       dict(data, missing_modality="zero_fill")) == []
 
 
 # ------------------------------------------------------------------ a pool of mixed grids

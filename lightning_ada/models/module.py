@@ -493,7 +493,8 @@ def source_fits(
 
     Returns:
         Warnings, one line each: modality names that may or may not be the source's
-        sequences, another patch size, sliding-window size or spacing.
+        sequences, zero-filled modalities (``data.missing_modality zero_fill``) with no modality
+        dropout in either training, another patch size, sliding-window size or spacing.
 
     Raises:
         CheckpointError: the target lists the source's modalities in another channel order
@@ -515,6 +516,13 @@ def source_fits(
                 f"reads {list(mine)}: channel k of the network gets the k-th of these; check "
                 "they are the same sequences in the same order"
             )
+    if own_data.get("missing_modality") == "zero_fill" and not data.get("modality_dropout") \
+            and not own_data.get("modality_dropout"):
+        warnings.append(
+            f"{path}: the source model was trained without modality dropout and this run adds "
+            "none (data.modality_dropout 0): cases with a zero-filled modality are segmented by "
+            "a model that never saw a missing channel"
+        )
     for key, what, section, own in (("patch_size", "data.patch_size", data, own_data),
                                     ("pixdim", "data.pixdim (spacing, mm)", data, own_data),
                                     ("roi_size", "model.roi_size", model, own_model)):
