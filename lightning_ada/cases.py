@@ -19,6 +19,10 @@ from lightning_ada.errors import DataError
 NOT_ANNOTATED = 255
 
 
+#: the image path of a modality a case has no file of (``data.missing_modality zero_fill``)
+MISSING = ""
+
+
 @dataclass(frozen=True)
 class Case:
     """One multi-modal case.
@@ -26,7 +30,9 @@ class Case:
     Args:
         case_id: stable identifier, unique within a dataset.
         images: one NIfTI path per modality, in ``modalities`` order; or a single path to a
-            4-D NIfTI holding every modality (MSD layout).
+            4-D NIfTI holding every modality (MSD layout). ``""`` (:data:`MISSING`) for a
+            modality the case lacks, read so only with ``data.missing_modality zero_fill``: the
+            channel is zero-filled (:attr:`missing`).
         modalities: modality names, e.g. ``("flair", "t1", "t1ce", "t2")``.
         label: path of the reference mask (label values as stored on disk), or None.
         modality_labels: modality name -> path of the mask an annotator drew looking at that
@@ -44,12 +50,36 @@ class Case:
     split: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The modalities this case has no file of (zero-filled), in channel order."""
+        if len(self.images) != len(self.modalities):
+            return ()
+        return tuple(m for m, p in zip(self.modalities, self.images) if p == MISSING)
+
+    @property
+    def present_images(self) -> tuple[str, ...]:
+        """The image files the case has (:attr:`images` without the missing ones)."""
+        return tuple(p for p in self.images if p != MISSING)
+
+    @property
+    def reference_image(self) -> str:
+        """An image file of the case whose grid its labels must have (the first present)."""
+        return self.present_images[0]
+
     def to_item(self) -> dict[str, Any]:
-        """The MONAI-style dict item (``image`` paths, ``label`` path, ``case_id``)."""
+        """The MONAI-style dict item (``image`` paths, ``label`` path, ``case_id``).
+
+        A missing modality's channel is loaded from :attr:`reference_image` (so it has the
+        case's grid) and listed in ``zero_channels`` for the preprocessing to zero it.
+        """
+        images = [p if p != MISSING else self.reference_image for p in self.images]
         item: dict[str, Any] = {
             "case_id": self.case_id,
-            "image": list(self.images) if len(self.images) > 1 else self.images[0],
+            "image": images if len(images) > 1 else images[0],
         }
+        if self.missing:
+            item["zero_channels"] = [i for i, p in enumerate(self.images) if p == MISSING]
         if self.label is not None:
             item["label"] = self.label
         return item
@@ -67,7 +97,9 @@ class Case:
     def from_json(cls, d: Mapping[str, Any], base_dir: str | Path | None = None) -> Case:
         """Build a case from :meth:`to_json` output; relative paths resolve against ``base_dir``."""
 
-        def resolve(p: str) -> str:
+        def resolve(p: str | None) -> str:
+            if not p:
+                return MISSING
             path = Path(p)
             if base_dir is not None and not path.is_absolute():
                 path = Path(base_dir) / path
@@ -118,3 +150,35 @@ def check_unique_ids(cases: Sequence[Case], source: str) -> None:
     if dups:
         raise DataError(f"{source}: duplicate case ids {dups}")
 
+
+
+def classes_differ(trained: Mapping[str, int], configured: Mapping[str, int]) -> bool:
+    """Whether a network trained with label classes ``trained`` (name -> on-disk value, in class
+    order) would read ``configured`` wrongly.
+
+    The network predicts class indices (position + 1); the datamodule maps on-disk values to
+    them. The classes agree when there are as many and each position keeps its name or its value:
+    the same classes stored with other values (BraTS 2021's ET = 4, BraTS 2023's ET = 3) or
+    renamed (``NCR`` as ``necrosis``) agree; a reordering (``{ED: 2, NCR: 1}`` for
+    ``{NCR: 1, ED: 2}``) or another set does not.
+    """
+    a, b = list(dict(trained).items()), list(dict(configured).items())
+    if len(a) != len(b):
+        return True
+    return any(na != nb and int(va) != int(vb) for (na, va), (nb, vb) in zip(a, b))
+
+
+#: other names of the same MRI sequences (BraTS 2023, MSD, nnU-Net), lower-cased -> BraTS 2021's
+MODALITY_ALIASES = {
+    "t2f": "flair", "t2-flair": "flair", "t2flair": "flair",
+    "t1n": "t1", "t1w": "t1", "t1-native": "t1",
+    "t1c": "t1ce", "t1gd": "t1ce", "t1-gd": "t1ce", "t1ce": "t1ce",
+    "t2w": "t2",
+}
+
+
+def canonical_modality(name: str) -> str:
+    """A modality name as BraTS 2021 spells it when it is a known alias (``T2F``, ``t2f`` and
+    ``FLAIR`` are all ``flair``), else lower-cased."""
+    low = str(name).strip().lower()
+    return MODALITY_ALIASES.get(low, low)

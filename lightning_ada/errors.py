@@ -77,13 +77,18 @@ class AnnotationPending(Exception):
     Attributes:
         checkpoint: the checkpoint to resume from once the annotations are delivered.
         awaiting: what the oracle waits for, one line each (e.g. the label files to create).
+        reason: what the oracle's last look found wrong (a delivered file it did not take, a
+            labels folder it could not read), or ``""``.
     """
 
-    def __init__(self, checkpoint: object, awaiting: Sequence[str], where: str = "") -> None:
-        self.checkpoint, self.awaiting = checkpoint, list(awaiting)
+    def __init__(
+        self, checkpoint: object, awaiting: Sequence[str], where: str = "", reason: str = ""
+    ) -> None:
+        self.checkpoint, self.awaiting, self.reason = checkpoint, list(awaiting), reason
         lines = "\n".join(f"  {a}" for a in self.awaiting)
         see = f"\n({where})" if where else ""
+        last = f"\nnot taken yet: {reason}" if reason else ""
         super().__init__(
-            f"annotation needed:\n{lines}{see}\nthen continue the run with the same command "
-            f"plus\n  --ckpt_path {checkpoint}"
+            f"annotation needed:\n{lines}{see}{last}\nthen continue the run with the same "
+            f"command plus\n  --ckpt_path {checkpoint}"
         )

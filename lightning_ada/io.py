@@ -25,19 +25,23 @@ import numpy as np
 from lightning_ada.errors import UnsafePathError
 
 
-def safe_child(folder: str | Path, name: str) -> Path:
+def safe_child(folder: str | Path, name: str, follow_links: bool = True) -> Path:
     """``folder / name``, refusing a ``name`` that is not a plain file name inside ``folder``.
 
     Args:
         folder: the folder the file belongs to (need not exist yet).
         name: a file name, typically built from a case id (``f"{case_id}_pred.nii.gz"``).
+        follow_links: also refuse a ``name`` that resolves (through a symbolic link already
+            there) outside ``folder``: for files the project writes. False checks the name only:
+            for files someone else puts there to be read (a delivered label may be a link to
+            the annotator's own folder; what it points to is validated like any file).
 
     Returns:
         ``Path(folder) / name``.
 
     Raises:
         UnsafePathError: if ``name`` is empty, absolute, holds a path separator or ``..``, or
-            resolves (through symbolic links) outside ``folder``.
+            (``follow_links``) resolves through symbolic links outside ``folder``.
     """
     folder = Path(folder)
     seps = {os.sep, "/", *([os.altsep] if os.altsep else [])}
@@ -50,6 +54,8 @@ def safe_child(folder: str | Path, name: str) -> Path:
     ):
         raise UnsafePathError(f"{name!r} is not a plain file name inside {folder}")
     child = folder / name
+    if not follow_links:
+        return child
     base = folder.resolve()
     if not child.resolve().is_relative_to(base):
         raise UnsafePathError(f"{child} resolves outside {folder}")
@@ -109,9 +115,13 @@ def write_nifti_atomic(image: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_mask(mask: Any, path: str | Path) -> Path:
+def write_mask(mask: Any, path: str | Path, description: str | None = None) -> Path:
     """Save a class-label mask ``(1, H, W, D)`` carrying its affine (a MetaTensor, e.g. from
     ``ActiveDataModule.invert``: on-disk label values, original geometry) as uint8 NIfTI at
-    ``path``, atomically."""
+    ``path``, atomically; ``description`` goes into the header's ``descrip`` field (at most 80
+    bytes, shown by viewers)."""
     data = np.asarray(mask[0].cpu().numpy(), dtype=np.uint8)
-    return write_nifti_atomic(nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64)), path)
+    image = nib.Nifti1Image(data, np.asarray(mask.affine, dtype=np.float64))
+    if description:
+        image.header["descrip"] = description.encode("utf-8")[:79]
+    return write_nifti_atomic(image, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from lightning_ada.run.guard import resume_notes
 from lightning_ada.run.schedule import (
     check_schedule,
     check_step_schedule,
+    early_stopping_now,
     epochs_in_run,
     nothing_to_train_note,
     shortfall_notes,
@@ -160,6 +162,8 @@ class ActiveQueryCallback(L.Callback):
         self.pending: list[dict[str, Any]] = []
         self.pool: PoolView | None = None
         self._with_features = False
+        #: nothing asked or answered since the state was loaded from a checkpoint
+        self._as_loaded = False
 
     # ------------------------------------------------------------------ schedule
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -267,16 +271,42 @@ class ActiveQueryCallback(L.Callback):
         """Rank every unlabeled case with the strategy and elect the modality of each, without
         asking the oracle or labelling anything (``lightning-ada query``).
 
+        With the open-set pre-filter (``open_set_filter``), as ``fit`` applies it to its next
+        round: the strategy ranks only the filter's candidates (at least as many as that round
+        queries), and every case the filter leaves out follows them, unranked, with
+        ``filtered_out`` and its prototype distance. Cases the oracle refused are left out.
+
         Returns:
-            One entry per case, best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`).
+            One entry per case, best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`),
+            then the cases the pre-filter left out (``rank`` None).
         """
         self.prepare(trainer, pl_module)
         pool = self._pool()
         ctx = query_context(pool, pl_module, self.round, self.seed, self._run_dir(trainer),
-                            self._with_features)
+                            self._with_features, exclude=self.refused)
         election = Election(pl_module.predict_case, self.election_per_class)
-        return query_round(self.strategy, ctx, len(ctx.unlabeled), trainer, pool,
-                           election=election).picks
+        result = query_round(self.strategy, ctx, len(ctx.unlabeled), trainer, pool,
+                             election=election, prefilter=self.open_set_filter,
+                             round_size=self._next_round_size(len(ctx.unlabeled)))
+        picks = [e | ({"open_set_candidate": True} if result.filtered else {})
+                 for e in result.picks]
+        if result.filtered is not None:
+            ranked = {e["case_id"] for e in picks}
+            picks += [
+                {"round": self.round, "case_id": cid, "rank": None, "score": None,
+                 "factors": result.filtered.factors(cid), "modality": None,
+                 "election_dice": None, "open_set_candidate": False, "filtered_out": True}
+                for cid in sorted(ctx.unlabeled, key=lambda c: result.filtered.distances.get(c, 0.0))
+                if cid not in ranked
+            ]
+        return picks
+
+    def _next_round_size(self, unlabeled: int) -> int:
+        """Cases the next round of ``fit`` queries: the whole budget left for a one-off
+        strategy's round 0, else one."""
+        if self.strategy.schedule == "one_off" and self.n_queried == 0 and not self.by_scans:
+            return max(1, min(int(self.budget), unlabeled))
+        return 1
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Round 0, before any training (the source model scores the pool), or a pending one."""
@@ -330,6 +360,7 @@ class ActiveQueryCallback(L.Callback):
             and self.strategy.schedule == "sequential"
             and self.remaining() > EPS
             and self.last_query_epoch != epoch
+            and not early_stopping_now(trainer)  # the run stops here: no epoch would train on it
         ):
             self._query(trainer, pl_module, 1, epoch=epoch)
         if self.self_training is not None:  # after the query: the new label is not pseudo-labelled
@@ -369,6 +400,7 @@ class ActiveQueryCallback(L.Callback):
         )
         self.pending.extend({**entry, "step": step} for entry in result.picks)
         self.last_query_epoch, self.last_query_step = epoch, step
+        self._as_loaded = False
         self._drain(trainer, pl_module)
 
     def _drain(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -395,13 +427,17 @@ class ActiveQueryCallback(L.Callback):
                 f"-> {entry['n_labeled']} labeled"
             )
         self.pending = asked.pending
+        if asked.delivered:
+            self._as_loaded = False
         if asked.waiting is not None:
             self._write_log(trainer)
             ckpt = self._run_dir(trainer) / "checkpoints" / "pending.ckpt"
-            trainer.save_checkpoint(ckpt, weights_only=False)
+            if not (self._as_loaded and _same_file(trainer.ckpt_path, ckpt)):
+                # a resume that found nothing new leaves its checkpoint (and the folder) as it was
+                trainer.save_checkpoint(ckpt, weights_only=False)
             waiting = asked.waiting
             awaiting = waiting.awaiting or f"the annotation of {self.pending[0]['case_id']}"
-            raise AnnotationPending(ckpt, [awaiting], self.oracle.where())
+            raise AnnotationPending(ckpt, [awaiting], self.oracle.where(), waiting.reason)
         self.round += 1
         if self.restart_schedule and hasattr(pl_module, "restart_lr_schedule"):
             pl_module.restart_lr_schedule()
@@ -470,7 +506,8 @@ class ActiveQueryCallback(L.Callback):
         path = self._run_dir(trainer) / "query_log.json"
         if trainer.is_global_zero:
             with write_errors_named(path):
-                write_json_atomic(path, self.history)
+                if not _holds_json(path, self.history):  # unchanged: left as it is
+                    write_json_atomic(path, self.history)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -496,7 +533,25 @@ class ActiveQueryCallback(L.Callback):
         self.last_query_step = state_dict.get("last_query_step")
         self.history = list(state_dict["history"])
         self.pending = list(state_dict.get("pending", []))
+        self._as_loaded = True
         self.refused = list(state_dict.get("refused", []))
         self.strategy.load_state_dict(state_dict.get("strategy", {}))
         if self.self_training is not None:
             self.self_training.load_state_dict(state_dict.get("self_training", {}))
+
+
+def _same_file(a: str | Path | None, b: Path) -> bool:
+    """Whether ``a`` names the existing file ``b``."""
+    try:
+        return a is not None and b.is_file() and Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _holds_json(path: Path, obj: Any) -> bool:
+    """Whether ``path`` already holds ``obj`` as :func:`~lightning_ada.io.write_json_atomic`
+    writes it."""
+    try:
+        return path.read_text() == json.dumps(obj, indent=2, sort_keys=False, default=str)
+    except (OSError, UnicodeDecodeError):
+        return False

@@ -277,7 +277,8 @@ def raw_case_image(case: Any) -> np.ndarray:
 
     Args:
         case: a :class:`~lightning_ada.cases.Case` (``images``: one NIfTI per modality, or
-            one 4-D NIfTI with the modalities on the last axis).
+            one 4-D NIfTI with the modalities on the last axis; a missing modality's channel
+            is zeros).
 
     Returns:
         ``(M, X, Y, Z)`` float32 array (voxel axes as stored).
@@ -295,14 +296,21 @@ def raw_case_image(case: Any) -> np.ndarray:
         if data.ndim != 4:
             raise ValueError(f"{paths[0]}: expected a 3-D or 4-D image, got shape {data.shape}")
         return np.moveaxis(data, -1, 0)
-    vols = []
+    vols: list[np.ndarray | None] = []
     for path in paths:
+        if not path:  # a modality the case lacks: zero-filled, as the network sees it
+            vols.append(None)
+            continue
         v = np.asarray(nib.load(path).get_fdata(dtype=np.float32))
         if v.ndim == 4 and v.shape[-1] == 1:
             v = v[..., 0]
         if v.ndim != 3:
             raise ValueError(f"{path}: expected a 3-D modality image, got shape {v.shape}")
         vols.append(v)
+    present = [v for v in vols if v is not None]
+    if not present:
+        raise ValueError(f"case {case.case_id!r}: no image file")
+    vols = [np.zeros_like(present[0]) if v is None else v for v in vols]
     shapes = {v.shape for v in vols}
     if len(shapes) != 1:
         raise ValueError(f"case {case.case_id!r}: modality images differ in shape {sorted(shapes)}")

@@ -94,6 +94,7 @@ def elect_modality(
     modalities: Sequence[str],
     mode: FillMode = "zero",
     multiclass: bool = False,
+    exclude: Sequence[str] = (),
 ) -> Election:
     """Elect the dominant modality of one case (eq. 7).
 
@@ -104,6 +105,8 @@ def elect_modality(
         modalities: the M modality names in channel order (the tie-break order).
         mode: blanking of the other channels (:func:`single_modality_input`).
         multiclass: Dice policy (:func:`label_dice`).
+        exclude: modalities that cannot be elected (a case's missing, zero-filled ones); their
+            Dice is not computed.
 
     Returns:
         The :class:`Election`; ties go to the lowest channel index.
@@ -117,7 +120,10 @@ def elect_modality(
         dice = {
             name: label_dice(predict(single_modality_input(image, m, mode)).argmax(0), ref,
                              multiclass)
-            for m, name in enumerate(modalities)
+            for m, name in enumerate(modalities) if name not in exclude
         }
-    best = max(range(len(modalities)), key=lambda m: (dice[modalities[m]], -m))
+    if not dice:
+        raise ValueError(f"every modality is excluded from the election: {list(exclude)}")
+    best = max((m for m in range(len(modalities)) if modalities[m] in dice),
+               key=lambda m: (dice[modalities[m]], -m))
     return Election(modalities[best], best, dice, {"pseudo_label_volume": int((ref != 0).sum())})

@@ -20,7 +20,7 @@ import torch
 
 from lightning_ada.active.density import raw_case_image
 from lightning_ada.active.election import elect_modality
-from lightning_ada.active.open_set_filter import PrototypeFilter
+from lightning_ada.active.open_set_filter import FilterResult, PrototypeFilter
 from lightning_ada.active.oracles import Answer, Oracle, Request
 from lightning_ada.active.strategies import QueryContext, Scored, Strategy
 from lightning_ada.active.units import AnnotationUnit
@@ -125,10 +125,13 @@ class RoundResult:
     Attributes:
         ranked: the whole ranking (best first).
         picks: one entry per pick, in rank order (what the oracle is to be asked).
+        filtered: the open-set pre-filter's candidates and distances (None: no pre-filter).
     """
 
     ranked: list[Scored]
     picks: list[dict[str, Any]] = field(default_factory=list)
+    #: the open-set pre-filter's decision (None: no pre-filter)
+    filtered: FilterResult | None = None
 
 
 def query_round(
@@ -142,6 +145,7 @@ def query_round(
     epoch: int = -1,
     prefilter: PrototypeFilter | None = None,
     allowance: int | None = None,
+    round_size: int | None = None,
 ) -> RoundResult:
     """Rank the pool and elect a modality for the picks: the best ``n`` cases, or, with a
     region unit (``ctx.unit``), the best regions until ``allowance`` voxels are spent.
@@ -159,6 +163,9 @@ def query_round(
             (and picks among them unless its ``sampling`` is ``egss`` or ``kmeans``).
         allowance: region units: the voxels the round may ask for (regions are taken in rank
             order while they fit; None: ``n`` regions).
+        round_size: the cases a round of ``fit`` queries, for the pre-filter's candidates (at
+            least that many); None: ``n``. ``lightning-ada query`` ranks every candidate
+            (``n`` = the pool) of the round ``fit`` would make next.
 
     Returns:
         The ranking and the entries (one per pick: round, epoch, case, region, rank, score,
@@ -167,7 +174,7 @@ def query_round(
     t0 = time.perf_counter()
     n_pool, filtered = len(ctx.candidates if ctx.unit is not None else ctx.unlabeled), None
     if prefilter is not None:
-        filtered = prefilter.candidates(ctx, n)
+        filtered = prefilter.candidates(ctx, n if round_size is None else round_size)
         ctx = dataclasses.replace(ctx, unlabeled=filtered.candidates, candidates=[
             c for c in ctx.candidates if c in set(filtered.candidates)])
     regions = ctx.unit is not None and strategy.region_level
@@ -179,7 +186,7 @@ def query_round(
         top = ranked[:n]
         if filtered is not None and prefilter.sampling != "strategy":
             by_id = {s.case_id: s for s in ranked}
-            ids = prefilter.pick(filtered, list(by_id), n, ctx.rng(), ctx.seed)
+            ids = prefilter.pick(filtered, list(by_id), min(n, len(by_id)), ctx.rng(), ctx.seed)
             top = [by_id[c] for c in ids]
     seconds = time.perf_counter() - t0
     picks: list[Scored] = trainer.strategy.broadcast(top, src=0)
@@ -189,7 +196,8 @@ def query_round(
         if election is not None:
             if pick.case_id not in elected:
                 result = elect_modality(ctx.image(pick.case_id), election.predict, ctx.modalities,
-                                        multiclass=election.per_class)
+                                        multiclass=election.per_class,
+                                        exclude=pool.case(pick.case_id).missing)
                 elected[pick.case_id] = trainer.strategy.broadcast(
                     (result.modality, dict(result.dice)), src=0)
             modality, dice = elected[pick.case_id]
@@ -212,11 +220,13 @@ def query_round(
             "candidates": len(ranked),
             "case_meta": dict(pool.case(pick.case_id).meta),
         }
+        if pool.case(pick.case_id).missing:  # zero-filled (data.missing_modality zero_fill)
+            entry["missing_modalities"] = list(pool.case(pick.case_id).missing)
         if regions:
             part = sum(1 for e in entries if e["case_id"] == pick.case_id)
             entry |= {"region": pick.region.to_json(), "part": part}  # type: ignore[union-attr]
         entries.append(entry)
-    return RoundResult(ranked, entries)
+    return RoundResult(ranked, entries, filtered)
 
 
 def pick_regions(
@@ -321,6 +331,7 @@ def ask_oracle(
             continue
         added = pool.label(entry["case_id"], answer.label_path, entry["modality"],
                            round=entry["round"], epoch=entry["epoch"], region=answer.region)
+        notes = {"oracle": dict(answer.details)} if answer.details else {}
         asked.delivered.append(entry | {"label_path": answer.label_path, "added": added,
-                                        "n_labeled": len(pool.labeled())})
+                                        "n_labeled": len(pool.labeled()), **notes})
     return asked

@@ -3,6 +3,7 @@ shapes, short names, one-line errors, evaluation folders and the ``query`` subco
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from typing import Any
@@ -14,7 +15,12 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.active.strategies import REGISTRY
-from lightning_ada.cli.eval_dirs import add_evaluation_arguments, redirect_evaluation
+from lightning_ada.cli.checkpoint_fit import check_source, reconcile
+from lightning_ada.cli.eval_dirs import (
+    add_evaluation_arguments,
+    follow_root_dir,
+    redirect_evaluation,
+)
 from lightning_ada.cli.prediction_writer import NiftiPredictionWriter
 from lightning_ada.cli.progress import add_progress_bar
 from lightning_ada.cli.short_names import CHOICES, expand_short_names
@@ -93,6 +99,8 @@ class ADACLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         redirect_evaluation(config, self.subcommand)  # validate/test/predict: their own folder
+        follow_root_dir(config.get("trainer"))  # a logger without a folder of its own (W&B)
+        check_source(self.subcommand, config.get("model"), config.get("data"))  # channel order
         add_progress_bar(config.get("trainer"))  # epoch bars with the total epochs and an ETA
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -106,6 +114,29 @@ class ADACLI(LightningCLI):
             self.config = parser.parse_object(args)
         subcommand = self.config.get("subcommand")
         check_ckpt_path(self.config.get(subcommand) if subcommand else None)  # a one-line error
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's reading of ``--ckpt_path``'s hyper-parameters, reconciled with the config.
+
+        LightningCLI makes every hyper-parameter of the checkpoint the model's config, silently
+        replacing what the config or the command line set. Here the checkpoint fills in only the
+        options left at their defaults; an option set otherwise keeps its value (an evaluation
+        option such as ``--model.mirror_tta true`` is honoured); and a network the checkpoint
+        cannot be (another ``net`` or ``filters``, another input-channel count or label set, for
+        ``validate``/``test``/``predict``/``query`` another modality order) is refused in one
+        line (:func:`~lightning_ada.cli.checkpoint_fit.reconcile`), before anything is written.
+        """
+        subcommand = self.config.get("subcommand")
+        section = self.config.get(subcommand) if subcommand else None
+        if section is None or section.get("model") is None:
+            super()._parse_ckpt_path()
+            return
+        given = copy.deepcopy(section.model)
+        super()._parse_ckpt_path()
+        defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
+        section = self.config[subcommand]
+        reconcile(section.get("ckpt_path"), subcommand, given, section.model, defaults,
+                  section.get("data"))
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

@@ -171,3 +171,20 @@ def redirect_evaluation(config: Namespace, subcommand: str | None) -> Path | Non
         os.environ[ENV_VAR] = f"{os.getpid()}:{folder}"
         print(f"{subcommand}: writing into {folder} (the training run's files are not touched)")
     return folder
+
+
+def follow_root_dir(trainer: Namespace | None) -> None:
+    """Point a configured logger that names no folder of its own at ``trainer.default_root_dir``
+    (in place): a logger whose ``save_dir`` is unset or the current folder (``.``, W&B's
+    default) writes into the run folder, so ``--trainer.default_root_dir`` moves everything a
+    run writes; an explicit ``save_dir`` is kept."""
+    if trainer is None:
+        return
+    logger = trainer.get("logger")
+    root = trainer.get("default_root_dir") or os.getcwd()
+    for one in logger if isinstance(logger, list) else [logger]:
+        if not isinstance(one, Namespace) or not one.get("init_args"):
+            continue
+        args = one.init_args
+        if "save_dir" in args and args.get("save_dir") in (None, "", "."):
+            args.save_dir = str(root)

@@ -28,7 +28,10 @@ class ADATrainer(Trainer):
         ``ckpt_path`` (weights only, through Lightning's own restore), ranks every unlabeled case
         with ``active.strategy``, elects the modality to annotate for each, prints the ranking
         with the strategy's factors and the per-modality Dice of the election, and writes it to
-        ``OUT.json`` and ``OUT.csv``. Labels nothing and trains nothing; besides the ranking it
+        ``OUT.json`` and ``OUT.csv``. With ``active.open_set_filter`` the strategy ranks only the
+        pre-filter's candidates, as ``fit`` would in its next round; the cases it leaves out
+        follow, unranked (``open_set_candidate`` false, their prototype distance given). Labels
+        nothing and trains nothing; besides the ranking it
         writes only the strategy's caches (``<trainer.default_root_dir>/cache``, shared with
         ``fit``): no config, logs or checkpoints.
 
@@ -43,7 +46,9 @@ class ADATrainer(Trainer):
         self.limit_val_batches = 0  # the validate call below only restores the checkpoint
         self.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
         rows = [
-            {"rank": e["rank"] + 1, "case_id": e["case_id"], "score": e["score"], **e["factors"],
+            {"rank": None if e["rank"] is None else e["rank"] + 1, "case_id": e["case_id"],
+             "score": e["score"], **e["factors"],
+             **({"open_set_candidate": e["open_set_candidate"]} if "open_set_candidate" in e else {}),
              "elected_modality": e["modality"],
              **{f"dice_{m}": d for m, d in (e["election_dice"] or {}).items()}}
             for e in callback.rank_pool(self, model)
@@ -71,7 +76,7 @@ def format_ranking(rows: list[dict[str, Any]]) -> str:
     """The ranking as a text table: rank, case, score, factors, elected modality, Dice per modality."""
     if not rows:
         return "no unlabeled case to rank"
-    fixed = {"rank", "case_id", "score", "elected_modality"}
+    fixed = {"rank", "case_id", "score", "elected_modality", "open_set_candidate"}
     factors = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in fixed and not k.startswith("dice_")]
     dice = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("dice_")]
     width = max(8, *(len(r["case_id"]) for r in rows))
@@ -80,9 +85,16 @@ def format_ranking(rows: list[dict[str, Any]]) -> str:
     head += "".join(f"  {k:>10}" for k in dice)
     lines = [head]
     for r in rows:
-        line = f"{r['rank']:>4}  {r['case_id']:<{width}}  {r['score']:>10.4g}"
-        line += "".join(f"  {r.get(k, float('nan')):>10.4g}" for k in factors)
+        if r["rank"] is None:  # left out by the open-set pre-filter
+            line = f"{'-':>4}  {r['case_id']:<{width}}  {'filtered':>10}"
+        else:
+            line = f"{r['rank']:>4}  {r['case_id']:<{width}}  {r['score']:>10.4g}"
+        line += "".join(f"  {_number(r.get(k)):>10.4g}" for k in factors)
         line += f"  {r['elected_modality']!s:<8}"
-        line += "".join(f"  {r.get(k, float('nan')):>10.4f}" for k in dice)
+        line += "".join(f"  {_number(r.get(k)):>10.4f}" for k in dice)
         lines.append(line)
     return "\n".join(lines)
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)

@@ -101,11 +101,14 @@ class CacheKey:
         files = [*(image if isinstance(image, (list, tuple)) else [image])]
         if item.get("label") is not None:
             files.append(item["label"])
-        return {
+        payload = {
             "case_id": str(item.get("case_id", "")),
             "files": [file_fingerprint(f) for f in files],
             "settings": self.settings,
         }
+        if item.get("zero_channels"):  # missing modalities, zero-filled
+            payload["zero_channels"] = [int(c) for c in item["zero_channels"]]
+        return payload
 
     def __call__(self, item: Mapping[str, Any]) -> bytes:
         blob = json.dumps(self.payload(item), sort_keys=True).encode()

@@ -8,6 +8,7 @@ adaptation state of the pool (:mod:`.pool_state`) and the training epochs (:mod:
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import warnings
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import lightning.pytorch as L
 import torch
 from monai.data import list_data_collate
+from monai.data.utils import affine_to_spacing
 from torch.utils.data import DataLoader
 
 from lightning_ada.augment.tumour_contrast import TumourContrast
@@ -120,6 +122,16 @@ class ActiveDataModule(L.LightningDataModule):
             only the modality the case was annotated on, the others zero-filled;
             ``modality:<name>``: the model only ever sees that modality (training, evaluation and
             scoring; the paper's Table 2 single-modality ablation).
+        missing_modality: a case without one of ``modalities`` (BraTS 2015-style folders with
+            FLAIR and T1c only, a clinical series without T2): ``refuse`` (default; one line
+            naming the case and the modality) or ``zero_fill``: read it, its missing channels
+            zero-filled (what a model trained with ``modality_dropout`` expects), listed in a
+            warning at set-up, in the query log (``missing_modalities``) and in the predictions
+            (``zero_filled.json`` beside them, and each NIfTI's header description); the
+            election never elects a missing modality.
+        modality_dropout: modality dropout in training: the probability that a training patch has
+            one of its modalities zeroed (drawn among those it has); 0 (default) leaves
+            training as it was.
     """
 
     def __init__(
@@ -151,11 +163,19 @@ class ActiveDataModule(L.LightningDataModule):
         extra_test_splits: list[str] | None = None,
         tumour_contrast: TumourContrast | None = None,
         rater: str | None = None,
+        missing_modality: Literal["refuse", "zero_fill"] = "refuse",
+        modality_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         allowed = ["all", "dominant_only", *(f"modality:{m}" for m in modalities)]
         if train_input not in allowed:
             raise ValueError(f"data.train_input must be one of {allowed}, got {train_input!r}")
+        if missing_modality not in ("refuse", "zero_fill"):
+            raise ValueError(
+                f"data.missing_modality must be 'refuse' or 'zero_fill', got {missing_modality!r}"
+            )
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"data.modality_dropout must be in [0, 1), got {modality_dropout}")
         # an object in the hyper-parameters would make checkpoints unloadable with
         # weights_only=True; the run's config.yaml records it
         self.save_hyperparameters(ignore=["tumour_contrast"])
@@ -184,7 +204,8 @@ class ActiveDataModule(L.LightningDataModule):
             root = str(rater_datalist(self._root_dir(), self.hparams.rater))
         roots = [CaseRoot(root), *(self.hparams.extra_roots or [])]
         roots = [r if isinstance(r, CaseRoot) else CaseRoot(**r) for r in roots]
-        return read_roots(roots, self.hparams.layout, list(self.hparams.modalities))
+        missing_ok = self.hparams.get("missing_modality", "refuse") == "zero_fill"
+        return read_roots(roots, self.hparams.layout, list(self.hparams.modalities), missing_ok)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the cases, check them, build the pool and the in-memory cache (once).
@@ -224,6 +245,38 @@ class ActiveDataModule(L.LightningDataModule):
             divisible_by=self.hparams.divisible_by, cache_dir=self.hparams.cache_dir,
             max_voxels=int(self.hparams.max_voxels), source=str(self.hparams.root),
         )
+        if self.hparams.pixdim is None:
+            self._warn_mixed_spacing(used)
+        filled = {cid: list(self.cases[cid].missing) for cid in used if self.cases[cid].missing}
+        if filled:
+            shown = "; ".join(f"{cid}: {', '.join(m)}" for cid, m in sorted(filled.items())[:5])
+            more = f" and {len(filled) - 5} more" if len(filled) > 5 else ""
+            warnings.warn(
+                f"{len(filled)} cases lack a modality, zero-filled (data.missing_modality "
+                f"zero_fill): {shown}{more}; their results are flagged (query log, predictions)",
+                UserWarning, stacklevel=2,
+            )
+
+    def _warn_mixed_spacing(self, ids: Sequence[str]) -> None:
+        """Warn once when the cases' voxel spacings differ and ``pixdim`` keeps each native grid
+        (the network would see voxels of different physical sizes)."""
+        spacing = {
+            cid: tuple(float(v) for v in affine_to_spacing(self.preprocessed.item(cid)["image"].affine, r=3))
+            for cid in ids
+        }
+        if not spacing:
+            return
+        smallest = min(spacing, key=lambda c: (math.prod(spacing[c]), c))
+        largest = max(spacing, key=lambda c: (math.prod(spacing[c]), c))
+        lo, hi = spacing[smallest], spacing[largest]
+        if any(abs(a - b) > 0.01 * max(a, b) for a, b in zip(lo, hi)):
+            warnings.warn(
+                f"{self.hparams.root}: the cases' voxel spacings differ ({smallest}: "
+                f"{', '.join(f'{v:g}' for v in lo)} mm; {largest}: {', '.join(f'{v:g}' for v in hi)} "
+                "mm) and data.pixdim is null (each case keeps its own grid): set data.pixdim to "
+                "resample every case to one spacing",
+                UserWarning, stacklevel=2,
+            )
 
     def _validate(self, case_id: str) -> None:
         """:func:`validate_case`, remembered in ``<cache_dir>/validated`` once passed."""
@@ -486,7 +539,9 @@ class ActiveDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Fixed-length epochs sampled from the *current* labeled set, seeded per epoch."""
         seed = self.epoch_seed()
-        augmentation = training_augmentation(self.hparams.patch_size, self.hparams.augment)
+        dropout = float(self.hparams.get("modality_dropout", 0.0))
+        augmentation = training_augmentation(self.hparams.patch_size, self.hparams.augment,
+                                             modality_dropout=dropout)
         contrast = self.tumour_contrast
         length = self.hparams.iterations_per_epoch * self.hparams.batch_size
         epoch = LabeledEpoch(
@@ -496,7 +551,8 @@ class ActiveDataModule(L.LightningDataModule):
             contrast_pseudo=contrast is not None and contrast.on_pseudo_labels,
             offset=random.Random(seed).randrange(max(1, len(self.pseudo))),
             partial_transform=training_augmentation(
-                self.hparams.patch_size, self.hparams.augment, partial=True),
+                self.hparams.patch_size, self.hparams.augment, partial=True,
+                modality_dropout=dropout),
         )
         epoch.set_random_state(seed)
         return PreparingLoader(
@@ -587,8 +643,12 @@ class DataModulePoolView:
         return self._dm.invert(prediction, case_id)
 
     def validate_label(
-        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False
-    ) -> None:
-        validate_label_file(path, self._dm.case(case_id).images[0], self.label_values, allow_empty,
-                            allow_not_annotated=allow_not_annotated)
+        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False,
+        reorient: bool = False,
+    ) -> str | None:
+        return validate_label_file(
+            path, self._dm.case(case_id).reference_image, self.label_values, allow_empty,
+            max_voxels=int(self._dm.hparams.max_voxels), allow_not_annotated=allow_not_annotated,
+            reorient=reorient,
+        )
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_ada.cases import Case
 from lightning_ada.data.cache import content_sha256
@@ -104,7 +105,7 @@ class PoolState:
         """
         pool = self._started()
         fingerprints = dict(label_sha256=content_sha256([label_path]),
-                            images_sha256=content_sha256(case.images))
+                            images_sha256=content_sha256(case.present_images))
         cid = case.case_id
         if cid not in pool.labeled:
             pool.label(cid, str(label_path), modality, round=round, epoch=epoch,
@@ -135,17 +136,21 @@ class PoolState:
         for cid, a in ((c, a) for c in pool.labeled for a in self.deliveries(c)):
             if a.label_sha256 is not None:
                 if not Path(a.label_path).is_file():
-                    raise DataError(f"{a.label_path}: label of case {cid} accepted earlier is gone")
+                    raise DataError(
+                        f"{a.label_path}: label of case {cid} accepted earlier is gone (not there, "
+                        "and no file of the case with its content where the dataset is now): "
+                        "restore it, or resume where it is"
+                    )
                 if content_sha256([a.label_path]) != a.label_sha256:
                     raise DataError(
                         f"{a.label_path}: content changed since case {cid} was labeled (round "
                         f"{a.round}); restore that file or start a new run"
                     )
             if a.images_sha256 is not None and cid in cases:
-                if content_sha256(cases[cid].images) != a.images_sha256:
+                if content_sha256(cases[cid].present_images) != a.images_sha256:
                     raise DataError(
                         f"case {cid}: images differ from those it was labeled on "
-                        f"({', '.join(cases[cid].images)}); is this the run's dataset?"
+                        f"({', '.join(cases[cid].present_images)}); is this the run's dataset?"
                     )
 
     # ------------------------------------------------------------------ pseudo-labels
@@ -203,9 +208,41 @@ class PoolState:
 
     def _restore(self, state: dict[str, Any], cases: Mapping[str, Case]) -> None:
         pool = self._started()
+        state = relocated(state, cases)
         try:
             pool.load_state_dict(state)
         except ValueError as e:
             raise DataError(f"{self.source}: the saved pool state does not fit: {e}") from e
         self._more = {c: [Annotation(**a) for a in more] for c, more in state.get("more", {}).items()}
         self.check_content(cases)
+
+
+def relocated(state: dict[str, Any], cases: Mapping[str, Case]) -> dict[str, Any]:
+    """A saved pool state whose missing label files are found where the dataset is now.
+
+    A run resumed on another machine, or after its dataset moved, records label files at their
+    old place (the simulated oracle's masks live in the dataset). A recorded label that is gone
+    is looked for among the case's current files (its reference label and per-modality masks)
+    by content (``label_sha256``): the one with the same bytes takes its place. Labels found
+    where they were, or without a fingerprint, are left as they are (:meth:`PoolState.
+    check_content` then names a file still missing).
+    """
+    def moved(cid: str, a: dict[str, Any]) -> dict[str, Any]:
+        path, sha = a.get("label_path"), a.get("label_sha256")
+        if not path or not sha or Path(path).is_file() or cid not in cases:
+            return a
+        case = cases[cid]
+        for candidate in [*([case.label] if case.label else []), *case.modality_labels.values()]:
+            if Path(candidate).is_file() and content_sha256([candidate]) == sha:
+                rank_zero_info(f"[pool] case {cid}: label {path} found at {candidate} (same content)")
+                return {**a, "label_path": str(candidate)}
+        return a
+
+    labeled = state.get("labeled")
+    if not isinstance(labeled, dict):
+        return state
+    out = dict(state)
+    out["labeled"] = {cid: moved(cid, dict(a)) for cid, a in labeled.items()}
+    if isinstance(state.get("more"), dict):
+        out["more"] = {cid: [moved(cid, dict(a)) for a in more] for cid, more in state["more"].items()}
+    return out

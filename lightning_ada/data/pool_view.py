@@ -71,10 +71,13 @@ class PoolView(Protocol):
         ...
 
     def validate_label(
-        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False
-    ) -> None:
-        """Check a delivered mask against the case's image (shape, affine, label values;
-        ``NOT_ANNOTATED`` voxels of a partial label when allowed).
+        self, path: str, case_id: str, allow_empty: bool = False, allow_not_annotated: bool = False,
+        **options: bool,
+    ) -> str | None:
+        """Check a delivered mask against the case's image (shape, affine, label values, gzip
+        integrity; ``NOT_ANNOTATED`` voxels of a partial label when allowed). ``reorient=True``
+        (an option, passed only when wanted) accepts a mask stored in another axis order of the
+        image's grid and returns the change (e.g. ``"LPS -> RAS"``).
 
         Raises:
             DataError: naming ``path`` and the fault.

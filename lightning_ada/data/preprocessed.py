@@ -28,10 +28,12 @@ def cache_settings(
     pixdim: Sequence[float] | None = None,
     crop_foreground: bool = False,
     divisible_by: int = 8,
+    zero_fill: bool = False,
 ) -> dict[str, Any]:
     """Everything the preprocessed output of a case depends on besides its files (the disk
     cache's key, JSON-friendly): the chain's settings and the modalities."""
-    settings = dict(pixdim=pixdim, crop_foreground=crop_foreground, divisible_by=divisible_by)
+    settings = dict(pixdim=pixdim, crop_foreground=crop_foreground, divisible_by=divisible_by,
+                    zero_fill=zero_fill)
     return preprocessing_settings(list(label_values), with_label=True, **settings) | {
         "modalities": list(modalities)
     }
@@ -76,7 +78,9 @@ class PreprocessedCases:
         missing = [i["case_id"] for i in items if "label" not in i]
         if missing:
             raise DataError(f"{source}: cases without a reference label: {missing}")
-        settings = dict(pixdim=pixdim, crop_foreground=crop_foreground, divisible_by=divisible_by)
+        zero_fill = any(cases[cid].missing for cid in ids)  # cases without a modality
+        settings = dict(pixdim=pixdim, crop_foreground=crop_foreground, divisible_by=divisible_by,
+                        zero_fill=zero_fill)
         # one instance: MONAI inverts only with the very transform objects that were applied
         self.transform = preprocessing(self.label_values, with_label=True, **settings)
         #: what the preprocessed output depends on (:func:`cache_settings`)
@@ -116,7 +120,7 @@ class PreprocessedCases:
             image = self.item(cid)["image"]
             if not bool(torch.isfinite(image).all()):
                 n = int((~torch.isfinite(image)).sum())
-                files = ", ".join(self.cases[cid].images)
+                files = ", ".join(self.cases[cid].present_images)
                 raise DataError(
                     f"case {cid}: {n} non-finite voxels after preprocessing (z-score of float32 "
                     f"values), from {files}: intensities out of range?"
@@ -135,7 +139,7 @@ class PreprocessedCases:
         key = (case_id, path)
         if key not in self._annotated:
             limit = {} if self.max_voxels is None else {"max_voxels": int(self.max_voxels)}
-            validate_label_file(path, self.cases[case_id].images[0], self.label_values,
+            validate_label_file(path, self.cases[case_id].reference_image, self.label_values,
                                 allow_empty=True, allow_not_annotated=True, **limit)
             self._annotated[key] = self.transform(self.cases[case_id].to_item() | {"label": path})
         return self._annotated[key]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_ada.cases import Case, check_case_ids
+from lightning_ada.cases import MISSING, Case, check_case_ids
 from lightning_ada.errors import DataError
 
 Layout = Literal["brats", "brats2023", "msd", "nnunet", "datalist"]
@@ -78,11 +78,30 @@ def _indexed_names(mapping: Any, path: Path, key: str) -> tuple[str, ...]:
     return tuple(v for _, v in items)
 
 
-def _finish(cases: list[Case], source: str) -> list[Case]:
-    """Check ids are safe and unique and every referenced file exists; return ``cases``."""
+#: what a refusal of a case without one of its modalities tells the user to do instead
+ZERO_FILL_HINT = (
+    "to run such cases with that channel zero-filled (flagged in the query log and the "
+    "predictions), set data.missing_modality zero_fill, best with a model trained with "
+    "data.modality_dropout"
+)
+
+
+def _finish(cases: list[Case], source: str, missing_ok: bool = False) -> list[Case]:
+    """Check ids are safe and unique and every referenced file exists; return ``cases``.
+
+    A modality a case has no file of (:data:`~lightning_ada.cases.MISSING`) is refused naming
+    the case and the modality, unless ``missing_ok``; a case with no image at all is refused.
+    """
     check_case_ids(cases, source)
     for c in cases:
-        files = [*c.images, *([c.label] if c.label else []), *c.modality_labels.values()]
+        if c.missing and not missing_ok:
+            raise DataError(
+                f"{source}: case {c.case_id!r} has no {', '.join(repr(m) for m in c.missing)} "
+                f"image; {ZERO_FILL_HINT}"
+            )
+        if not c.present_images:
+            raise DataError(f"{source}: case {c.case_id!r} has no image at all")
+        files = [*c.present_images, *([c.label] if c.label else []), *c.modality_labels.values()]
         for f in files:
             if not Path(f).is_file():
                 raise DataError(f"{source}: case {c.case_id!r}: missing file {f}")
@@ -121,13 +140,15 @@ def _case_folders(root: Path, expected: str) -> list[tuple[Path, dict[str, Any]]
 
 
 def _read_case_folders(
-    root: str | Path, modalities: Sequence[str], sep: str, meta: Callable[[str], dict[str, Any]]
+    root: str | Path, modalities: Sequence[str], sep: str, meta: Callable[[str], dict[str, Any]],
+    missing_ok: bool = False,
 ) -> list[Case]:
     """Shared reader of ``root/<case>/<case><sep><modality>.nii[.gz]`` (+ ``<sep>seg``) layouts.
 
     Case folders may sit in ``HGG``/``LGG`` grade folders (the BraTS 2018/2019 training
     download); only the files of ``modalities`` are read, so a subset of the sequences works.
-    The label is optional but must be present for all cases or for none.
+    The label is optional but must be present for all cases or for none. A modality file a
+    case lacks is refused naming it, or (``missing_ok``) read as missing (zero-filled).
     """
     root = _require(root, "dir")
     expected = (
@@ -146,9 +167,13 @@ def _read_case_folders(
                 present = sorted(
                     _stem(f) for f in folder.iterdir() if f.name.endswith(NIFTI_ENDINGS)
                 )
+                hint = _layout_hint(present, sep)
+                if missing_ok and not hint:
+                    images.append(MISSING)
+                    continue
                 raise DataError(
-                    f"{folder}: missing modality file {cid}{sep}{m}.nii.gz (or .nii); found "
-                    f"{present}{_layout_hint(present, sep)}"
+                    f"{folder}: missing modality file {cid}{sep}{m}.nii.gz (or .nii): case {cid!r} "
+                    f"has no modality {m!r}; found {present}{hint or '; ' + ZERO_FILL_HINT}"
                 )
             images.append(str(p))
         seg = _find_nifti(folder, f"{cid}{sep}seg")
@@ -158,7 +183,7 @@ def _read_case_folders(
     unlabeled = [c.case_id for c in cases if c.label is None]
     if unlabeled and len(unlabeled) < len(cases):
         raise DataError(f"{root}: label file <case>{sep}seg.nii.gz missing for {unlabeled}")
-    return _finish(cases, str(root))
+    return _finish(cases, str(root), missing_ok)
 
 
 def _layout_hint(stems: Sequence[str], sep: str) -> str:
@@ -171,7 +196,8 @@ def _layout_hint(stems: Sequence[str], sep: str) -> str:
 
 
 def read_brats(
-    root: str | Path, modalities: Sequence[str] = ("flair", "t1", "t1ce", "t2")
+    root: str | Path, modalities: Sequence[str] = ("flair", "t1", "t1ce", "t2"),
+    missing_ok: bool = False,
 ) -> list[Case]:
     """Read the BraTS 2018-2021 layout ``root/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``.
 
@@ -183,24 +209,27 @@ def read_brats(
     Args:
         root: folder holding one sub-folder per case (or the ``HGG``/``LGG`` grade folders).
         modalities: modality suffixes to read, in channel order (a subset is fine).
+        missing_ok: read a case without one of the modality files as missing that modality
+            (zero-filled, ``data.missing_modality zero_fill``) instead of refusing it.
 
     Returns:
         Cases sorted by id (label None for every case if no ``_seg`` file exists at all).
 
     Raises:
-        DataError: missing root, empty case folder, missing modality file, or ``_seg`` present for
-            only some cases.
+        DataError: missing root, empty case folder, missing modality file (unless
+            ``missing_ok``), or ``_seg`` present for only some cases.
     """
 
     def meta(cid: str) -> dict[str, Any]:
         m = _BRATS_GROUP.match(cid)
         return {"group": m.group(1)} if m else {}
 
-    return _read_case_folders(root, modalities, "_", meta)
+    return _read_case_folders(root, modalities, "_", meta, missing_ok)
 
 
 def read_brats2023(
-    root: str | Path, modalities: Sequence[str] = ("t2f", "t1n", "t1c", "t2w")
+    root: str | Path, modalities: Sequence[str] = ("t2f", "t1n", "t1c", "t2w"),
+    missing_ok: bool = False,
 ) -> list[Case]:
     """Read the BraTS 2023 layout ``root/<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz``.
 
@@ -209,6 +238,7 @@ def read_brats2023(
     Args:
         root: folder holding one sub-folder per case.
         modalities: modality suffixes to read, in channel order (a subset is fine).
+        missing_ok: as :func:`read_brats`.
 
     Returns:
         Cases sorted by id.
@@ -216,7 +246,7 @@ def read_brats2023(
     Raises:
         DataError: as :func:`read_brats`.
     """
-    return _read_case_folders(root, modalities, "-", lambda cid: {})
+    return _read_case_folders(root, modalities, "-", lambda cid: {}, missing_ok)
 
 
 def read_msd(root: str | Path) -> list[Case]:
@@ -254,7 +284,7 @@ def read_msd(root: str | Path) -> list[Case]:
     return _finish(cases, str(js))
 
 
-def read_nnunet_raw(root: str | Path) -> list[Case]:
+def read_nnunet_raw(root: str | Path, missing_ok: bool = False) -> list[Case]:
     """Read an nnU-Net v2 raw dataset folder (``Dataset001_BrainTumour``).
 
     ``imagesTr/<case>_<XXXX><file_ending>`` (one file per channel of ``channel_names``) with
@@ -262,6 +292,8 @@ def read_nnunet_raw(root: str | Path) -> list[Case]:
 
     Args:
         root: the dataset folder holding ``dataset.json``.
+        missing_ok: read a case without one of its channel files as missing that modality
+            (zero-filled) instead of refusing it.
 
     Returns:
         ``imagesTr`` cases then ``imagesTs`` cases, each sorted by id; ``meta["subset"]`` is
@@ -296,10 +328,14 @@ def read_nnunet_raw(root: str | Path) -> list[Case]:
         for cid in sorted(channels):
             missing = [i for i in range(len(modalities)) if i not in channels[cid]]
             extra = sorted(set(channels[cid]) - set(range(len(modalities))))
-            if missing or extra:
-                bad = missing or extra
-                what = "missing channel file" if missing else "unexpected channel file"
-                raise DataError(f"{folder}: case {cid!r}: {what} {cid}_{bad[0]:04d}{ending}")
+            if extra:
+                raise DataError(f"{folder}: case {cid!r}: unexpected channel file "
+                                f"{cid}_{extra[0]:04d}{ending}")
+            if missing and not missing_ok:
+                raise DataError(
+                    f"{folder}: case {cid!r} has no modality {modalities[missing[0]]!r} (missing "
+                    f"channel file {cid}_{missing[0]:04d}{ending}); {ZERO_FILL_HINT}"
+                )
             label = None
             if lab_sub is not None:
                 label = root / lab_sub / f"{cid}{ending}"
@@ -307,7 +343,8 @@ def read_nnunet_raw(root: str | Path) -> list[Case]:
                     raise DataError(
                         f"{root / lab_sub}: case {cid!r}: missing label file {label.name}"
                     )
-            images = tuple(str(channels[cid][i]) for i in range(len(modalities)))
+            images = tuple(str(channels[cid][i]) if i in channels[cid] else MISSING
+                           for i in range(len(modalities)))
             lab = str(label) if label else None
             cases.append(Case(cid, images, modalities, lab, meta={"subset": subset}))
         if lab_sub is not None and (root / lab_sub).is_dir():
@@ -322,19 +359,21 @@ def read_nnunet_raw(root: str | Path) -> list[Case]:
                 raise DataError(f"{root / lab_sub}: label files without images in {sub}: {orphans}")
     if not cases:
         raise DataError(f"{root}: no cases found in imagesTr/imagesTs")
-    return _finish(cases, str(root))
+    return _finish(cases, str(root), missing_ok)
 
 
-def read_datalist(path: str | Path) -> list[Case]:
+def read_datalist(path: str | Path, missing_ok: bool = False) -> list[Case]:
     """Read our JSON datalist ``{"name", "modalities", "labels", "cases": [Case.to_json(), ...]}``.
 
     Relative paths resolve against the JSON file's folder. This is the format the synthetic phantom
-    writes. A case entry holds ``case_id``, ``images`` (one path per modality), ``modalities``
-    and optionally ``label``, ``modality_labels``, ``split`` and ``meta``.
+    writes. A case entry holds ``case_id``, ``images`` (one path per modality, ``null`` for a
+    modality the case lacks), ``modalities`` and optionally ``label``, ``modality_labels``,
+    ``split`` and ``meta``.
 
     Args:
         path: the JSON file, or a folder holding ``datalist.json`` or ``dataset.json`` (one of
             the two).
+        missing_ok: accept ``null`` images (the modality zero-filled) instead of refusing them.
 
     Returns:
         The cases in file order.
@@ -372,7 +411,7 @@ def read_datalist(path: str | Path) -> list[Case]:
                 f"for {len(c.modalities)} modalities"
             )
         cases.append(c)
-    return _finish(cases, str(path))
+    return _finish(cases, str(path), missing_ok)
 
 
 _READERS: dict[str, Callable[..., list[Case]]] = {

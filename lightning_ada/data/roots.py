@@ -38,7 +38,8 @@ class CaseRoot:
 
 
 def read_roots(
-    roots: Sequence[CaseRoot], default_layout: Layout, modalities: Sequence[str]
+    roots: Sequence[CaseRoot], default_layout: Layout, modalities: Sequence[str],
+    missing_ok: bool = False,
 ) -> list[Case]:
     """Read every root and return all their cases, in root order.
 
@@ -46,6 +47,8 @@ def read_roots(
         roots: the places to read; a root's ``layout`` None means ``default_layout``.
         default_layout: ``data.layout``.
         modalities: modality names in channel order (the BraTS layouts read only those files).
+        missing_ok: read a case without one of its modalities as missing it (zero-filled)
+            instead of refusing it (not for the 4-D MSD layout).
 
     Returns:
         The cases of every root, each with its root's ``split`` when that is set.
@@ -57,7 +60,9 @@ def read_roots(
     where: dict[str, str] = {}
     for r in roots:
         layout = r.layout or default_layout
-        kwargs = {"modalities": list(modalities)} if layout in ("brats", "brats2023") else {}
+        kwargs: dict[str, object] = {"modalities": list(modalities)} if layout in ("brats", "brats2023") else {}
+        if missing_ok and layout != "msd":
+            kwargs["missing_ok"] = True
         found = read_cases(Path(r.root), layout, **kwargs)
         check_case_ids(found, str(r.root))
         for c in found:

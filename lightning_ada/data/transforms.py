@@ -92,6 +92,53 @@ class ConstantBackgroundToZerod(T.MapTransform):
         return d
 
 
+class ZeroChannelsd(T.MapTransform):
+    """Zero the channels an item lists in ``zero_channels`` (modalities the case lacks, loaded
+    from a stand-in file of the case for their grid: :meth:`~lightning_ada.cases.Case.to_item`),
+    then drop that key. An item without it is returned unchanged."""
+
+    def __init__(self, keys: Any, channels_key: str = "zero_channels") -> None:
+        super().__init__(keys)
+        self.channels_key = channels_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        channels = d.pop(self.channels_key, None)
+        if channels:
+            for key in self.key_iterator(d):
+                image = d[key].clone()
+                image[[int(c) for c in channels]] = 0
+                d[key] = image
+        return d
+
+
+class RandModalityDropoutd(T.RandomizableTransform, T.MapTransform):
+    """Modality dropout: with probability ``prob`` zero one channel, drawn among the channels
+    that are not all zeros already (never the last one left), as a missing modality is
+    zero-filled at inference (``data.missing_modality zero_fill``): a model trained so learns
+    to segment without any one of them."""
+
+    def __init__(self, keys: Any, prob: float = 0.25) -> None:
+        T.MapTransform.__init__(self, keys)
+        T.RandomizableTransform.__init__(self, prob)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        choice = int(self.R.randint(1 << 30))  # drawn every time: the stream does not depend on the data
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            alive = [c for c in range(image.shape[0]) if bool(image[c].any())]
+            if len(alive) < 2:
+                continue
+            image = image.clone()
+            image[alive[choice % len(alive)]] = 0
+            d[key] = image
+        return d
+
+
 def nonzero(image: torch.Tensor) -> torch.Tensor:
     """The head mask of the crop: non-zero voxels (MONAI's default keeps only positive ones,
     which drops the below-mean half of a z-scored brain)."""
@@ -119,13 +166,14 @@ def preprocessing_settings(
     pixdim: Sequence[float] | None = None,
     crop_foreground: bool = False,
     divisible_by: int = 1,
+    zero_fill: bool = False,
 ) -> dict[str, Any]:
     """Everything that determines the output of :func:`preprocessing` for given input files.
 
     JSON-serialisable; the datamodule hashes it (with the files' fingerprints) into the key of
     its on-disk cache, so changing any setting, the chain or MONAI's version misses the cache.
     """
-    chain = preprocessing(label_values, with_label, pixdim, crop_foreground, divisible_by)
+    chain = preprocessing(label_values, with_label, pixdim, crop_foreground, divisible_by, zero_fill)
     return {
         "version": PREPROCESSING_VERSION,
         "monai": monai.__version__,
@@ -144,6 +192,7 @@ def preprocessing(
     pixdim: Sequence[float] | None = None,
     crop_foreground: bool = False,
     divisible_by: int = 1,
+    zero_fill: bool = False,
 ) -> T.Compose:
     """Deterministic chain (cacheable): load, orient, [crop, resample], z-score, map labels, pad.
 
@@ -161,6 +210,9 @@ def preprocessing(
         crop_foreground: crop to the bounding box of the voxels non-zero in any channel (brain /
             head).
         divisible_by: pad spatial size to a multiple of this (net strides).
+        zero_fill: zero the channels an item lists in ``zero_channels`` right after loading
+            (:class:`ZeroChannelsd`: modalities a case lacks); only in chains that need it, so
+            the others (and their cache keys) are unchanged.
 
     Returns:
         A ``Compose`` whose output ``image`` is ``(C, H, W, D)`` float32 z-scored inside the
@@ -174,6 +226,7 @@ def preprocessing(
     chain: list[T.Transform] = [
         T.LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
         T.EnsureTyped(keys=keys, dtype=None, track_meta=True),
+        *([ZeroChannelsd(keys="image")] if zero_fill else []),
         ConstantBackgroundToZerod(keys="image"),
         T.Orientationd(keys=keys, axcodes="RAS", labels=None),
     ]
@@ -196,7 +249,7 @@ def preprocessing(
 
 def training_augmentation(
     patch_size: Sequence[int], augment: bool = True, tumour_contrast: T.Transform | None = None,
-    partial: bool = False,
+    partial: bool = False, modality_dropout: float = 0.0,
 ) -> T.Compose:
     """Random chain applied on top of the cached items for training.
 
@@ -207,6 +260,8 @@ def training_augmentation(
     alters the whole case. ``partial``: the chain of a partially annotated item (its
     ``sampling`` map, :mod:`lightning_ada.data.partial_labels`): the patch is centred on an
     annotated voxel, on annotated foreground 1 time in 3, and the map is dropped after the crop.
+    ``modality_dropout`` > 0 ends the chain with :class:`RandModalityDropoutd` (one channel
+    zeroed with that probability); 0 leaves the chain (and its random streams) as it was.
     """
     keys = ["image", "label"]
     if partial:
@@ -250,6 +305,8 @@ def training_augmentation(
             T.RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
             T.RandGaussianNoised(keys="image", std=0.05, prob=0.15),
         ]
+    if modality_dropout > 0:  # last: a dropped channel is exactly 0, as a zero-filled one
+        chain.append(RandModalityDropoutd(keys="image", prob=modality_dropout))
     if tumour_contrast is not None:  # on the whole case, before the patch is cut
         chain.insert(0, tumour_contrast)
     return T.Compose(chain)

@@ -5,21 +5,28 @@
 more voxels than the file can hold or than ``max_voxels`` (checked before any data is read),
 truncated or unreadable files, shapes and affines that disagree, voxels that are not finite
 *as the network sees them* (after the header's scaling and the cast to float32), constant
-channels, label values outside the declared set. :class:`ValidationMarkers` remembers, in the
-disk cache, the cases that passed, so that later runs do not read them again.
+channels, label values outside the declared set, a gzip-compressed label whose integrity
+(each member's CRC-32 and length, in its trailer) does not check out. A delivered label may be
+stored in another axis order of its image's grid (LPS instead of RAS, axes permuted):
+:func:`validate_label_file` accepts it when asked (``reorient``) and :func:`label_on_image_grid`
+gives it in the image's axis order (nibabel's orientation tools); a real misalignment stays
+refused. :class:`ValidationMarkers` remembers, in the disk cache, the cases that passed, so that
+later runs do not read them again.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from lightning_ada.cases import NOT_ANNOTATED, Case
+from lightning_ada.cases import MISSING, NOT_ANNOTATED, Case
 from lightning_ada.data.cache import CacheKey
 from lightning_ada.errors import DataError
 
@@ -80,21 +87,74 @@ def _load(path: str | Path, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, n
     return arr, np.asarray(img.affine, dtype=np.float64)
 
 
+def check_gzip_integrity(path: str | Path) -> None:
+    """Read a ``.gz`` file to its end, so that every member's CRC-32 and length (its trailer)
+    are checked; a file not ending in ``.gz`` is left alone.
+
+    nibabel reads a ``.nii.gz`` only as far as the header says the data goes: a file whose
+    trailer is missing or whose data does not match its checksum loads without a word.
+
+    Raises:
+        DataError: naming the file and what gzip found (no trailer, CRC or length mismatch,
+            bytes after the last member).
+    """
+    p = Path(path)
+    if not p.name.endswith(".gz"):
+        return
+    try:
+        with gzip.open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(
+            f"{p}: damaged gzip file ({type(e).__name__}: {e}): its integrity check (CRC-32 and "
+            "length) fails, so it was cut short or changed after it was written; save it again"
+        ) from e
+
+
 _Ref = tuple[str | Path, tuple[int, ...], np.ndarray]  # (file, spatial shape, affine)
 
 
+def axis_codes(affine: np.ndarray) -> str:
+    """The axis directions of an affine, e.g. ``RAS`` or ``LPS`` (nibabel's ``aff2axcodes``)."""
+    return "".join(str(c) for c in nib.aff2axcodes(affine))
+
+
+def axis_order_change(
+    shape: tuple[int, ...], affine: np.ndarray, ref_shape: tuple[int, ...],
+    ref_affine: np.ndarray, atol: float = 1e-3,
+) -> np.ndarray | None:
+    """The nibabel orientation transform that puts an array of ``shape``/``affine`` on the
+    reference grid, when the two are the same voxels stored in another axis order (flipped and
+    or permuted axes, e.g. LPS vs RAS); None when they are not (or already in the same order).
+    """
+    orientations = nib.orientations
+    own, target = orientations.io_orientation(affine), orientations.io_orientation(ref_affine)
+    if np.array_equal(own, target):
+        return None
+    ornt = orientations.ornt_transform(own, target)
+    moved = [0, 0, 0]
+    for axis, (to, _) in enumerate(ornt):
+        moved[int(to)] = int(shape[axis])
+    new_affine = affine @ orientations.inv_ornt_aff(ornt, shape[:3])
+    if tuple(moved) != tuple(ref_shape) or not np.allclose(new_affine, ref_affine, rtol=0.0, atol=atol):
+        return None
+    return ornt
+
+
 def _check_grid(
-    path: str | Path, shape: tuple[int, ...], affine: np.ndarray, ref: _Ref, atol: float
+    path: str | Path, shape: tuple[int, ...], affine: np.ndarray, ref: _Ref, atol: float,
+    hint: str = "",
 ) -> None:
     """Raise if ``shape``/``affine`` of ``path`` differ from the reference (name, shape, affine)."""
     ref_path, ref_shape, ref_affine = ref
     if shape != ref_shape:
-        raise DataError(f"{path}: shape {shape} disagrees with {ref_shape} of {ref_path}")
+        raise DataError(f"{path}: shape {shape} disagrees with {ref_shape} of {ref_path}{hint}")
     if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
         diff = float(np.abs(affine - ref_affine).max())
         raise DataError(
             f"{path}: affine differs from that of {ref_path} "
-            f"(max abs difference {diff:.4g} > atol {atol})"
+            f"(max abs difference {diff:.4g} > atol {atol}){hint}"
         )
 
 
@@ -131,15 +191,32 @@ def _check_label(
     atol: float,
     max_voxels: int = MAX_VOXELS,
     allow_not_annotated: bool = False,
-) -> None:
-    """Load a label map; check grid, finiteness, values in ``{0} | label_values`` (and
-    ``NOT_ANNOTATED`` when allowed), emptiness."""
+    reorient: bool = False,
+) -> str | None:
+    """Load a label map; check gzip integrity, grid, finiteness, values in ``{0} |
+    label_values`` (and ``NOT_ANNOTATED`` when allowed), emptiness.
+
+    Returns:
+        None, or with ``reorient`` for a label stored in another axis order of the reference's
+        grid: the change, e.g. ``"LPS -> RAS"`` (the checks ran on the reoriented array).
+    """
     arr, affine = _load(path, max_voxels)
+    check_gzip_integrity(path)
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
         raise DataError(f"{path}: label must be 3-D, got shape {arr.shape}")
-    _check_grid(path, arr.shape, affine, ref, atol)
+    changed, hint = None, ""
+    if reorient and axis_codes(affine) != axis_codes(ref[2]):
+        ornt = axis_order_change(arr.shape, affine, ref[1], ref[2], atol)
+        if ornt is not None:
+            changed = f"{axis_codes(affine)} -> {axis_codes(ref[2])}"
+            affine = affine @ nib.orientations.inv_ornt_aff(ornt, arr.shape)
+            arr = nib.orientations.apply_orientation(arr, ornt)
+        else:
+            hint = (f" (stored as {axis_codes(affine)}, the image as {axis_codes(ref[2])}; not the "
+                    "image's grid in another axis order either)")
+    _check_grid(path, tuple(arr.shape), affine, ref, atol, hint)
     _check_finite(path, arr)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.array_equal(arr, np.round(arr)):
@@ -159,6 +236,7 @@ def _check_label(
             raise DataError(f"{path}: label values {bad} outside the declared set {sorted(allowed)}")
     if not allow_empty and hi == 0 and lo == 0:
         raise DataError(f"{path}: label is empty (background only)")
+    return changed
 
 
 def validate_case(
@@ -173,7 +251,8 @@ def validate_case(
     Checks: every header declares at most ``max_voxels`` voxels and a data size its file can
     hold (before reading data); every file is readable (truncated gzip included); images are
     3-D (or one 4-D file with one channel per modality on the last axis); shapes and affines
-    (within ``atol``) agree between modalities, the label and any per-modality labels; no
+    (within ``atol``) agree between modalities, the label and any per-modality labels (a
+    modality the case lacks, :data:`~lightning_ada.cases.MISSING`, is skipped); no
     NaN/inf voxels, and none once scaled by the header and cast to float32 (what the network
     sees); no modality channel is constant (e.g. all zeros); label values lie in
     ``{0} | label_values``.
@@ -195,6 +274,8 @@ def validate_case(
         )
     ref: _Ref | None = None
     for i, path in enumerate(case.images):
+        if path == MISSING:  # a modality the case lacks (data.missing_modality zero_fill)
+            continue
         arr, affine = _load(path, max_voxels)
         if len(case.images) == 1 and n_mod > 1:
             if arr.ndim != 4 or arr.shape[-1] != n_mod:
@@ -218,7 +299,8 @@ def validate_case(
             if lo == hi:
                 fault = "all zeros" if lo == 0 else f"constant (every voxel = {float(lo):g})"
                 raise DataError(f"{path}: modality {name!r} is {fault}")
-    assert ref is not None
+    if ref is None:
+        raise DataError(f"case {case.case_id!r}: no image at all")
     if case.label is not None:
         _check_label(case.label, ref, label_values, allow_empty_label, atol, max_voxels)
     for path in case.modality_labels.values():
@@ -233,7 +315,8 @@ def validate_label_file(
     atol: float = 1e-3,
     max_voxels: int = MAX_VOXELS,
     allow_not_annotated: bool = False,
-) -> None:
+    reorient: bool = False,
+) -> str | None:
     """Check a delivered annotation against the image it was drawn on.
 
     Args:
@@ -244,6 +327,13 @@ def validate_label_file(
         atol: absolute tolerance on affine entries.
         max_voxels: largest number of voxels accepted in the label file.
         allow_not_annotated: accept ``NOT_ANNOTATED`` voxels (a partial label).
+        reorient: accept a label stored in another axis order of the image's grid (the same
+            voxels, axes flipped or permuted: LPS vs RAS); :func:`label_on_image_grid` then
+            gives it in the image's order.
+
+    Returns:
+        None, or (``reorient``) the axis-order change of a label stored in another axis order,
+        e.g. ``"LPS -> RAS"``.
 
     Raises:
         DataError: naming ``path`` (or the reference image if that is unreadable) and the fault.
@@ -256,8 +346,31 @@ def validate_label_file(
         shape, affine = tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
     except Exception as e:
         raise DataError(f"{p}: unreadable reference image ({type(e).__name__}: {e})") from e
-    _check_label(path, (p, shape, affine), label_values, allow_empty, atol, max_voxels,
-                 allow_not_annotated)
+    return _check_label(path, (p, shape, affine), label_values, allow_empty, atol, max_voxels,
+                        allow_not_annotated, reorient)
+
+
+def label_on_image_grid(
+    path: str | Path, reference_image: str | Path, atol: float = 1e-3
+) -> nib.Nifti1Image:
+    """A label stored in another axis order of its image's grid, in the image's axis order
+    (nibabel's ``as_reoriented``), with the image's affine; the stored values are unchanged.
+
+    Raises:
+        DataError: the label is not the image's grid in another axis order.
+    """
+    label, image = nib.load(str(path)), nib.load(str(reference_image))
+    shape, affine = tuple(int(n) for n in label.shape[:3]), np.asarray(label.affine, np.float64)
+    ref_shape, ref_affine = tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine, np.float64)
+    ornt = axis_order_change(shape, affine, ref_shape, ref_affine, atol)
+    if ornt is None:
+        raise DataError(f"{path}: not the grid of {reference_image} in another axis order")
+    data = np.asanyarray(label.dataobj)
+    data = data[..., 0] if data.ndim == 4 else data
+    moved = nib.orientations.apply_orientation(data, ornt)
+    out = nib.Nifti1Image(np.ascontiguousarray(moved), ref_affine)
+    out.set_data_dtype(label.get_data_dtype())
+    return out
 
 
 class ValidationMarkers:

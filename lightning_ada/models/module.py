@@ -9,15 +9,17 @@ from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from monai.data.utils import affine_to_spacing
 from monai.inferers import sliding_window_inference
 
+from lightning_ada.cases import canonical_modality, classes_differ
 from lightning_ada.errors import ChangedRunError, CheckpointError
 from lightning_ada.metrics.lesions import LesionMetrics
 from lightning_ada.metrics.regions import RegionMetrics
 from lightning_ada.models.losses import PartialDiceCELoss
 from lightning_ada.models.nets import FeatureTap, NetName, build_net, decoder_head_input
-from lightning_ada.weights import check_finite_weights, load_state_dict_safely
+from lightning_ada.weights import check_finite_weights, read_checkpoint
 
 #: hyper-parameters that fix the network's shape (a checkpoint of another shape cannot load)
 SHAPE_KEYS = ("net", "in_channels", "filters")
@@ -42,7 +44,14 @@ class SegmentationModule(L.LightningModule):
         sw_batch_size: windows per forward pass.
         sw_overlap: sliding-window overlap (Gaussian blending, as nnU-Net).
         mirror_tta: average over the 8 axis flips at inference (8x slower).
-        source_checkpoint: initialise the weights from this (source-domain) checkpoint.
+        source_checkpoint: initialise the weights from this (source-domain) checkpoint. Besides
+            the weights' shapes, what the checkpoint records of its training is compared with
+            this run: its label classes (at construction) and, once the run's datamodule is
+            known (``setup`` of ``fit``), its modalities and their channel order (a permutation
+            of the same sequences, known aliases such as BraTS 2023's ``t2f`` for ``flair``
+            included, is refused in one line naming the file and both orders; unknown names are
+            warned about), and its patch size, sliding-window size and spacing (warned about:
+            legitimate to change, but the source model was not trained so).
         channels_last: keep the net's 5-D weights and the training input ``(B, C, H, W, D)`` in
             ``torch.channels_last_3d`` memory format. On CPU a training step of the power recipe
             was 22-26 % faster (benchmarks/run_profile.md); off by default because the
@@ -134,12 +143,27 @@ class SegmentationModule(L.LightningModule):
         self._extra_test_lesion_metrics: dict[int, LesionMetrics] = {}
 
     def load_source(self, path: str | Path) -> None:
-        """Initialise the net from a source checkpoint, checking that the shapes agree.
+        """Initialise the net from a source checkpoint, checking that the classes and the
+        shapes agree (the data side is checked in :meth:`setup`).
 
         Raises:
-            CheckpointError: unreadable file, or weights of another architecture / channel count.
+            CheckpointError: unreadable file, label classes that differ, or weights of another
+                architecture / channel count.
         """
-        state = load_state_dict_safely(path)
+        ckpt = read_checkpoint(path)
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: no 'state_dict' in this file; is it a Lightning checkpoint?")
+        #: what the source checkpoint records of its training (model, data), for :meth:`setup`
+        self._source_record = (dict(ckpt.get("hyper_parameters") or {}),
+                               dict(ckpt.get("datamodule_hyper_parameters") or {}))
+        trained = self._source_record[0].get("labels")
+        if trained and classes_differ(trained, self.hparams.labels):
+            raise CheckpointError(
+                f"{path}: the source model's classes are {_classes(trained)} (class order), the "
+                f"config's data.labels {_classes(self.hparams.labels)}: list the same classes in "
+                "the same order (the on-disk values may differ)"
+            )
         own = self.state_dict()
         net_state = {k: v for k, v in state.items() if k.startswith("net.")}
         if not net_state:
@@ -158,6 +182,19 @@ class SegmentationModule(L.LightningModule):
             raise CheckpointError(f"{path}: weights missing for {missing[:3]}...")
         check_finite_weights(path, net_state)  # a diverged source model (lightning_ada.run.checkpoint_io)
         self.load_state_dict(net_state, strict=False)
+
+    def setup(self, stage: str) -> None:
+        """At ``fit``: compare the source checkpoint's recorded data settings with the run's
+        datamodule (:func:`source_fits`)."""
+        if stage != "fit" or not self.hparams.get("source_checkpoint"):
+            return
+        record = getattr(self, "_source_record", None)
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if record is None or dm is None or not hasattr(dm, "hparams"):
+            return
+        for line in source_fits(self.hparams.source_checkpoint, record[0], record[1],
+                                dict(self.hparams), dict(dm.hparams)):
+            rank_zero_warn(line)
 
     # ------------------------------------------------------------------ forward / inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -442,3 +479,65 @@ class SegmentationModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, poly)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _classes(labels: Any) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in dict(labels).items()) + "}"
+
+
+def source_fits(
+    path: str | Path, model: dict[str, Any], data: dict[str, Any], own_model: dict[str, Any],
+    own_data: dict[str, Any],
+) -> list[str]:
+    """Compare what a source checkpoint records of its training with a target run.
+
+    Args:
+        path: the source checkpoint (named in every message).
+        model, data: its ``hyper_parameters`` and ``datamodule_hyper_parameters``.
+        own_model, own_data: the target run's.
+
+    Returns:
+        Warnings, one line each: modality names that may or may not be the source's
+        sequences, zero-filled modalities (``data.missing_modality zero_fill``) with no modality
+        dropout in either training, another patch size, sliding-window size or spacing.
+
+    Raises:
+        CheckpointError: the target lists the source's modalities in another channel order
+            (names compared through :func:`~lightning_ada.cases.canonical_modality`).
+    """
+    warnings: list[str] = []
+    theirs, mine = data.get("modalities"), own_data.get("modalities")
+    if theirs and mine and list(theirs) != list(mine) and len(theirs) == len(mine):
+        a, b = [canonical_modality(m) for m in theirs], [canonical_modality(m) for m in mine]
+        if sorted(a) == sorted(b) and a != b:
+            raise CheckpointError(
+                f"{path}: the source model was trained on modalities {list(theirs)} in this "
+                f"channel order; data.modalities lists {list(mine)}: list them in the source's "
+                "order (channel k of the network is the k-th modality)"
+            )
+        if a != b:
+            warnings.append(
+                f"{path}: the source model was trained on modalities {list(theirs)}, this run "
+                f"reads {list(mine)}: channel k of the network gets the k-th of these; check "
+                "they are the same sequences in the same order"
+            )
+    if own_data.get("missing_modality") == "zero_fill" and not data.get("modality_dropout") \
+            and not own_data.get("modality_dropout"):
+        warnings.append(
+            f"{path}: the source model was trained without modality dropout and this run adds "
+            "none (data.modality_dropout 0): cases with a zero-filled modality are segmented by "
+            "a model that never saw a missing channel"
+        )
+    for key, what, section, own in (("patch_size", "data.patch_size", data, own_data),
+                                    ("pixdim", "data.pixdim (spacing, mm)", data, own_data),
+                                    ("roi_size", "model.roi_size", model, own_model)):
+        if key in section and key in own and _plain(section[key]) != _plain(own[key]):
+            warnings.append(
+                f"{path}: the source model was trained with {what} {_plain(section[key])}, this "
+                f"run uses {_plain(own[key])}"
+            )
+    return warnings
+
+
+def _plain(value: Any) -> Any:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import pickle
 import re
 import shutil
@@ -156,6 +157,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"refused to write {path}: weights {bad[:3]} hold NaN or infinity; the previous "
                 "checkpoints are unchanged"
             )
+        checkpoint = {**checkpoint, SAVED_AS: {"path": str(path), "resolved": str(Path(path).resolve())}}
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         write_atomic(path, lambda f: f.write(buffer.getbuffer()))
@@ -167,11 +169,64 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" not in str(path) and not Path(path).is_file():
             raise CheckpointError(f"{path}: checkpoint file not found")
         try:
-            return super().load_checkpoint(path, map_location, weights_only)
+            checkpoint = super().load_checkpoint(path, map_location, weights_only)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
             raise CheckpointError(
                 f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
             ) from e
+        return moved_run_folder(checkpoint, path) if "://" not in str(path) else checkpoint
+
+
+#: the key of a checkpoint recording where it was written (``path`` as given, ``resolved``)
+SAVED_AS = "lightning_ada_saved_as"
+
+
+def _run_folder_of(path: str | Path) -> Path | None:
+    """The run folder of a checkpoint ``<run>/checkpoints/<name>.ckpt`` (None otherwise)."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def moved_run_folder(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A checkpoint loaded from another run folder than the one it was written in (a run folder
+    copied to another path or machine), its paths into the old folder moved to the new one.
+
+    Every string of the checkpoint that names a file under the folder it was written in (labels
+    the annotator delivered there, the reoriented copies, pseudo-label files, the checkpoint
+    folder of ``ModelCheckpoint``) is rewritten to the same file under the folder it is loaded
+    from, so that the resumed run reads its own copies; their contents are checked as ever (the
+    pool state's fingerprints). A path whose new place does not exist while its old one still
+    does (only the checkpoint file was copied) is left as it is. A checkpoint written before
+    this was recorded is left as it is.
+    """
+    saved = checkpoint.get(SAVED_AS)
+    if not isinstance(saved, dict):
+        return checkpoint
+    pairs = []
+    for old, new in ((saved.get("resolved"), Path(path).resolve()), (saved.get("path"), Path(path))):
+        old_run, new_run = (_run_folder_of(old) if old else None), _run_folder_of(new)
+        if old_run is not None and new_run is not None and str(old_run) != str(new_run):
+            pairs.append((str(old_run), str(new_run)))
+    if not pairs:
+        return checkpoint
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str):
+            for old, new in pairs:
+                if value == old or value.startswith(old + "/"):
+                    moved = new + value[len(old):]
+                    if os.path.exists(moved) or not os.path.exists(value):
+                        return moved
+            return value
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(move(v) for v in value)
+        return value
+
+    return {k: (v if k == "state_dict" else move(v)) for k, v in checkpoint.items()}
 
 
 def check_ckpt_path(config: Any) -> None:

@@ -12,6 +12,7 @@ callback hands them its budget, stride and schedule.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from typing import Any
@@ -59,6 +60,38 @@ def epochs_in_run(trainer: L.Trainer) -> float:
     if trainer.should_stop and trainer.current_epoch + 1 >= min_epochs:  # e.g. early stopping
         epochs = min(epochs, trainer.current_epoch + 1)
     return epochs
+
+
+def early_stopping_now(trainer: L.Trainer) -> bool:
+    """Whether an ``EarlyStopping`` callback that checks at the end of the training epoch will
+    stop the fit at the end of the current one.
+
+    Lightning calls ``EarlyStopping.on_train_epoch_end`` after every other callback's (the
+    monitoring callbacks last): a query made in the active callback's own hook would be made
+    in the epoch the run then stops at, and no epoch would train on it. Each such callback is
+    asked on a copy (its patience counters untouched, ``trainer.should_stop`` restored) with the
+    metrics it will see; a callback that checks after validation instead has decided already
+    (``trainer.should_stop``, read by :func:`epochs_in_run`). Call it from
+    ``on_train_epoch_end`` on every rank (the decision is reduced over ranks).
+    """
+    loop = trainer.fit_loop
+    if (loop.min_epochs or 0) > trainer.current_epoch + 1 or (loop.min_steps or 0) > trainer.global_step:
+        return False  # Lightning does not stop before min_epochs / min_steps
+    metrics = trainer.callback_metrics
+    for callback in trainer.early_stopping_callbacks:
+        if not getattr(callback, "_check_on_train_epoch_end", False) or callback.monitor not in metrics:
+            continue
+        probe = copy.deepcopy(callback)
+        probe.verbose = False
+        before = trainer.should_stop
+        try:
+            probe._run_early_stopping_check(trainer)
+            stops = bool(trainer.should_stop)
+        finally:
+            trainer.should_stop = before
+        if stops:
+            return True
+    return False
 
 
 def query_slots(trainer: L.Trainer, stride: int, schedule: str) -> float:
