@@ -16,7 +16,7 @@ class ReplayStrategy(Strategy):
     """The unlabelled cases of ``order`` first, in that order; any others after, by id.
 
     Args:
-        order: case ids in the order to query them (e.g. a run's query log).
+        order: case ids in the order to query them (e.g. a run's query log; empty: by id).
         schedule: ``sequential`` (one case per round) or ``one_off`` (the whole budget before
             training): the schedule of the run whose picks are replayed.
     """
@@ -26,10 +26,12 @@ class ReplayStrategy(Strategy):
     table_order = 900
 
     def __init__(
-        self, order: list[str], schedule: Literal["sequential", "one_off"] = "sequential"
+        self, order: list[str] | None = None,
+        schedule: Literal["sequential", "one_off"] = "sequential",
     ) -> None:
         if schedule not in ("sequential", "one_off"):
             raise ValueError(f"schedule must be 'sequential' or 'one_off', got {schedule!r}")
+        order = list(order or [])
         if len(set(order)) != len(order):
             raise ValueError(f"replay order names a case twice: {order}")
         super().__init__()
