@@ -444,6 +444,7 @@ def compute_density(
     rule: DensityRule = "exclusive",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    counts: bool = True,
 ) -> DensityResult:
     """Neighbour-count density of every pool case (computed once over the whole pool, §1.2).
 
@@ -468,6 +469,8 @@ def compute_density(
         delta, quantile, rule: neighbourhood radius and counting rule (:func:`neighbour_counts`).
         cache_dir: directory of the cache, or None (no caching).
         progress: tqdm progress bar over the cases.
+        counts: False: the descriptors only (no distances, an empty ``density``): what the
+            coverage rules' descriptors need, without the quadratic pass.
 
     Returns:
         A :class:`DensityResult`.
@@ -511,14 +514,18 @@ def compute_density(
         raise ValueError(f"compute_density: {len(descs)} images for {len(ids)} case ids")
     desc = np.stack(descs) if descs else np.zeros((0, 0, int(n_quantiles)))
     n = len(descs)
-    cond = pairwise_condensed(desc) if n else np.zeros(0)
-    counts, d_used = neighbour_counts_condensed(cond, n, delta, quantile, rule)
-    dist = squareform(cond, checks=False) if n <= KEEP_DENSE_MAX else None
-    if n == 0:
-        dist = np.zeros((0, 0))
-    del cond
+    rho: np.ndarray = np.zeros(0)
+    dist: np.ndarray | None = None
+    d_used = float("nan")
+    if counts:
+        cond = pairwise_condensed(desc) if n else np.zeros(0)
+        rho, d_used = neighbour_counts_condensed(cond, n, delta, quantile, rule)
+        dist = squareform(cond, checks=False) if 0 < n <= KEEP_DENSE_MAX else None
+        if n == 0:
+            dist = np.zeros((0, 0))
+        del cond
     return DensityResult(
-        density={c: float(n) for c, n in zip(ids, counts)},
+        density={c: float(r) for c, r in zip(ids, rho)},
         delta=d_used,
         quantile=None if delta is not None else float(quantile),
         key=_key({"params": params, "cases": sorted(zip(ids, hashes))}),

@@ -133,7 +133,7 @@ class PoolDescriptors:
                 read = raw_image
             res = compute_density(
                 missing, (read(c) for c in missing), cache_dir=cache_dir, progress=progress,
-                **self.density_args,
+                counts=False, **self.density_args,
             )
             desc = res.descriptors
             blocks.append(desc.reshape(len(missing), -1) / np.sqrt(desc.shape[-1]))
