@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--agreement-sizes", type=int, nargs="+", default=[2000, 10000])
     p.add_argument("--brats", default=str(REPO.parent / "shared" / "data" / "brats18"))
     p.add_argument("--infer-cases", type=int, default=3, help="BraTS cases per grid")
+    p.add_argument("--train-steps", type=int, default=3, help="BraTS: measured training steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -99,7 +100,8 @@ def infer(profile: str, args: argparse.Namespace) -> dict[str, Any]:
     if profile == "phantom":
         model = {"filters": [8, 16, 32, 64], "roi_size": [24, 24, 24], "sw_batch_size": 1}
         images = [torch.randn(4, 24, 24, 24) for _ in range(8)]
-        return {"profile": profile} | scale.inference_rate(model, images, 3, args.threads)
+        return ({"profile": profile} | scale.inference_rate(model, images, 3, args.threads)
+                | scale.train_step(model, [24, 24, 24], 4, 10, args.threads))
     from ada_bench.runner import compose
     from ada_bench.tasks import base_files
 
@@ -123,14 +125,17 @@ def infer(profile: str, args: argparse.Namespace) -> dict[str, Any]:
         prep = (time.perf_counter() - t0) / len(ids)
     keys = ("filters", "roi_size", "sw_batch_size", "net", "labels")
     model = {k: v for k, v in cfg["model"].items() if k in keys}
-    return {"profile": profile, "prep_s_per_case": prep} | scale.inference_rate(
-        model, images, 1, args.threads)
+    return ({"profile": profile, "prep_s_per_case": prep}
+            | scale.inference_rate(model, images, 1, args.threads)
+            | scale.train_step(model, list(data["patch_size"]), int(data["batch_size"]),
+                               args.train_steps, args.threads))
 
 
 def spawn(args: argparse.Namespace, *child_args: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--grid", *map(str, args.grid), "--region-grid",
            *map(str, args.region_grid), "--budget", str(args.budget), "--brats", args.brats,
-           "--infer-cases", str(args.infer_cases), "--threads", str(args.threads),
+           "--infer-cases", str(args.infer_cases), "--train-steps", str(args.train_steps),
+           "--threads", str(args.threads),
            "--child", *child_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), PYTHONPATH=os.pathsep.join(
@@ -309,10 +314,18 @@ def report(args: argparse.Namespace, raw: dict[str, Any], command: str) -> str:
                 continue
             rows.append([r["profile"], "x".join(map(str, r["shape"])), fmt(r["params_m"]),
                          fmt(r["s_per_case"]), fmt(r["cases_per_s"], ".3f"),
-                         fmt(r.get("prep_s_per_case")), f"{r['rss_peak_mb']:.0f}"])
-        lines += ["## Inference (sliding window, embedding on, CPU, random weights)", "",
+                         fmt(r.get("prep_s_per_case")), f"{r['rss_peak_mb']:.0f}",
+                         f"{'x'.join(map(str, r['patch']))} x {r['batch']}", fmt(r["step_s"]),
+                         f"{r['step_rss_peak_mb']:.0f}"])
+        lines += ["## Inference and a training step (CPU, random weights)", "",
+                  "Inference: `predict_case` (sliding window, overlap 0.5, embedding on) of "
+                  "whole preprocessed cases. Step: forward + Dice-CE + backward + Adam on one "
+                  "random batch of the config's patch and batch size (the bare loop of "
+                  "`scripts/profile_run.py`).", "",
                   markdown_table(["grid", "image shape", "params (M)", "s / case", "cases / s",
-                                  "preprocessing s / case", "peak RSS MiB"], rows), ""]
+                                  "preprocessing s / case", "inference peak RSS MiB",
+                                  "train patch x batch", "s / step", "step peak RSS MiB"],
+                                 rows), ""]
     return "\n".join(lines)
 
 

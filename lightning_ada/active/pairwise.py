@@ -7,7 +7,7 @@ several copies of it at once, and sorts of every row. What they need of the dist
   neighbourhoods) gets them from :func:`knn` / :func:`radius_graph`: the distances are computed
   in blocks of rows, a block is screened with the fast matrix-product form
   ``|a|^2 + |b|^2 - 2 a.b`` and every pair whose decision that form cannot settle within a
-  rigorous rounding bound is recomputed with ``scipy.spatial.distance.cdist`` - so the
+  generous rounding bound (1000x the worst case of a dot product) is recomputed with ``scipy.spatial.distance.cdist`` - so the
   neighbours and their distances are exactly those of the dense ``cdist`` matrix (bit for bit),
   at any pool size;
 * a rule that needs every pair (the density's quantile radius, the median bandwidth of
@@ -134,6 +134,8 @@ def _offsets(n: int) -> np.ndarray:
 def condensed_rows(cond: np.ndarray, n: int, rows: np.ndarray | range) -> np.ndarray:
     """Rows of the dense matrix of ``cond`` (``(len(rows), N)``, zero diagonal), in index order."""
     rows = np.asarray(rows, dtype=np.int64)
+    if cond.size == 0:  # one case: its own distance only
+        return np.zeros((len(rows), n))
     off = _offsets(n)
     j = np.arange(n, dtype=np.int64)
     i = rows[:, None]

@@ -240,6 +240,35 @@ def inference_rate(model_args: dict[str, Any], images: list[torch.Tensor], repea
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
+def train_step(model_args: dict[str, Any], patch: list[int], batch: int, steps: int = 3,
+               threads: int = 1) -> dict[str, Any]:
+    """Seconds per step of forward + Dice-CE + backward + Adam at ``patch`` and ``batch`` (the
+    bare loop of ``scripts/profile_run.py``; random data and weights), and the peak RSS."""
+    from lightning_ada.models.module import SegmentationModule
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = SegmentationModule(**model_args)
+    net, loss_fn = model.net.train(), model.loss
+    x = torch.randn(batch, 4, *patch)
+    y = torch.randint(0, model.num_classes, (batch, 1, *patch))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+
+    step()  # warm-up
+    with RssSampler(interval=0.05) as mem:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        seconds = (time.perf_counter() - t0) / steps
+    return {"patch": list(patch), "batch": batch, "step_s": seconds, "steps": steps,
+            "step_rss_peak_mb": mem.peak}
+
+
 def growth_exponent(ns: list[float], ts: list[float]) -> float:
     """Least-squares slope of ``log t`` on ``log n`` (NaN with fewer than 2 points)."""
     pts = [(n, t) for n, t in zip(ns, ts) if t and t > 0]
