@@ -11,7 +11,8 @@ Parts (``--parts``, default all):
   ``--timeout`` seconds; a rule that times out is not run at larger sizes.
 * ``agreement``: the approximate options against the exact methods at ``--agreement-sizes``:
   MaxHerding with ``distances: blas`` vs ``exact``, TypiClust with ``kmeans: minibatch`` vs
-  ``full``, mmActS' density with 64 quantiles vs 1,024 (same picks, top-5 overlap, Spearman).
+  ``full``, AADA with minibatches of 2,048 vs full batch, mmActS' density with 64 quantiles vs
+  1,024 (same picks, top-5 overlap, Spearman).
 * ``inference``: cases per second of ``predict_case`` (sliding window, embedding on) at the
   phantom size (the power profile's net at 24^3), at BraTS size at 3 mm and at 1 mm (real cases
   of ``--brats``, preprocessed by the library with ``configs/brats18`` and its ``gpu_1mm``
@@ -83,7 +84,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         if rule == "density":
             return scale.density_agreement(n)
         pairs = {"maxherding": ({"distances": "exact"}, {"distances": "blas"}),
-                 "typiclust": ({"kmeans": "full"}, {"kmeans": "minibatch"})}
+                 "typiclust": ({"kmeans": "full"}, {"kmeans": "minibatch"}),
+                 "aada": ({"batch": None}, {"batch": 2048})}
         exact, approx = pairs[rule]
         return scale.agreement(rule, n, tuple(args.grid), args.budget, exact, approx)
     if kind == "infer":
@@ -113,10 +115,10 @@ def infer(profile: str, args: argparse.Namespace) -> dict[str, Any]:
         files.append(REPO / "configs/brats18/gpu_1mm.yaml")
     cfg = compose([*base_files(files[0].parent), *files])
     data = dict(cfg["data"])
-    ids = [c.case_id for c in read_cases(args.brats, data["layout"], modalities=data["modalities"])]
-    ids = ids[: args.infer_cases]
+    every = [c.case_id for c in read_cases(args.brats, data["layout"], modalities=data["modalities"])]
+    ids = every[: args.infer_cases]
     with tempfile.TemporaryDirectory() as cache:
-        data.update(root=args.brats, cache_dir=cache, splits={"pool": ids, "test": ids[:1]},
+        data.update(root=args.brats, cache_dir=cache, splits={"pool": ids, "test": every[-1:]},
                     num_workers=0)
         t0 = time.perf_counter()
         dm = ActiveDataModule(**data)
@@ -181,7 +183,7 @@ def run_selection(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run_agreement(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for rule in ("maxherding", "typiclust", "density"):
+    for rule in ("maxherding", "typiclust", "aada", "density"):
         for n in args.agreement_sizes:
             r = spawn(args, "agree", rule, str(n)) | {"rule": rule, "n": n}
             rows.append(r)
@@ -190,9 +192,9 @@ def run_agreement(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run_inference(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = [spawn(args, "infer", "phantom")]
+    rows = [{"profile": "phantom"} | spawn(args, "infer", "phantom")]
     if Path(args.brats).is_dir():
-        rows += [spawn(args, "infer", p) for p in ("brats_3mm", "brats_1mm")]
+        rows += [{"profile": p} | spawn(args, "infer", p) for p in ("brats_3mm", "brats_1mm")]
     else:
         rows.append({"profile": "brats", "skipped": f"{args.brats}: no such folder"})
     for r in rows:
@@ -292,7 +294,7 @@ def report(args: argparse.Namespace, raw: dict[str, Any], command: str) -> str:
         rows = []
         for r in raw["agreement"]:
             if "error" in r or r.get("timeout"):
-                rows.append([r["rule"], str(r["n"]), "error/timeout", "", "", "", ""])
+                rows.append([r["rule"], str(r["n"]), r.get("error") or "timeout", "", "", "", ""])
             elif r["rule"] == "density":
                 rows.append(["mmacts density", str(r["n"]), "Q = 1024 vs 64",
                              f"{r['q1024_s']:.1f} / {r['q64_s']:.1f}", "–",
@@ -310,7 +312,7 @@ def report(args: argparse.Namespace, raw: dict[str, Any], command: str) -> str:
         for r in raw["inference"]:
             if "skipped" in r or "error" in r or r.get("timeout"):
                 rows.append([r.get("profile", "?"), r.get("skipped") or r.get("error")
-                             or "timeout", "", "", "", "", ""])
+                             or "timeout", *[""] * 8])
                 continue
             rows.append([r["profile"], "x".join(map(str, r["shape"])), fmt(r["params_m"]),
                          fmt(r["s_per_case"]), fmt(r["cases_per_s"], ".3f"),
