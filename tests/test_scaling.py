@@ -297,3 +297,15 @@ def test_large_pool_multi_block_rules_agree_with_the_dense_ones(monkeypatch) -> 
     order, _ = herding_order(kernel_matrix(dist, sigma), mask(ids, lab))
     got = with_vectors("maxherding", vecs).rank(ctx)
     assert [s.case_id for s in got][:50] == [ids[i] for i in order][:50]
+
+
+def test_class_map_is_argmax_with_ties_and_nan() -> None:
+    from lightning_ada.active.stats import class_map
+
+    rng = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(4, 9, 7, 5, generator=rng), 0)
+    p[:, 0, 0, 0] = 0.25  # a four-way tie: the first class
+    p[1:3, 1, 0, 0] = 0.5
+    p[0, 1, 0, 0] = p[3, 1, 0, 0] = 0.0
+    p[2, 2, 0, 0] = float("nan")
+    assert torch.equal(class_map(p), p.argmax(0))
