@@ -195,26 +195,43 @@ def _ball_counts(indptr: np.ndarray, indices: np.ndarray, cases: np.ndarray, n: 
     return np.bincount(np.concatenate(parts), minlength=n)
 
 
+#: :func:`herding_order_lazy` keeps the whole kernel in memory up to this many bytes (N = 11,585
+#: in float64) and rebuilds its rows from the condensed distances above
+KERNEL_BYTES = 2**30
+
+
 def herding_order_lazy(
-    cond: np.ndarray, n: int, sigma: float, labelled: np.ndarray, block: int = 512
+    cond: np.ndarray, n: int, sigma: float, labelled: np.ndarray, block: int = 512,
+    batch: int = 16,
 ) -> tuple[list[int], list[float]]:
     """:func:`herding_order` of ``kernel_matrix(squareform(cond), sigma)``, lazily.
 
-    Every gain is first computed once (rows of the kernel rebuilt from the condensed distances
-    in blocks); then each step pops the case of the largest stale gain, recomputes it, and takes
-    it once its fresh gain still leads (ties: lowest index, as ``argmax``). Exact: the coverage
-    only grows, so a gain computed earlier is an upper bound of the current one, in floating
-    point too (``max(0, k - c)`` and a sum in a fixed order are monotone). A gain of 0 stays 0.
+    Every gain is first computed once; then each step recomputes the stale gains at the top of
+    a heap (up to ``batch`` of them at once) until a fresh gain leads, and takes that case
+    (ties: lowest index, as ``argmax``). Exact: the coverage only grows, so a gain computed
+    earlier is an upper bound of the current one, in floating point too (``max(0, k - c)`` and a
+    sum in a fixed order are monotone), and a recomputed gain is the very number the dense
+    greedy computes (the same row sum). A gain of 0 stays 0. The kernel is kept whole up to
+    :data:`KERNEL_BYTES` (800 MB at N = 10,000), else its rows are rebuilt from ``cond``.
 
     Args:
         cond: the ``N (N - 1) / 2`` distances (``pdist`` order).
         n: ``N``.
         sigma: kernel width (:func:`kernel_matrix`).
         labelled: ``(N,)`` bool.
-        block: rows rebuilt at once (memory ``block x N`` float64).
+        block: rows built at once (memory ``block x N`` float64).
+        batch: stale gains recomputed together.
     """
+    dense: np.ndarray | None = None
+    if 8 * n * n <= KERNEL_BYTES:
+        dense = np.empty((n, n))
+        for a in range(0, n, block):
+            b = min(n, a + block)
+            dense[a:b] = kernel_matrix(condensed_rows(cond, n, range(a, b)), sigma)
 
-    def rows(idx: np.ndarray | range) -> np.ndarray:
+    def rows(idx: np.ndarray | range | list[int]) -> np.ndarray:
+        if dense is not None:
+            return dense[np.asarray(idx, dtype=np.int64)]
         return kernel_matrix(condensed_rows(cond, n, idx), sigma)
 
     coverage = np.zeros(n)
@@ -233,10 +250,14 @@ def herding_order_lazy(
     order, gains = [], []
     while heap:
         neg, i = heap[0]
-        if stamp[i] != step and neg != 0.0:  # stale and possibly positive: recompute
-            fresh = float(herding_gains(rows([i]), coverage)[0])
-            stamp[i] = step
-            heapq.heapreplace(heap, (-fresh, i))
+        if stamp[i] != step and neg != 0.0:  # stale and possibly positive: recompute a batch
+            stale = [heapq.heappop(heap)[1]]
+            while heap and len(stale) < batch and stamp[heap[0][1]] != step and heap[0][0] != 0.0:
+                stale.append(heapq.heappop(heap)[1])
+            fresh = herding_gains(rows(stale), coverage)
+            for j, g in zip(stale, fresh.tolist()):
+                stamp[j] = step
+                heapq.heappush(heap, (-g, j))
             continue
         heapq.heappop(heap)
         order.append(i)
