@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-cases", type=int, default=3, help="BraTS cases per grid")
     p.add_argument("--train-steps", type=int, default=3, help="BraTS: measured training steps")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu",
+                   help="inference part: cpu, or cuda (bf16 autocast) on a GPU machine")
     p.add_argument("--out", default="benchmarks")
     p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
@@ -102,8 +104,9 @@ def infer(profile: str, args: argparse.Namespace) -> dict[str, Any]:
     if profile == "phantom":
         model = {"filters": [8, 16, 32, 64], "roi_size": [24, 24, 24], "sw_batch_size": 1}
         images = [torch.randn(4, 24, 24, 24) for _ in range(8)]
-        return ({"profile": profile} | scale.inference_rate(model, images, 3, args.threads)
-                | scale.train_step(model, [24, 24, 24], 4, 10, args.threads))
+        return ({"profile": profile}
+                | scale.inference_rate(model, images, 3, args.threads, args.device)
+                | scale.train_step(model, [24, 24, 24], 4, 10, args.threads, args.device))
     from ada_bench.runner import compose
     from ada_bench.tasks import base_files
 
@@ -128,16 +131,16 @@ def infer(profile: str, args: argparse.Namespace) -> dict[str, Any]:
     keys = ("filters", "roi_size", "sw_batch_size", "net", "labels")
     model = {k: v for k, v in cfg["model"].items() if k in keys}
     return ({"profile": profile, "prep_s_per_case": prep}
-            | scale.inference_rate(model, images, 1, args.threads)
+            | scale.inference_rate(model, images, 1, args.threads, args.device)
             | scale.train_step(model, list(data["patch_size"]), int(data["batch_size"]),
-                               args.train_steps, args.threads))
+                               args.train_steps, args.threads, args.device))
 
 
 def spawn(args: argparse.Namespace, *child_args: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--grid", *map(str, args.grid), "--region-grid",
            *map(str, args.region_grid), "--budget", str(args.budget), "--brats", args.brats,
            "--infer-cases", str(args.infer_cases), "--train-steps", str(args.train_steps),
-           "--threads", str(args.threads),
+           "--threads", str(args.threads), "--device", args.device,
            "--child", *child_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), PYTHONPATH=os.pathsep.join(

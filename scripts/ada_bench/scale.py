@@ -215,23 +215,35 @@ def density_agreement(n: int, coarse: int = 64) -> dict[str, Any]:
     return out
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def inference_rate(model_args: dict[str, Any], images: list[torch.Tensor], repeats: int = 1,
-                   threads: int = 1) -> dict[str, Any]:
-    """Seconds per case of ``predict_case`` (sliding window, embedding on) on ``images``."""
+                   threads: int = 1, device: str = "cpu") -> dict[str, Any]:
+    """Seconds per case of ``predict_case`` (sliding window, embedding on) on ``images``
+    (``device``: ``cpu``, or ``cuda`` under bf16 autocast as the ``gpu_1mm`` overlay trains)."""
+    from contextlib import nullcontext
+
     from lightning_ada.models.module import SegmentationModule
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = SegmentationModule(**model_args)
+    model = SegmentationModule(**model_args).to(device)
     model.eval()
-    model.predict_case(images[0][:, :model_args["roi_size"][0], :model_args["roi_size"][1],
-                                 :model_args["roi_size"][2]], with_embedding=True)  # warm-up
+    cast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
+            else nullcontext())
+    with cast:
+        model.predict_case(images[0][:, :model_args["roi_size"][0], :model_args["roi_size"][1],
+                                     :model_args["roi_size"][2]], with_embedding=True)  # warm-up
     per_case = []
-    with RssSampler(interval=0.05) as mem:
+    with RssSampler(interval=0.05) as mem, cast:
         for _ in range(repeats):
             for image in images:
                 t0 = time.perf_counter()
                 model.predict_case(image, with_embedding=True)
+                _sync(device)
                 per_case.append(time.perf_counter() - t0)
     return {"shape": list(images[0].shape[1:]), "cases": len(per_case),
             "s_per_case": float(np.median(per_case)), "cases_per_s": 1.0 / float(np.median(per_case)),
@@ -241,32 +253,44 @@ def inference_rate(model_args: dict[str, Any], images: list[torch.Tensor], repea
 
 
 def train_step(model_args: dict[str, Any], patch: list[int], batch: int, steps: int = 3,
-               threads: int = 1) -> dict[str, Any]:
+               threads: int = 1, device: str = "cpu") -> dict[str, Any]:
     """Seconds per step of forward + Dice-CE + backward + Adam at ``patch`` and ``batch`` (the
-    bare loop of ``scripts/profile_run.py``; random data and weights), and the peak RSS."""
+    bare loop of ``scripts/profile_run.py``; random data and weights; bf16 autocast on
+    ``cuda``), the peak RSS and, on a GPU, the peak GPU memory."""
+    from contextlib import nullcontext
+
     from lightning_ada.models.module import SegmentationModule
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = SegmentationModule(**model_args)
-    net, loss_fn = model.net.train(), model.loss
-    x = torch.randn(batch, 4, *patch)
-    y = torch.randint(0, model.num_classes, (batch, 1, *patch))
+    net, loss_fn = model.net.to(device).train(), model.loss
+    x = torch.randn(batch, 4, *patch, device=device)
+    y = torch.randint(0, model.num_classes, (batch, 1, *patch), device=device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    cuda = device.startswith("cuda")
+    cast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
+        with cast:
+            loss = loss_fn(net(x), y)
+        loss.backward()
         opt.step()
 
     step()  # warm-up
+    _sync(device)
     with RssSampler(interval=0.05) as mem:
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
+        _sync(device)
         seconds = (time.perf_counter() - t0) / steps
-    return {"patch": list(patch), "batch": batch, "step_s": seconds, "steps": steps,
-            "step_rss_peak_mb": mem.peak}
+    out = {"patch": list(patch), "batch": batch, "step_s": seconds, "steps": steps,
+           "step_rss_peak_mb": mem.peak}
+    if cuda:
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def growth_exponent(ns: list[float], ts: list[float]) -> float:
