@@ -256,14 +256,18 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
     keys = list(dict.fromkeys((r["rule"], r["unit"]) for r in rows))
-    for rule, unit in keys:
+    colours = plt.get_cmap("tab20").colors
+    markers = "os^vD<>ph*"
+    for k, (rule, unit) in enumerate(keys):
         ok = [r for r in rows if (r["rule"], r["unit"]) == (rule, unit) and "ranked" in r]
         if not ok:
             continue
         ax = axes[0] if unit == "case" else axes[1]
         x = [r["n"] if unit == "case" else r["ranked"] for r in ok]
-        ax.loglog(x, [max(r["seconds"], 1e-3) for r in ok], "o-", label=f"{rule} [{unit}]")
-        axes[2].loglog(x, [r["rss_peak_mb"] for r in ok], ".-", label=f"{rule} [{unit}]")
+        style = {"color": colours[k % 20], "marker": markers[k % len(markers)],
+                 "label": f"{rule} [{unit}]"}
+        ax.loglog(x, [max(r["seconds"], 1e-3) for r in ok], "-", **style)
+        axes[2].loglog(x, [r["rss_peak_mb"] for r in ok], "-", ms=4, **style)
     for ax, title in zip(axes, ("case rules: seconds vs pool cases",
                                 "region rules: seconds vs candidates",
                                 "peak RSS (MiB) vs pool size")):
