@@ -34,14 +34,18 @@ MODALITIES, QUANTILES = 4, 1024
 LABELLED = 2
 
 
-def bank(grid: tuple[int, int, int], n_maps: int = 8, classes: int = 4, seed: int = 0) -> dict:
-    """``n_maps`` images, softmax maps, decoder features and reference labels of ``grid``.
+def bank(grid: tuple[int, int, int], n_maps: int | None = None, classes: int = 4,
+         seed: int = 0) -> dict:
+    """``n_maps`` images, softmax maps, decoder features and reference labels of ``grid``
+    (None: 8, or 2 above a million voxels - a 1 mm BraTS grid holds 9 million).
 
     Each map: smooth random logits plus a tumour blob (classes 1..K-1 in nested shells), so
     entropies, predicted volumes, borders and per-slice scores vary as they do on real cases.
     """
     g = torch.Generator().manual_seed(seed)
     shape = tuple(int(s) for s in grid)
+    if n_maps is None:
+        n_maps = 8 if np.prod(shape) <= 1_000_000 else 2
     axes = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in shape], indexing="ij")
     out: dict[str, list[torch.Tensor]] = {"image": [], "probs": [], "decoder": [], "label": []}
     for _ in range(n_maps):
