@@ -314,3 +314,33 @@ def test_class_map_is_argmax_with_ties_and_nan() -> None:
     p[0, 1, 0, 0] = p[3, 1, 0, 0] = 0.0
     p[2, 2, 0, 0] = float("nan")
     assert torch.equal(class_map(p), p.argmax(0))
+
+
+def test_aada_full_batch_below_the_threshold_is_the_training_of_before() -> None:
+    """Power-profile sizes (30 target + 20 source rows): the discriminator's outputs are those of
+    the full-batch loop of before, bit for bit; minibatches only above ``batch`` rows."""
+    import torch.nn.functional as F
+
+    from lightning_ada.active.strategies.aada import AADAStrategy
+
+    def fit_before(self, x, y):  # the loop of before issue 29
+        n_src = float(y.sum())
+        w = torch.where(y > 0, 0.5 / n_src, 0.5 / (len(y) - n_src))
+        net = self._discriminator(x.shape[1])
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        net.train()
+        for _ in range(self.steps):
+            opt.zero_grad()
+            bce = F.binary_cross_entropy_with_logits(net(x).squeeze(1), y, reduction="none")
+            (w * bce).sum().backward()
+            opt.step()
+        return net.eval()
+
+    rng = np.random.default_rng(0)
+    z_s, z_t = rng.normal(size=(20, 16)), rng.normal(0.3, 1.0, size=(POOL, 16))
+    now = AADAStrategy(steps=30).p_source(z_s, z_t, seed=4)
+    before = AADAStrategy(steps=30)
+    before._fit = fit_before.__get__(before)
+    np.testing.assert_array_equal(now, before.p_source(z_s, z_t, seed=4))
+    small = AADAStrategy(steps=30, batch=16).p_source(z_s, z_t, seed=4)  # minibatches
+    assert small.shape == now.shape and not np.array_equal(small, now)
