@@ -300,7 +300,7 @@ def train_step(model_args: dict[str, Any], patch: list[int], batch: int, steps: 
 def growth_exponent(ns: list[float], ts: list[float]) -> float:
     """Least-squares slope of ``log t`` on ``log n`` (NaN with fewer than 2 points)."""
     pts = [(n, t) for n, t in zip(ns, ts) if t and t > 0]
-    if len(pts) < 2:
+    if len({p[0] for p in pts}) < 2:  # fewer than two distinct sizes
         return float("nan")
     x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
     return float(np.polyfit(x, y, 1)[0])
