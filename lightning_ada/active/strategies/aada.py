@@ -65,6 +65,9 @@ class AADAStrategy(Strategy):
         max_source: if set, at most this many source cases (a seeded draw per round) are embedded.
         threads: torch intra-op threads while training ``D`` (restored afterwards; a small MLP
             gains nothing from more and suffers on a shared CPU); None keeps torch's setting.
+        batch: full-batch training up to this many training rows (source + target folds), a
+            stratified minibatch of this size per step above (a step's cost stops growing with
+            the pool; answers then differ from full batch); None: always full batch.
     """
 
     name = "aada"
@@ -84,9 +87,12 @@ class AADAStrategy(Strategy):
         folds: int = 5,
         max_source: int | None = None,
         threads: int | None = 1,
+        batch: int | None = 2048,
     ) -> None:
         if not 0 < clip < 0.5:
             raise ValueError(f"aada clip must be in (0, 0.5), got {clip}")
+        if batch is not None and batch < 2:
+            raise ValueError(f"aada batch must be >= 2 or null, got {batch}")
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
         self.steps = int(steps)
@@ -96,6 +102,7 @@ class AADAStrategy(Strategy):
         self.folds = int(folds)
         self.max_source = max_source
         self.threads = threads
+        self.batch = batch
 
     def _discriminator(self, d: int) -> nn.Module:
         layers: list[nn.Module] = []
@@ -107,15 +114,31 @@ class AADAStrategy(Strategy):
         return nn.Sequential(*layers)
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
-        """Full-batch Adam on the class-balanced BCE (each domain weighs 1/2); eval mode."""
-        n_src = float(y.sum())
-        w = torch.where(y > 0, 0.5 / n_src, 0.5 / (len(y) - n_src))
+        """Adam on the class-balanced BCE (each domain weighs 1/2); eval mode.
+
+        Full batch while the training rows fit in ``batch`` (every pool the library has run);
+        above, each step takes a stratified minibatch of ``batch`` rows - every source row (up
+        to half of it) and a seeded draw of target rows - so a step costs the same at any pool
+        size (issue 29; the answers then differ from full-batch training).
+        """
         net = self._discriminator(x.shape[1])
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         net.train()
+        src, tgt = torch.nonzero(y > 0).squeeze(1), torch.nonzero(y <= 0).squeeze(1)
+        full = self.batch is None or len(y) <= self.batch
         for _ in range(self.steps):
+            if full:
+                xb, yb = x, y
+            else:
+                n_s = min(len(src), self.batch // 2)
+                keep_s = src[torch.randperm(len(src))[:n_s]] if n_s < len(src) else src
+                keep_t = tgt[torch.randperm(len(tgt))[: self.batch - n_s]]
+                rows = torch.cat([keep_s, keep_t])
+                xb, yb = x[rows], y[rows]
+            n_src = float(yb.sum())
+            w = torch.where(yb > 0, 0.5 / n_src, 0.5 / (len(yb) - n_src))
             opt.zero_grad()
-            bce = F.binary_cross_entropy_with_logits(net(x).squeeze(1), y, reduction="none")
+            bce = F.binary_cross_entropy_with_logits(net(xb).squeeze(1), yb, reduction="none")
             (w * bce).sum().backward()
             opt.step()
         return net.eval()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_ada.active.stats import inner_border
+from lightning_ada.active.stats import class_map, inner_border
 from lightning_ada.active.strategies.base import QueryContext, Scored
 from lightning_ada.active.strategies.region_rule import RegionRule, case_rng, region_sum
 from lightning_ada.active.units import AnnotationUnit
@@ -78,7 +78,7 @@ class ForegroundRandomRegionStrategy(RegionRule):
 
     def labels(self, ctx: QueryContext, case_id: str, image: Tensor) -> Tensor:
         """The class-index map ``(H, W, D)`` the foreground is read from: the prediction."""
-        return self.predict(ctx, image).argmax(0)
+        return class_map(self.predict(ctx, image))
 
     def case_regions(
         self, ctx: QueryContext, unit: AnnotationUnit, case_id: str, axis: int | None = None

@@ -17,7 +17,7 @@ from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.preprocessing import normalize as l2_normalize
 from torch import Tensor
 
-from lightning_ada.active.stats import stream_pool_stats
+from lightning_ada.active.stats import class_map, stream_pool_stats
 from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 
@@ -29,7 +29,7 @@ def confidence_gap(probs: Tensor) -> float:
     """
     p = probs.detach().float()
     top2 = torch.topk(p, 2, dim=0).values
-    fg = p.argmax(0) != 0
+    fg = class_map(p) != 0
     if not bool(fg.any()):
         return 0.0
     return float((top2[0] - top2[1])[fg].double().mean())

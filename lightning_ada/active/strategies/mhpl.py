@@ -4,6 +4,12 @@ Wang et al., CVPR'23 ("Minimum Happy Points Learning"), adapted to 3D case-level
 ``NAU_i = NU_i * NA_i`` on cosine similarities of L2-normalised case embeddings, a greedy walk down
 the NAU order that skips candidates whose nearest neighbours are already selected (NDR), and the
 whole budget chosen once at epoch 0 (``one_off``). Source-free.
+
+Scaling (issue 29): only the ``max(k, n_diversity - 1)`` most similar cases of each case are
+used, so the similarities are computed in blocks of rows and each block keeps its top
+neighbours (:meth:`MHPLStrategy.neighbourhoods`): memory ``O(block x N)`` instead of the
+``(N, N)`` similarity matrix, its copy and an ``(N, N)`` argsort. Pools up to one block
+(2,048 cases) compute the similarities in one call, exactly as before.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from scipy.stats import entropy as histogram_entropy
 from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.preprocessing import normalize
 
+from lightning_ada.active import pairwise
 from lightning_ada.active.stats import CaseStats, stream_pool_stats
 from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
@@ -80,10 +87,51 @@ class MHPLStrategy(Strategy):
 
     @staticmethod
     def _neighbours(sim: np.ndarray, n: int) -> np.ndarray:
-        """``(N, n)`` indices of the ``n`` most similar other rows (stable: ties by index)."""
+        """``(N, n)`` indices of the ``n`` most similar other rows (stable: ties by index); the
+        dense reference of :meth:`neighbourhoods`."""
         s = sim.copy()
         np.fill_diagonal(s, -np.inf)
         return np.argsort(-s, axis=1, kind="stable")[:, :n]
+
+    @staticmethod
+    def neighbourhoods(
+        f: np.ndarray, n: int, block: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most similar other cases of every case (cosine), in blocks of rows.
+
+        Args:
+            f: ``(N, d)`` L2-normalised embeddings.
+            n: neighbours wanted (clipped to ``N - 1``).
+            block: rows per block (None: :data:`~lightning_ada.active.pairwise.BLOCK`); a pool
+                of at most ``block`` cases is one ``cosine_similarity(f)`` call, as the dense
+                form.
+
+        Returns:
+            ``(index (N, n'), similarity (N, n'))``: the first ``n'`` columns of the dense
+            form's stable argsort (ties by index) and their similarities.
+        """
+        total = len(f)
+        m = max(0, min(n, total - 1))
+        index = np.zeros((total, m), dtype=np.int64)
+        value = np.zeros((total, m), dtype=np.float64)
+        if m == 0:
+            return index, value
+        for a, b in pairwise.row_blocks(total, block):
+            sim = cosine_similarity(f) if b - a == total else cosine_similarity(f[a:b], f)
+            rows = np.arange(b - a)
+            s = -sim
+            s[rows, rows + a] = np.inf  # self last
+            part = np.argpartition(s, m - 1, axis=1)[:, :m]
+            kth = np.take_along_axis(s, part, axis=1).max(axis=1)
+            ties = (s <= kth[:, None]).sum(axis=1) > m  # more than m at the boundary value
+            key = np.take_along_axis(s, part, axis=1)
+            order = np.lexsort((part, key), axis=1)
+            idx = np.take_along_axis(part, order, axis=1)
+            for r in np.flatnonzero(ties):  # the stable argsort of that row
+                idx[r] = np.argsort(s[r], kind="stable")[:m]
+            index[a:b] = idx
+            value[a:b] = np.take_along_axis(sim, idx, axis=1)
+        return index, value
 
     def _purity(self, stats: Sequence[CaseStats], hood: np.ndarray) -> np.ndarray:
         """Per-case neighbourhood purity ``NU`` (or ``NP`` with ``purity="label"``)."""
@@ -113,15 +161,12 @@ class MHPLStrategy(Strategy):
             raise ValueError("mhpl needs case embeddings (B4): predict gave None")
         t1 = time.perf_counter()
         f = normalize(np.stack([np.asarray(s.embedding, dtype=np.float64) for s in stats]))
-        sim = cosine_similarity(f)
         n = len(ids)
         k = min(self.k, n - 1)
-        others = self._neighbours(sim, max(k, self.n_diversity - 1, 0))
+        others, near = self.neighbourhoods(f, max(k, self.n_diversity - 1, 0))
         hood = np.concatenate([np.arange(n)[:, None], others[:, :k]], axis=1)  # self first
         purity = self._purity(stats, hood)
-        affinity = (
-            np.take_along_axis(sim, others[:, :k], axis=1).mean(axis=1) if k else np.ones(n)
-        )
+        affinity = np.ascontiguousarray(near[:, :k]).mean(axis=1) if k else np.ones(n)
         nau = purity * affinity
 
         unlabeled = set(ctx.unlabeled)

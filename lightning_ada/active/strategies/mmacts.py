@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_ada.active.density import DensityResult, DensityRule, compute_density
-from lightning_ada.active.stats import entropy_map, stream_pool_stats
+from lightning_ada.active.stats import class_map, entropy_map, stream_pool_stats
 from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 
 EntropyROI = Literal["volume", "foreground", "boundary"]
@@ -68,7 +68,7 @@ def entropy_and_foreground(probs: Tensor, classes: Sequence[int] | None) -> tupl
     Returns:
         ``(entropy (H, W, D) in nats, predicted foreground (H, W, D) bool)``.
     """
-    label = probs.argmax(0)
+    label = class_map(probs)
     if classes is None:
         return entropy_map(probs), label != 0
     idx = torch.as_tensor(list(classes), device=probs.device)

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from lightning_ada.active.descriptors import DescriptorKind
+from lightning_ada.active.pairwise import Method, condensed_rows, row_blocks
 from lightning_ada.active.stats import stream_pool_stats
 from lightning_ada.active.strategies.base import QueryContext, Scored
 from lightning_ada.active.strategies.coverage import (
@@ -49,6 +50,7 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
         n_quantiles: quantiles summarising each PCA score distribution (density descriptor).
         density_input: the density descriptor reads the ``network`` input (z-scored) or the
             ``raw`` images as stored (sees scanner intensity shifts).
+        distances: ``exact``, ``blas`` or ``auto`` (as ``maxherding``).
     """
 
     name = "mmacts_coverage"
@@ -66,6 +68,7 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
         density_resize: int | None = None,
         n_quantiles: int = 1024,
         density_input: Literal["network", "raw"] = "network",
+        distances: Method = "auto",
     ) -> None:
         self.exponents = tuple(float(e) for e in exponents)
         if len(self.exponents) != 3 or min(self.exponents) < 0:
@@ -74,7 +77,7 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
             )
         super().__init__(
             descriptor, bandwidth, bandwidth_scale, schedule, density_resize, n_quantiles,
-            density_input,
+            density_input, distances,
         )
         self.budget_weighting = bool(budget_weighting)
 
@@ -88,11 +91,23 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
 
     def score(self, ctx: QueryContext) -> list[Scored]:
         a, b, c = self.used_exponents = self.round_exponents(ctx.round)
-        ids, dist, labelled = self._pool(ctx)
+        ids, z, labelled = self._pool(ctx)
         t0 = time.perf_counter()
-        k = kernel_matrix(dist, self.sigma(dist))
-        coverage = k[labelled].max(axis=0) if labelled.any() else np.zeros(len(ids))
-        gain = dict(zip(ids, herding_gains(k, coverage).tolist()))
+        n = len(ids)
+        cond = self._condensed(z)
+        sigma = self.sigma(cond)
+
+        def rows(idx: np.ndarray | range) -> np.ndarray:  # kernel rows, rebuilt in blocks
+            return kernel_matrix(condensed_rows(cond, n, idx), sigma)
+
+        coverage = np.zeros(n)
+        lab = np.flatnonzero(labelled)
+        for start in range(0, lab.size, 512):  # (a, b, c are the exponents)
+            coverage = np.maximum(coverage, rows(lab[start:start + 512]).max(axis=0))
+        gains = np.concatenate([herding_gains(rows(range(lo, hi)), coverage)
+                                for lo, hi in row_blocks(n, 512)]) if n else np.zeros(0)
+        del cond
+        gain = dict(zip(ids, gains.tolist()))
         self.timings["coverage"] = time.perf_counter() - t0
         stats = stream_pool_stats(
             ((cid, ctx.image(cid)) for cid in ctx.unlabeled), ctx.predict, ctx.regions,
