@@ -106,7 +106,6 @@ class MMActSCoverageStrategy(MaxHerdingStrategy):
             coverage = np.maximum(coverage, rows(lab[start:start + 512]).max(axis=0))
         gains = np.concatenate([herding_gains(rows(range(lo, hi)), coverage)
                                 for lo, hi in row_blocks(n, 512)]) if n else np.zeros(0)
-        del cond
         gain = dict(zip(ids, gains.tolist()))
         self.timings["coverage"] = time.perf_counter() - t0
         stats = stream_pool_stats(
