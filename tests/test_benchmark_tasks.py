@@ -505,3 +505,20 @@ def test_a_summary_again_keeps_the_commands_it_was_made_with(tmp_path: Path) -> 
     assert protocols.made_with(tmp_path / "summary.md") == (
         "python scripts/protocols.py centres   # started x")
     assert protocols.made_with(tmp_path / "none.md") == ""
+
+
+def test_scoring_time_counts_each_round_once(tmp_path: Path) -> None:
+    """A region round logs one entry per region, each with the round's seconds: the run's and
+    the overhead table's scoring time count the round once (27 regions of one round: 6 s, not
+    162 s)."""
+    from ada_bench.overhead import overhead_table
+    from ada_bench.results import round_seconds
+
+    queries = [{"round": 0, "scoring_seconds": 6.0}] * 27 + [{"round": 1, "scoring_seconds": 2.0}] * 27
+    assert round_seconds(queries) == {0: 6.0, 1: 2.0}
+    (tmp_path / "config.yaml").write_text("trainer: {max_epochs: 10}\nactive: {stride: 2}\n")
+    row = {"task": "npc", "run": "mmacts", "seed": 0, "fold": 0, "budget": 2,
+           "run_dir": str(tmp_path), "fit_seconds": 48.0, "scoring_seconds": 216.0,
+           "queries": queries}
+    # 4 s per round; (48 - 8) / 10 epochs x 2 = 8 s per stride, whatever the stale total says
+    assert overhead_table([row]).csv_rows == [["npc", "mmacts", 1, 4.0, 8.0, 50.0]]

@@ -42,6 +42,7 @@ from ada_bench.results import (
     finished,
     normalise,
     read_rows,
+    round_seconds,
     run_key,
 )
 from ada_bench.runner import compose
@@ -271,7 +272,7 @@ def make_row(task: str, run: str, seed: int, res: dict[str, Any], **fields: Any)
         "elected_modalities": [q["modality"] for q in queries],
         "fit_seconds": res.get("fit_seconds"),
         "seconds": res.get("seconds"),
-        "scoring_seconds": sum(float(q.get("scoring_seconds") or 0.0) for q in queries),
+        "scoring_seconds": sum(round_seconds(queries).values()),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         **({"curve": res["curve"]} if res.get("curve") else {}),
         **({"label_fit": label_fit} if label_fit else {}),

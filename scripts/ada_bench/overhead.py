@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ada_bench.results import normalise
+from ada_bench.results import normalise, round_seconds
 from ada_bench.tables import Table, display_name, table_order, tasks_of
 
 
@@ -43,7 +43,10 @@ def overhead_table(rows: Iterable[Mapping[str, Any]]) -> Table:
         if sched is None or r["train_input"] != "all":
             continue
         epochs, stride = sched
-        scoring = float(r.get("scoring_seconds") or 0.0)
+        per_round = round_seconds(r.get("queries", []))
+        # rows written before the per-round sum carry only the total
+        scoring = (sum(per_round.values()) if any(per_round.values())
+                   else float(r.get("scoring_seconds") or 0.0))
         per_stride = (float(r["fit_seconds"]) - scoring) / epochs * stride
         acc[(r["task"], r["method"])].append((scoring / len(rounds), per_stride))
     header = ["Task", "Method", "Runs", "Scoring s / round", "Training s / stride", "Ratio %"]

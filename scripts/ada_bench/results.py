@@ -81,6 +81,20 @@ def run_key(row: Mapping[str, Any]) -> RunKey:
     return (str(r["task"]), run, budget, r["fold"], int(r["seed"]))
 
 
+def round_seconds(queries: Iterable[Mapping[str, Any]]) -> dict[Any, float]:
+    """Scoring seconds per query round of a run's query log (round -> seconds).
+
+    Every entry of a round carries the round's seconds (a round that picks several cases or
+    regions logs one entry each), so the run's scoring time is the sum over rounds, not over
+    entries. Entries without a round count as rounds of their own.
+    """
+    out: dict[Any, float] = {}
+    for i, q in enumerate(queries):
+        key = q.get("round", ("entry", i))
+        out[key] = max(out.get(key, 0.0), float(q.get("scoring_seconds") or 0.0))
+    return out
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a results file (raw, not normalised); unreadable lines are skipped with a warning.
 
