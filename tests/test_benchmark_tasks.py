@@ -266,6 +266,7 @@ class JobRunner:
                 "per_case": [], "query_log": []}
 
 
+@pytest.mark.slow  # three submitit subprocesses, about 20 s
 def test_parallel_jobs_run_sources_first_then_every_unit(tmp_path: Path) -> None:
     """Three submitit jobs (subprocesses): the source model, then two folds at once."""
     import os

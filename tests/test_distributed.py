@@ -118,7 +118,9 @@ def test_sharded_ranking_equals_the_single_process_ranking(tmp_path: Path) -> No
     assert all(score > 0 for _, score, _ in single["all"])
 
 
-@pytest.mark.parametrize("strategy", ["mmacts", "random"])
+# mmActS covers the sharded scoring and the picks agreeing on both ranks; random adds only the
+# generator, so it runs with the slow tests (about 30 s of subprocesses each)
+@pytest.mark.parametrize("strategy", ["mmacts", pytest.param("random", marks=pytest.mark.slow)])
 def test_ddp_two_cpu_processes_label_the_same_cases(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, strategy: str
 ) -> None:

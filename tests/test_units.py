@@ -85,6 +85,34 @@ def test_patch_grid_covers_the_case_and_skips_annotated_boxes() -> None:
     assert best.region.start == (8, 6, 4) and best.score == 1.0
 
 
+@pytest.mark.parametrize("shape,size", [((24, 24, 24), 8), ((20, 17, 13), 6), ((12, 30, 9), 4)])
+def test_patch_scores_in_one_gather_equal_box_by_box(shape: tuple[int, int, int], size: int) -> None:
+    """The gathered boxes give every box's own float64 mean and sum (bit for bit), skip the same
+    annotated boxes and draw the same random order as slicing box by box."""
+    from lightning_ada.active.strategies.region_rule import region_sum, region_sums
+
+    g = torch.Generator().manual_seed(sum(shape) + size)
+    score = torch.rand(shape, generator=g) ** 3
+    annotated = torch.zeros(shape, dtype=torch.bool)
+    annotated[2:5, 3, :4] = True
+    unit = PatchUnit(size)
+    for ann in (None, annotated):
+        got = unit.candidates("a", shape, score, ann, np.random.default_rng(0))
+        want = []
+        for start in unit.starts(shape):
+            box = tuple(slice(a, a + size) for a in start)
+            if ann is None or not bool(ann[box].any()):
+                want.append((start, float(score[box].double().mean())))
+        assert [(c.region.start, c.score) for c in got] == want
+        drawn = unit.candidates("a", shape, None, ann, np.random.default_rng(5))
+        rng = np.random.default_rng(5)
+        assert [c.score for c in drawn] == [float(rng.random()) for _ in want]
+        regions = [c.region for c in got]
+        assert region_sums(regions, score) == [region_sum(r, score) for r in regions]
+    mixed = [Region("slices", 2, (1, 4)), *regions[:2], Region("patch", start=(0, 0, 0), size=(3, 3, 3))]
+    assert region_sums(mixed, score) == [region_sum(r, score) for r in mixed]
+
+
 def test_partial_deliveries_merge_in_order_and_sample_only_annotated_voxels() -> None:
     like = torch.zeros(1, *SHAPE, dtype=torch.int64)
     first = torch.full((1, *SHAPE), 1)

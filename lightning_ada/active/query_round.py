@@ -237,10 +237,13 @@ def pick_regions(
     picked: list[Scored] = []
     spent = 0
     masks: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for s in ranked:
         if allowance is None and len(picked) >= n:
             break
-        shape = tuple(ctx.image(s.case_id).shape[1:])
+        if s.case_id not in shapes:  # read each case's grid once, not once per candidate
+            shapes[s.case_id] = tuple(ctx.image(s.case_id).shape[1:])
+        shape = shapes[s.case_id]
         region = s.region
         assert region is not None
         voxels = region.voxels(shape)

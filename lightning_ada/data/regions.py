@@ -94,3 +94,15 @@ class Region:
             return f"slices {', '.join(map(str, self.indices))} along axis {self.axis}"
         end = [s + n - 1 for s, n in zip(self.start, self.size)]
         return f"the box {tuple(self.start)}-{tuple(end)}"
+
+
+def gather_boxes(volume: Tensor, starts: Sequence[Sequence[int]], size: Sequence[int]) -> Tensor:
+    """The boxes of ``size`` at ``starts`` of an ``(H, W, D)`` volume, stacked ``(n, *size)``.
+
+    One gather instead of one slice per box; every box must lie inside the volume. Reducing the
+    result over its last three dimensions gives each box's own reduction (the same float64 sums
+    and means as box by box, ``tests/test_units.py``).
+    """
+    st = torch.as_tensor([list(s) for s in starts], dtype=torch.long).reshape(-1, 3)
+    ix, iy, iz = (st[:, a, None] + torch.arange(int(n)) for a, n in enumerate(size))
+    return volume[ix[:, :, None, None], iy[:, None, :, None], iz[:, None, None, :]]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lightning_ada.active.stats import class_map, inner_border
 from lightning_ada.active.strategies.base import QueryContext, Scored
-from lightning_ada.active.strategies.region_rule import RegionRule, case_rng, region_sum
+from lightning_ada.active.strategies.region_rule import RegionRule, case_rng, region_sums
 from lightning_ada.active.units import AnnotationUnit
 
 #: the areas of a draw, in the order of their probabilities ``(1 - share, share/2, share/2)``
@@ -94,11 +94,14 @@ class ForegroundRandomRegionStrategy(RegionRule):
             del labels
             out = []
             rng = case_rng(ctx, case_id)
-            for cand in unit.candidates(case_id, shape, None, annotated, rng, axis):
-                counts = {}
-                for c, (fg, border) in maps.items():
-                    counts[f"foreground_{c}"] = region_sum(cand.region, fg)
-                    counts[f"border_{c}"] = region_sum(cand.region, border)
+            cands = unit.candidates(case_id, shape, None, annotated, rng, axis)
+            regions = [cand.region for cand in cands]
+            sums = {}
+            for c, (fg, border) in maps.items():
+                sums[f"foreground_{c}"] = region_sums(regions, fg)
+                sums[f"border_{c}"] = region_sums(regions, border)
+            for j, cand in enumerate(cands):
+                counts = {k: v[j] for k, v in sums.items()}
                 foreground = sum(v for k, v in counts.items() if k.startswith("foreground_"))
                 border = sum(v for k, v in counts.items() if k.startswith("border_"))
                 out.append(Scored.of(cand, cand.score + float(foreground > 0), uniform=cand.score,

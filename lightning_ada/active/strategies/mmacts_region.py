@@ -16,7 +16,7 @@ from typing import Literal
 from lightning_ada.active.density import DensityRule
 from lightning_ada.active.strategies.base import QueryContext, Scored
 from lightning_ada.active.strategies.mmacts import MMActSStrategy, entropy_and_foreground
-from lightning_ada.active.strategies.region_rule import RegionRule, case_rng, region_sum
+from lightning_ada.active.strategies.region_rule import RegionRule, case_rng, region_sums
 from lightning_ada.active.units import AnnotationUnit
 
 
@@ -99,8 +99,8 @@ class MMActSRegionStrategy(RegionRule, MMActSStrategy):
             del probs
             density = self._rho.get(case_id, 1.0)
             out = []
-            for cand in unit.candidates(case_id, shape, h, annotated, case_rng(ctx, case_id), axis):
-                voxels = region_sum(cand.region, fg)
+            cands = unit.candidates(case_id, shape, h, annotated, case_rng(ctx, case_id), axis)
+            for cand, voxels in zip(cands, region_sums([c.region for c in cands], fg)):
                 size = cand.region.voxels(shape)
                 vol = voxels / size if self.volume == "share" else voxels
                 score = (cand.score**a) * (vol**b) * (density**c)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lightning_ada.active.strategies.base import QueryContext, Scored, Strategy
 from lightning_ada.active.units import AnnotationUnit, Region
+from lightning_ada.data.regions import gather_boxes
 
 #: scores are clipped to this before a logarithm (a region of zero entropy keeps a finite key)
 TINY = 1e-12
@@ -50,6 +51,26 @@ def region_sum(region: Region, volume: Tensor) -> float:
         return float(volume.index_select(axis, index).double().sum())
     box = tuple(slice(s, s + n) for s, n in zip(region.start, region.size))
     return float(volume[box].double().sum())
+
+
+def region_sums(regions: Sequence[Region], volume: Tensor) -> list[float]:
+    """:func:`region_sum` of every region of one case: boxes of one size are gathered and summed
+    in one call (each box reduced on its own, the same float64 sums as box by box), the other
+    regions one by one."""
+    out: list[float | None] = [None] * len(regions)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(regions):
+        inside = r.kind == "patch" and all(
+            s + n <= g for s, n, g in zip(r.start, r.size, volume.shape))
+        if inside:
+            by_size.setdefault(tuple(r.size), []).append(i)
+        else:
+            out[i] = region_sum(r, volume)
+    for size, idx in by_size.items():
+        blocks = gather_boxes(volume, [regions[i].start for i in idx], size)
+        for i, v in zip(idx, blocks.double().sum(dim=(1, 2, 3)).tolist()):
+            out[i] = v
+    return out  # type: ignore[return-value]
 
 
 def regions_overlap(a: Region, b: Region) -> bool:
@@ -182,7 +203,9 @@ class RegionRule(Strategy):
         with torch.no_grad():
             probs, _ = ctx.predict(image)
         self._add("inference", time.perf_counter() - t0)
-        return probs
+        # a plain tensor: every operation on a MONAI MetaTensor goes through its metadata
+        # dispatch, which costs more than the arithmetic on maps of this size
+        return probs.as_subclass(torch.Tensor)
 
     @contextmanager
     def scoring(self) -> Iterator[None]:

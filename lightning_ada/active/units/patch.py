@@ -8,6 +8,7 @@ import numpy as np
 from torch import Tensor
 
 from lightning_ada.active.units.base import AnnotationUnit, Candidate, Region, Shape
+from lightning_ada.data.regions import gather_boxes
 
 
 class PatchUnit(AnnotationUnit):
@@ -45,15 +46,26 @@ class PatchUnit(AnnotationUnit):
         self, case_id: str, shape: Shape, score_map: Tensor | None, annotated: Tensor | None,
         rng: np.random.Generator, axis: int | None = None,
     ) -> list[Candidate]:
-        out = []
-        for start in self.starts(shape):
-            box = tuple(slice(a, a + s) for a, s in zip(start, self.size))
-            if annotated is not None and bool(annotated[box].any()):
-                continue
-            score = float(rng.random()) if score_map is None else float(score_map[box].double().mean())
-            out.append(Candidate(case_id, Region("patch", start=start, size=self.size), score,
-                                 {"region_mean": score}))
-        return out
+        starts = self.starts(shape)
+        boxes = [tuple(slice(a, a + s) for a, s in zip(start, self.size)) for start in starts]
+        whole = all(g >= s for g, s in zip(shape, self.size))  # else boxes are cut at the edge
+        if annotated is None:
+            free = [True] * len(starts)
+        elif whole:
+            free = (~gather_boxes(annotated, starts, self.size).flatten(1).any(1)).tolist()
+        else:
+            free = [not bool(annotated[box].any()) for box in boxes]
+        kept = [i for i, f in enumerate(free) if f]
+        if score_map is None:
+            scores = [float(rng.random()) for _ in kept]
+        elif whole:  # the same float64 means as box by box (each box reduced on its own)
+            picked = [starts[i] for i in kept]
+            boxed = gather_boxes(score_map, picked, self.size) if kept else None
+            scores = boxed.double().mean(dim=(1, 2, 3)).tolist() if boxed is not None else []
+        else:
+            scores = [float(score_map[boxes[i]].double().mean()) for i in kept]
+        return [Candidate(case_id, Region("patch", start=starts[i], size=self.size), score,
+                          {"region_mean": score}) for i, score in zip(kept, scores)]
 
     def describe(self) -> str:
         return f"{'x'.join(map(str, self.size))} boxes"
