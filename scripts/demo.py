@@ -142,7 +142,8 @@ def report(args: argparse.Namespace, out: Path, wall: float) -> str:
         "What one run can show: that the pipeline runs end to end and roughly where each row "
         "falls. What it cannot show: which strategy is better. One run is one phantom draw and "
         "one training run; the committed differences between strategies have 95 % CIs of "
-        "several points over 10 seeds (benchmarks/power/power.md), larger than most of them.",
+        "several points over 10 seeds (benchmarks/archive/power_seeds_0-9/power.md), larger than "
+        "most of them.",
         "",
         f"wall time: {fmt(wall)} on this machine ({os.cpu_count()} CPUs, 1 torch thread a run)",
     ]
