@@ -8,10 +8,8 @@ the request open with the reason (exit 3) and the run folder byte-identical.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-# imported before any test captures stderr: Lightning's log handler binds the stderr of its
-# first import, and a test's captured stream is closed when that test ends
-from lightning_ada.main import cli_main
+# cli_helpers imports the CLI before any test captures stderr (why: see there)
+from cli_helpers import run_cli as run_cli_stderr
+from cli_helpers import snapshot
 
 CONF = Path(__file__).parent / "conf"
 
@@ -30,23 +28,7 @@ def run_cli(
     args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
     """Run ``lightning-ada ARGS`` in this process; return (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
-    capsys.readouterr()
-    try:
-        cli_main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` (the lock left out)."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "run.lock"
-    }
+    return run_cli_stderr(args, monkeypatch, capsys, stdout=True)
 
 
 def fit_args(root: Path, run: Path, *extra: str) -> list[str]:

@@ -14,25 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-# imported before any test captures stderr: Lightning's log handler binds the stderr of its
-# first import, and a test's captured stream is closed when that test ends
-from lightning_ada.main import cli_main
+# cli_helpers imports the CLI before any test captures stderr (why: see there)
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
-
-
-def run_cli(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
-    capsys.readouterr()
-    try:
-        cli_main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    return code, capsys.readouterr().err
 
 
 def without(phantom_root: Path, folder: Path, modality: str, split: str) -> tuple[Path, list[str]]:

@@ -9,7 +9,6 @@ the query-log write, an unreadable checkpoint (6), a resume under a changed defi
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -27,39 +26,12 @@ import torch
 
 from lightning_ada.active.callback import ActiveQueryCallback
 from lightning_ada.models.module import SegmentationModule
+from cli_helpers import run_cli, one_error, snapshot
 
 CONF = Path(__file__).parent / "conf"
 
 
 # ---------------------------------------------------------------------------------- helpers
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run ``lightning-ada ARGS`` in this process; return (exit code, stderr)."""
-    from lightning_ada.main import cli_main
-
-    monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
-    capsys.readouterr()
-    try:
-        cli_main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    return code, capsys.readouterr().err
-
-
-def one_error(stderr: str) -> str:
-    """The single ``error:`` line of ``stderr`` (and no traceback)."""
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
-    return lines[0]
-
-
-def snapshot(folder: Path, skip: tuple[str, ...] = ("run.lock",)) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` by relative path (``skip``: names left out)."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip
-    }
 
 
 def fit_args(root: Path, out: Path, *extra: str) -> list[str]:

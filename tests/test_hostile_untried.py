@@ -9,10 +9,8 @@ the tiny configs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +18,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-# imported before any test captures stderr: Lightning's log handler binds the stderr of its
-# first import, and a test's captured stream is closed when that test ends
-from lightning_ada.main import cli_main
+# cli_helpers imports the CLI before any test captures stderr (why: see there)
+from cli_helpers import run_cli, one_error, snapshot
 
 CONF = Path(__file__).parent / "conf"
-
-
-def run_cli(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str]:
-    """Run ``lightning-ada ARGS`` in this process; return (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["lightning-ada", *args])
-    capsys.readouterr()
-    try:
-        cli_main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    return code, capsys.readouterr().err
-
-
-def one_error(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "run.lock"
-    }
 
 
 def fit_args(root: Path, run: Path, *extra: str) -> list[str]:
