@@ -124,8 +124,11 @@ def test_bootstrap_ci_is_scipys_bca_with_the_fixed_seed() -> None:
     ).confidence_interval
     assert abs(got[0] - percentile.low) > 1e-3  # the method matters on this sample
     assert got[0] < statistics.fmean(x) < got[1]
-    assert stats.bootstrap_ci([0.3] * 4) == (0.3, 0.3)  # no spread: the value itself
-    assert all(math.isnan(v) for v in stats.bootstrap_ci([0.3]))
+    assert stats.bootstrap_ci([0.3] * 5) == (0.3, 0.3)  # no spread: the value itself
+    # fewer than 5 values: no interval (a bootstrap of 2-4 values restates their range)
+    for few in ([0.3], [0.3] * 4, [0.1, 0.5], [0.1, 0.2, 0.4, 0.9]):
+        assert all(math.isnan(v) for v in stats.bootstrap_ci(few)), few
+    assert stats.bootstrap_ci([0.1, 0.5], min_n=2)[0] >= 0.1  # the old behaviour, on request
 
 
 def test_paired_summary_of_a_small_sample() -> None:
@@ -141,12 +144,12 @@ def test_paired_summary_of_a_small_sample() -> None:
 
 
 def test_paired_vs_pairs_on_shared_keys() -> None:
-    a = {(0, "x"): 0.5, (0, "y"): 0.7, (1, "x"): 0.9, (1, "z"): 0.1}
-    b = {(0, "x"): 0.4, (0, "y"): 0.4, (1, "x"): 0.4}
+    a = {(0, "x"): 0.5, (0, "y"): 0.7, (1, "x"): 0.9, (1, "z"): 0.1, (2, "x"): 0.8, (2, "y"): 0.6}
+    b = {(0, "x"): 0.4, (0, "y"): 0.4, (1, "x"): 0.4, (2, "x"): 0.4, (2, "y"): 0.4}
     n, mean, lo, hi, p = stats.paired_vs(a, b)
-    assert (n, mean) == (3, pytest.approx(0.3))  # differences 0.1, 0.3, 0.5
+    assert (n, mean) == (5, pytest.approx(0.3))  # differences 0.1, 0.3, 0.5, 0.4, 0.2
     assert (lo, hi) == stats.bootstrap_ci([a[k] - b[k] for k in sorted(b)]) and lo < 0.3 < hi
-    assert p == pytest.approx(2 / 2**3)  # exact: all three positive
+    assert p == pytest.approx(2 / 2**5)  # exact: all five positive
     assert stats.paired_vs({}, b)[0] == 0
 
 
@@ -235,10 +238,9 @@ def test_source_baseline_and_points_of_the_curves() -> None:
     assert stats.matched_baseline(rows, "glioma", "maxherding", ["random", "maxherding"]) == (
         "random")
     pts = stats.curve_points(curve, "glioma", "mmacts")
-    assert [(b, m, lo, hi, n) for b, m, lo, hi, n in pts] == [
-        (1, pytest.approx(0.7), pytest.approx(0.7), pytest.approx(0.7), 3),
-        (2, pytest.approx(0.8), pytest.approx(0.8), pytest.approx(0.8), 3),
-    ]
+    assert [(b, m, n) for b, m, _, _, n in pts] == [
+        (1, pytest.approx(0.7), 3), (2, pytest.approx(0.8), 3)]
+    assert all(math.isnan(lo) and math.isnan(hi) for _, _, lo, hi, _ in pts)  # 3 seeds: no band
     assert stats.bound_point(rows, "glioma", "lower") == (
         pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4), 10
     )

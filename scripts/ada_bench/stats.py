@@ -22,7 +22,8 @@ Paired summaries over seeds (:func:`paired`, the power tables): for per-seed dif
 ``d_s = strategy_s - baseline_s``
 
 * their mean and a 95 % bootstrap confidence interval of it (``scipy.stats.bootstrap``, BCa,
-  9,999 resamples, fixed seed; the percentile interval when BCa is undefined);
+  9,999 resamples, fixed seed; the percentile interval when BCa is undefined; none below
+  :data:`MIN_CI_N` = 5 values);
 * the two-sided Wilcoxon signed-rank p (``scipy.stats.wilcoxon``, exact for small n);
 * the minimum detectable difference ``MDD = (t_{0.975, n-1} + t_{0.80, n-1}) * sd(d) / sqrt(n)``:
   the true mean difference a two-sided paired t-test at alpha = 0.05 would detect with 80 %
@@ -250,6 +251,9 @@ ONE_OFF_BASELINE = "random_one_off"
 CONFIDENCE = 0.95
 POWER = 0.80
 N_RESAMPLES = 9999
+#: no bootstrap CI below this many values: resampling 2-4 values only restates their range
+#: (with 2, the interval is the segment between them), which reads like evidence and is not
+MIN_CI_N = 5
 
 
 @dataclass(frozen=True)
@@ -285,14 +289,16 @@ def mdd(sd: float, n: int, confidence: float = CONFIDENCE, power: float = POWER)
     return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
 
-def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], seed: int = 0, min_n: int = MIN_CI_N
+) -> tuple[float, float]:
     """95 % bootstrap CI of the mean of ``values`` (``scipy.stats.bootstrap``: BCa, 9,999
     resamples, ``numpy.random.default_rng(seed)``; percentile when BCa is undefined, e.g. for
-    identical values; NaN for fewer than 2 values)."""
+    identical values; NaN for fewer than ``min_n`` values, :data:`MIN_CI_N` by default)."""
     from scipy.stats import bootstrap
 
     x = np.asarray(values, float)
-    if len(x) < 2:
+    if len(x) < max(2, min_n):
         return math.nan, math.nan
     if np.all(x == x[0]):
         return float(x[0]), float(x[0])
