@@ -2,9 +2,10 @@
 
 One query round of each setting on the power profile's pool (the model and pool of one
 calibration seed: 30 cases at 24^3), each in a fresh process so that its peak RSS is its own:
-a case-level rule (``entropy``, ``mmacts``, ``random``) and its region-level form on the
-``slices`` and ``patch`` units (``entropy_region``, ``mmacts_region``, ``random_region``). Both
-kinds run the same inference (one sliding-window pass per case); the region rule adds the
+a case-level rule (``entropy``, ``mmacts``, ``random``, ``fg_random``) and its region-level
+forms on the ``slices`` and ``patch`` units (``entropy_region``, ``mmacts_region``,
+``random_region``; ``clasp_pe`` beside ``entropy``, ``fg_random_region`` beside ``fg_random``,
+on boxes). Both kinds run the same inference (one sliding-window pass per case); the region rule adds the
 cutting of every case into candidate regions and their scores. Settings alternate for
 ``--repeats`` rounds, so a drift of the machine's speed hits both; the ratio is the median of the
 paired ratios.
@@ -13,7 +14,7 @@ paired ratios.
         checkpoints/last.ckpt --root data/phantom/power_glioma_24_seed100_t50 \\
         --out benchmarks/region_round.md
 
-Timing is only meaningful on an otherwise idle machine (one torch thread; nothing else running).
+Timing is only meaningful with one torch thread and at most one other single-thread job running.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: (case-level rule, its region-level form, the units the region form is timed on)
-PAIRS = (("entropy", "entropy_region"), ("mmacts", "mmacts_region"), ("random", "random_region"))
-UNITS = ((["--active.unit", "slices", "--active.unit.k", "3"], "slices (k=3)"),
-         (["--active.unit", "patch", "--active.unit.size", "8"], "patch (8^3)"))
+SLICES = (["--active.unit", "slices", "--active.unit.k", "3"], "slices (k=3)")
+PATCH = (["--active.unit", "patch", "--active.unit.size", "8"], "patch (8^3)")
+#: (case-level rule, its region-level form, the units the region form is timed on): each region
+#: rule of the equal-cost protocol beside the case rule whose inference it shares
+PAIRS = (("entropy", "entropy_region", (SLICES, PATCH)), ("mmacts", "mmacts_region", (SLICES, PATCH)),
+         ("random", "random_region", (SLICES, PATCH)), ("entropy", "clasp_pe", (PATCH,)),
+         ("fg_random", "fg_random_region", (PATCH,)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         strategy, *unit = args.one
         print(json.dumps(one_round(args, strategy, unit)))
         return 0
-    settings = [(case, []) for case, _ in PAIRS] + [
-        (region, unit) for _, region in PAIRS for unit, _ in UNITS]
+    cases = list(dict.fromkeys(case for case, _, _ in PAIRS))
+    settings = [(case, []) for case in cases] + [
+        (region, unit) for _, region, units in PAIRS for unit, _ in units]
     times: dict[tuple[str, str], list[dict[str, float]]] = {}
     base = [sys.executable, __file__, "--source", args.source, "--root", args.root,
             "--task", args.task, "--one"]
@@ -109,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "| case rule | region rule | unit | case s | region s | ratio | candidates | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for case, region in PAIRS:
+    for case, region, units in PAIRS:
         c = times[(case, "")]
-        for unit, name in UNITS:
+        for unit, name in units:
             r = times[(region, " ".join(unit))]
             ratio = statistics.median(b["seconds"] / a["seconds"] for a, b in zip(c, r))
             lines.append(
