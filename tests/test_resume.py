@@ -39,9 +39,10 @@ DRIVER = textwrap.dedent(
     elif where == "after-label":
         orig_label = ActiveDataModule.label
         def label(self, *a, **k):
-            orig_label(self, *a, **k)
+            added = orig_label(self, *a, **k)
             if self.pool.n_labeled == 3:
                 die()
+            return added
         ActiveDataModule.label = label
     elif where == "mid-checkpoint-write":
         # the CLI's atomic checkpoint writer, killed half-way through overwriting last.ckpt
@@ -74,12 +75,8 @@ DRIVER = textwrap.dedent(
 )
 
 
-def run(
-    root: Path, ckpt: Path, out: Path, driver: Path, kill_at: str = "", resume: bool = False
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, KILL_AT=kill_at, CKPT="last" if resume else "", PYTHONWARNINGS="ignore")
-    args = [
-        sys.executable, str(driver),
+def cli_args(root: Path, ckpt: Path, out: Path) -> list[str]:
+    return [
         "-c", str(CONF / "random_tiny.yaml"),
         "--data.root", str(root),
         "--model.source_checkpoint", str(ckpt),
@@ -88,16 +85,28 @@ def run(
         "--active.budget", "3", "--active.stride", "1",
         "--active.strategy", "mmacts",
     ]
-    return subprocess.run(args, env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
+
+
+def run(
+    root: Path, ckpt: Path, out: Path, driver: Path, kill_at: str = "", resume: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The run in a subprocess through the driver (needed where it is killed)."""
+    env = dict(os.environ, KILL_AT=kill_at, CKPT="last" if resume else "", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(driver), *cli_args(root, ckpt, out)], env=env,
+                          cwd=out.parent, capture_output=True, text=True, timeout=600)
+
+
+def run_here(root: Path, ckpt: Path, out: Path, resume: bool = False) -> None:
+    """The same run in this process (the real CLI: ``lightning-ada fit``)."""
+    from lightning_ada.main import main
+
+    main(["fit", *cli_args(root, ckpt, out), *(["--ckpt_path", "last"] if resume else [])])
 
 
 @pytest.fixture(scope="module")
 def reference(phantom_root: Path, source_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict]:
-    base = tmp_path_factory.mktemp("resume_ref")
-    driver = base / "driver.py"
-    driver.write_text(DRIVER)
-    out = base / "run"
-    assert run(phantom_root, source_ckpt, out, driver).returncode == 0
+    out = tmp_path_factory.mktemp("resume_ref") / "run"
+    run_here(phantom_root, source_ckpt, out)
     return json.loads((out / "query_log.json").read_text()), _pool(out)
 
 
@@ -124,8 +133,15 @@ def _comparable(log: list[dict]) -> list[tuple]:
     ],
 )
 def test_killed_run_resumes_to_the_same_labeled_set_and_log(
-    phantom_root: Path, source_ckpt: Path, tmp_path: Path, reference: tuple[list, dict], kill_at: str
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, reference: tuple[list, dict], kill_at: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from lightning_ada.data.datamodule import ActiveDataModule
+
+    restored: list[dict] = []  # the pool states the resume loaded from the killed run's checkpoint
+    load = ActiveDataModule.load_state_dict
+    monkeypatch.setattr(ActiveDataModule, "load_state_dict",
+                        lambda self, state: (restored.append(state), load(self, state))[1])
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     out = tmp_path / "run"
@@ -135,9 +151,13 @@ def test_killed_run_resumes_to_the_same_labeled_set_and_log(
     first = kill_at == "first-scoring"
     assert (out / "checkpoints" / "last.ckpt").is_file() != first
     assert bool(list(out.rglob(".*.tmp"))) == (kill_at == "mid-checkpoint-write")  # half-written temp
-    resumed = run(phantom_root, source_ckpt, out, driver, resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert ("Restoring states from the checkpoint" in resumed.stderr) != first
+    resumed = run(phantom_root, source_ckpt, out, driver, resume=True) if first else None
+    if resumed is not None:  # nothing to restore: the driver starts over, as the CLI would
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "Restoring states from the checkpoint" not in resumed.stderr
+    else:  # resumed in this process from the killed run's last checkpoint
+        run_here(phantom_root, source_ckpt, out, resume=True)
+        assert len(restored) == 1  # restored, not started over
     log = json.loads((out / "query_log.json").read_text())
     ref_log, ref_pool = reference
     assert _comparable(log) == _comparable(ref_log)
