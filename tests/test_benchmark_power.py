@@ -292,7 +292,8 @@ def power_configs(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
-    """2 seeds x (source, bounds, random's curve, STDR per budget) on 16^3 phantoms."""
+    """2 seeds x (source, bounds, random's curve, STDR per budget and the one-off random of its
+    schedule per budget) on 16^3 phantoms."""
     mod = load_script()
     out = tmp_path / "power"
     conf = power_configs(tmp_path / "conf")
@@ -306,8 +307,9 @@ def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
     rows = read_rows(out / "results.jsonl")
     made = sorted((r["run"], r["seed"], r["budget"] or 0) for r in rows if r["run"] != "source")
     assert made == sorted(
-        (run, s, b) for run, b in (("lower", 0), ("random", 2), ("stdr", 1), ("stdr", 2),
-                                   ("upper", 0)) for s in (0, 1)
+        (run, s, b) for run, b in (("lower", 0), ("random", 2), ("random_one_off", 1),
+                                   ("random_one_off", 2), ("stdr", 1), ("stdr", 2), ("upper", 0))
+        for s in (0, 1)
     )
     rnd = next(r for r in rows if r["run"] == "random" and r["seed"] == 1)
     # stride 1, queries at fit start and after epoch 0: 1 label in epoch 0, 2 from epoch 1 on
@@ -320,21 +322,26 @@ def test_tiny_power_run_end_to_end(tmp_path: Path, named: None) -> None:
         "glioma_16_seed0_t8", "glioma_16_seed1_t8"
     ]
 
-    # the table's difference is the per-seed mean Dice difference, recomputed here
+    # the table's difference is the per-seed mean Dice difference to the random of STDR's own
+    # (one-off) schedule at the same budget, recomputed here
     def mean_dice(per_case: list[dict[str, Any]]) -> float:
         return statistics.fmean(statistics.fmean(c[f"dice_{g}"] for g in REGIONS) for c in per_case)
 
     csv = (out / "power.csv").read_text().splitlines()
     header = csv[0].split(",")
-    stdr2 = dict(zip(header, next(line for line in csv if ",stdr,Dice at 2," in line).split(",")))
+    stdr2 = dict(zip(header, next(line for line in csv if ",stdr,random_one_off,Dice at 2," in line).split(",")))
     diffs = []
     for s in (0, 1):
         st = next(r for r in rows if r["run"] == "stdr" and r["budget"] == 2 and r["seed"] == s)
-        rd = next(r for r in rows if r["run"] == "random" and r["seed"] == s)["curve"][1]
+        rd = next(r for r in rows
+                  if r["run"] == "random_one_off" and r["budget"] == 2 and r["seed"] == s)
         diffs.append(100 * (mean_dice(st["per_case"]) - mean_dice(rd["per_case"])))
     assert float(stdr2["diff_mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-9)
-    assert int(stdr2["n_seeds"]) == 2 and stdr2["baseline_source"] == "curve"
-    assert [line.split(",")[2] for line in csv[1:]] == ["Dice at 1", "Dice at 2", "AUBC 1-2"]
+    assert int(stdr2["n_seeds"]) == 2 and stdr2["baseline"] == "random_one_off"
+    assert stdr2["baseline_source"] == "per budget"
+    assert [line.split(",")[3] for line in csv[1:] if line.split(",")[1] == "stdr"] == [
+        "Dice at 1", "Dice at 2", "AUBC 1-2"]
+    assert stdr2["ci_low"] == stdr2["ci_high"] == ""  # 2 seeds: no CI (MIN_CI_N)
     assert (out / "power_curve_glioma.png").is_file()
     summary = (out / "summary.md").read_text()
     # the default protocol (configs/power/protocol.yaml) was recorded at the start and its
