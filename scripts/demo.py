@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -108,6 +109,8 @@ def committed_cell(by_seed: dict[int, float]) -> str:
         return "not committed" if not by_seed else f"{next(iter(by_seed.values())):.1f} (1 seed)"
     vals = list(by_seed.values())
     lo, hi = bootstrap_ci(vals)
+    if math.isnan(lo):  # too few seeds for an interval (ada_bench.stats.MIN_CI_N)
+        return f"{statistics.fmean(vals):.1f} (no CI), {len(vals)} seeds"
     return f"{statistics.fmean(vals):.1f} [{lo:.1f}, {hi:.1f}], {len(vals)} seeds"
 
 
