@@ -466,8 +466,9 @@ def _notes(
     notes.append(
         f"Per unit: mean Dice over the test cases (per case the mean over the task's regions); "
         f"Δ = strategy − baseline of the same unit in Dice points, n = the {units} both have; "
-        "95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ, none below 5 seeds; Wilcoxon p: two-sided "
-        "signed-rank test (exact for small n), unadjusted; MDD as in the secondary table."
+        "95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ, none below 5 seeds; "
+        "Wilcoxon p: two-sided signed-rank test (exact for small n), unadjusted; MDD as in the "
+        "secondary table."
     )
     span = f" between {decl.first} and {decl.last}" if decl.first else ""
     if decl.prospective:

@@ -425,8 +425,9 @@ def _headline_notes(
         f"({display_name(BASELINE)}; {display_name(ONE_OFF_BASELINE)} for a one-off rule where "
         "it ran); same unit = random regions of the same unit and settings "
         f"({display_name(REGION_RANDOM)} @ <unit>), which isolates the rule from the unit.",
-        f"95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over {units}, none below 5; Wilcoxon p: "
-        f"two-sided signed-rank test of the per-{unit_one} Δ, not adjusted for multiplicity "
+        f"95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over {units}, none below 5; "
+        f"Wilcoxon p: two-sided signed-rank test of the per-{unit_one} Δ, not adjusted for "
+        "multiplicity "
         "(the declared comparison is the primary table); MDD: (t_{0.975,n−1} + t_{0.80,n−1}) "
         "· sd(Δ) / √n.",
     ]

@@ -194,9 +194,9 @@ def power_table(
             f"Per {unit_one}: mean Dice over the test cases (per case the mean over the task's "
             f"regions); Δ = strategy − baseline of the same {unit_one} ({same}), in Dice "
             "points.",
-            f"95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over {units}, none below 5 (a "
-            "bootstrap of fewer values only restates their range). Wilcoxon p: "
-            f"two-sided signed-rank test of the per-{unit_one} Δ.",
+            f"95 % CI: bootstrap (BCa, 9,999 resamples) of the mean Δ over {units}, none below "
+            "5 (a bootstrap of fewer values only restates their range). Wilcoxon p: two-sided "
+            f"signed-rank test of the per-{unit_one} Δ.",
             "MDD: (t_{0.975,n−1} + t_{0.80,n−1}) · sd(Δ) / √n, the mean difference a "
             "two-sided "
             "paired test at α = 0.05 detects with 80 % power given the observed spread.",
