@@ -276,10 +276,10 @@ def check_block(page: Path, line: int, block: str, tables: list[Path]) -> list[s
 def test_stated_results_are_in_the_tables_they_cite(page: Path) -> None:
     bad: list[str] = []
     checked = 0
-    intro: list[Path] = []  # the tables cited by the paragraph that introduces a list
+    intro: list[Path] = []  # the tables cited by the paragraph that introduces a list or table
     for line, block, kind in blocks(page.read_text()):
         tables = cited_tables(page, block) if kind != "heading" else []
-        if kind == "item":
+        if kind in ("item", "row"):  # a list or a table reads against the paragraph before it
             tables = tables or intro
         else:
             intro = tables if kind == "paragraph" else []
@@ -299,7 +299,7 @@ def test_stated_counts_of_runs_and_seeds_cite_a_table(page: Path) -> None:
     intro: list[Path] = []
     for line, block, kind in blocks(page.read_text()):
         tables = cited_tables(page, block) if kind != "heading" else []
-        if kind == "item":
+        if kind in ("item", "row"):  # a list or a table reads against the paragraph before it
             tables = tables or intro
         else:
             intro = tables if kind == "paragraph" else []
