@@ -100,6 +100,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a long end-to-end run: `make test-all` runs it
 def test_sharded_ranking_equals_the_single_process_ranking(tmp_path: Path) -> None:
     """2 gloo ranks each score half the pool; the gathered ranking is the one-process ranking,
     including mmActS's isolated-case fallback, which is decided on the whole pool."""
@@ -118,9 +119,9 @@ def test_sharded_ranking_equals_the_single_process_ranking(tmp_path: Path) -> No
     assert all(score > 0 for _, score, _ in single["all"])
 
 
-# mmActS covers the sharded scoring and the picks agreeing on both ranks; random adds only the
-# generator, so it runs with the slow tests (about 30 s of subprocesses each)
-@pytest.mark.parametrize("strategy", ["mmacts", pytest.param("random", marks=pytest.mark.slow)])
+# two gloo processes, about 30 s each: long end-to-end runs, with the slow tests (`make test-all`)
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["mmacts", "random"])
 def test_ddp_two_cpu_processes_label_the_same_cases(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, strategy: str
 ) -> None:

@@ -49,6 +49,7 @@ def run_args(phantom_root: Path, source_ckpt: Path, runs: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # a long end-to-end run: `make test-all` runs it
 def test_fit_then_test_predict_query_leave_the_training_run_byte_identical(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

@@ -50,6 +50,7 @@ def _final(out: Path) -> tuple[list[tuple], list[dict]]:
     return records, log
 
 
+@pytest.mark.slow  # a long end-to-end run: `make test-all` runs it
 def test_a_run_interrupted_in_the_middle_of_a_pass_resumes_to_the_same_pseudo_labelled_set(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,6 +191,7 @@ def test_the_stop_rule_ends_the_passes_on_a_small_change_of_the_held_out_dice(
     assert {r[2] for r in records} == {0}  # pass 0's pseudo-labels stay in use
 
 
+@pytest.mark.slow  # a long end-to-end run: `make test-all` runs it
 def test_a_pass_due_when_the_file_oracle_stopped_the_run_is_made_on_the_resume(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

@@ -267,6 +267,7 @@ def test_the_harmoniser_chooses_its_case_and_slice_and_names_bad_settings(tmp_pa
     assert (tmp_path / "r" / "singan" / "c0.pt").is_file()
 
 
+@pytest.mark.slow  # a long end-to-end run: `make test-all` runs it
 def test_fit_on_the_phantom_with_gba_singan_trains_and_caches_the_singan_in_the_run_folder(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
