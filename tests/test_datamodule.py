@@ -107,3 +107,48 @@ def test_single_modality_input_everywhere(phantom_root: Path) -> None:
     assert all(float(train[m].abs().sum()) == 0 for m in (0, 1, 3))
     with pytest.raises(ValueError, match="train_input must be one of"):
         ActiveDataModule(root=str(phantom_root), train_input="modality:pet")
+
+
+def unlabelled_pool_datalist(phantom_root: Path, out: Path, drop_test_labels: bool = False) -> Path:
+    """The phantom's datalist with no label on the pool cases (real target data before any
+    annotation), paths made absolute."""
+    import json
+
+    d = json.loads((phantom_root / "dataset.json").read_text())
+    for c in d["cases"]:
+        c["images"] = [str(phantom_root / p) for p in c["images"]]
+        c["label"] = str(phantom_root / c["label"])
+        c.pop("modality_labels", None)
+        if c["split"] == "pool" or (drop_test_labels and c["split"] == "test"):
+            del c["label"]
+    path = out / "datalist.json"
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_an_unlabelled_pool_is_read_and_labelled_by_deliveries(phantom_root: Path, tmp_path: Path) -> None:
+    dm = make_dm(unlabelled_pool_datalist(phantom_root, tmp_path))
+    pool = dm.unlabeled_ids()
+    assert len(pool) == 6
+    item = dm.item(pool[0])
+    assert "label" not in item and item["image"].shape == (4, 16, 16, 16)
+    delivered = str(phantom_root / pool[2] / f"{pool[2]}_seg.nii.gz")
+    dm.label(pool[2], delivered, "flair", round=0, epoch=-1)
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["case_id"]) == {pool[2]} and batch["label"].shape == (2, 1, 16, 16, 16)
+    with pytest.raises(DataError, match=f"case {pool[0]} has no reference label"):
+        make_dm(unlabelled_pool_datalist(phantom_root, tmp_path), initial_labeled=[pool[0]])
+
+
+def test_an_unlabelled_test_case_is_refused_and_an_empty_test_split_only_by_test(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    datalist = unlabelled_pool_datalist(phantom_root, tmp_path, drop_test_labels=True)
+    with pytest.raises(DataError, match=r"without a reference label: \['glioma_test_000', 'glioma_test_001'\]"):
+        make_dm(datalist)
+    with pytest.raises(DataError, match="split 'pool' is empty or missing"):  # only test: declared
+        make_dm(phantom_root, splits={"pool": []})
+    dm = make_dm(datalist, splits={"test": []})  # declared: no evaluation set (an app's datastore)
+    assert dm.split_ids["test"] == [] and len(dm.unlabeled_ids()) == 6
+    with pytest.raises(DataError, match="split 'test' is empty"):
+        dm.test_dataloader()

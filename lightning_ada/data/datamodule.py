@@ -244,6 +244,7 @@ class ActiveDataModule(L.LightningDataModule):
             pixdim=self.hparams.pixdim, crop_foreground=self.hparams.crop_foreground,
             divisible_by=self.hparams.divisible_by, cache_dir=self.hparams.cache_dir,
             max_voxels=int(self.hparams.max_voxels), source=str(self.hparams.root),
+            unlabelled_ok=self.split_ids.get("pool", []) if self.hparams.stage == "target" else (),
         )
         if self.hparams.pixdim is None:
             self._warn_mixed_spacing(used)
@@ -357,7 +358,7 @@ class ActiveDataModule(L.LightningDataModule):
             ``partial`` (the case is annotated in parts).
         """
         before = self.annotated(case_id)
-        shape = tuple(self.item(case_id)["label"].shape[1:])
+        shape = tuple(self.item(case_id)["image"].shape[1:])
         whole = region is None or region.get("kind", "case") == "case"
         label = self.preprocessed.with_label(case_id, str(label_path))["label"]
         partial = not whole or bool((label == NOT_ANNOTATED).any())
@@ -471,13 +472,15 @@ class ActiveDataModule(L.LightningDataModule):
         deliveries = self.state.deliveries(case_id)
         key = (case_id, len(deliveries))
         if key not in self._merged:
-            shape = tuple(self.item(case_id)["label"].shape[1:])
+            shape = tuple(self.item(case_id)["image"].shape[1:])
             parts = []
             for a in deliveries:
                 label = self.preprocessed.with_label(case_id, a.label_path)["label"]
                 region = None if a.region is None else Region.from_json(a.region).mask(shape)
                 parts.append((label, partial_labels.delivered(label, region)))
-            self._merged[key] = partial_labels.merge(parts, self.item(case_id)["label"])
+            # the reference's grid and metadata, or a delivery's (an unlabelled pool case)
+            like = self.item(case_id).get("label", parts[0][0])
+            self._merged[key] = partial_labels.merge(parts, like)
         return self._merged[key]
 
     def annotated(self, case_id: str) -> torch.Tensor | None:
@@ -486,12 +489,20 @@ class ActiveDataModule(L.LightningDataModule):
                 case_id not in self.state.labeled:
             return None
         if not self.state.pool.annotation(case_id).partial:
-            return torch.ones(tuple(self.item(case_id)["label"].shape[1:]), dtype=torch.bool)
+            return torch.ones(tuple(self.item(case_id)["image"].shape[1:]), dtype=torch.bool)
         return self._partial_label(case_id)[1][0]
 
     def reference(self, case_id: str) -> torch.Tensor:
-        """The reference label ``(H, W, D)`` (class indices) of a case on the network grid."""
-        return self.item(case_id)["label"][0]
+        """The reference label ``(H, W, D)`` (class indices) of a case on the network grid.
+
+        Raises:
+            DataError: the case has none (an unlabelled pool case: only an oracle labels it).
+        """
+        item = self.item(case_id)
+        if "label" not in item:
+            raise DataError(f"case {case_id} has no reference label (a simulated oracle or a "
+                            "reference-based rule needs one)")
+        return item["label"][0]
 
     def pseudo_item(self, case_id: str) -> dict[str, Any]:
         """The preprocessed image with its pseudo-label in place of the reference mask.
@@ -567,6 +578,9 @@ class ActiveDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
+        if not self.split_ids.get(split):
+            raise DataError(f"{self.hparams.root}: split {split!r} is empty (data.splits lists it "
+                            "so): nothing to evaluate or predict")
         subset = [self.item(cid) for cid in self.split_ids[split]]
         return DataLoader(subset, batch_size=1, num_workers=0, collate_fn=list_data_collate)
 

@@ -9,7 +9,7 @@ back to a case's original geometry with the very transforms that were applied.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,7 +44,7 @@ class PreprocessedCases:
 
     Args:
         cases: the case records, by id.
-        ids: the cases to preprocess (each must have a reference label).
+        ids: the cases to preprocess (each with a reference label, but ``unlabelled_ok``).
         label_values: on-disk foreground label values, in class order.
         modalities: modality names in channel order (part of the disk-cache key).
         pixdim: resample to this spacing in mm (None keeps the native grid).
@@ -53,9 +53,12 @@ class PreprocessedCases:
         cache_dir: the on-disk cache folder, or None (preprocess in memory every time).
         max_voxels: largest number of voxels accepted in a delivered label file.
         source: what errors name as the dataset (e.g. its root folder).
+        unlabelled_ok: ids that may come without a reference label (their item has no
+            ``label``): the target pool of real data, labelled by the oracle.
 
     Raises:
-        DataError: a case without a reference label, not enough memory, or a case whose
+        DataError: a case without a reference label (other than ``unlabelled_ok``: the
+            target pool, whose labels come from the oracle), not enough memory, or a case whose
             preprocessed image is not finite.
     """
 
@@ -71,11 +74,12 @@ class PreprocessedCases:
         cache_dir: str | None = None,
         max_voxels: int | None = None,
         source: str = "the dataset",
+        unlabelled_ok: Collection[str] = (),
     ) -> None:
         self.cases, self.label_values, self.max_voxels = cases, list(label_values), max_voxels
         self.index = {cid: i for i, cid in enumerate(ids)}
         items = [cases[cid].to_item() for cid in ids]
-        missing = [i["case_id"] for i in items if "label" not in i]
+        missing = [i["case_id"] for i in items if "label" not in i and i["case_id"] not in unlabelled_ok]
         if missing:
             raise DataError(f"{source}: cases without a reference label: {missing}")
         zero_fill = any(cases[cid].missing for cid in ids)  # cases without a modality
@@ -106,7 +110,8 @@ class PreprocessedCases:
         self.check_finite()
 
     def item(self, case_id: str) -> dict[str, Any]:
-        """The preprocessed item of a case with its reference label."""
+        """The preprocessed item of a case with its reference label (none for an unlabelled
+        pool case)."""
         return self.cache[self.index[case_id]]
 
     def check_finite(self) -> None:

@@ -62,6 +62,8 @@ def resolve_splits(
         cases: every case read.
         stage: ``source`` or ``target``.
         listed: explicit ids per split (``data.splits``); they replace the cases' own fields.
+            Listing the stage's test split as empty (``{test: []}``) says there is no
+            evaluation set (an annotation app's datastore): accepted here, refused by ``test``.
         val: ``data.val_split`` (a fraction moves that share of the training split to ``val``).
         extra_test_splits: more splits ``test`` scores (``data.extra_test_splits``).
         source: what to name in errors (the dataset root).
@@ -82,7 +84,8 @@ def resolve_splits(
         splits[name] = list(ids)
     need = ("source", "source_test") if stage == "source" else ("pool", "test")
     for name in need:
-        if not splits.get(name):
+        declared_empty = name == test_split(stage) and name in (listed or {})
+        if not splits.get(name) and not declared_empty:
             raise DataError(f"{source}: split {name!r} is empty or missing")
     hold_out_validation(splits, stage, val)
     check_disjoint(splits, stage, val)

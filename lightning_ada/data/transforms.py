@@ -205,7 +205,8 @@ def preprocessing(
 
     Args:
         label_values: on-disk label values of the foreground classes, in class order.
-        with_label: also load and map ``label``.
+        with_label: also load and map ``label`` (an item without one passes: an unlabelled
+            pool case of real data).
         pixdim: target spacing in mm, or None to keep the native grid.
         crop_foreground: crop to the bounding box of the voxels non-zero in any channel (brain /
             head).
@@ -224,26 +225,28 @@ def preprocessing(
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
     chain: list[T.Transform] = [
-        T.LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
-        T.EnsureTyped(keys=keys, dtype=None, track_meta=True),
+        T.LoadImaged(keys=keys, ensure_channel_first=True, image_only=True, allow_missing_keys=True),
+        T.EnsureTyped(keys=keys, dtype=None, track_meta=True, allow_missing_keys=True),
         *([ZeroChannelsd(keys="image")] if zero_fill else []),
         ConstantBackgroundToZerod(keys="image"),
-        T.Orientationd(keys=keys, axcodes="RAS", labels=None),
+        T.Orientationd(keys=keys, axcodes="RAS", labels=None, allow_missing_keys=True),
     ]
     if crop_foreground:
         chain.append(
-            T.CropForegroundd(keys=keys, source_key="image", select_fn=nonzero, allow_smaller=True)
+            T.CropForegroundd(keys=keys, source_key="image", select_fn=nonzero, allow_smaller=True,
+                              allow_missing_keys=True)
         )
     if pixdim is not None:
-        chain.append(T.Spacingd(keys=keys, pixdim=tuple(pixdim), mode=modes))
+        chain.append(T.Spacingd(keys=keys, pixdim=tuple(pixdim), mode=modes, allow_missing_keys=True))
     chain.append(T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
     chain.append(T.CastToTyped(keys="image", dtype="float32"))
     if with_label:
         orig, target = label_mapping(label_values)
-        chain.append(T.MapLabelValued(keys="label", orig_labels=orig, target_labels=target))
-        chain.append(T.CastToTyped(keys="label", dtype="int64"))
+        chain.append(T.MapLabelValued(keys="label", orig_labels=orig, target_labels=target,
+                                      allow_missing_keys=True))
+        chain.append(T.CastToTyped(keys="label", dtype="int64", allow_missing_keys=True))
     if divisible_by > 1:
-        chain.append(T.DivisiblePadd(keys=keys, k=divisible_by))
+        chain.append(T.DivisiblePadd(keys=keys, k=divisible_by, allow_missing_keys=True))
     return T.Compose(chain)
 
 
