@@ -30,6 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "active": {"errors", "cases", "io", "weights", "metrics", "phantom", "data", "models", "run"},
     "cli": {"errors", "cases", "io", "weights", "runtime", "data", "models", "run", "active"},
     "main": {"errors", "runtime", "data", "models", "run", "active", "cli"},
+    # the MONAI Label app runs the CLI in child processes: it reads cases, checkpoints and the
+    # strategy registry, never the CLI or the model in-process
+    "monailabel": {"errors", "cases", "io", "weights", "data", "active"},
     "__init__": {"runtime"},
 }
 

@@ -1,0 +1,220 @@
+"""MONAI Label tasks backed by lightning_ada: next sample, scoring, inference and training.
+
+* :class:`PoolRanking` ranks the datastore's images with one lightning_ada strategy under the
+  current model (``lightning-ada query``: the strategy's score, its factors and the elected
+  modality of every unlabelled image), once per strategy and model version: the ranking is kept
+  in ``rankings/`` and in each image's info in the datastore, and later requests under the same
+  model only skip the images labelled since.
+* :class:`NextSample` is ``/activelearning/<strategy>``: the best-ranked image still unlabelled.
+* :class:`RankingScore` is ``/scoring/<strategy>``: the ranking made ahead of the requests.
+* :class:`Predict` is ``/infer/lightning_ada``: the current model's sliding-window prediction
+  (``lightning-ada predict``) in the image's own grid and affine.
+* :class:`Fit` is ``/train/lightning_ada``: ``lightning-ada fit`` from the source model on the
+  datastore's final labels (``data.initial_labeled``, no queries), resumed from its last epoch
+  if a training of the same labelled set was interrupted; the finished model becomes current.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lightning_ada.io import write_json_atomic
+from lightning_ada.monailabel.workspace import REFUSED, RunFailed, Workspace, labelled_hash
+
+logger = logging.getLogger(__name__)
+
+#: the image-info key under which rankings are kept in the datastore
+INFO_KEY = "lightning_ada"
+#: the name of the model (infer) and of the trainer
+MODEL = "lightning_ada"
+
+
+def failed(error: Exception) -> HTTPException:
+    """A lightning_ada run's one-line error as the response the client gets (FastAPI's own
+    error: MONAI Label answers any other exception with a bare 500)."""
+    return HTTPException(status_code=REFUSED, detail=str(error))
+
+
+def datastore_cases(datastore: Datastore) -> tuple[dict[str, str], dict[str, str]]:
+    """Image path by id and final-label path by id."""
+    images = {i: datastore.get_image_uri(i) for i in datastore.list_images()}
+    labels = {i: datastore.get_label_uri(i, DefaultLabelTag.FINAL.value)
+              for i in datastore.get_labeled_images()}
+    return images, labels
+
+
+class PoolRanking:
+    """One strategy's ranking of the datastore under the current model, made once per version.
+
+    Args:
+        workspace: the app's workspace.
+        strategy: a registered lightning_ada strategy name (``--active.strategy``).
+    """
+
+    def __init__(self, workspace: Workspace, strategy: str) -> None:
+        self.workspace, self.strategy = workspace, strategy
+
+    def __call__(self, datastore: Datastore) -> tuple[list[dict[str, Any]], str]:
+        """The ranking (rows of ``lightning-ada query``, best first) and the model version."""
+        checkpoint, version = self.workspace.current()
+        target = self.workspace.root / "rankings" / f"{self.strategy}_{version}"
+        if not target.with_suffix(".json").is_file():
+            images, labels = datastore_cases(datastore)
+            self.workspace.write_datalist(images, labels)
+            command = self.workspace.command(
+                "query", self.workspace.root / "rankings" / "run", "--ckpt_path", str(checkpoint),
+                "--active.strategy", self.strategy, "--out", str(target),
+                *initial_labeled(labels))
+            try:
+                self.workspace.run(command)
+            except RunFailed as error:
+                raise failed(error) from error
+            rows = json.loads(target.with_suffix(".json").read_text())
+            for row in rows:
+                if row["case_id"] in images:
+                    info = datastore.get_image_info(row["case_id"]).get(INFO_KEY, {})
+                    info[self.strategy] = {"model_version": version, **row}
+                    datastore.update_image_info(row["case_id"], {INFO_KEY: info})
+        return json.loads(target.with_suffix(".json").read_text()), version
+
+
+def initial_labeled(labels: dict[str, str]) -> list[str]:
+    """The command-line option naming the labelled ids (none: no option)."""
+    return ["--data.initial_labeled", f"[{', '.join(sorted(labels))}]"] if labels else []
+
+
+class NextSample(Strategy):
+    """``/activelearning/<strategy>``: the best-ranked image not labelled yet.
+
+    The response carries, besides MONAI Label's ``id`` (and ``path``), the strategy, its
+    ``score`` and ``factors``, the ``elected_modality`` with its channel in the 4-D image
+    (``elected_channel``) and the election's Dice per modality, the ``rank`` and the
+    ``model_version`` the ranking was made with.
+    """
+
+    def __init__(self, ranking: PoolRanking, description: str) -> None:
+        super().__init__(description)
+        self.ranking = ranking
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        rows, version = self.ranking(datastore)
+        unlabelled = set(datastore.get_unlabeled_images())
+        modalities = self.ranking.workspace.modalities
+        for row in rows:
+            if row.get("rank") is None or row["case_id"] not in unlabelled:
+                continue
+            fixed = {"rank", "case_id", "score", "elected_modality", "open_set_candidate"}
+            return {
+                "id": row["case_id"],
+                "strategy": self.ranking.strategy,
+                "rank": row["rank"],
+                "score": row["score"],
+                "factors": {k: v for k, v in row.items() if k not in fixed and not k.startswith("dice_")},
+                "elected_modality": row["elected_modality"],
+                "elected_channel": modalities.index(row["elected_modality"]),
+                "election_dice": {k[5:]: v for k, v in row.items() if k.startswith("dice_")},
+                "model_version": version,
+            }
+        return {}
+
+
+class RankingScore(ScoringMethod):
+    """``/scoring/<strategy>``: make (or reuse) the ranking of the current model version and
+    write each image's score into its info."""
+
+    def __init__(self, ranking: PoolRanking, description: str) -> None:
+        super().__init__(description)
+        self.ranking = ranking
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        rows, version = self.ranking(datastore)
+        return {"strategy": self.ranking.strategy, "model_version": version, "ranked": len(rows)}
+
+
+class Predict(InferTask):
+    """``/infer/lightning_ada``: the current model's prediction of a datastore image.
+
+    Only images of the datastore are predicted: a path elsewhere on the server is refused.
+    """
+
+    def __init__(self, workspace: Workspace, datastore: Datastore) -> None:
+        labels = {name: int(v) for name, v in workspace.labels.items()}
+        super().__init__(InferType.SEGMENTATION, labels, 3,
+                         "lightning_ada: sliding-window prediction of the current model, "
+                         "written in the image's grid and affine")
+        self.workspace, self.datastore = workspace, datastore
+
+    def is_valid(self) -> bool:
+        return True
+
+    def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        images, labels = datastore_cases(self.datastore)
+        path = str(request.get("image", ""))
+        by_path = {str(Path(p).resolve()): i for i, p in images.items()}
+        case_id = by_path.get(str(Path(path).resolve())) if path else None
+        if case_id is None:
+            raise HTTPException(status_code=404, detail=f"image {path!r} is not an image of the datastore")
+        checkpoint, version = self.workspace.current()
+        self.workspace.write_datalist(images, labels)
+        out = Path(tempfile.mkdtemp(prefix="predict_", dir=self.workspace.root))
+        command = self.workspace.command(
+            "predict", out / "run", "--ckpt_path", str(checkpoint), "--data.predict_split", "infer",
+            "--writer.output_dir", str(out), splits=f"{{test: [], infer: [{case_id}]}}")
+        try:
+            self.workspace.run(command)
+        except RunFailed as error:
+            raise failed(error) from error
+        return str(out / f"{case_id}_pred.nii.gz"), {"model_version": version}
+
+
+class Fit(TrainTask):
+    """``/train/lightning_ada``: lightning_ada's target-stage ``fit`` on the final labels."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        super().__init__("lightning_ada: fit from the source model on the datastore's final "
+                         "labels (resumed if interrupted); the result becomes the current model")
+        self.workspace = workspace
+
+    def stats(self) -> dict[str, Any]:
+        info = self.workspace.model_dir / "current.json"
+        current = json.loads(info.read_text()) if info.is_file() else {}
+        return {"model_version": self.workspace.current()[1],
+                "labelled": len(current.get("labelled", [])), "run": current.get("run")}
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        images, labels = datastore_cases(datastore)
+        if not labels:
+            raise failed(ValueError("nothing to train on: no image has a final label yet"))
+        run_dir = self.workspace.root / "runs" / f"train_{labelled_hash(labels)}"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        done = run_dir / "done.json"
+        if done.is_file():  # this labelled set was trained already
+            return json.loads(done.read_text())
+        self.workspace.write_datalist(images, labels)
+        resume = ["--ckpt_path", str(last)] if last.is_file() else []
+        print(f"[lightning_ada] training on {len(labels)} labelled image(s) in {run_dir}"
+              + (f", resuming from {last}" if resume else ""), flush=True)
+        command = self.workspace.command(
+            "fit", run_dir, "--model.source_checkpoint", str(self.workspace.source_checkpoint),
+            "--active.budget", "0", *initial_labeled(labels), *resume)
+        try:
+            self.workspace.run(command, capture=False)
+        except RunFailed as error:
+            raise failed(error) from error
+        version = self.workspace.publish(last, labels, run_dir)
+        result = {"model_version": version, "labelled": sorted(labels), "run": str(run_dir),
+                  "resumed": bool(resume)}
+        write_json_atomic(done, result)
+        print(f"[lightning_ada] model {version} is current", flush=True)
+        return result

@@ -1,0 +1,256 @@
+"""The MONAI Label app, driven through a real server by MONAI Label's own client.
+
+One server (``python -m lightning_ada.monailabel``) over a datastore of the tiny phantom's 6 pool
+cases, on 127.0.0.1: info, next sample by lightning_ada strategies, labels saved (good and bad),
+training, inference, next sample again, and the requests a server must refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel", reason="the MONAI Label extra: pip install -e .[label]")
+
+from monailabel.client import MONAILabelClient  # noqa: E402
+from monailabel.client.client import MONAILabelClientException  # noqa: E402
+
+from lightning_ada.monailabel.prepare import prepare  # noqa: E402
+
+CONF = Path(__file__).parent / "conf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``python -m lightning_ada.monailabel`` in its own process group, with its log in a file."""
+
+    def __init__(self, studies: Path, source: Path, log: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.command = [sys.executable, "-m", "lightning_ada.monailabel", "--studies", str(studies),
+                        "--source-checkpoint", str(source), "--config", str(CONF / "random_tiny.yaml"),
+                        "--strategies", "random", "mmacts", "--port", str(self.port), *extra]
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> MONAILabelClient:
+        with open(self.log, "a") as fh:
+            self.process = subprocess.Popen(self.command, stdout=fh, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        client = MONAILabelClient(f"http://127.0.0.1:{self.port}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                client.info()
+                return client
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.5)
+        raise AssertionError(f"server not up in {timeout} s: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started (a crash, a power cut)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def status_of(error: MONAILabelClientException) -> int | None:
+    """The HTTP status of a refused request (the client keeps it in its message for uploads)."""
+    if error.status_code is not None:
+        return int(error.status_code)
+    head = str(error.msg).split(";")[0]
+    return int(head.split(":")[1]) if head.startswith("Status:") else None
+
+
+def wait_for_training(client: MONAILabelClient, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.train_status()
+        if status["status"] not in ("SUBMITTED", "RUNNING"):
+            return status
+        time.sleep(0.5)
+    raise AssertionError("training did not finish")
+
+
+@pytest.fixture(scope="module")
+def studies(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MONAI Label datastore: the phantom's 6 pool cases as 4-D NIfTIs, no label yet."""
+    out = tmp_path_factory.mktemp("studies")
+    assert len(prepare(str(phantom_root), "datalist", out, None, [1, 2, 4], "pool", False)) == 6
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(studies: Path, source_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, MONAILabelClient]]:
+    srv = Server(studies, source_ckpt, tmp_path_factory.mktemp("log") / "server.log")
+    client = srv.start()
+    yield srv, client
+    srv.kill()
+
+
+def reference(phantom_root: Path, case_id: str) -> Path:
+    return phantom_root / case_id / f"{case_id}_seg.nii.gz"
+
+
+def test_next_sample_label_train_infer_and_next_again(server, studies: Path, phantom_root: Path) -> None:
+    _, client = server
+    info = client.info()
+    assert {"random", "mmacts"} <= set(info["strategies"])
+    assert info["labels"] == {"NCR": 1, "ED": 2, "ET": 4}
+    source_version = info["lightning_ada"]["model_version"]
+
+    first = client.next_sample("mmacts", {})
+    pool = {f"glioma_pool_{i:03d}" for i in range(6)}
+    assert first["id"] in pool and first["strategy"] == "mmacts"
+    assert first["elected_modality"] in ("flair", "t1", "t1ce", "t2")
+    assert ["flair", "t1", "t1ce", "t2"][first["elected_channel"]] == first["elected_modality"]
+    assert set(first["election_dice"]) == {"flair", "t1", "t1ce", "t2"}
+    assert first["factors"]["product"] == pytest.approx(first["score"])
+    assert first["model_version"] == source_version
+    # the ranking is in the datastore's image info, and is made once per model version
+    ranking = studies / ".lightning_ada" / "rankings" / f"mmacts_{source_version}.json"
+    made = ranking.stat().st_mtime_ns
+    assert client.next_sample("mmacts", {})["id"] == first["id"]
+    assert ranking.stat().st_mtime_ns == made
+    stored = json.loads((studies / "datastore_v2.json").read_text())["objects"][first["id"]]
+    assert stored["image"]["info"]["lightning_ada"]["mmacts"]["score"] == pytest.approx(first["score"])
+
+    client.save_label(first["id"], str(reference(phantom_root, first["id"])), tag="final")
+    assert client.info()["datastore"]["completed"] == 1
+    client.train_start("lightning_ada", {})
+    status = wait_for_training(client)
+    assert status["status"] == "DONE", status
+    assert any("is current" in line for line in status["details"])
+    trained = client.info()["lightning_ada"]["model_version"]
+    assert trained != source_version
+
+    image = studies / "glioma_pool_003.nii.gz"
+    path, params = client.infer("lightning_ada", "glioma_pool_003", {})
+    assert params["model_version"] == trained
+    mask, scan = nib.load(path), nib.load(image)
+    assert mask.shape == scan.shape[:3]
+    assert np.allclose(mask.affine, scan.affine)
+    assert set(np.unique(np.asarray(mask.dataobj)).tolist()) <= {0, 1, 2, 4}
+
+    again = client.next_sample("mmacts", {})
+    assert again["id"] != first["id"] and again["id"] in pool
+    assert again["model_version"] == trained
+
+
+def test_a_bad_label_is_refused_naming_the_fault(server, studies: Path, phantom_root: Path, tmp_path: Path) -> None:
+    _, client = server
+    good = nib.load(reference(phantom_root, "glioma_pool_004"))
+    data = np.asarray(good.dataobj)
+    shapes = tmp_path / "shape.nii.gz"
+    nib.save(nib.Nifti1Image(data[:-2], good.affine), shapes)
+    values = tmp_path / "values.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(data > 0, 7, 0).astype(np.uint8), good.affine), values)
+    for bad, fault in ((shapes, "shape"), (values, "7")):
+        with pytest.raises(MONAILabelClientException) as refused:
+            client.save_label("glioma_pool_004", str(bad), tag="final")
+        assert status_of(refused.value) == 422
+        assert "glioma_pool_004" in refused.value.msg and fault in refused.value.msg
+    assert not (studies / "labels" / "final" / "glioma_pool_004.nii.gz").exists()
+
+
+def test_two_uploads_for_one_image_store_one_whole_label(server, studies: Path, phantom_root: Path, tmp_path: Path) -> None:
+    _, client = server
+    good = nib.load(reference(phantom_root, "glioma_pool_005"))
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    nib.save(good, a)
+    nib.save(nib.Nifti1Image((np.asarray(good.dataobj) > 0).astype(np.uint8) * 2, good.affine), b)
+    errors: list[Exception] = []
+
+    def upload(path: Path) -> None:
+        try:
+            client.save_label("glioma_pool_005", str(path), tag="final")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=upload, args=(p,)) for p in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    stored = np.asarray(nib.load(studies / "labels" / "final" / "glioma_pool_005.nii.gz").dataobj)
+    assert any(np.array_equal(stored, np.asarray(nib.load(p).dataobj)) for p in (a, b))
+
+
+def test_an_image_outside_the_datastore_is_refused(server) -> None:
+    _, client = server
+    for image in ("../../etc/hostname", "/etc/hostname", "no_such_case"):
+        with pytest.raises(MONAILabelClientException) as refused:
+            client.infer("lightning_ada", image, {})
+        assert status_of(refused.value) == 404
+        assert "not an image of the datastore" in refused.value.msg
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.save_label("../escape", "/etc/hostname", tag="final")
+    assert status_of(refused.value) == 404
+
+
+@pytest.mark.slow
+def test_a_second_training_while_one_runs_is_refused(server, studies: Path, phantom_root: Path) -> None:
+    _, client = server
+    client.save_label("glioma_pool_002", str(reference(phantom_root, "glioma_pool_002")), tag="final")
+    client.train_start("lightning_ada", {})
+    deadline = time.monotonic() + 60  # MONAI Label counts a training once its process started
+    while client.train_status()["status"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.train_start("lightning_ada", {})
+    assert status_of(refused.value) == 429
+    assert wait_for_training(client)["status"] == "DONE"
+
+
+@pytest.mark.slow
+def test_a_server_killed_during_training_resumes_and_keeps_its_labels(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    studies = tmp_path / "studies"
+    prepare(str(phantom_root), "datalist", studies, None, [1, 2, 4], "pool", False)
+    srv = Server(studies, source_ckpt, tmp_path / "server.log", "--overrides", "--trainer.max_epochs 30")
+    client = srv.start()
+    try:
+        for cid in ("glioma_pool_000", "glioma_pool_001"):
+            client.save_label(cid, str(reference(phantom_root, cid)), tag="final")
+        client.train_start("lightning_ada", {})
+        runs = studies / ".lightning_ada" / "runs"
+        deadline = time.monotonic() + 300
+        while not list(runs.glob("train_*/checkpoints/last.ckpt")):
+            assert time.monotonic() < deadline, "no epoch finished"
+            time.sleep(0.2)
+        srv.kill()  # mid-training: the server and its training process die at once
+        assert not list(runs.glob("train_*/done.json"))
+
+        client = srv.start()
+        assert client.info()["datastore"]["completed"] == 2  # no saved label lost
+        client.train_start("lightning_ada", {})
+        status = wait_for_training(client)
+        assert status["status"] == "DONE", status
+        (done,) = runs.glob("train_*/done.json")
+        result = json.loads(done.read_text())
+        assert result["resumed"] is True
+        assert result["labelled"] == ["glioma_pool_000", "glioma_pool_001"]
+        assert client.info()["lightning_ada"]["model_version"] == result["model_version"]
+    finally:
+        srv.kill()
