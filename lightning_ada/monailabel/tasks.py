@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,29 +66,36 @@ class PoolRanking:
 
     def __init__(self, workspace: Workspace, strategy: str) -> None:
         self.workspace, self.strategy = workspace, strategy
+        self._lock = threading.Lock()  # two requests at once make one ranking
 
     def __call__(self, datastore: Datastore) -> tuple[list[dict[str, Any]], str]:
         """The ranking (rows of ``lightning-ada query``, best first) and the model version."""
-        checkpoint, version = self.workspace.current()
-        target = self.workspace.root / "rankings" / f"{self.strategy}_{version}"
-        if not target.with_suffix(".json").is_file():
-            images, labels = datastore_cases(datastore)
-            self.workspace.write_datalist(images, labels)
-            command = self.workspace.command(
-                "query", self.workspace.root / "rankings" / "run", "--ckpt_path", str(checkpoint),
-                "--active.strategy", self.strategy, "--out", str(target),
-                *initial_labeled(labels))
-            try:
-                self.workspace.run(command)
-            except RunFailed as error:
-                raise failed(error) from error
-            rows = json.loads(target.with_suffix(".json").read_text())
-            for row in rows:
-                if row["case_id"] in images:
-                    info = datastore.get_image_info(row["case_id"]).get(INFO_KEY, {})
-                    info[self.strategy] = {"model_version": version, **row}
-                    datastore.update_image_info(row["case_id"], {INFO_KEY: info})
-        return json.loads(target.with_suffix(".json").read_text()), version
+        with self._lock:
+            checkpoint, version = self.workspace.current()
+            target = self.workspace.root / "rankings" / f"{self.strategy}_{version}"
+            if not target.with_suffix(".json").is_file():
+                self._rank(datastore, checkpoint, version, target)
+            return json.loads(target.with_suffix(".json").read_text()), version
+
+    def _rank(self, datastore: Datastore, checkpoint: Path, version: str, target: Path) -> None:
+        images, labels = datastore_cases(datastore)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"query_{self.strategy}_", dir=target.parent))
+        self.workspace.write_datalist(images, labels, run_dir)
+        command = self.workspace.command(
+            "query", run_dir, "--ckpt_path", str(checkpoint), "--active.strategy", self.strategy,
+            "--out", str(target), *initial_labeled(labels))
+        try:
+            self.workspace.run(command)
+        except RunFailed as error:
+            raise failed(error) from error
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        for row in json.loads(target.with_suffix(".json").read_text()):
+            if row["case_id"] in images:
+                info = datastore.get_image_info(row["case_id"]).get(INFO_KEY, {})
+                info[self.strategy] = {"model_version": version, **row}
+                datastore.update_image_info(row["case_id"], {INFO_KEY: info})
 
 
 def initial_labeled(labels: dict[str, str]) -> list[str]:
@@ -166,8 +175,8 @@ class Predict(InferTask):
         if case_id is None:
             raise HTTPException(status_code=404, detail=f"image {path!r} is not an image of the datastore")
         checkpoint, version = self.workspace.current()
-        self.workspace.write_datalist(images, labels)
-        out = Path(tempfile.mkdtemp(prefix="predict_", dir=self.workspace.root))
+        out = Path(tempfile.mkdtemp(prefix="lightning_ada_predict_"))  # MONAI Label sends it
+        self.workspace.write_datalist(images, labels, out / "run")
         command = self.workspace.command(
             "predict", out / "run", "--ckpt_path", str(checkpoint), "--data.predict_split", "infer",
             "--writer.output_dir", str(out), splits=f"{{test: [], infer: [{case_id}]}}")
@@ -175,6 +184,8 @@ class Predict(InferTask):
             self.workspace.run(command)
         except RunFailed as error:
             raise failed(error) from error
+        finally:
+            shutil.rmtree(out / "run", ignore_errors=True)
         return str(out / f"{case_id}_pred.nii.gz"), {"model_version": version}
 
 
@@ -201,7 +212,8 @@ class Fit(TrainTask):
         done = run_dir / "done.json"
         if done.is_file():  # this labelled set was trained already
             return json.loads(done.read_text())
-        self.workspace.write_datalist(images, labels)
+        if not (run_dir / "datalist.json").is_file():  # a resume keeps its run's cases
+            self.workspace.write_datalist(images, labels, run_dir)
         resume = ["--ckpt_path", str(last)] if last.is_file() else []
         print(f"[lightning_ada] training on {len(labels)} labelled image(s) in {run_dir}"
               + (f", resuming from {last}" if resume else ""), flush=True)

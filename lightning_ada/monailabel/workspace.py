@@ -4,10 +4,10 @@ datalist, the current model and its version, and the ``lightning-ada`` runs it s
 Layout of the app's workspace (``<studies>/.lightning_ada/``, next to MONAI Label's own
 ``labels/`` and ``.datastore.json``):
 
-* ``datalist.json``: every image of the datastore as a target pool case (one 4-D NIfTI per case,
-  modalities on the last axis in the source model's order), with its ``final`` label if it has
-  one; written again before every run;
-* ``runs/train_<labelled hash>/``: one ``fit`` per labelled set (resumed if it was interrupted);
+* ``runs/train_<labelled hash>/``: one ``fit`` per labelled set (resumed if it was interrupted),
+  with its ``datalist.json``: every image of the datastore as a target pool case (one 4-D NIfTI
+  per case, modalities on the last axis in the source model's order), with its ``final`` label
+  if it has one (rankings and predictions run in folders of their own, removed afterwards);
 * ``model/current.ckpt`` + ``model/current.json``: the model the app ranks and predicts with
   (the source checkpoint until a training has finished), with its version (a content hash);
 * ``rankings/<strategy>_<version>.json``: a strategy's ranking of the pool under one model
@@ -101,12 +101,14 @@ class Workspace:
         self.labels: dict[str, int] = dict(data["labels"])
 
     # ------------------------------------------------------------------ the datastore as cases
-    def write_datalist(self, images: dict[str, str], labels: dict[str, str]) -> Path:
-        """Write ``datalist.json``: every image a pool case, labelled ones with their label.
+    def write_datalist(self, images: dict[str, str], labels: dict[str, str], folder: Path) -> Path:
+        """Write ``<folder>/datalist.json``: every image a pool case, labelled ones with their
+        label. Each run has its own (a request made meanwhile never changes a run's cases).
 
         Args:
             images: image path by image id (MONAI Label's ids: the file names without suffix).
             labels: final label path by image id.
+            folder: the run's folder.
 
         Raises:
             DataError: an image id that is not a valid case id (it names files).
@@ -120,7 +122,7 @@ class Workspace:
         ]
         datalist = {"name": "monailabel", "modalities": self.modalities, "labels": self.labels,
                     "cases": cases}
-        return write_json_atomic(self.root / "datalist.json", datalist)
+        return write_json_atomic(Path(folder) / "datalist.json", datalist)
 
     # ------------------------------------------------------------------ the current model
     @property
@@ -155,10 +157,10 @@ class Workspace:
     # ------------------------------------------------------------------ runs
     def command(self, subcommand: str, run_dir: Path, *options: str,
                 splits: str = "{test: []}") -> list[str]:
-        """A ``lightning-ada`` command over the workspace's datalist (no evaluation set)."""
+        """A ``lightning-ada`` command over the run folder's datalist (no evaluation set)."""
         configs = [arg for c in self.configs for arg in ("-c", str(c))]
         return [sys.executable, "-m", "lightning_ada.main", subcommand, *configs,
-                "--data.root", str(self.root / "datalist.json"), "--data.layout", "datalist",
+                "--data.root", str(Path(run_dir) / "datalist.json"), "--data.layout", "datalist",
                 "--data.phantom", "null", "--data.splits", splits,
                 "--trainer.default_root_dir", str(run_dir), *self.overrides, *options]
 
