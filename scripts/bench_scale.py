@@ -66,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu",
                    help="inference part: cpu, or cuda (bf16 autocast) on a GPU machine")
     p.add_argument("--out", default="benchmarks")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="write one report from the scale.json of parts run separately (no runs)")
     p.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -297,7 +299,7 @@ COSTS = """## What grows how (after issue 29, item 2)
 | random, replay, random_region, sparse_slices | a sort, O(N log N) | O(N) | identical |
 | entropy, cup, fg_random, stdr, ugtst, the region rules | per-case statistics of the maps, O(N V), then a sort | one map | identical |
 | **mmacts, mmacts_region** (density) | L1 distances of every pair, N^2/2 x 4,096 (quadratic by definition: the radius is a quantile of all pairwise distances) | 4 N^2 bytes (condensed) + its copy for the quantile: 0.8 GB at 10,000 | identical, bit for bit |
-| coverage (ProbCover) | two blocked matrix-product passes, O(N^2 d) at BLAS speed, exact `cdist` on the pairs near a decision; greedy on a sparse graph, O(edges) | O(2,048 N + edges) | identical at any N (exact neighbours) |
+| **coverage (ProbCover)** | the delta-ball graph over every pair (quadratic as published), here two blocked matrix-product passes over the 4,096-long density descriptors, O(N^2 d) at BLAS speed, exact `cdist` on the pairs near a decision; greedy on a sparse graph, O(edges) | O(2,048 N + edges) | identical at any N (exact neighbours) |
 | **maxherding** | every pairwise distance (median bandwidth; each gain sums over the pool: quadratic by definition), `cdist` up to 2,000 cases and BLAS above; lazy greedy | 4 N^2 bytes + the kernel 8 N^2 up to 1 GiB | identical up to 2,000; above within rounding (agreement table) |
 | **mmacts_coverage** | the same distances, one pass of gains | 4 N^2 bytes | as maxherding |
 | typiclust | k-means (`KMeans(n_init=10)` up to 2,000 cases, `MiniBatchKMeans` above) + exact K nearest neighbours by screened BLAS passes | O(2,048 N) | identical up to 2,000; above, the minibatch clustering |
@@ -368,6 +370,17 @@ def report(args: argparse.Namespace, raw: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One raw record from the records of parts run separately: each part's rows, and every
+    run's command and machine line."""
+    raw: dict[str, Any] = {"command": "\n".join(p["command"] for p in parts),
+                           "machine": "; ".join(f"{'+'.join(k for k in PARTS if k in p)}: "
+                                                f"{p['machine']}" for p in parts)}
+    for p in parts:
+        raw.update({k: v for k, v in p.items() if k not in ("command", "machine")})
+    return raw
+
+
 def main() -> None:
     args = parser().parse_args()
     if args.child:
@@ -376,6 +389,15 @@ def main() -> None:
     os.chdir(REPO)
     command = " ".join(["python scripts/bench_scale.py", shlex.join(sys.argv[1:])]).strip()
     out = REPO / args.out
+    if args.merge:  # parts run separately (e.g. each when the machine was free): one report
+        raw = merged([json.loads(Path(f).read_text()) for f in args.merge])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scale.json").write_text(json.dumps(raw, indent=1) + "\n")
+        if raw.get("selection"):
+            figure(raw["selection"], out / "figures" / "scale_loglog.png")
+        (out / "scale.md").write_text(report(args, raw, raw["command"]) + "\n")
+        print(f"-> {out / 'scale.md'}")
+        return
     raw: dict[str, Any] = {"command": command, "machine": machine()}
     runners = {"selection": run_selection, "agreement": run_agreement,
                "inference": run_inference}

@@ -549,3 +549,17 @@ def test_datalist_accepted_under_both_names(tmp_path: Path, names: tuple[str, ..
 def test_datalist_folder_without_a_datalist(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no dataset.json or datalist.json datalist"):
         read_datalist(tmp_path)
+
+
+def test_nifti_is_read_by_nibabel_whatever_else_is_installed() -> None:
+    """MONAI tries the last registered reader that accepts a suffix first; with ITK and pydicom
+    installed (the MONAI Label extra) a NIfTI must still go to nibabel, or every preprocessed
+    case (and every published number) could change."""
+    from monai.transforms import LoadImaged
+
+    from lightning_ada.data.transforms import preprocessing
+
+    load = preprocessing([1, 2, 4]).transforms[0]
+    assert isinstance(load, LoadImaged)
+    first = next(r for r in load._loader.readers[::-1] if r.verify_suffix("case.nii.gz"))
+    assert type(first).__name__ == "NibabelReader"
