@@ -14,7 +14,8 @@ if [ -f "$stamp" ]; then exit 0; fi
 .venv/bin/python -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test,label]"
 # MONAI Label for the app (lightning_ada/monailabel/), without its own requirements: the `label`
-# extra above lists what it imports (pyproject.toml says why sam2 is left out)
-.venv/bin/python -m pip install -q --no-deps "monailabel==0.8.5"
+# extra above lists what it imports (pyproject.toml says why sam2 is left out, and why
+# pydicom-seg comes without its numpy < 2 pin)
+.venv/bin/python -m pip install -q --no-deps "monailabel==0.8.5" "pydicom-seg==0.4.1"
 rm -f .venv/.setup-*
 touch "$stamp"
