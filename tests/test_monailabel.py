@@ -27,6 +27,7 @@ pytest.importorskip("monailabel", reason="the MONAI Label extra: pip install -e 
 from monailabel.client import MONAILabelClient  # noqa: E402
 from monailabel.client.client import MONAILabelClientException  # noqa: E402
 
+from lightning_ada.main import main  # noqa: E402
 from lightning_ada.monailabel.prepare import prepare  # noqa: E402
 
 CONF = Path(__file__).parent / "conf"
@@ -110,7 +111,25 @@ def reference(phantom_root: Path, case_id: str) -> Path:
     return phantom_root / case_id / f"{case_id}_seg.nii.gz"
 
 
-def test_next_sample_label_train_infer_and_next_again(server, studies: Path, phantom_root: Path) -> None:
+def query_ranking(studies: Path, checkpoint: Path, strategy: str, out: Path) -> list[dict]:
+    """``lightning-ada query`` of the datastore's images (4-D, unlabelled), run here in-process
+    with a datalist written by hand: what the server's ranking must equal."""
+    cases = [{"case_id": p.name[: -len(".nii.gz")], "images": [str(p)],
+              "modalities": ["flair", "t1", "t1ce", "t2"], "split": "pool"}
+             for p in sorted(studies.glob("*.nii.gz"))]
+    datalist = out / "datalist.json"
+    datalist.write_text(json.dumps({"modalities": ["flair", "t1", "t1ce", "t2"],
+                                    "labels": {"NCR": 1, "ED": 2, "ET": 4}, "cases": cases}))
+    main(["query", "-c", str(CONF / "random_tiny.yaml"), "--data.root", str(datalist),
+          "--data.phantom", "null", "--data.splits", "{test: []}", "--ckpt_path", str(checkpoint),
+          "--trainer.default_root_dir", str(out / "run"), "--active.strategy", strategy,
+          "--out", str(out / "ranking")])
+    return json.loads((out / "ranking.json").read_text())
+
+
+def test_next_sample_label_train_infer_and_next_again(
+    server, studies: Path, phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
     _, client = server
     info = client.info()
     assert {"random", "mmacts"} <= set(info["strategies"])
@@ -132,6 +151,13 @@ def test_next_sample_label_train_infer_and_next_again(server, studies: Path, pha
     assert ranking.stat().st_mtime_ns == made
     stored = json.loads((studies / "datastore_v2.json").read_text())["objects"][first["id"]]
     assert stored["image"]["info"]["lightning_ada"]["mmacts"]["score"] == pytest.approx(first["score"])
+    # the server's round is lightning-ada query's ranking on the same checkpoint and pool
+    expected = query_ranking(studies, source_ckpt, "mmacts", tmp_path)
+    served = json.loads(ranking.read_text())
+    assert [r["case_id"] for r in served] == [r["case_id"] for r in expected]
+    assert [r["score"] for r in served] == pytest.approx([r["score"] for r in expected])
+    assert [r["elected_modality"] for r in served] == [r["elected_modality"] for r in expected]
+    assert first["id"] == expected[0]["case_id"]
 
     client.save_label(first["id"], str(reference(phantom_root, first["id"])), tag="final")
     assert client.info()["datastore"]["completed"] == 1
