@@ -178,6 +178,7 @@ def answer_all(phantom_root: Path, out: Path) -> None:
             partial_label(phantom_root, r["case_id"], Path(r["asked_region_mask"]), target)
 
 
+@pytest.mark.slow  # a kill-and-resume point, like the others in tests/test_resume*.py
 def test_a_kill_between_two_partial_deliveries_resumes_to_the_same_voxels_and_log(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:
