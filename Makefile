@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/python scripts/demo.py
 
 test: setup
-	.venv/bin/python -m pytest -q -n 2   # two single-thread workers: the 2 cores at full speed
+	.venv/bin/python -m pytest -q -n 2 --dist loadgroup   # two single-thread workers: the 2 cores at full speed
 
 test-all: setup
-	.venv/bin/python -m pytest -q -n 2 -m ""
+	.venv/bin/python -m pytest -q -n 2 --dist loadgroup -m ""

@@ -376,6 +376,7 @@ def test_the_efficiency_table_fits_each_run_on_constructed_values() -> None:
     assert "nnactive/analyze/metrics.py" in table.notes[0]
 
 
+@pytest.mark.slow  # the whole report with its figures (~10 s); the tables are tested above
 def test_the_report_writes_every_table_and_figure_with_captions(tmp_path: Path) -> None:
     from ada_bench.endpoint import load_protocol
 

@@ -146,6 +146,14 @@ def test_merge_follows_the_cli_rules_for_class_paths_and_lists() -> None:
     assert merge(base, {"t": {"logger": False}})["t"]["logger"] is False
 
 
+def test_no_library_module_names_the_harness() -> None:
+    sources = list((REPO / "lightning_ada").rglob("*.py"))
+    assert len(sources) > 20
+    assert [p for p in sources if "ada_bench" in p.read_text()] == []  # no module names it
+    assert not (REPO / "lightning_ada" / "benchmark").exists()
+
+
+@pytest.mark.slow  # a fresh interpreter importing the whole library (~10 s)
 def test_the_library_imports_nothing_from_the_harness() -> None:
     code = (
         "import sys, lightning_ada, lightning_ada.main\n"
@@ -158,10 +166,6 @@ def test_the_library_imports_nothing_from_the_harness() -> None:
                          cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]  # ...and the library does not need it
     assert res.stdout.strip() == "[]"
-    sources = list((REPO / "lightning_ada").rglob("*.py"))
-    assert len(sources) > 20
-    assert [p for p in sources if "ada_bench" in p.read_text()] == []  # no module names it
-    assert not (REPO / "lightning_ada" / "benchmark").exists()
 
 
 def test_quick_profile_and_budgets_per_task() -> None:

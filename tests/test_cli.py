@@ -17,7 +17,7 @@ import pytest
 
 from lightning_ada.active.strategies import REGISTRY
 from lightning_ada.errors import ConfigError
-from lightning_ada.main import main
+from lightning_ada.main import cli_main, main
 
 CONF = Path(__file__).parent / "conf"
 
@@ -154,22 +154,21 @@ def test_bad_active_option_is_one_line_error_and_exit_2(
 
 
 def test_budget_larger_than_the_pool_is_one_line_error_on_the_console(
-    phantom_root: Path, tmp_path: Path
+    phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    run = subprocess.run(
-        [
-            sys.executable, "-m", "lightning_ada.main", "fit", "-c", str(CONF / "random_tiny.yaml"),
-            "--data.root", str(phantom_root),
-            "--trainer.default_root_dir", str(tmp_path / "run"), "--active.budget", "99",
-        ],
-        capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, PYTHONWARNINGS="ignore"),
-    )
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1] == (
-        "error: active.budget=99 exceeds the target pool (6 cases)"
-    )
-    assert "Traceback" not in run.stderr
+    """The console entry point itself (``cli_main``: exit status and stderr), in-process."""
+    monkeypatch.setattr(sys, "argv", [
+        "lightning-ada", "fit", "-c", str(CONF / "random_tiny.yaml"),
+        "--data.root", str(phantom_root),
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--active.budget", "99",
+    ])
+    with pytest.raises(SystemExit) as done:
+        cli_main()
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "error: active.budget=99 exceeds the target pool (6 cases)"
+    assert "Traceback" not in err
     assert not list((tmp_path / "run").rglob("*.ckpt"))
 
 

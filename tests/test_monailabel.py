@@ -30,6 +30,9 @@ from monailabel.client.client import MONAILabelClientException  # noqa: E402
 from lightning_ada.main import main  # noqa: E402
 from lightning_ada.monailabel.prepare import prepare  # noqa: E402
 
+# one server for the module: its tests go to one xdist worker (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("monailabel_server")
+
 CONF = Path(__file__).parent / "conf"
 POOL = {f"glioma_pool_{i:03d}" for i in range(6)}
 
@@ -128,9 +131,7 @@ def query_ranking(studies: Path, checkpoint: Path, strategy: str, out: Path) -> 
     return json.loads((out / "ranking.json").read_text())
 
 
-def test_next_sample_is_lightning_ada_querys_ranking_made_once(
-    server, studies: Path, source_ckpt: Path, tmp_path: Path
-) -> None:
+def test_next_sample_is_the_strategys_ranking_made_once(server, studies: Path) -> None:
     _, client = server
     info = client.info()
     assert {"random", "mmacts"} <= set(info["strategies"])
@@ -151,20 +152,24 @@ def test_next_sample_is_lightning_ada_querys_ranking_made_once(
     assert ranking.stat().st_mtime_ns == made
     stored = json.loads((studies / "datastore_v2.json").read_text())["objects"][first["id"]]
     assert stored["image"]["info"]["lightning_ada"]["mmacts"]["score"] == pytest.approx(first["score"])
+
+
+@pytest.mark.slow  # four lightning-ada runs (~55 s); .ci/run runs the slow tests of this file
+def test_same_ranking_as_query_then_label_train_infer_and_next_sample_again(
+    server, studies: Path, phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    _, client = server
+    source_version = client.info()["lightning_ada"]["model_version"]
+    first = client.next_sample("mmacts", {})
     # the server's round is lightning-ada query's ranking on the same checkpoint and pool
     expected = query_ranking(studies, source_ckpt, "mmacts", tmp_path)
+    ranking = studies / ".lightning_ada" / "rankings" / f"mmacts_{source_version}.json"
     served = json.loads(ranking.read_text())
     assert [r["case_id"] for r in served] == [r["case_id"] for r in expected]
     assert [r["score"] for r in served] == pytest.approx([r["score"] for r in expected])
     assert [r["elected_modality"] for r in served] == [r["elected_modality"] for r in expected]
     assert first["id"] == expected[0]["case_id"]
 
-
-@pytest.mark.slow  # three lightning-ada runs (~45 s); .ci/run runs the slow tests of this file
-def test_label_train_infer_and_next_sample_again(server, studies: Path, phantom_root: Path) -> None:
-    _, client = server
-    source_version = client.info()["lightning_ada"]["model_version"]
-    first = client.next_sample("mmacts", {})
     client.save_label(first["id"], str(reference(phantom_root, first["id"])), tag="final")
     assert (studies / "labels" / "final" / f"{first['id']}.nii.gz").is_file()
     client.train_start("lightning_ada", {})
