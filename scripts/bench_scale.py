@@ -1,4 +1,4 @@
-"""How a query round scales with the pool (issue 29, item 1): the selection and the inference.
+"""How a query round scales with the pool: the selection and the inference.
 
 Parts (``--parts``, default all):
 
@@ -290,9 +290,9 @@ def machine() -> str:
             f"{load[2]:.2f}")
 
 
-#: what each rule's selection costs after issue 29 (item 2); N cases, d descriptor length
+#: what each rule's selection costs after the scaling changes; N cases, d descriptor length
 #: (4,096 for the density descriptor, 64 for the embedding), V voxels of a map
-COSTS = """## What grows how (after issue 29, item 2)
+COSTS = """## What grows how (after the scaling changes)
 
 | rule | work of the selection | memory beyond the inputs | picks against the dense code of before |
 |---|---|---|---|
@@ -316,7 +316,7 @@ map as `probs.max(0)` (the same indices as `argmax(0)`, about 10x faster on the 
 def report(args: argparse.Namespace, raw: dict[str, Any], command: str) -> str:
     from ada_bench.markdown import markdown_table
 
-    lines = ["# A query round at scale: the selection and the inference (issue 29)", "",
+    lines = ["# A query round at scale: the selection and the inference", "",
              f"```\n{command}\n```", "", f"{raw['machine']}, {args.threads} thread(s) per "
              f"measurement, {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     if raw.get("selection"):

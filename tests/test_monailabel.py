@@ -30,8 +30,10 @@ from monailabel.client.client import MONAILabelClientException  # noqa: E402
 from lightning_ada.main import main  # noqa: E402
 from lightning_ada.monailabel.prepare import prepare  # noqa: E402
 
-# one server for the module: its tests go to one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("monailabel_server")
+# one server for the module: its tests go to one xdist worker (--dist loadgroup). All are `slow`
+# (a server and lightning-ada child processes: the default suite's 5 minutes); .ci/run runs them
+# after make test, on every CI run.
+pytestmark = [pytest.mark.xdist_group("monailabel_server"), pytest.mark.slow]
 
 CONF = Path(__file__).parent / "conf"
 POOL = {f"glioma_pool_{i:03d}" for i in range(6)}
@@ -154,7 +156,6 @@ def test_next_sample_is_the_strategys_ranking_made_once(server, studies: Path) -
     assert stored["image"]["info"]["lightning_ada"]["mmacts"]["score"] == pytest.approx(first["score"])
 
 
-@pytest.mark.slow  # four lightning-ada runs (~55 s); .ci/run runs the slow tests of this file
 def test_same_ranking_as_query_then_label_train_infer_and_next_sample_again(
     server, studies: Path, phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:
@@ -244,7 +245,6 @@ def test_an_image_outside_the_datastore_is_refused(server) -> None:
     assert status_of(refused.value) == 404
 
 
-@pytest.mark.slow
 def test_a_second_training_while_one_runs_is_refused(server, studies: Path, phantom_root: Path) -> None:
     _, client = server
     client.save_label("glioma_pool_002", str(reference(phantom_root, "glioma_pool_002")), tag="final")
@@ -259,7 +259,6 @@ def test_a_second_training_while_one_runs_is_refused(server, studies: Path, phan
     assert wait_for_training(client)["status"] == "DONE"
 
 
-@pytest.mark.slow
 def test_a_server_killed_during_training_resumes_and_keeps_its_labels(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

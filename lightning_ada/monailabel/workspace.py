@@ -99,6 +99,8 @@ class Workspace:
         self.modalities: list[str] = list(data["modalities"])
         #: on-disk label values by class name
         self.labels: dict[str, int] = dict(data["labels"])
+        #: the source model's version, hashed once (every request asks for the current model)
+        self.source_version = file_hash(self.source_checkpoint)
 
     # ------------------------------------------------------------------ the datastore as cases
     def write_datalist(self, images: dict[str, str], labels: dict[str, str], folder: Path) -> Path:
@@ -136,7 +138,7 @@ class Workspace:
         if info.is_file():
             record = json.loads(info.read_text())
             return self.model_dir / "current.ckpt", str(record["version"])
-        return self.source_checkpoint, file_hash(self.source_checkpoint)
+        return self.source_checkpoint, self.source_version
 
     def publish(self, checkpoint: Path, labelled: dict[str, str], run_dir: Path) -> str:
         """Make ``checkpoint``'s model the current one (written, then renamed: never
