@@ -152,3 +152,46 @@ def test_an_unlabelled_test_case_is_refused_and_an_empty_test_split_only_by_test
     assert dm.split_ids["test"] == [] and len(dm.unlabeled_ids()) == 6
     with pytest.raises(DataError, match="split 'test' is empty"):
         dm.test_dataloader()
+
+
+def test_an_initially_partial_label_trains_only_where_it_was_annotated(phantom_root: Path, tmp_path: Path) -> None:
+    """``data.initial_partial``: a label file whose 255 voxels were not annotated (what a MONAI
+    Label client's slice deliveries merge into) is a partial label from the start."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from lightning_ada.cases import NOT_ANNOTATED
+    from lightning_ada.data.partial_labels import ANNOTATED_BACKGROUND, ANNOTATED_FOREGROUND, UNANNOTATED
+
+    datalist = unlabelled_pool_datalist(phantom_root, tmp_path)
+    d = json.loads(datalist.read_text())
+    pool = sorted(c["case_id"] for c in d["cases"] if c["split"] == "pool")
+    reference = nib.load(phantom_root / pool[1] / f"{pool[1]}_seg.nii.gz")
+    values = np.asarray(reference.dataobj).astype(np.uint8)
+    tumour = int(np.flatnonzero(values.any(axis=(0, 1)))[0])  # an axial slice with tumour
+    partial = np.full_like(values, NOT_ANNOTATED)
+    partial[..., tumour:tumour + 3] = values[..., tumour:tumour + 3]
+    path = tmp_path / "partial.nii.gz"
+    nib.save(nib.Nifti1Image(partial, reference.affine), path)
+    for c in d["cases"]:
+        if c["case_id"] == pool[1]:
+            c["label"] = str(path)
+    datalist.write_text(json.dumps(d))
+
+    with pytest.raises(DataError, match="255"):  # a partial file is refused unless declared
+        make_dm(datalist, initial_labeled=[pool[1]])
+    with pytest.raises(ValueError, match=r"not in data.initial_labeled: \['" + pool[2]):
+        make_dm(datalist, initial_labeled=[pool[1]], initial_partial=[pool[2]])
+    dm = make_dm(datalist, initial_labeled=[pool[1]], initial_partial=[pool[1]])
+    item = dm.training_item(pool[1])
+    annotated = dm.annotated(pool[1])
+    assert annotated is not None and 0 < int(annotated.sum()) < annotated.numel()
+    label, sampling = item["label"][0], item["sampling"][0]
+    assert bool((label[~annotated] == NOT_ANNOTATED).all())
+    assert bool((label[annotated] != NOT_ANNOTATED).all())
+    assert bool((sampling[~annotated] == UNANNOTATED).all())
+    assert set(sampling[annotated].unique().tolist()) == {ANNOTATED_BACKGROUND, ANNOTATED_FOREGROUND}
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["case_id"]) == {pool[1]}

@@ -102,6 +102,42 @@ def test_query_subcommand_ranks_without_training(
     assert {p.name for p in run_dir.iterdir()} == {"cache"}
 
 
+def test_query_of_a_region_rule_ranks_regions_and_says_where_they_lie_in_the_files(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main([
+        "query", "-c", str(CONF / "random_tiny.yaml"), "--data.root", str(phantom_root),
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(source_ckpt),
+        "--active.strategy", "entropy_region", "--active.unit", "slices", "--active.unit.k", "2",
+        "--active.elect_modality", "true", "--out", str(tmp_path / "ranking"),
+        "--image_grid_top", "3",
+    ])
+    rows = json.loads((tmp_path / "ranking.json").read_text())
+    assert len(rows) > 6  # regions, several per case
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(rows[i]["score"] >= rows[i + 1]["score"] for i in range(len(rows) - 1))
+    for r in rows[:3]:
+        image = nib.load(phantom_root / r["case_id"] / f"{r['case_id']}_flair.nii.gz")
+        asked = np.asarray(nib.load(r["asked_mask"]).dataobj) > 0
+        assert asked.shape == image.shape
+        # two whole slices of the image files along the stated axis, and nothing else
+        axis = r["slice_axis"]
+        other = tuple(a for a in range(3) if a != axis)
+        assert np.flatnonzero(asked.any(axis=other)).tolist() == r["slices"] and len(r["slices"]) == 2
+        assert bool(asked.take(r["slices"], axis=axis).all())
+        assert r["region_network_grid"]["kind"] == "slices"
+    assert all("asked_mask" not in r and "region" in r for r in rows[3:])
+    # regions of one case never overlap
+    seen: dict[tuple[str, int], set[int]] = {}
+    for r in rows:
+        g = r["region_network_grid"]
+        taken = seen.setdefault((r["case_id"], g["axis"]), set())
+        assert not taken & set(g["indices"])
+        taken |= set(g["indices"])
+    printed = capsys.readouterr().out
+    assert rows[0]["region"] in printed
+
+
 def test_top_level_help_lists_query_and_query_help_documents_its_options(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -275,17 +276,24 @@ class ActiveQueryCallback(L.Callback):
         round: the strategy ranks only the filter's candidates (at least as many as that round
         queries), and every case the filter leaves out follows them, unranked, with
         ``filtered_out`` and its prototype distance. Cases the oracle refused are left out.
+        A region rule (a sub-volume ``unit``) ranks regions instead: every region of a case with
+        voxels still unannotated that does not overlap a better-ranked one, each entry with its
+        ``region`` and ``part``, as ``fit``'s next round would take them.
 
         Returns:
-            One entry per case, best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`),
+            One entry per case (or region), best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`),
             then the cases the pre-filter left out (``rank`` None).
         """
         self.prepare(trainer, pl_module)
         pool = self._pool()
+        regions = self._region_context()
         ctx = query_context(pool, pl_module, self.round, self.seed, self._run_dir(trainer),
-                            self._with_features, exclude=self.refused)
+                            self._with_features, exclude=self.refused,
+                            unit=self.unit if regions else None)
         election = Election(pl_module.predict_case, self.election_per_class)
-        result = query_round(self.strategy, ctx, len(ctx.unlabeled), trainer, pool,
+        # every case, or every region that does not overlap a better one (a region rule)
+        n = sys.maxsize if regions else len(ctx.unlabeled)
+        result = query_round(self.strategy, ctx, n, trainer, pool,
                              election=election, prefilter=self.open_set_filter,
                              round_size=self._next_round_size(len(ctx.unlabeled)))
         picks = [e | ({"open_set_candidate": True} if result.filtered else {})
@@ -407,7 +415,7 @@ class ActiveQueryCallback(L.Callback):
         """Ask the oracle for every pending query; checkpoint and stop if one is still waiting."""
         pool = self._pool()
         asked = ask_oracle(
-            self.pending, self.oracle, trainer, pool, lambda e: self._request(pl_module, e)
+            self.pending, self.oracle, trainer, pool, lambda e: self.request_for(pl_module, e)
         )
         for entry in asked.delivered:
             self.n_queried += 1
@@ -458,8 +466,8 @@ class ActiveQueryCallback(L.Callback):
                 "asked_voxels": float(voxels)}
         return cost | ({"seconds": 0.0} if self.annotation_time is not None else {})
 
-    def _request(self, pl_module: Any, entry: dict[str, Any]) -> Request:
-        """The oracle's request for a query, with the current prediction (computed at most once,
+    def request_for(self, pl_module: Any, entry: dict[str, Any]) -> Request:
+        """The oracle's request for a query (an entry of a round), with the current prediction (computed at most once,
         only if the oracle asks for it) to write as a NIfTI mask or a preview."""
         pool = self._pool()
         case_id = entry["case_id"]

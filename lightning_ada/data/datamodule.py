@@ -76,6 +76,10 @@ class ActiveDataModule(L.LightningDataModule):
         modalities: modality names, in channel order.
         labels: region name -> on-disk label value, in class order (class index = position + 1).
         initial_labeled: pool case ids labeled (with their reference mask) before any query.
+        initial_partial: those of ``initial_labeled`` whose label file is partial: its
+            ``NOT_ANNOTATED`` (255) voxels were not annotated (e.g. the slices a MONAI Label
+            client delineated, merged); training ignores them and centres its crops on the
+            annotated voxels, and sub-volume queries may ask for them later.
         label_all: label the whole pool with reference masks (the upper bound).
         batch_size: training batch size.
         iterations_per_epoch: training batches per epoch, whatever the labeled-set size.
@@ -145,6 +149,7 @@ class ActiveDataModule(L.LightningDataModule):
         modalities: list[str] = ["flair", "t1", "t1ce", "t2"],  # noqa: B006
         labels: dict[str, int] = {"NCR": 1, "ED": 2, "ET": 4},  # noqa: B006
         initial_labeled: list[str] | None = None,
+        initial_partial: list[str] | None = None,
         label_all: bool = False,
         batch_size: int = 4,
         iterations_per_epoch: int = 25,
@@ -170,6 +175,9 @@ class ActiveDataModule(L.LightningDataModule):
         allowed = ["all", "dominant_only", *(f"modality:{m}" for m in modalities)]
         if train_input not in allowed:
             raise ValueError(f"data.train_input must be one of {allowed}, got {train_input!r}")
+        stray = sorted(set(initial_partial or []) - set(initial_labeled or []))
+        if stray:
+            raise ValueError(f"data.initial_partial names cases not in data.initial_labeled: {stray}")
         if missing_modality not in ("refuse", "zero_fill"):
             raise ValueError(
                 f"data.missing_modality must be 'refuse' or 'zero_fill', got {missing_modality!r}"
@@ -237,7 +245,8 @@ class ActiveDataModule(L.LightningDataModule):
         for cid in self._source_pool.case_ids:
             self._source_pool.label(cid, self._reference_label(cid))
         initial = {cid: self._reference_label(cid) for cid in self._initially_labeled()}
-        self.state.start(self.split_ids.get("pool", []), initial, self.cases)
+        self.state.start(self.split_ids.get("pool", []), initial, self.cases,
+                         partial=self._initially_partial())
         used = [cid for cid in self.cases if any(cid in ids for ids in self.split_ids.values())]
         self._data = PreprocessedCases(
             self.cases, used, list(self.hparams.labels.values()), list(self.hparams.modalities),
@@ -283,14 +292,15 @@ class ActiveDataModule(L.LightningDataModule):
         """:func:`validate_case`, remembered in ``<cache_dir>/validated`` once passed."""
         case, values = self.cases[case_id], list(self.hparams.labels.values())
         limit = int(self.hparams.max_voxels)
+        partial = case_id in self._initially_partial()
         if self.hparams.cache_dir is None:
-            validate_case(case, values, max_voxels=limit)
+            validate_case(case, values, max_voxels=limit, allow_not_annotated=partial)
             return
         markers = ValidationMarkers(
             Path(self.hparams.cache_dir) / "validated",
-            {"label_values": values, "max_voxels": limit},
+            {"label_values": values, "max_voxels": limit, "allow_not_annotated": partial},
         )
-        markers.validate(case, label_values=values, max_voxels=limit)
+        markers.validate(case, label_values=values, max_voxels=limit, allow_not_annotated=partial)
 
     def _initially_labeled(self) -> list[str]:
         if self.hparams.stage == "source":
@@ -298,6 +308,9 @@ class ActiveDataModule(L.LightningDataModule):
         if self.hparams.label_all:
             return list(self.split_ids["pool"])
         return list(self.hparams.initial_labeled or [])
+
+    def _initially_partial(self) -> set[str]:
+        return set(self.hparams.get("initial_partial") or []) if self.hparams.stage == "target" else set()
 
     def _reference_label(self, case_id: str) -> str:
         label = self.cases[case_id].label

@@ -17,7 +17,7 @@ it had accepted, or stops naming the file that changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,10 @@ class PoolState:
         pool_ids: Sequence[str],
         initially_labeled: Mapping[str, str],
         cases: Mapping[str, Case],
+        partial: Collection[str] = (),
     ) -> None:
-        """Create the pool, label the initial cases with the given masks (round -1) and apply a
+        """Create the pool, label the initial cases with the given masks (round -1; those in
+        ``partial`` as partial labels, annotated where not ``NOT_ANNOTATED``) and apply a
         state loaded before (checked against ``cases``).
 
         Raises:
@@ -65,7 +67,7 @@ class PoolState:
         """
         self.pool = ActivePool(pool_ids)
         for cid, label_path in initially_labeled.items():
-            self.pool.label(cid, label_path, None, round=-1)
+            self.pool.label(cid, label_path, None, round=-1, partial=cid in partial)
         if self._restored is not None:
             state, self._restored = self._restored, None
             self._restore(state, cases)

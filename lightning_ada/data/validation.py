@@ -245,6 +245,7 @@ def validate_case(
     atol: float = 1e-3,
     allow_empty_label: bool = True,
     max_voxels: int = MAX_VOXELS,
+    allow_not_annotated: bool = False,
 ) -> None:
     """Load every file of ``case`` and raise one clear :class:`DataError` at the first fault.
 
@@ -263,6 +264,8 @@ def validate_case(
         atol: absolute tolerance on affine entries.
         allow_empty_label: whether an all-background label is acceptable.
         max_voxels: largest number of voxels (all channels) accepted in one file.
+        allow_not_annotated: the case's label is partial: its ``NOT_ANNOTATED`` voxels are
+            accepted (not annotated, not a class).
 
     Raises:
         DataError: naming the offending file and the fault.
@@ -302,7 +305,8 @@ def validate_case(
     if ref is None:
         raise DataError(f"case {case.case_id!r}: no image at all")
     if case.label is not None:
-        _check_label(case.label, ref, label_values, allow_empty_label, atol, max_voxels)
+        _check_label(case.label, ref, label_values, allow_empty_label, atol, max_voxels,
+                     allow_not_annotated)
     for path in case.modality_labels.values():
         _check_label(path, ref, label_values, True, atol, max_voxels)
 

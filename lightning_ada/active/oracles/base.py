@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import nibabel as nib
+import numpy as np
+
 from lightning_ada.cases import Case
 from lightning_ada.data.pool_view import PoolView
 from lightning_ada.data.regions import Region
@@ -76,6 +79,38 @@ class Request:
     def round(self) -> int:
         """The 0-based query round."""
         return int(self.query.get("round", 0))
+
+    def region_record(self) -> dict[str, Any]:
+        """What the request says of the asked part: on the network grid and on the grid of the
+        image files (voxel indices per axis and, for slices, each slice's position in mm)."""
+        region = self.region
+        assert region is not None
+        record: dict[str, Any] = {"network_grid": region.to_json(), "text": region.describe()}
+        if self.asked is None:
+            return record
+        asked = np.asarray(self.asked(), dtype=bool)
+        image = nib.load(self.case.reference_image)
+        affine = np.asarray(image.affine, dtype=np.float64)
+        support = [np.flatnonzero(asked.any(axis=tuple(a for a in range(3) if a != ax)))
+                   for ax in range(3)]
+        record["image_grid"] = {
+            "shape": list(asked.shape),
+            "voxels": int(asked.sum()),
+            "index_range": [[int(s.min()), int(s.max())] if s.size else [] for s in support],
+        }
+        if region.kind == "slices":
+            partial_axes = [ax for ax, s in enumerate(support) if 0 < s.size < asked.shape[ax]]
+            if len(partial_axes) == 1:
+                ax = partial_axes[0]
+                centre = [n // 2 for n in asked.shape]
+                positions = []
+                for i in support[ax]:
+                    voxel = list(centre)
+                    voxel[ax] = int(i)
+                    positions.append([round(float(v), 2) for v in (affine @ [*voxel, 1.0])[:3]])
+                record["image_grid"] |= {"slice_axis": ax, "slices": [int(i) for i in support[ax]],
+                                         "slice_centres_mm": positions}
+        return record
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ class FileOracle(Oracle):
             files["preview"] = str(stem) + "_preview.png"
             request.write_preview(Path(files["preview"]))
         if request.region is not None and request.region.kind != "case":
-            files["region"] = self._region_record(request)
+            files["region"] = request.region_record()
             if request.write_asked is not None:
                 files["asked_region_mask"] = str(stem) + "_asked.nii.gz"
                 request.write_asked(Path(files["asked_region_mask"]))
@@ -343,38 +343,6 @@ class FileOracle(Oracle):
             )
 
     # ------------------------------------------------------------------ regions
-    def _region_record(self, request: Request) -> dict[str, Any]:
-        """What the request says of the asked part: on the network grid and on the grid of the
-        image files (voxel indices per axis and, for slices, each slice's position in mm)."""
-        region = request.region
-        assert region is not None
-        record: dict[str, Any] = {"network_grid": region.to_json(), "text": region.describe()}
-        if request.asked is None:
-            return record
-        asked = np.asarray(request.asked(), dtype=bool)
-        image = nib.load(request.case.reference_image)
-        affine = np.asarray(image.affine, dtype=np.float64)
-        support = [np.flatnonzero(asked.any(axis=tuple(a for a in range(3) if a != ax)))
-                   for ax in range(3)]
-        record["image_grid"] = {
-            "shape": list(asked.shape),
-            "voxels": int(asked.sum()),
-            "index_range": [[int(s.min()), int(s.max())] if s.size else [] for s in support],
-        }
-        if region.kind == "slices":
-            partial_axes = [ax for ax, s in enumerate(support) if 0 < s.size < asked.shape[ax]]
-            if len(partial_axes) == 1:
-                ax = partial_axes[0]
-                centre = [n // 2 for n in asked.shape]
-                positions = []
-                for i in support[ax]:
-                    voxel = list(centre)
-                    voxel[ax] = int(i)
-                    positions.append([round(float(v), 2) for v in (affine @ [*voxel, 1.0])[:3]])
-                record["image_grid"] |= {"slice_axis": ax, "slices": [int(i) for i in support[ax]],
-                                         "slice_centres_mm": positions}
-        return record
-
     def _check_inside(self, target: Path, request: Request, values: Any = None) -> None:
         """Refuse a delivery that labels tumour outside the asked part (``values``: the file's
         voxels on the image grid, when already read; else read from ``target``).
