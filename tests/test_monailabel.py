@@ -290,3 +290,78 @@ def test_a_server_killed_during_training_resumes_and_keeps_its_labels(
         assert client.info()["lightning_ada"]["model_version"] == result["model_version"]
     finally:
         srv.kill()
+
+
+def test_a_region_rule_asks_for_slices_and_its_deliveries_merge_into_a_partial_label(
+    phantom_root: Path, source_ckpt: Path, tmp_path: Path
+) -> None:
+    """``/activelearning/entropy_region`` with the unit ``slices:k=2``: the answer names two
+    slices of the image file; a label is read as their delineation (tumour elsewhere refused),
+    deliveries merge (255: not annotated), training takes the partial label, and later answers
+    never ask for an annotated voxel again."""
+    from lightning_ada.cases import NOT_ANNOTATED
+
+    studies = tmp_path / "studies"
+    prepare(str(phantom_root), "datalist", studies, None, [1, 2, 4], "pool", False)
+    srv = Server(studies, source_ckpt, tmp_path / "server.log", "--unit", "slices:k=2")
+    srv.command[srv.command.index("--strategies") + 1: srv.command.index("--port")] = ["entropy_region"]
+    client = srv.start()
+    try:
+        assert "entropy_region" in client.info()["strategies"]
+        first = client.next_sample("entropy_region", {})
+        cid = first["id"]
+        assert cid in POOL and len(first["slices"]) == 2 and first["slice_axis"] in (0, 1, 2)
+        asked = np.asarray(nib.load(first["asked_mask"]).dataobj) > 0
+        reference_label = nib.load(reference(phantom_root, cid))
+        truth = np.asarray(reference_label.dataobj).astype(np.uint8)
+        assert np.flatnonzero(asked.any(axis=tuple(a for a in range(3) if a != first["slice_axis"]))).tolist() == first["slices"]
+
+        # the whole reference marks tumour outside the two slices: refused, naming it
+        assert bool((truth[~asked] > 0).any())
+        with pytest.raises(MONAILabelClientException) as refused:
+            client.save_label(cid, str(reference(phantom_root, cid)), tag="final")
+        assert status_of(refused.value) == 422 and "outside the asked region" in refused.value.msg
+        assert not (studies / "labels" / "final" / f"{cid}.nii.gz").exists()
+
+        # the two slices delineated (0 elsewhere, as an editor saves it): stored as a partial label
+        delivery = tmp_path / "slices.nii.gz"
+        nib.save(nib.Nifti1Image(np.where(asked, truth, 0).astype(np.uint8), reference_label.affine), delivery)
+        client.save_label(cid, str(delivery), tag="final")
+        stored = np.asarray(nib.load(studies / "labels" / "final" / f"{cid}.nii.gz").dataobj)
+        assert np.array_equal(stored[asked], truth[asked])
+        assert bool((stored[~asked] == NOT_ANNOTATED).all())
+
+        # the next answer asks for other voxels; half of them delivered, the rest left at 255
+        second = client.next_sample("entropy_region", {})
+        other = np.asarray(nib.load(second["asked_mask"]).dataobj) > 0
+        if second["id"] == cid:
+            assert not bool((other & asked).any())
+        second_truth = np.asarray(nib.load(reference(phantom_root, second["id"])).dataobj).astype(np.uint8)
+        half = other.copy()
+        half[: half.shape[0] // 2] = False
+        partial = np.where(half, second_truth, np.where(other, NOT_ANNOTATED, 0)).astype(np.uint8)
+        delivery2 = tmp_path / "partial.nii.gz"
+        nib.save(nib.Nifti1Image(partial, reference_label.affine), delivery2)
+        client.save_label(second["id"], str(delivery2), tag="final")
+        merged = np.asarray(nib.load(studies / "labels" / "final" / f"{second['id']}.nii.gz").dataobj)
+        assert np.array_equal(merged[half], second_truth[half])
+        assert bool((merged[other & ~half] == NOT_ANNOTATED).all())
+        if second["id"] == cid:  # the first delivery is kept
+            assert np.array_equal(merged[asked], truth[asked])
+        answered = json.loads((studies / ".lightning_ada" / "deliveries" / f"{second['id']}.json").read_text())
+        assert answered[-1]["annotated_voxels"] == int(half.sum())
+
+        client.train_start("lightning_ada", {})
+        status = wait_for_training(client)
+        assert status["status"] == "DONE", status
+        (config,) = (studies / ".lightning_ada" / "runs").glob("train_*/**/config.yaml")
+        assert "initial_partial" in config.read_text() and cid in config.read_text()
+
+        after = client.next_sample("entropy_region", {})
+        assert after["model_version"] == client.info()["lightning_ada"]["model_version"]
+        final = studies / "labels" / "final" / f"{after['id']}.nii.gz"
+        if final.exists():  # a case annotated in part: only its unannotated voxels are asked for
+            done = np.asarray(nib.load(final).dataobj) != NOT_ANNOTATED
+            assert not bool(((np.asarray(nib.load(after["asked_mask"]).dataobj) > 0) & done).any())
+    finally:
+        srv.kill()

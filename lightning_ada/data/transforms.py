@@ -6,6 +6,7 @@ Items are dicts with ``image`` (one path per modality, stacked to ``(C, H, W, D)
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -17,6 +18,12 @@ from monai import transforms as T
 #: Bump when :func:`preprocessing` changes in a way its arguments do not show (a new transform,
 #: another interpolation, ...): it is part of the key of the on-disk cache of preprocessed cases.
 PREPROCESSING_VERSION = 2
+
+# MONAI's LoadImage builds every registered reader, and with pydicom installed (the MONAI Label
+# extra) its GPU DICOM reader says twice per LoadImage that nvImageCodec is absent. The library
+# reads NIfTI with nibabel: that message says nothing about its runs.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
 
 
 #: Smallest fraction of a channel's voxels that must hold its border's most frequent value for

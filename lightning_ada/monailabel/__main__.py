@@ -47,6 +47,8 @@ def server_command(args: argparse.Namespace) -> list[str]:
         conf["strategies"] = ",".join(args.strategies)
     if args.overrides:
         conf["overrides"] = args.overrides
+    if args.unit:
+        conf["unit"] = args.unit
     command = [sys.executable, "-m", "monailabel.main", "start_server", "--app",
                str(app_folder(studies)), "--studies", str(studies), "--host", args.host,
                "--port", str(args.port)]
@@ -63,7 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", action="append", required=True,
                    help="a lightning-ada config file (repeat, in order, as -c for fit)")
     p.add_argument("--strategies", nargs="+", default=None,
-                   help="strategies to offer (default: every case-level one)")
+                   help="strategies to offer (default: every case-level strategy and every "
+                   "region rule of the unit usable outside a simulation)")
+    p.add_argument("--unit", default=None,
+                   help="what a region rule asks for: name[:key=value,...] (default slices:k=3)")
     p.add_argument("--overrides", default="", help="more lightning-ada options for every run")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

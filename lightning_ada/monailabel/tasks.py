@@ -5,7 +5,10 @@
   modality of every unlabelled image), once per strategy and model version: the ranking is kept
   in ``rankings/`` and in each image's info in the datastore, and later requests under the same
   model only skip the images labelled since.
-* :class:`NextSample` is ``/activelearning/<strategy>``: the best-ranked image still unlabelled.
+* :class:`NextSample` is ``/activelearning/<strategy>``: the best-ranked image still unlabelled,
+  or, for a region rule, the best-ranked slices or box not annotated yet (the request is kept
+  until the image's next label, which is merged as a delineation of that part:
+  :mod:`lightning_ada.monailabel.regions`).
 * :class:`RankingScore` is ``/scoring/<strategy>``: the ranking made ahead of the requests.
 * :class:`Predict` is ``/infer/lightning_ada``: the current model's sliding-window prediction
   (``lightning-ada predict``) in the image's own grid and affine.
@@ -32,6 +35,15 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lightning_ada.io import write_json_atomic
+from lightning_ada.monailabel.regions import (
+    REGION_KEYS,
+    REQUEST_KEYS,
+    RegionRequests,
+    annotated_voxels,
+    is_partial,
+    overlaps,
+    unit_options,
+)
 from lightning_ada.monailabel.workspace import REFUSED, RunFailed, Workspace, labelled_hash
 
 logger = logging.getLogger(__name__)
@@ -40,6 +52,9 @@ logger = logging.getLogger(__name__)
 INFO_KEY = "lightning_ada"
 #: the name of the model (infer) and of the trainer
 MODEL = "lightning_ada"
+#: region rows of a ranking given their place in the image files (and a mask): the regions a
+#: session can be offered before the ranking is made again
+IMAGE_GRID_TOP = 20
 
 
 def failed(error: Exception) -> HTTPException:
@@ -62,18 +77,22 @@ class PoolRanking:
     Args:
         workspace: the app's workspace.
         strategy: a registered lightning_ada strategy name (``--active.strategy``).
+        unit: the annotation unit of a region rule, ``name[:key=value,...]`` (e.g.
+            ``slices:k=3``); None: the strategy ranks whole images.
     """
 
-    def __init__(self, workspace: Workspace, strategy: str) -> None:
-        self.workspace, self.strategy = workspace, strategy
+    def __init__(self, workspace: Workspace, strategy: str, unit: str | None = None) -> None:
+        self.workspace, self.strategy, self.unit = workspace, strategy, unit
         self._lock = threading.Lock()  # two requests at once make one ranking
 
-    def __call__(self, datastore: Datastore) -> tuple[list[dict[str, Any]], str]:
-        """The ranking (rows of ``lightning-ada query``, best first) and the model version."""
+    def __call__(self, datastore: Datastore, again: bool = False) -> tuple[list[dict[str, Any]], str]:
+        """The ranking (rows of ``lightning-ada query``, best first) and the model version;
+        ``again``: rank again under the same model (the labels delivered since are then
+        annotated, not candidates)."""
         with self._lock:
             checkpoint, version = self.workspace.current()
             target = self.workspace.root / "rankings" / f"{self.strategy}_{version}"
-            if not target.with_suffix(".json").is_file():
+            if again or not target.with_suffix(".json").is_file():
                 self._rank(datastore, checkpoint, version, target)
             return json.loads(target.with_suffix(".json").read_text()), version
 
@@ -82,60 +101,102 @@ class PoolRanking:
         target.parent.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=f"query_{self.strategy}_", dir=target.parent))
         self.workspace.write_datalist(images, labels, run_dir)
+        regions = [*unit_options(self.unit), "--image_grid_top", str(IMAGE_GRID_TOP)] if self.unit else []
         command = self.workspace.command(
             "query", run_dir, "--ckpt_path", str(checkpoint), "--active.strategy", self.strategy,
-            "--out", str(target), *initial_labeled(labels))
+            "--out", str(target), *regions, *labelled_options(labels))
         try:
             self.workspace.run(command)
         except RunFailed as error:
             raise failed(error) from error
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
+        best: dict[str, dict[str, Any]] = {}  # a region rule: each image's best region
         for row in json.loads(target.with_suffix(".json").read_text()):
+            best.setdefault(row["case_id"], row)
+        for row in best.values():
             if row["case_id"] in images:
                 info = datastore.get_image_info(row["case_id"]).get(INFO_KEY, {})
                 info[self.strategy] = {"model_version": version, **row}
                 datastore.update_image_info(row["case_id"], {INFO_KEY: info})
 
 
-def initial_labeled(labels: dict[str, str]) -> list[str]:
-    """The command-line option naming the labelled ids (none: no option)."""
-    return ["--data.initial_labeled", f"[{', '.join(sorted(labels))}]"] if labels else []
+def labelled_options(labels: dict[str, str]) -> list[str]:
+    """The command-line options naming the labelled ids and, among them, those whose final
+    label is partial (merged region deliveries); none: no option."""
+    if not labels:
+        return []
+    partial = sorted(cid for cid, path in labels.items() if is_partial(path))
+    return ["--data.initial_labeled", f"[{', '.join(sorted(labels))}]",
+            *(["--data.initial_partial", f"[{', '.join(partial)}]"] if partial else [])]
 
 
 class NextSample(Strategy):
-    """``/activelearning/<strategy>``: the best-ranked image not labelled yet.
+    """``/activelearning/<strategy>``: the best-ranked image not labelled yet, or (a region
+    rule) the best-ranked region not annotated yet.
 
     The response carries, besides MONAI Label's ``id`` (and ``path``), the strategy, its
     ``score`` and ``factors``, the ``elected_modality`` with its channel in the 4-D image
     (``elected_channel``) and the election's Dice per modality, the ``rank`` and the
-    ``model_version`` the ranking was made with.
+    ``model_version`` the ranking was made with. For a region rule also the ``region``
+    (its description), where it lies in the image file (``slice_axis`` and ``slices``, or
+    ``index_range``: voxel indices) and ``asked_mask`` (a mask of it on the server); the
+    image's next final label answers that request.
     """
 
-    def __init__(self, ranking: PoolRanking, description: str) -> None:
+    def __init__(self, ranking: PoolRanking, description: str, requests: RegionRequests) -> None:
         super().__init__(description)
-        self.ranking = ranking
+        self.ranking, self.requests = ranking, requests
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         rows, version = self.ranking(datastore)
-        unlabelled = set(datastore.get_unlabeled_images())
+        row = self._best(rows, datastore)
+        if row is None and any("region" in r and "asked_mask" not in r for r in rows):
+            rows, version = self.ranking(datastore, again=True)  # past the rows placed in files
+            row = self._best(rows, datastore)
+        if row is None:
+            return {}
+        if "region" in row:
+            self.requests.ask(row, self.ranking.strategy, version)
+        else:
+            self.requests.cancel(row["case_id"])  # offered whole: its next label is whole
+        fixed = {"rank", "open_set_candidate", *REQUEST_KEYS}
         modalities = self.ranking.workspace.modalities
+        return {
+            "id": row["case_id"],
+            "strategy": self.ranking.strategy,
+            "rank": row["rank"],
+            "score": row["score"],
+            "factors": {k: v for k, v in row.items() if k not in fixed and not k.startswith("dice_")},
+            "elected_modality": row["elected_modality"],
+            "elected_channel": modalities.index(row["elected_modality"]),
+            "election_dice": {k[5:]: v for k, v in row.items() if k.startswith("dice_")},
+            "model_version": version,
+            **{k: row[k] for k in REGION_KEYS if k in row},
+        }
+
+    def _best(self, rows: list[dict[str, Any]], datastore: Datastore) -> dict[str, Any] | None:
+        """The first row still to annotate: an unlabelled image, or a region placed in the image
+        files that touches no annotated voxel of an image not labelled whole."""
+        _, labels = datastore_cases(datastore)
+        annotated: dict[str, Any] = {}
         for row in rows:
-            if row.get("rank") is None or row["case_id"] not in unlabelled:
+            cid = row["case_id"]
+            if row.get("rank") is None:
                 continue
-            fixed = {"rank", "case_id", "score", "elected_modality", "open_set_candidate"}
-            return {
-                "id": row["case_id"],
-                "strategy": self.ranking.strategy,
-                "rank": row["rank"],
-                "score": row["score"],
-                "factors": {k: v for k, v in row.items() if k not in fixed and not k.startswith("dice_")},
-                "elected_modality": row["elected_modality"],
-                "elected_channel": modalities.index(row["elected_modality"]),
-                "election_dice": {k[5:]: v for k, v in row.items() if k.startswith("dice_")},
-                "model_version": version,
-            }
-        return {}
+            if "region" not in row:
+                if cid not in labels:
+                    return row
+                continue
+            if "asked_mask" not in row:
+                continue
+            if cid in labels:
+                if cid not in annotated:
+                    annotated[cid] = annotated_voxels(labels[cid])
+                if overlaps(row["asked_mask"], annotated[cid]):
+                    continue  # a whole label, or a region delivered since the ranking
+            return row
+        return None
 
 
 class RankingScore(ScoringMethod):
@@ -219,7 +280,7 @@ class Fit(TrainTask):
               + (f", resuming from {last}" if resume else ""), flush=True)
         command = self.workspace.command(
             "fit", run_dir, "--model.source_checkpoint", str(self.workspace.source_checkpoint),
-            "--active.budget", "0", *initial_labeled(labels), *resume)
+            "--active.budget", "0", *labelled_options(labels), *resume)
         try:
             self.workspace.run(command, capture=False)
         except RunFailed as error:

@@ -146,6 +146,9 @@ class Strategy:
     #: case-level strategy ranks whole cases (:meth:`score`); a region rule implements
     #: :meth:`case_regions` and lists the units it ranks
     units: ClassVar[frozenset[str]] = frozenset({"case"})
+    #: the strategy reads what an annotator is asked for (the reference labels of the pool):
+    #: a simulation's upper reference, never offered where real annotators work
+    simulation_only: ClassVar[bool] = False
 
     #: seconds spent in the last :meth:`score` call, by part (inference, statistics, density)
     timings: dict[str, float] = {}  # noqa: RUF012 - replaced per call, never mutated

@@ -184,6 +184,7 @@ class ForegroundRandomRegionReferenceStrategy(ForegroundRandomRegionStrategy):
     """
 
     name = "fg_random_region_reference"
+    simulation_only = True
     display_name = "Random FG-aware region (reference, simulation only)"
     table_order = 211
 
