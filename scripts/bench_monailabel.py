@@ -15,11 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,37 +26,17 @@ STEPS = ("server start", "next sample (ranking made)", "next sample (cached)", "
          "train (3 tiny epochs)", "infer", "next sample (new model)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def one_round(work: Path, phantom: Path, source: Path) -> dict[str, float]:
-    from monailabel.client import MONAILabelClient
-
+    from lightning_ada.monailabel.launch import ServerProcess
     from lightning_ada.monailabel.prepare import prepare
 
     studies = work / "studies"
     prepare(str(phantom), "datalist", studies, None, [1, 2, 4], "pool", False)
-    port = free_port()
-    command = [sys.executable, "-m", "lightning_ada.monailabel", "--studies", str(studies),
-               "--source-checkpoint", str(source), "--config", str(CONF / "random_tiny.yaml"),
-               "--strategies", "mmacts", "--port", str(port)]
+    server = ServerProcess(studies, source, [CONF / "random_tiny.yaml"], work / "server.log", ["mmacts"])
     times: dict[str, float] = {}
     t = time.perf_counter()
-    with open(work / "server.log", "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        client = MONAILabelClient(f"http://127.0.0.1:{port}")
-        while True:
-            try:
-                client.info()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                if server.poll() is not None:
-                    raise SystemExit((work / "server.log").read_text()[-2000:])
-                time.sleep(0.2)
+        client = server.start()
         times["server start"] = time.perf_counter() - t
 
         def timed(name, call):
@@ -82,8 +58,7 @@ def one_round(work: Path, phantom: Path, source: Path) -> dict[str, float]:
         timed("infer", lambda: client.infer("lightning_ada", first["id"], {}))
         timed("next sample (new model)", lambda: client.next_sample("mmacts", {}))
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        server.kill()
     return times
 
 

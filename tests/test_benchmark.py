@@ -140,6 +140,7 @@ def test_aggregation_means_and_draws() -> None:
     assert format_mean_std(stats.mean_std([1.0, 3.0])) == "2.00 ± 1.41"
 
 
+@pytest.mark.slow
 def test_table1_means_bold_and_p_values(tmp_path: Path, named: None) -> None:
     t = tables.table1(make_rows())
     md = t.markdown()
@@ -166,6 +167,7 @@ def test_table1_means_bold_and_p_values(tmp_path: Path, named: None) -> None:
     assert "Bold" in md and "| mmActS |" not in md  # the reference row's name is bold too
 
 
+@pytest.mark.slow
 def test_table2_schedule_and_budget_tables(named: None) -> None:
     rows = make_rows()
     t2 = tables.table2(rows)
@@ -479,6 +481,7 @@ def test_overrides_after_the_double_dash_are_read_like_the_cli() -> None:
 
 
 # ------------------------------------------------------------------ W&B offline, one tiny real fit
+@pytest.mark.slow
 def test_wandb_offline_runs_receive_the_metrics_and_the_run_attributes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -236,6 +236,7 @@ def constructed() -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.slow
 def test_equal_cost_table_pairs_each_unit_run_with_whole_scan_and_same_unit_random() -> None:
     table = equal_cost.equal_cost_table(constructed(), [1, 2, 3, 5])
     got = {(r[1], r[4], r[6]): r for r in table.csv_rows}  # (run, baseline, measure)

@@ -253,6 +253,7 @@ def test_tables_show_variants_presets_and_additions(named: None) -> None:
     assert "Upper bound + DGST" not in [r[1] for r in curve.rows]  # a bound, not a curve
 
 
+@pytest.mark.slow
 def test_power_compares_every_run_with_random_and_each_addition_with_its_base(
     named: None, tmp_path: Path
 ) -> None:
@@ -547,6 +548,7 @@ def test_suspect_label_rule_on_constructed_losses() -> None:
     assert suspect_summary([{"task": "g", "run": "lower"}]) == ""
 
 
+@pytest.mark.slow
 def test_label_losses_use_the_delivered_annotation(phantom_root: Path, source_ckpt: Path) -> None:
     """The loss of a case is measured against the mask the oracle delivered: another case's
     mask delivered for it (a wrong annotation) changes its loss and no other."""

@@ -148,6 +148,7 @@ def test_power_table_on_constructed_results(named: None, tmp_path: Path) -> None
     assert pts[0][1] == pytest.approx(0.52 + 0.055) and pts[0][2] < pts[0][1] < pts[0][3]
 
 
+@pytest.mark.slow
 def test_one_off_strategies_are_paired_with_the_one_off_random(
     named: None, tmp_path: Path
 ) -> None:
@@ -514,6 +515,7 @@ def test_primary_table_holm_adjusts_over_its_rows_by_hand(rule_names: None, tmp_
     assert [r[11] for r in flat.csv_rows] == [r[10] for r in flat.csv_rows]
 
 
+@pytest.mark.slow
 def test_the_declaration_is_the_first_invocation_that_recorded_the_protocols_hash(
     rule_names: None, tmp_path: Path
 ) -> None:
@@ -567,6 +569,7 @@ def test_the_declaration_is_the_first_invocation_that_recorded_the_protocols_has
     assert endpoint.declared_at(out, protocol.sha256) == line["start"]
 
 
+@pytest.mark.slow
 def test_power_md_opens_with_the_primary_table_and_heads_the_rest_secondary(
     rule_names: None, tmp_path: Path
 ) -> None:

@@ -43,6 +43,7 @@ def test_each_use_refuses_the_others_seeds(tmp_path: Path) -> None:
         ("benchmark.py", ["--power", "--seeds", "100", "--dry-run"], "are calibration seeds"),
     ],
 )
+@pytest.mark.slow
 def test_the_scripts_refuse_a_seed_of_the_other_use(script: str, args: list[str], words: str) -> None:
     done = subprocess.run([sys.executable, str(REPO / "scripts" / script), *args],
                           capture_output=True, text=True, timeout=120)

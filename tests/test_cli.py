@@ -71,6 +71,7 @@ def test_active_round_grows_labeled_set_by_one_and_next_epoch_uses_it(
     assert cli.datamodule.pool.n_unlabeled == 6 - 2
 
 
+@pytest.mark.slow
 def test_random_strategy_is_reproducible_and_seed_dependent(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:
@@ -300,6 +301,7 @@ def test_every_strategy_runs_one_round_through_fit(
         assert len(log) == 1
 
 
+@pytest.mark.slow
 def test_default_root_dir_moves_everything_a_run_writes(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -140,6 +140,7 @@ def test_extra_test_split_names_are_checked(phantom_root: Path) -> None:
             dm.setup("fit")
 
 
+@pytest.mark.slow
 def test_cli_fit_without_validation_then_test_with_an_extra_split(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

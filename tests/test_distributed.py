@@ -150,6 +150,7 @@ def test_ddp_two_cpu_processes_label_the_same_cases(
     assert [q["case_id"] for q in log] == list(pools[0]["labeled"])
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_on_cpu(phantom_root: Path, source_ckpt: Path, tmp_path: Path) -> None:
     cli = main(
         [

@@ -225,6 +225,7 @@ def test_resume_against_a_pool_without_the_labeled_case(data: Path) -> None:
         smaller.setup("fit")
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_label_through_the_cli(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,6 +92,7 @@ def test_wandb_logger_writes_into_the_run_folder(phantom_root: Path, tmp_path: P
 
 
 # ------------------------------------------------------------------ query and the open-set filter
+@pytest.mark.slow
 def test_query_applies_the_open_set_prefilter_fit_applies(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

@@ -77,6 +77,7 @@ def test_brats_folder_without_a_modality_file_is_refused_or_read_as_missing(tmp_
     assert item["zero_channels"] == [1, 3] and len(item["image"]) == 4
 
 
+@pytest.mark.slow
 def test_zero_filled_test_and_predictions_are_flagged(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path,
 ) -> None:

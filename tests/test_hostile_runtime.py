@@ -175,6 +175,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 def test_second_live_run_is_refused_and_a_killed_owner_does_not_block_the_resume(
     finished_run: Path, phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -342,6 +343,7 @@ def reference_log(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "query log"])
+@pytest.mark.slow
 def test_full_disk_stops_with_one_line_and_the_run_resumes_to_the_same_query_log(
     phantom_root: Path, small_disk: Path, reference_log: list[tuple[Any, ...]],
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str,

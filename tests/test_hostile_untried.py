@@ -157,6 +157,7 @@ def test_pool_of_mixed_spacing_and_orientation_is_resampled_to_the_configured_gr
         ActiveDataModule(root=str(root), divisible_by=4).setup("fit")
 
 
+@pytest.mark.slow
 def test_mixed_pool_runs_and_predictions_keep_each_cases_own_grid(
     mixed_pool: tuple[Path, str, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -187,6 +188,7 @@ def _last(run: Path) -> dict[str, Any]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_run_folder_and_dataset_moved_to_another_place_resume_there(
     phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -210,6 +212,7 @@ def test_run_folder_and_dataset_moved_to_another_place_resume_there(
     assert dirpath == str(new / "run" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_run_folder_with_delivered_labels_copied_elsewhere_resumes_or_says_why(
     phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

@@ -324,6 +324,7 @@ def test_lesion_regions_of_the_module() -> None:
     assert set(brats.state_dict()) == set(off.state_dict())
 
 
+@pytest.mark.slow
 def test_cli_test_logs_lesion_wise_metrics_next_to_unchanged_voxel_metrics(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

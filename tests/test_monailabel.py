@@ -8,11 +8,6 @@ training, inference, next sample again, and the requests a server must refuse.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,55 +23,21 @@ from monailabel.client import MONAILabelClient  # noqa: E402
 from monailabel.client.client import MONAILabelClientException  # noqa: E402
 
 from lightning_ada.main import main  # noqa: E402
+from lightning_ada.monailabel.launch import ServerProcess  # noqa: E402
 from lightning_ada.monailabel.prepare import prepare  # noqa: E402
 
 # one server for the module: its tests go to one xdist worker (--dist loadgroup). All are `slow`
-# (a server and lightning-ada child processes: the default suite's 5 minutes); .ci/run runs them
-# after make test, on every CI run.
+# (a server and lightning-ada child processes: the default suite's 5 minutes); make test, the
+# README's test command, runs them after the default suite.
 pytestmark = [pytest.mark.xdist_group("monailabel_server"), pytest.mark.slow]
 
 CONF = Path(__file__).parent / "conf"
 POOL = {f"glioma_pool_{i:03d}" for i in range(6)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``python -m lightning_ada.monailabel`` in its own process group, with its log in a file."""
-
-    def __init__(self, studies: Path, source: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.command = [sys.executable, "-m", "lightning_ada.monailabel", "--studies", str(studies),
-                        "--source-checkpoint", str(source), "--config", str(CONF / "random_tiny.yaml"),
-                        "--strategies", "random", "mmacts", "--port", str(self.port), *extra]
-        self.log = log
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0) -> MONAILabelClient:
-        with open(self.log, "a") as fh:
-            self.process = subprocess.Popen(self.command, stdout=fh, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        client = MONAILabelClient(f"http://127.0.0.1:{self.port}")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                client.info()
-                return client
-            except Exception:  # noqa: BLE001 - not listening yet
-                time.sleep(0.5)
-        raise AssertionError(f"server not up in {timeout} s: {self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL the server and everything it started (a crash, a power cut)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+def server_process(studies: Path, source: Path, log: Path, strategies: tuple[str, ...] = ("random", "mmacts"),
+                   *options: str) -> ServerProcess:
+    return ServerProcess(studies, source, [CONF / "random_tiny.yaml"], log, strategies, options)
 
 
 def status_of(error: MONAILabelClientException) -> int | None:
@@ -106,8 +67,8 @@ def studies(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
-def server(studies: Path, source_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, MONAILabelClient]]:
-    srv = Server(studies, source_ckpt, tmp_path_factory.mktemp("log") / "server.log")
+def server(studies: Path, source_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, MONAILabelClient]]:
+    srv = server_process(studies, source_ckpt, tmp_path_factory.mktemp("log") / "server.log")
     client = srv.start()
     yield srv, client
     srv.kill()
@@ -264,7 +225,8 @@ def test_a_server_killed_during_training_resumes_and_keeps_its_labels(
 ) -> None:
     studies = tmp_path / "studies"
     prepare(str(phantom_root), "datalist", studies, None, [1, 2, 4], "pool", False)
-    srv = Server(studies, source_ckpt, tmp_path / "server.log", "--overrides", "--trainer.max_epochs 30")
+    srv = server_process(studies, source_ckpt, tmp_path / "server.log", ("random", "mmacts"),
+                         "--overrides", "--trainer.max_epochs 30")
     client = srv.start()
     try:
         for cid in ("glioma_pool_000", "glioma_pool_001"):
@@ -303,8 +265,7 @@ def test_a_region_rule_asks_for_slices_and_its_deliveries_merge_into_a_partial_l
 
     studies = tmp_path / "studies"
     prepare(str(phantom_root), "datalist", studies, None, [1, 2, 4], "pool", False)
-    srv = Server(studies, source_ckpt, tmp_path / "server.log", "--unit", "slices:k=2")
-    srv.command[srv.command.index("--strategies") + 1: srv.command.index("--port")] = ["entropy_region"]
+    srv = server_process(studies, source_ckpt, tmp_path / "server.log", ("entropy_region",), "--unit", "slices:k=2")
     client = srv.start()
     try:
         assert "entropy_region" in client.info()["strategies"]

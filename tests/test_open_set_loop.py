@@ -86,6 +86,7 @@ def test_simulated_oracle_refuses_flagged_cases_and_the_log_has_purity(
         )
 
 
+@pytest.mark.slow
 def test_the_annotator_refuses_a_case_with_an_ood_file(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

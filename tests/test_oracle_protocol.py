@@ -63,6 +63,7 @@ def fit(root: Path, ckpt: Path, out: Path, *extra: str) -> None:
     ])
 
 
+@pytest.mark.slow
 def test_an_oracle_written_in_one_file_pends_delivers_refuses_and_resumes(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

@@ -97,6 +97,7 @@ def partial_label(case_dir: Path, case_id: str, asked_mask: Path, target: Path,
     nib.save(nib.Nifti1Image(data, seg.affine), target)
 
 
+@pytest.mark.slow
 def test_the_file_oracle_asks_for_slices_refuses_labels_outside_and_counts_what_was_given(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

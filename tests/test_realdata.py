@@ -74,6 +74,7 @@ def test_cache_key_follows_content_and_settings(tmp_path: Path) -> None:
 
 
 @needs_brats
+@pytest.mark.slow
 def test_preprocess_real_cases_and_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dm = make_dm(cache_dir)
     item = dm.item(TEST)

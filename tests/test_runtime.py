@@ -79,6 +79,7 @@ def test_cli_main_applies_the_default(keep_threads: None, monkeypatch: pytest.Mo
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.slow
 def test_wait_policy_set_before_torch_loads() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     code = "import os, lightning_ada, torch; print(os.environ.get('OMP_WAIT_POLICY'))"

@@ -91,6 +91,7 @@ def test_a_run_interrupted_in_the_middle_of_a_pass_resumes_to_the_same_pseudo_la
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in ref_log]
 
 
+@pytest.mark.slow
 def test_the_additions_compose_on_the_command_line_and_run(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:
@@ -174,6 +175,7 @@ def test_the_harness_composes_the_additions_like_the_command_line(
     assert active.self_training is not None and cli.datamodule.tumour_contrast is not None
 
 
+@pytest.mark.slow
 def test_the_stop_rule_ends_the_passes_on_a_small_change_of_the_held_out_dice(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path
 ) -> None:

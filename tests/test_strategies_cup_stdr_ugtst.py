@@ -328,6 +328,7 @@ def test_source_anchors_hooks_with_a_fake_trainer(tmp_path: Path) -> None:
     assert target.anchors is None and not (tmp_path / "target" / "anchors.npy").exists()
 
 
+@pytest.mark.slow
 def test_strategies_know_neither_the_datamodule_nor_the_model() -> None:
     code = (
         "import sys, lightning_ada.active.strategies; "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,22 @@ class CheckedDatastore(LocalDatastore):
         except DataError as bad:
             raise refused(image_id, label_filename, bad) from bad
         return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def update_image_infos(self, infos: Mapping[str, dict[str, Any]]) -> None:
+        """:meth:`update_image_info` for many images, with the datastore file written once
+        (MONAI Label rewrites the whole file on every call: a ranking of N images would write
+        it N times).
+
+        Raises:
+            HTTPException: 404 for an id not in the datastore (nothing updated).
+        """
+        objects = self._datastore.objects
+        unknown = sorted(set(infos) - set(objects))
+        if unknown:
+            raise HTTPException(status_code=404, detail=f"images {unknown} are not in the datastore")
+        for image_id, info in infos.items():
+            objects[image_id].image.info.update(info)
+        self._update_datastore_file()
 
     def _save_region(self, image_id: str, image: str, upload: str, label_info: dict[str, Any]) -> str:
         """Merge a delivery for the pending region request into the image's partial label."""

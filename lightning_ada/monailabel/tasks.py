@@ -35,6 +35,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lightning_ada.io import write_json_atomic
+from lightning_ada.monailabel.datastore import CheckedDatastore
 from lightning_ada.monailabel.regions import (
     REGION_KEYS,
     REQUEST_KEYS,
@@ -114,11 +115,17 @@ class PoolRanking:
         best: dict[str, dict[str, Any]] = {}  # a region rule: each image's best region
         for row in json.loads(target.with_suffix(".json").read_text()):
             best.setdefault(row["case_id"], row)
+        infos = {}
         for row in best.values():
             if row["case_id"] in images:
                 info = datastore.get_image_info(row["case_id"]).get(INFO_KEY, {})
                 info[self.strategy] = {"model_version": version, **row}
-                datastore.update_image_info(row["case_id"], {INFO_KEY: info})
+                infos[row["case_id"]] = {INFO_KEY: info}
+        if isinstance(datastore, CheckedDatastore):
+            datastore.update_image_infos(infos)  # the datastore file written once
+        else:
+            for image_id, info in infos.items():
+                datastore.update_image_info(image_id, info)
 
 
 def labelled_options(labels: dict[str, str]) -> list[str]:
