@@ -12,6 +12,8 @@ the step time of a bare PyTorch loop, with ``channels_last_3d`` and with ``torch
     python scripts/profile_run.py --preset power --out runs/profile/power.json
     # anything else: configs and overrides after "--"
     python scripts/profile_run.py -- -c configs/power/glioma/target.yaml --active.budget 3 ...
+    # the step ratio measured interleaved: every 10 steps of the run, 5 bare steps on its batch
+    python scripts/profile_run.py --preset power --no-compile --interleave 10 --out step.json
 
 Needs the source model of the preset (a 2-epoch one is trained first when missing, not counted). Absolute
 times depend on the machine's load: compare fractions, re-measure times on an idle machine.
@@ -119,7 +121,7 @@ class Clock:
         setattr(obj, attr, timed)
 
 
-def _step_callback(clock: Clock, batches: list[Any]) -> Any:
+def _step_callback(clock: Clock, batches: list[Any], steps: list[float]) -> Any:
     """A callback timing each training batch (forward, backward, optimiser step, hooks)."""
     import lightning.pytorch as L
 
@@ -130,7 +132,9 @@ def _step_callback(clock: Clock, batches: list[Any]) -> Any:
             self.t = time.perf_counter()
 
         def on_train_batch_end(self, *a: Any) -> None:
-            clock.add("train: forward-backward-optimiser", time.perf_counter() - self.t)
+            dt = time.perf_counter() - self.t
+            clock.add("train: forward-backward-optimiser", dt)
+            steps.append(dt)
 
         def on_validation_start(self, *a: Any) -> None:
             self.v = time.perf_counter()
@@ -141,8 +145,45 @@ def _step_callback(clock: Clock, batches: list[Any]) -> Any:
     return StepTimer()
 
 
-def profile_run(configs: list[str], overrides: list[str]) -> dict[str, Any]:
-    """Run one target run with every part timed; returns the breakdown and one training batch."""
+def _interleaver(every: int, block: int, batches: list[Any], steps: list[float],
+                 blocks: list[dict[str, float]]) -> Any:
+    """A callback that, after every ``every`` steps of the run, times ``block`` bare PyTorch
+    steps on the run's first batch with a copy of the current net (:func:`bare_loop`), so the
+    two loops are measured in the same minutes of the same process; torch's random state is
+    restored after each block (the run draws what it would have drawn)."""
+    import lightning.pytorch as L
+
+    class Interleave(L.Callback):
+        def on_train_batch_end(self, trainer: Any, module: Any, *a: Any) -> None:
+            if len(steps) % every or not batches:
+                return
+            state = torch.random.get_rng_state()
+            bare = bare_loop(module, batches[0], block)
+            torch.random.set_rng_state(state)
+            blocks.append({"after_step": len(steps), "bare_step_seconds": bare["step_seconds"],
+                           "run_step_seconds": sum(steps[-every:]) / every})
+
+    return Interleave()
+
+
+def interleaved_summary(blocks: list[dict[str, float]]) -> dict[str, float]:
+    """Per block, the run's mean step over the steps before it / the bare step; the first block
+    (the run's first steps: allocation, warm-up) is left out. Medians over the blocks."""
+    import statistics
+
+    kept = blocks[1:]
+    ratios = [b["run_step_seconds"] / b["bare_step_seconds"] for b in kept]
+    return {"blocks": len(kept),
+            "median_ratio": statistics.median(ratios) if ratios else float("nan"),
+            "median_run_step_seconds": statistics.median(b["run_step_seconds"] for b in kept) if kept else float("nan"),
+            "median_bare_step_seconds": statistics.median(b["bare_step_seconds"] for b in kept) if kept else float("nan"),
+            "ratio_min": min(ratios, default=float("nan")), "ratio_max": max(ratios, default=float("nan"))}
+
+
+def profile_run(configs: list[str], overrides: list[str], interleave: int = 0,
+                block: int = 5) -> dict[str, Any]:
+    """Run one target run with every part timed; returns the breakdown and one training batch
+    (``interleave``: bare steps timed every that many steps, :func:`_interleaver`)."""
     from lightning_ada.active.callback import ActiveQueryCallback
     from lightning_ada.data import epochs as dmod
     from lightning_ada.main import main
@@ -176,7 +217,11 @@ def profile_run(configs: list[str], overrides: list[str]) -> dict[str, Any]:
         sys.argv = argv
     clock.add("build CLI objects (config, net, source weights)", time.perf_counter() - t)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
-    trainer.callbacks.append(_step_callback(clock, batches))
+    steps: list[float] = []
+    blocks: list[dict[str, float]] = []
+    trainer.callbacks.append(_step_callback(clock, batches, steps))
+    if interleave:
+        trainer.callbacks.append(_interleaver(interleave, block, batches, steps, blocks))
     clock.wrap(dm, "prepare_data", "data set-up: phantom generation")
     clock.wrap(dm, "setup", "data set-up: read, validate, cache")
     clock.wrap(trainer, "save_checkpoint", "checkpoint writes")
@@ -192,7 +237,7 @@ def profile_run(configs: list[str], overrides: list[str]) -> dict[str, Any]:
     dmod.LabeledEpoch.__getitem__ = original_getitem  # type: ignore[method-assign]
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     return {"clock": clock, "model": model, "batch": batches[0], "test": test,
-            "steps": int(trainer.global_step)}
+            "steps": int(trainer.global_step), "interleaved": blocks}
 
 
 def bare_loop(model: Any, batch: dict[str, Any], steps: int, memory: str = "contiguous",
@@ -258,6 +303,8 @@ def report(res: dict[str, Any], total: float, bare: dict[str, dict[str, float]])
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average": os.getloadavg(),
+        **({"interleaved": {"blocks": res["interleaved"], **interleaved_summary(res["interleaved"])}}
+           if res.get("interleaved") else {}),
     }
 
 
@@ -321,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the breakdown as JSON here")
     p.add_argument("--bare-steps", type=int, default=20)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    p.add_argument("--interleave", type=int, default=0, metavar="N",
+                   help="every N steps of the run, time --block bare steps (0: off)")
+    p.add_argument("--block", type=int, default=5, help="bare steps per interleaved block")
     p.add_argument("--render", nargs="+", metavar="JSON",
                    help="print the markdown table of these profile files and exit")
     args = p.parse_args(argv)
@@ -336,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_source(preset)
         configs, overrides = preset["target"], preset["target_overrides"]
     t = time.perf_counter()
-    res = profile_run(configs, overrides)
+    res = profile_run(configs, overrides, args.interleave, args.block)
     total = IMPORTED_AT + time.perf_counter() - t  # a source model trained first is not counted
     bare = {"contiguous": bare_loop(res["model"], res["batch"], args.bare_steps)}
     bare["channels_last_3d"] = bare_loop(res["model"], res["batch"], args.bare_steps,
