@@ -62,11 +62,55 @@ def one_round(work: Path, phantom: Path, source: Path) -> dict[str, float]:
     return times
 
 
+def datastore_writes(sizes: list[int], out: Path) -> None:
+    """Seconds to store one ranking in the image infos of a datastore of N images: MONAI Label's
+    ``update_image_info`` per image (the whole datastore file rewritten each time) against the
+    app's ``update_image_infos`` (written once)."""
+    import nibabel as nib
+    import numpy as np
+
+    from lightning_ada.monailabel.datastore import CheckedDatastore
+
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            image = nib.Nifti1Image(np.ones((2, 2, 2, 4), np.float32), np.eye(4))
+            for i in range(n):
+                nib.save(image, Path(tmp) / f"case_{i:05d}.nii.gz")
+            store = CheckedDatastore(tmp, [1, 2, 4], extensions=["*.nii.gz"], auto_reload=False)
+            infos = {f"case_{i:05d}": {"lightning_ada": {"mmacts": {"rank": i + 1, "score": 0.5}}}
+                     for i in range(n)}
+            t = time.perf_counter()
+            for image_id, info in infos.items():
+                store.update_image_info(image_id, info)
+            one_by_one = time.perf_counter() - t
+            t = time.perf_counter()
+            store.update_image_infos(infos)
+            rows.append((n, one_by_one, time.perf_counter() - t))
+        print(f"{n} images: one by one {rows[-1][1]:.2f} s, at once {rows[-1][2]:.3f} s", flush=True)
+    load = os.getloadavg()
+    lines = ["# Storing a ranking in the datastore's image infos", "", "```bash",
+             f"python scripts/bench_monailabel.py --datastore-sizes {' '.join(map(str, sizes))} --out {out}",
+             "```", "", f"{os.cpu_count()} CPUs, load average at the end {load[0]:.2f} (read the times "
+             f"as orders of magnitude); {time.strftime('%Y-%m-%d %H:%M')}. One ranking row per image "
+             "(2^3-voxel 4-D images: the image size does not enter).", "",
+             "| images | update_image_info per image (s) | update_image_infos, once (s) |", "|---|---|---|",
+             *(f"| {n} | {a:.2f} | {b:.3f} |" for n, a, b in rows)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"-> {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/monailabel.md")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--datastore-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="instead of the round: time storing a ranking in datastores of N images")
     args = p.parse_args()
+    if args.datastore_sizes:
+        datastore_writes(args.datastore_sizes, Path(args.out))
+        return
     from lightning_ada.main import main as cli
     from lightning_ada.phantom.simulator import generate_phantom
 
