@@ -281,7 +281,8 @@ class ActiveQueryCallback(L.Callback):
         ``region`` and ``part``, as ``fit``'s next round would take them.
 
         Returns:
-            One entry per case (or region), best first (:attr:`~lightning_ada.active.query_round.RoundResult.picks`),
+            One entry per case (or region), best first
+            (:attr:`~lightning_ada.active.query_round.RoundResult.picks`),
             then the cases the pre-filter left out (``rank`` None).
         """
         self.prepare(trainer, pl_module)
@@ -467,8 +468,9 @@ class ActiveQueryCallback(L.Callback):
         return cost | ({"seconds": 0.0} if self.annotation_time is not None else {})
 
     def request_for(self, pl_module: Any, entry: dict[str, Any]) -> Request:
-        """The oracle's request for a query (an entry of a round), with the current prediction (computed at most once,
-        only if the oracle asks for it) to write as a NIfTI mask or a preview."""
+        """The oracle's request for a query (an entry of a round), with the current prediction
+        (computed at most once, only if the oracle asks for it) to write as a NIfTI mask or a
+        preview."""
         pool = self._pool()
         case_id = entry["case_id"]
         predicted: list[torch.Tensor] = []

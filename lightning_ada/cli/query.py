@@ -91,7 +91,8 @@ def region_columns(request: Request, target: Path, on_image: bool) -> dict[str, 
     if "slice_axis" in grid:
         out |= {"slice_axis": grid["slice_axis"], "slices": grid["slices"]}
     out["index_range"] = grid.get("index_range")
-    mask = target.parent / f"{target.name}_asked" / f"{request.case.case_id}_part{request.part}.nii.gz"
+    name = f"{request.case.case_id}_part{request.part}.nii.gz"
+    mask = target.parent / f"{target.name}_asked" / name
     mask.parent.mkdir(parents=True, exist_ok=True)
     assert request.write_asked is not None
     request.write_asked(mask)

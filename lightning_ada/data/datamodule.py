@@ -310,7 +310,9 @@ class ActiveDataModule(L.LightningDataModule):
         return list(self.hparams.initial_labeled or [])
 
     def _initially_partial(self) -> set[str]:
-        return set(self.hparams.get("initial_partial") or []) if self.hparams.stage == "target" else set()
+        if self.hparams.stage != "target":
+            return set()
+        return set(self.hparams.get("initial_partial") or [])
 
     def _reference_label(self, case_id: str) -> str:
         label = self.cases[case_id].label

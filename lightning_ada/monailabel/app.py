@@ -60,7 +60,8 @@ def case_level_strategies() -> list[str]:
 
 def region_rules(unit: str) -> list[str]:
     """Registered region rules that rank the unit ``unit`` (its name: ``slices``, ``patch``)
-    and need no reference label (not :attr:`~lightning_ada.active.strategies.base.Strategy.simulation_only`)."""
+    and need no reference label (not
+    :attr:`~lightning_ada.active.strategies.base.Strategy.simulation_only`)."""
     return sorted(n for n, cls in REGISTRY.items()
                   if cls.case_regions is not AdaStrategy.case_regions and unit in cls.units
                   and unit != "case" and not cls.simulation_only)

@@ -102,7 +102,8 @@ class PoolRanking:
         target.parent.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=f"query_{self.strategy}_", dir=target.parent))
         self.workspace.write_datalist(images, labels, run_dir)
-        regions = [*unit_options(self.unit), "--image_grid_top", str(IMAGE_GRID_TOP)] if self.unit else []
+        regions = ([*unit_options(self.unit), "--image_grid_top", str(IMAGE_GRID_TOP)]
+                   if self.unit else [])
         command = self.workspace.command(
             "query", run_dir, "--ckpt_path", str(checkpoint), "--active.strategy", self.strategy,
             "--out", str(target), *regions, *labelled_options(labels))
