@@ -359,6 +359,29 @@ def render(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def render_interleaved(paths: list[str]) -> str:
+    """Markdown table of interleaved step measurements (``--interleave``), one row per file, and
+    the median ratio per side (the file name's part before ``_``: ``before_1.json``)."""
+    import statistics
+
+    lines = ["| run | blocks | step in the run (s, median) | bare step (s, median) | ratio (median of "
+             "blocks) | ratio range | test Dice mean | load average at the end |",
+             "|---|---|---|---|---|---|---|---|"]
+    sides: dict[str, list[float]] = {}
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        i = r["interleaved"]
+        name = Path(path).stem
+        sides.setdefault(name.split("_")[0], []).append(i["median_ratio"])
+        lines.append(f"| {name} | {i['blocks']} | {i['median_run_step_seconds']:.4f} | "
+                     f"{i['median_bare_step_seconds']:.4f} | {i['median_ratio']:.3f} | "
+                     f"{i['ratio_min']:.3f}-{i['ratio_max']:.3f} | "
+                     f"{r['test'].get('test/dice_mean', float('nan')):.4f} | {r['load_average'][0]:.2f} |")
+    lines += ["", "Median of the runs' ratios: " + ", ".join(
+        f"{side} {statistics.median(v):.3f} (n = {len(v)})" for side, v in sides.items()) + "."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ada_bench.runner import split_passthrough
 
@@ -373,9 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=int, default=5, help="bare steps per interleaved block")
     p.add_argument("--render", nargs="+", metavar="JSON",
                    help="print the markdown table of these profile files and exit")
+    p.add_argument("--render-interleaved", nargs="+", metavar="JSON",
+                   help="print the table of these --interleave files and exit")
     args = p.parse_args(argv)
     if args.render:
         print(render(args.render))
+        return 0
+    if args.render_interleaved:
+        print(render_interleaved(args.render_interleaved))
         return 0
     os.chdir(REPO)
     preset = PRESETS[args.preset]
