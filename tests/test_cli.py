@@ -275,7 +275,15 @@ def test_mmacts_round_elects_a_modality_and_logs_every_factor(
     assert len(list((tmp_path / "cache").glob("desc_*.npy"))) == 6
 
 
-@pytest.mark.parametrize("strategy", sorted(REGISTRY))
+#: strategies whose one round through fit stays in the default suite (a case rule, mmActS with
+#: its election, a one-off rule, a region rule); the others run with the slow tests (time)
+ROUND_IN_DEFAULT_SUITE = frozenset({"random", "mmacts", "ugtst", "clasp_pe"})
+
+
+@pytest.mark.parametrize("strategy", [
+    pytest.param(name, marks=() if name in ROUND_IN_DEFAULT_SUITE else pytest.mark.slow)
+    for name in sorted(REGISTRY)
+])
 def test_every_strategy_runs_one_round_through_fit(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, strategy: str
 ) -> None:

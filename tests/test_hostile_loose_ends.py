@@ -44,6 +44,7 @@ def tiny(sub: str, root: Path, *extra: str) -> list[str]:
     ],
     ids=["test-filters", "predict-net", "validate-labels", "test-modality-order", "fit-filters"],
 )
+@pytest.mark.slow
 def test_checkpoint_file_with_another_network_on_the_command_line_is_refused(
     phantom_root: Path, source_ckpt: Path, tmp_path: Path, sub: str, extra: list[str], words: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

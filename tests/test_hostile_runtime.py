@@ -393,6 +393,7 @@ def test_full_disk_stops_with_one_line_and_the_run_resumes_to_the_same_query_log
     ],
     ids=["strategy", "budget", "filters", "pool", "self_training"],
 )
+@pytest.mark.slow
 def test_resume_under_a_changed_definition_is_refused_with_a_diff(
     finished_run: Path, phantom_root: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], extra: Any, words: str,

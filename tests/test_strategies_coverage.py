@@ -243,16 +243,18 @@ def test_raw_case_image_reads_per_modality_and_4d_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "strategy, options",
     [
-        ("coverage", ["--active.strategy.descriptor", "both"]),
+        # two stay in the default suite; the others run with the slow tests (time)
+        pytest.param("coverage", ["--active.strategy.descriptor", "both"], marks=pytest.mark.slow),
         ("maxherding", ["--active.strategy.density_input", "raw"]),
-        ("typiclust", ["--active.strategy.descriptor", "embedding"]),
-        ("fg_random", []),
-        ("mmacts_coverage", ["--active.strategy.budget_weighting", "true"]),
+        pytest.param("typiclust", ["--active.strategy.descriptor", "embedding"], marks=pytest.mark.slow),
+        pytest.param("fg_random", [], marks=pytest.mark.slow),
+        pytest.param("mmacts_coverage", ["--active.strategy.budget_weighting", "true"],
+                     marks=pytest.mark.slow),
         ("mmacts", ["--active.strategy.density_rule", "kernel",
                     "--active.strategy.ranking", "per_region",
                     "--active.strategy.entropy_roi", "boundary"]),
-        ("mmacts", ["--active.strategy.density_input", "raw",
-                    "--active.strategy.density_rule", "inclusive"]),
+        pytest.param("mmacts", ["--active.strategy.density_input", "raw",
+                                "--active.strategy.density_rule", "inclusive"], marks=pytest.mark.slow),
     ],
 )
 def test_new_strategies_and_options_run_one_round_through_fit(
