@@ -1,4 +1,4 @@
-"""Wall times of the MONAI Label app (issue 27): the server's start and one annotation round,
+"""Wall times of the MONAI Label app: the server's start and one annotation round,
 on the tests' tiny phantom (16^3, 6 pool cases) with its 2-epoch source model.
 
     python scripts/bench_monailabel.py --out benchmarks/monailabel.md [--repeats 3]

@@ -1,4 +1,4 @@
-"""Measure the calibration targets of the power benchmark (issue 12, item 2), resumably.
+"""Measure the calibration targets of the power benchmark, resumably.
 
 For every task and seed: generate the ``power`` phantom of that seed, train the source model
 (``configs/power/<task>/source.yaml``), then test the source model on the target (lower

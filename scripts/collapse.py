@@ -1,4 +1,4 @@
-"""Collapse outside the target pool (issue 18): which labelled pool cases go with adapted models
+"""Collapse outside the target pool: which labelled pool cases go with adapted models
 that forget the source domain or other institutions, per method how often it happens, and a
 figure of the most (and least) harmful pool case's images and label.
 

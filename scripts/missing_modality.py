@@ -1,5 +1,5 @@
 """Missing modality: Dice of a model trained with and without modality dropout, tested on the
-phantom's target test cases with one modality removed (issue 28).
+phantom's target test cases with one modality removed.
 
 For every seed and every dropout rate (0, and ``--dropout``) a source model is trained through
 ``lightning-ada fit`` (``--config``, by default the power benchmark's glioma source recipe:

@@ -1,4 +1,4 @@
-"""Where the wall time of one phantom target run goes (issue 12, item 1).
+"""Where the wall time of one phantom target run goes.
 
 Runs one target run in this (fresh) process through the library's runner, timing: process start
 and imports, building the CLI objects (config, net, source weights), data set-up (phantom
@@ -53,7 +53,7 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the benchmark's default target run before issue 12: 32^3, 24 epochs x 10 steps, validation
+    # the benchmark's default target run of earlier releases: 32^3, 24 epochs x 10 steps, validation
     # every 8 epochs, a checkpoint every epoch, random strategy at budget 3 (stride 4)
     "phantom": {
         "source": ["configs/phantom/base.yaml", "configs/phantom/glioma/source.yaml"],

@@ -1,4 +1,4 @@
-"""Protocols of messy targets (issue 15): one adaptation per centre, per rater, open-set pools.
+"""Protocols of messy targets: one adaptation per centre, per rater, open-set pools.
 
 Each protocol adapts one source model per seed (the task's power configs, configs/power/<task>/,
 on the embedded phantom) to several *groups* of the target in turn and writes its tables:

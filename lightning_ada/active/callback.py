@@ -494,10 +494,14 @@ class ActiveQueryCallback(L.Callback):
                 save_region_preview(path, pool.image(case_id), prediction(), region,
                                     list(pool.modalities), entry["modality"], f"{title}: {region.describe()}")
 
-        def asked() -> torch.Tensor:
+        inverted: list[torch.Tensor] = []
+
+        def asked() -> torch.Tensor:  # inverted once: the record and the mask file both read it
             assert region is not None
-            shape = tuple(pool.image(case_id).shape[1:])
-            return pool.invert(region.mask(shape)[None].long(), case_id)
+            if not inverted:
+                shape = tuple(pool.image(case_id).shape[1:])
+                inverted.append(pool.invert(region.mask(shape)[None].long(), case_id))
+            return inverted[0]
 
         def write_asked(path: Path) -> None:
             write_mask(asked() > 0, path)
